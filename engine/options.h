@@ -1,0 +1,65 @@
+// Options of the engine, filled by config/ from the YAML file and flags (defaults here are the
+// documented defaults). Plain data; validated once by config/ at start.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace sqz {
+
+struct ModelOptions {
+  // Hugging Face directory or .gguf file. Default: the embedded default model in the model cache.
+  std::string path;
+  // "cpu" (reference, any machine) or "cuda" (needs an NVIDIA GPU and a CUDA build).
+  std::string backend = "cpu";
+  // CPU threads for the cpu backend; 0 = all cores.
+  int64_t threads = 0;
+};
+
+struct MemoryOptions {
+  // Memory for the paged KV pool of requests' own tokens (prompt + generated), MiB.
+  // Larger admits more concurrent requests; each token costs 2 x layers x kv_heads x head_dim x 4 B
+  // on the cpu backend.
+  int64_t kv_pool_mb = 512;
+  // Memory for resident fixed contexts (KV + index), MiB. Contexts beyond it are evicted (LRU,
+  // unpinned, idle) and loaded again from storage on use.
+  int64_t resident_contexts_mb = 2048;
+};
+
+struct SchedulerOptions {
+  // Tokens one engine step may process (decode tokens + prefill chunk tokens). Trade-off: larger
+  // raises prefill throughput, smaller lowers inter-token latency of running requests.
+  int64_t max_batch_tokens = 512;
+  // Requests decoding at once at most.
+  int64_t max_running = 64;
+  // Requests waiting for admission at most; beyond it Generate answers RESOURCE_EXHAUSTED.
+  int64_t max_queue = 256;
+  // Context tokens one ingestion step may prefill, interleaved at low priority with queries.
+  int64_t ingest_chunk_tokens = 256;
+};
+
+// Server-wide defaults of Squeezed Attention; requests and registrations may override them.
+struct SqueezeDefaults {
+  int64_t sink_tokens = 4;
+  int64_t observation_window = 100;
+  double centroid_fraction = 0.05;
+  double coarse_fraction = 0.01;  // <= 0 disables the coarse level
+  int64_t kmeans_iterations = 20;
+  uint64_t kmeans_seed = 1234;
+  std::string default_mode = "squeezed";  // "squeezed" | "dense"
+  std::string default_policy = "budget";  // "budget" | "threshold"
+  double default_kv_budget = 0.125;
+  double default_sparsity = 0.7;
+  std::string gqa_reduce = "max";  // "max" | "mean"
+  int64_t prefill_block_size = 64;
+  bool hierarchical = false;
+};
+
+struct EngineOptions {
+  ModelOptions model;
+  MemoryOptions memory;
+  SchedulerOptions scheduler;
+  SqueezeDefaults squeeze;
+};
+
+}  // namespace sqz
