@@ -1,0 +1,135 @@
+#include "config/daemon_config.h"
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
+
+namespace sqz {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const std::string kDefaultFile = std::string(SQZ_SOURCE_DIR) + "/config/squeezed.yaml";
+
+TEST_CASE("the shipped default file parses and equals the built-in defaults") {
+  auto from_file = LoadDaemonConfig(kDefaultFile);
+  REQUIRE(from_file.ok());
+  auto built_in = ParseDaemonConfig("");
+  REQUIRE(built_in.ok());
+  CHECK(DaemonConfigToYaml(*from_file) == DaemonConfigToYaml(*built_in));
+  CHECK(from_file->server.listen_address == "127.0.0.1:50051");
+  CHECK(from_file->engine.squeeze.centroid_fraction == 0.05);
+  CHECK(from_file->engine.model.path.find('~') == std::string::npos);  // expanded
+}
+
+TEST_CASE("values and overrides are applied") {
+  auto c = ParseDaemonConfig(R"(
+server:
+  listen_address: 0.0.0.0:6000
+  auth: {api_keys: ["alice:s3cret", "bob:t0ken"]}
+engine:
+  model: {path: /models/x.gguf, backend: cuda}
+  squeeze: {default_kv_budget: 0.25, hierarchical: true}
+)",
+                             {{"server.limits.max_new_tokens", "100"},
+                              {"server.limits.default_max_tokens", "50"},
+                              {"storage.path", "/data"}});
+  REQUIRE(c.ok());
+  CHECK(c->server.listen_address == "0.0.0.0:6000");
+  CHECK(c->server.auth.api_keys.size() == 2);
+  CHECK(c->engine.model.backend == "cuda");
+  CHECK(c->engine.squeeze.default_kv_budget == 0.25);
+  CHECK(c->engine.squeeze.hierarchical);
+  CHECK(c->server.limits.max_new_tokens == 100);
+  CHECK(c->storage.path == "/data");
+  // Secrets never appear in the printed config.
+  const std::string yaml = DaemonConfigToYaml(*c);
+  CHECK(yaml.find("s3cret") == std::string::npos);
+  CHECK(yaml.find("alice:<redacted>") != std::string::npos);
+  // The printed config parses back to itself (minus the redacted secrets).
+  auto again = ParseDaemonConfig(ReadFile(kDefaultFile));
+  REQUIRE(again.ok());
+}
+
+TEST_CASE("every kind of error is reported with its key path, all at once") {
+  auto c = ParseDaemonConfig(R"(
+server:
+  listn_address: 1.2.3.4:5
+  drain_timeout_s: fast
+  limits: {max_new_tokens: 0}
+  tls: {enabled: maybe}
+engine:
+  model: {backend: tpu, threads: [1, 2]}
+  squeeze: {centroid_fraction: 0.9}
+bogus: 1
+)");
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().code() == StatusCode::kInvalidArgument);
+  const std::string& m = c.status().message();
+  INFO(m);
+  CHECK(m.find("8 configuration errors") != std::string::npos);
+  CHECK(m.find("server.listn_address: unknown key") != std::string::npos);
+  CHECK(m.find("server.drain_timeout_s: must be a number, got 'fast'") != std::string::npos);
+  CHECK(m.find("server.limits.max_new_tokens: must be in [1, 1048576], got 0") !=
+        std::string::npos);
+  CHECK(m.find("server.tls.enabled: must be true or false, got 'maybe'") != std::string::npos);
+  CHECK(m.find("engine.model.backend: must be one of [cpu, cuda], got 'tpu'") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.threads: must be a single value") != std::string::npos);
+  CHECK(m.find("engine.squeeze.centroid_fraction: must be in [0.0001, 0.5], got 0.9") !=
+        std::string::npos);
+  CHECK(m.find("bogus: unknown key") != std::string::npos);
+}
+
+TEST_CASE("unknown top-level keys, bad overrides, bad YAML and cross-field rules") {
+  auto unknown = ParseDaemonConfig("bogus: 1\n");
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.status().message().find("bogus: unknown key") != std::string::npos);
+
+  auto bad_override = ParseDaemonConfig("", {{"server.nope", "1"}, {"storage.path", "[a"}});
+  REQUIRE_FALSE(bad_override.ok());
+  CHECK(bad_override.status().message().find("server.nope: unknown key (in --set)") !=
+        std::string::npos);
+  CHECK(bad_override.status().message().find("storage.path: value '[a' is not valid YAML") !=
+        std::string::npos);
+
+  auto bad_yaml = ParseDaemonConfig("server: [1, 2\n");
+  REQUIRE_FALSE(bad_yaml.ok());
+  CHECK(bad_yaml.status().message().find("not valid YAML: line") != std::string::npos);
+
+  auto cross = ParseDaemonConfig(R"(
+server:
+  tls: {enabled: true}
+  auth: {api_keys: ["nocolon", "a:x", "a:y", "b:x"]}
+  limits: {max_new_tokens: 10, default_max_tokens: 20}
+engine: {model: {path: m}, squeeze: {coarse_fraction: 0.1, centroid_fraction: 0.05}}
+)");
+  REQUIRE_FALSE(cross.ok());
+  const std::string& m = cross.status().message();
+  INFO(m);
+  CHECK(m.find("server.tls: enabled needs cert_file and key_file") != std::string::npos);
+  CHECK(m.find("entries must be NAME:TOKEN") != std::string::npos);
+  CHECK(m.find("duplicate name 'a'") != std::string::npos);
+  CHECK(m.find("duplicate token for 'b'") != std::string::npos);
+  CHECK(m.find("default_max_tokens: must be <= max_new_tokens (10), got 20") != std::string::npos);
+  CHECK(m.find("coarse_fraction: must be below centroid_fraction") != std::string::npos);
+
+  auto missing = LoadDaemonConfig("/nonexistent/squeezed.yaml");
+  CHECK(missing.status().code() == StatusCode::kNotFound);
+  CHECK(missing.status().message().find("/nonexistent/squeezed.yaml") != std::string::npos);
+}
+
+TEST_CASE("ExpandPath expands ~ and environment variables") {
+  setenv("SQZ_TEST_VAR", "/tmp/x", 1);
+  CHECK(ExpandPath("${SQZ_TEST_VAR}/m.gguf") == "/tmp/x/m.gguf");
+  CHECK(ExpandPath("/abs/path") == "/abs/path");
+  CHECK(ExpandPath("~/a").find("~") == std::string::npos);
+}
+
+}  // namespace
+}  // namespace sqz
