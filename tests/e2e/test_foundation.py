@@ -2,7 +2,7 @@
 UNIMPLEMENTED-with-a-reason, and exits cleanly on SIGTERM. Runs with Debian's /usr/bin/python3
 (python3-grpcio) and the stubs generated at build time.
 
-Usage: test_foundation.py SQUEEZED_BINARY STUB_DIR
+Usage: test_foundation.py SQUEEZED_BINARY STUB_DIR SQUEEZECTL_BINARY
 """
 
 import os
@@ -12,7 +12,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 import squeeze_testlib as lib  # noqa: E402
 
-SQUEEZED, STUBS = sys.argv[1], sys.argv[2]
+SQUEEZED, STUBS, SQUEEZECTL = sys.argv[1], sys.argv[2], sys.argv[3]
 lib.import_stubs(STUBS)
 import grpc  # noqa: E402
 from squeeze.v1 import context_service_pb2 as ctx_pb  # noqa: E402
@@ -58,6 +58,13 @@ class FoundationTest(unittest.TestCase):
             stub.GetContext(ctx_pb.GetContextRequest(name="contexts/x"), timeout=10)
         self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
         self.assertIn("registry", e.exception.details())
+
+    def test_squeezectl_info(self):
+        import subprocess
+        r = subprocess.run([SQUEEZECTL, "--server", self.server.address, "info"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("squeezed 0.1.0, backend cpu", r.stdout)
 
     def test_sigterm_exits_cleanly(self):
         self.assertEqual(self.server.terminate(), 0)
