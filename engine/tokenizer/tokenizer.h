@@ -54,7 +54,7 @@ struct TokenizerModel {
   TokenizerKind kind = TokenizerKind::kSentencePieceBpe;
   // id -> piece as stored: metaspace form ("▁the", "<0x0A>") for kSentencePieceBpe, GPT-2 byte
   // alphabet form ("Ġthe") for kByteLevelBpe. Control / user-defined tokens hold their raw text
-  // ("<|eot_id|>"). Pieces must be unique among non-empty ones; size() is the vocabulary size.
+  // ("<|eot_id|>"). If a piece appears twice, lookups find the lower id. size() = vocabulary size.
   std::vector<std::string> tokens;
   // id -> score (SentencePiece log-probabilities). May be empty. Used to rank merges only when
   // `merges` is empty (GGUF Llama-2 files carry scores, not merges): a pair may merge when its
@@ -65,9 +65,9 @@ struct TokenizerModel {
   std::vector<TokenType> types;
   // "left right" (pieces separated by one space), rank = index: lower ranks merge first.
   std::vector<std::string> merges;
-  // kByteLevelBpe: name in the pre-tokenizer table (PreTokenizerRegexes in pre_tokenizer.h:
-  // "llama3"/"llama-bpe", "gpt2"/"default", "smollm", "qwen2", "starcoder", ...). Ignored when
-  // pre_tokenizer_regexes is non-empty.
+  // kByteLevelBpe: name in the pre-tokenizer table (FindPreTokenizer in pre_tokenizer.h:
+  // "llama3"/"llama-bpe", "gpt2"/"default", "smollm", "qwen2", "starcoder", ...); "" means "gpt2".
+  // Ignored when pre_tokenizer_regexes is non-empty.
   std::string pre_tokenizer = "";
   // kByteLevelBpe: explicit regex list (tokenizer.json's Split patterns), applied in sequence,
   // each splitting the pieces of the previous one, matches kept isolated. Overrides the name.
@@ -115,8 +115,7 @@ class Tokenizer {
   // model's default. parse_special: also match control tokens in the text (user-defined added
   // tokens are always matched). Any byte string is accepted; invalid UTF-8 bytes are encoded as
   // byte tokens (kByteLevelBpe, or byte fallback) so Decode(Encode(s)) == s.
-  std::vector<int32_t> Encode(std::string_view text, bool add_bos,
-                              bool parse_special = true) const;
+  std::vector<int32_t> Encode(std::string_view text, bool add_bos, bool parse_special = true) const;
 
   // Ids -> bytes (exactly the bytes that were encoded; may be invalid UTF-8 if the ids split a
   // character: use SanitizeUtf8 or IncrementalDecoder for display). skip_special drops control
@@ -128,7 +127,8 @@ class Tokenizer {
 
   // The stored piece of `id` ("▁the", "Ġthe", "<0x0A>", "<s>"). Precondition: id is valid.
   std::string_view Piece(int32_t id) const;
-  // INVALID_ARGUMENT "token id 40000 at position 3 is out of range [0, 32000)" for the first bad one.
+  // INVALID_ARGUMENT "token id 40000 at position 3 is out of range [0, 32000)" for the first bad
+  // one.
   Status ValidateIds(std::span<const int32_t> ids) const;
 
   bool IsEos(int32_t id) const;
@@ -154,8 +154,9 @@ class Tokenizer {
 
   // Bytes of one token for decoding; strip_space drops a leading "▁"-space (SentencePiece rule).
   void AppendTokenBytes(int32_t id, bool skip_special, bool strip_space, std::string* out) const;
-  // Whether the token after `prev_id` (-1: none, start of text) had "▁" added by the encoder.
-  bool StartsFragment(int32_t prev_id) const;
+  // Whether the encoder added the "▁" that starts the token at `index`, which follows `prev_id`
+  // (-1: nothing, start of text; -2: text shown before, see IncrementalDecoder).
+  bool StripsLeadingSpace(int32_t prev_id, size_t index) const;
 
   TokenizerModel model_;
   std::unique_ptr<Tables> tables_;
@@ -183,8 +184,9 @@ class IncrementalDecoder {
  private:
   const Tokenizer& tok_;  // borrowed
   bool skip_special_;
-  int32_t prev_id_;        // last pushed id; -1 at start of text, -2 when continuing text
-  std::string pending_;    // bytes of an incomplete UTF-8 character (at most 3)
+  int32_t prev_id_;      // last pushed id; -1 at start of text, -2 when continuing text
+  size_t count_ = 0;     // ids pushed so far
+  std::string pending_;  // bytes of an incomplete UTF-8 character (at most 3)
 };
 
 }  // namespace sqz
