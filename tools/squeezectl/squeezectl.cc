@@ -250,10 +250,10 @@ int main(int argc, char** argv) {
       req.set_text(prompt);
     }
     auto* s = req.mutable_sampling();
-    s->set_max_tokens(max_tokens);
+    if (max_tokens > 0) s->set_max_tokens(max_tokens);
     s->set_temperature(static_cast<float>(temperature));
     s->set_top_k(top_k);
-    s->set_top_p(static_cast<float>(top_p));
+    if (top_p > 0) s->set_top_p(static_cast<float>(top_p));
     if (seed) s->set_seed(seed);
     auto* a = req.mutable_attention();
     if (dense) a->set_mode(v1::AttentionOptions::DENSE);
