@@ -1,0 +1,104 @@
+#include "server/generate_reactor.h"
+
+#include "server/status_map.h"
+
+namespace sqz {
+
+namespace v1 = squeeze::v1;
+
+void EventToResponse(const GenerateEvent& e, v1::GenerateResponse* out) {
+  out->Clear();
+  if (!e.final) {
+    auto* c = out->mutable_chunk();
+    c->set_text(e.text);
+    for (int32_t id : e.token_ids) c->add_token_ids(static_cast<uint32_t>(id));
+    for (float lp : e.logprobs) c->add_logprobs(lp);
+    for (const auto& t : e.top_logprobs) {
+      auto* tl = c->add_top_logprobs();
+      tl->set_token_id(static_cast<uint32_t>(t.token_id));
+      tl->set_logprob(t.logprob);
+    }
+    return;
+  }
+  auto* f = out->mutable_final();
+  switch (e.finish_reason) {
+    case FinishReason::kStop: f->set_finish_reason(v1::STOP); break;
+    case FinishReason::kLength: f->set_finish_reason(v1::LENGTH); break;
+    case FinishReason::kCancelled: f->set_finish_reason(v1::CANCELLED); break;
+    case FinishReason::kNone: break;
+  }
+  f->set_stop_string(e.stop_string);
+  auto* u = f->mutable_usage();
+  u->set_context_tokens(e.usage.context_tokens);
+  u->set_prompt_tokens(e.usage.prompt_tokens);
+  u->set_completion_tokens(e.usage.completion_tokens);
+  u->set_context_keys_read(static_cast<float>(e.usage.context_keys_read));
+  auto* t = f->mutable_timings();
+  t->set_queued_s(e.timings.queued_s);
+  t->set_time_to_first_token_s(e.timings.time_to_first_token_s);
+  t->set_total_s(e.timings.total_s);
+}
+
+GenerateReactor::GenerateReactor(grpc::CallbackServerContext*,
+                                 std::shared_ptr<RequestStream> stream, std::string request_id,
+                                 DoneCallback on_done)
+    : stream_(std::move(stream)), request_id_(std::move(request_id)), on_done_(std::move(on_done)) {
+  stream_->SetWaker([this] { Pump(); });
+}
+
+void GenerateReactor::Pump() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (write_in_flight_ || finishing_) return;
+  GenerateEvent e;
+  if (!stream_->Pop(&e)) return;
+  if (e.final) {
+    finishing_ = true;
+    final_event_ = e;
+    if (!e.status.ok()) {
+      Finish(ToGrpcStatus(e.status));
+      return;
+    }
+    EventToResponse(e, &msg_);
+    msg_.set_request_id(request_id_);
+    // The final message and the OK status go together.
+    StartWriteAndFinish(&msg_, grpc::WriteOptions(), grpc::Status::OK);
+    return;
+  }
+  EventToResponse(e, &msg_);
+  msg_.set_request_id(request_id_);
+  write_in_flight_ = true;
+  StartWrite(&msg_);
+}
+
+void GenerateReactor::OnWriteDone(bool ok) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    write_in_flight_ = false;
+    if (!ok) {
+      // The client is gone: stop the engine work; OnDone follows once we finish.
+      stream_->Cancel(CancelledError("the client closed the stream"));
+      if (!finishing_) {
+        finishing_ = true;
+        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed: client gone"));
+      }
+      return;
+    }
+  }
+  Pump();
+}
+
+void GenerateReactor::OnCancel() {
+  stream_->Cancel(CancelledError("the client cancelled the call"));
+}
+
+void GenerateReactor::OnDone() {
+  stream_->ClearWaker();
+  if (!stream_->cancelled()) {
+    // Done without the engine having finished (e.g. the transport failed): stop the engine work.
+    stream_->Cancel(CancelledError("the call ended"));
+  }
+  if (on_done_) on_done_(final_event_);
+  delete this;
+}
+
+}  // namespace sqz
