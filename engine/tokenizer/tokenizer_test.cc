@@ -101,6 +101,24 @@ TEST_CASE("Llama-3 tokenizer.json matches all 46 llama.cpp vectors") {
   CheckVectors(*tok, "ggml-vocab-llama-bpe.gguf");
 }
 
+TEST_CASE("Llama-3 as the GGUF loader fills it: name, types, no explicit flags") {
+  const fs::path dir = kShared / "tokenizers/llama3";
+  if (!fs::exists(dir / "tokenizer.json")) {
+    WARN("skipped: " << (dir / "tokenizer.json").string() << " not found");
+    return;
+  }
+  auto model = Tokenizer::ParseHfFiles(dir.string());
+  REQUIRE(model.ok());
+  model->pre_tokenizer = "llama-bpe";  // tokenizer.ggml.pre
+  model->pre_tokenizer_regexes.clear();
+  model->ignore_merges.reset();  // GGUF has no such key: the table's default applies
+  model->special_ids.clear();    // derived from the control types
+  auto tok = Tokenizer::Create(*std::move(model));
+  REQUIRE(tok.ok());
+  CheckVectors(**tok, "ggml-vocab-llama-bpe.gguf");
+  CHECK((*tok)->Encode("<|eot_id|>", false) == std::vector<int32_t>{128009});
+}
+
 TEST_CASE("Llama-3 special tokens are split out only with parse_special") {
   auto tok = LoadOrSkip(kShared / "tokenizers/llama3");
   if (!tok) return;
