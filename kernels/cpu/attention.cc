@@ -50,4 +50,29 @@ void MergePartial(float* o_a, AttentionPartial* st_a, const float* o_b, const At
   st_a->l = wa + wb;  // relative to the new max m
 }
 
+void PagedAttention(const float* q, const float* const* k_pages, const float* const* v_pages,
+                    int64_t page_tokens, int64_t row_stride, int64_t n, int64_t d, float scale,
+                    float* scores, float* o, AttentionPartial* st) {
+  for (int64_t j = 0; j < d; ++j) o[j] = 0.0f;
+  *st = AttentionPartial{};
+  if (n <= 0) return;
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    const float* ki = k_pages[i / page_tokens] + (i % page_tokens) * row_stride;
+    scores[i] = scale * Dot(q, ki, d);
+    m = std::max(m, scores[i]);
+  }
+  float l = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float w = std::exp(scores[i] - m);
+    l += w;
+    const float* vi = v_pages[i / page_tokens] + (i % page_tokens) * row_stride;
+    for (int64_t j = 0; j < d; ++j) o[j] += w * vi[j];
+  }
+  const float inv = 1.0f / l;
+  for (int64_t j = 0; j < d; ++j) o[j] *= inv;
+  st->m = m;
+  st->l = l;
+}
+
 }  // namespace sqz::cpu

@@ -28,4 +28,15 @@ void AttendAccumulate(const float* q, const float* k, int64_t k_stride, const fl
 void MergePartial(float* o_a, AttentionPartial* st_a, const float* o_b, const AttentionPartial& st_b,
                   int64_t d);
 
+// Partial attention of one query head over n keys held in fixed-size pages (a paged KV cache):
+// key i is the row at k_pages[i / page_tokens] + (i % page_tokens) * row_stride, value i likewise
+// in v_pages. Scores, their max and the weighted sums are accumulated over keys 0..n-1 in order, so
+// the result depends only on the keys and their order, never on when or in how many steps they
+// were written (the CPU backend's chunk invariance rests on this).
+// q: [d]; k_pages, v_pages: [ceil(n / page_tokens)] page pointers; scores: scratch [n];
+// o: [d] receives the normalised output; st its (m, l). n == 0 gives the empty partial (o = 0).
+void PagedAttention(const float* q, const float* const* k_pages, const float* const* v_pages,
+                    int64_t page_tokens, int64_t row_stride, int64_t n, int64_t d, float scale,
+                    float* scores, float* o, AttentionPartial* st);
+
 }  // namespace sqz::cpu
