@@ -66,7 +66,7 @@ struct HeadIndex {
   std::vector<int32_t> counts;          // [k]     members per cluster, all >= 1
   std::vector<int32_t> offsets;         // [k+1]   CSR: offsets[0] = 0, offsets[k] = B
   // Coarse level (empty when off): coarse centroids cluster the fine centroids.
-  std::vector<float> coarse_centroids;  // [k1][d] mean of the raw fine centroids of the group
+  std::vector<float> coarse_centroids;  // [k1][d] mean of the raw keys under the group
   std::vector<int32_t> coarse_offsets;  // [k1+1]  CSR into coarse_members
   std::vector<int32_t> coarse_members;  // [k]     fine cluster ids grouped by coarse parent
 
