@@ -33,7 +33,8 @@ StatusOr<double> FloatOr(const File& f, const std::string& key, double fallback)
 // frequencies, as llama.cpp's converter writes them, LlamaModel.generate_extra_tensors).
 // factor = the largest divisor; low_freq_factor = 1 and high_freq_factor = 4 (every Llama-3.x
 // release); the original context length comes from {arch}.rope.scaling.original_context_length,
-// else 8192, else what a divisor in the smooth band implies. The fit must reproduce every divisor
+// else 8192, else what a divisor in the smooth band implies (else any value that reproduces the
+// divisors: they alone determine the frequencies). The fit must reproduce every divisor
 // to 1e-4 (relative), or the file is rejected: the runtime would compute other frequencies.
 Status FitLlama3Rope(const File& f, const std::string& arch, const TensorInfo& t, ModelConfig* c) {
   const std::string p = "GGUF " + f.path() + ": ";
@@ -63,13 +64,22 @@ Status FitLlama3Rope(const File& f, const std::string& arch, const TensorInfo& t
     candidates.push_back(orig);
   } else {
     candidates.push_back(8192);
-    // In the smooth band 1/d = (1 - s) / factor + s with s = (orig / wavelen - 1) / 3.
+    // In the smooth band 1/d = (1 - s) / factor + s with s = (orig / wavelen - 1) / 3. Without
+    // a divisor in that band, every orig just below the shortest fully scaled wavelength gives
+    // the same frequencies: take that one.
+    double shortest_scaled = 0;
     for (int64_t i = 0; i < half; ++i) {
       const double d = divisors[i];
+      const double wavelen = 2.0 * std::numbers::pi / f0[i];
+      if (d == factor && (shortest_scaled == 0 || wavelen < shortest_scaled)) {
+        shortest_scaled = wavelen;
+      }
       if (d <= 1.0 || d >= factor) continue;
       const double s = (1.0 / d - 1.0 / factor) / (1.0 - 1.0 / factor);
-      const double wavelen = 2.0 * std::numbers::pi / f0[i];
       candidates.push_back(std::llround(wavelen * (3.0 * s + 1.0)));
+    }
+    if (candidates.size() == 1 && shortest_scaled > 1) {
+      candidates.push_back(static_cast<int64_t>(std::floor(shortest_scaled)));
     }
   }
   std::string why;
