@@ -1,0 +1,301 @@
+// sqz_cuda_bench: times the kernels of kernels/cuda on the current GPU against ceilings measured in
+// the same run (device-to-device copy bandwidth, cuBLASLt bf16 matrix rate at 8192^3), and prints
+// ratios. Usage: sqz_cuda_bench [copy|gemm|decode|prefill|all] (default all).
+//
+// Timing: CUDA events around `reps` launches after warm-up; the median of the per-launch times.
+// Inputs are random (never zeros); decode inputs rotate over several KV sets when one set would
+// fit in L2.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/prefill_attention.h"
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+#define CHECK_CUDA(expr)                                                                 \
+  do {                                                                                   \
+    cudaError_t e_ = (expr);                                                             \
+    if (e_ != cudaSuccess) {                                                             \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                 \
+                   cudaGetErrorString(e_));                                              \
+      std::exit(1);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+#define CHECK_OK(expr)                                                                   \
+  do {                                                                                   \
+    const sqz::Status s_ = (expr);                                                       \
+    if (!s_.ok()) {                                                                      \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str());     \
+      std::exit(1);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+// Device memory freed at scope exit.
+struct Mem {
+  explicit Mem(size_t bytes) : bytes(bytes) { CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(bytes, 16))); }
+  ~Mem() { cudaFree(ptr); }
+  Mem(const Mem&) = delete;
+  Mem& operator=(const Mem&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr);
+  }
+  void* ptr = nullptr;
+  size_t bytes;
+};
+
+// Fills n bf16 with roughly normal(0, 1) values: a 64 MiB random pool made once on the host, then
+// tiled over dst by device copies from a seed-dependent offset (generating gigabytes on the host
+// would take minutes; repeated content does not help a cache, which works on addresses).
+void FillRandomBf16(bf16* dst, size_t n, uint32_t seed) {
+  static bf16* pool = nullptr;
+  constexpr size_t kPool = size_t{1} << 25;
+  if (pool == nullptr) {
+    std::vector<bf16> host(kPool);
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < kPool; ++i) {
+      float acc = 0.0f;  // sum of 4 uniforms: cheap, roughly normal
+      for (int k = 0; k < 4; ++k) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        acc += static_cast<float>(state >> 40) * (1.0f / 16777216.0f);
+      }
+      host[i] = __float2bfloat16((acc - 2.0f) * 1.7f);
+    }
+    CHECK_CUDA(cudaMalloc(&pool, kPool * sizeof(bf16)));
+    CHECK_CUDA(cudaMemcpy(pool, host.data(), kPool * sizeof(bf16), cudaMemcpyHostToDevice));
+  }
+  size_t offset = (size_t{seed} * 7919) % (kPool / 2);
+  for (size_t done = 0; done < n;) {
+    const size_t m = std::min(kPool - offset, n - done);
+    CHECK_CUDA(cudaMemcpy(dst + done, pool + offset, m * sizeof(bf16), cudaMemcpyDeviceToDevice));
+    done += m;
+    offset = 0;
+  }
+}
+
+// Median milliseconds per call of fn over reps calls (after warmup calls).
+double TimeMs(const std::function<void(int)>& fn, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) fn(i);
+  CHECK_CUDA(cudaDeviceSynchronize());
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    CHECK_CUDA(cudaEventRecord(a));
+    fn(i);
+    CHECK_CUDA(cudaEventRecord(b));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float t = 0.0f;
+    CHECK_CUDA(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+int NumSms() {
+  int sms = 0;
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  return sms;
+}
+
+// ---- Ceilings -----------------------------------------------------------------------------------
+double g_copy_gbps = 0.0;   // D2D copy, bytes read + written per second / 1e9
+double g_gemm_tflops = 0.0;  // cuBLASLt bf16 8192^3
+
+void BenchCopy() {
+  const size_t bytes = size_t{2} << 30;
+  Mem src(bytes), dst(bytes);
+  CHECK_CUDA(cudaMemset(src.ptr, 0x3c, bytes));
+  const double ms = TimeMs(
+      [&](int) { CHECK_CUDA(cudaMemcpyAsync(dst.ptr, src.ptr, bytes, cudaMemcpyDeviceToDevice)); },
+      3, 15);
+  g_copy_gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;
+  std::printf("copy   D2D %zu MiB: %.3f ms, %.0f GB/s (read + write)\n", bytes >> 20, ms,
+              g_copy_gbps);
+}
+
+void BenchGemm() {
+  auto gemm_or = sqz::cuda::Gemm::Create();
+  CHECK_OK(gemm_or.status());
+  sqz::cuda::Gemm& gemm = **gemm_or;
+  Mem ws(sqz::cuda::Gemm::kRecommendedWorkspaceBytes);
+  struct Shape {
+    int64_t m, n, k;
+    const char* what;
+  };
+  const Shape shapes[] = {
+      {8192, 8192, 8192, "peak reference"},
+      {4096, 4096, 4096, "prefill 4K tokens, Llama-8B q/o proj"},
+      {4096, 28672, 4096, "prefill 4K tokens, Llama-8B gate_up"},
+      {4096, 4096, 14336, "prefill 4K tokens, Llama-8B down"},
+      {512, 6144, 4096, "chunk 512, Llama-8B qkv"},
+      {16, 6144, 4096, "decode batch 16, qkv"},
+      {1, 28672, 4096, "decode batch 1, gate_up"},
+      {16, 28672, 4096, "decode batch 16, gate_up"},
+      {64, 1536, 576, "SmolLM2 batch 64 gate_up"},
+  };
+  std::printf("\n%-44s %6s %6s %6s %10s %9s %8s %9s\n", "gemm (bf16 in, bf16 out)", "m", "n", "k",
+              "ms", "TFLOP/s", "of peak", "W GB/s");
+  for (const Shape& s : shapes) {
+    Mem a(s.m * s.k * 2), w(s.n * s.k * 2), out(s.m * s.n * 2);
+    FillRandomBf16(a.as<bf16>(), s.m * s.k, 1);
+    FillRandomBf16(w.as<bf16>(), s.n * s.k, 2);
+    const int reps = s.m * s.n * s.k > (int64_t{1} << 36) ? 10 : 50;
+    const double ms = TimeMs(
+        [&](int) {
+          CHECK_OK(gemm.MatMulTransB<bf16>(a.as<bf16>(), w.as<bf16>(), nullptr, s.m, s.n, s.k,
+                                           out.as<bf16>(), ws.ptr, ws.bytes, nullptr));
+        },
+        3, reps);
+    const double tflops = 2.0 * s.m * s.n * s.k / (ms * 1e-3) / 1e12;
+    if (s.m == 8192 && s.n == 8192) g_gemm_tflops = tflops;
+    const double wgbps = (s.n * s.k * 2.0 + s.m * s.k * 2.0 + s.m * s.n * 2.0) / (ms * 1e-3) / 1e9;
+    std::printf("%-44s %6ld %6ld %6ld %10.4f %9.1f %7.0f%% %9.0f\n", s.what, long(s.m), long(s.n),
+                long(s.k), ms, tflops, 100.0 * tflops / g_gemm_tflops, wgbps);
+  }
+}
+
+// ---- Decode attention ---------------------------------------------------------------------------
+void BenchDecode() {
+  const int hq = 32, hkv = 8, d = 128;
+  const int sms = NumSms();
+  std::printf("\n%-34s %8s %8s %10s %9s %9s %9s\n", "decode attention (32q/8kv, d=128)", "chunk",
+              "chunks", "us", "KV GB/s", "floor us", "x floor");
+  for (int64_t ctx : {32768, 131072}) {
+    for (int batch : {1, 16}) {
+      const size_t per_head = size_t(ctx) * d;
+      const size_t set_elems = size_t(batch) * hkv * per_head;  // K of all requests
+      const size_t kv_bytes = 2 * set_elems * sizeof(bf16);
+      const int sets = static_cast<int>(std::max<size_t>(1, (size_t{1} << 30) / kv_bytes));
+      Mem k(set_elems * 2 * sets), v(set_elems * 2 * sets);
+      FillRandomBf16(k.as<bf16>(), set_elems * sets, 3);
+      FillRandomBf16(v.as<bf16>(), set_elems * sets, 4);
+      Mem q(size_t(batch) * hq * d * 2), out(size_t(batch) * hq * d * 2);
+      FillRandomBf16(q.as<bf16>(), size_t(batch) * hq * d, 5);
+      // Per set, the device arrays of context pointers.
+      std::vector<std::unique_ptr<Mem>> kp, vp;
+      for (int s = 0; s < sets; ++s) {
+        std::vector<const bf16*> hk(batch), hv(batch);
+        for (int r = 0; r < batch; ++r) {
+          hk[r] = k.as<bf16>() + size_t(s) * set_elems + size_t(r) * hkv * per_head;
+          hv[r] = v.as<bf16>() + size_t(s) * set_elems + size_t(r) * hkv * per_head;
+        }
+        kp.push_back(std::make_unique<Mem>(batch * sizeof(void*)));
+        vp.push_back(std::make_unique<Mem>(batch * sizeof(void*)));
+        CHECK_CUDA(cudaMemcpy(kp.back()->ptr, hk.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
+        CHECK_CUDA(cudaMemcpy(vp.back()->ptr, hv.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
+      }
+      std::vector<int32_t> lens(batch, static_cast<int32_t>(ctx));
+      Mem len(batch * 4);
+      CHECK_CUDA(cudaMemcpy(len.ptr, lens.data(), batch * 4, cudaMemcpyHostToDevice));
+      sqz::cuda::DecodeAttentionParams p;
+      p.batch = batch;
+      p.n_q_heads = hq;
+      p.n_kv_heads = hkv;
+      p.head_dim = d;
+      p.scale = 1.0f / std::sqrt(128.0f);
+      p.q = q.as<bf16>();
+      p.q_stride = hq * d;
+      p.ctx_len = len.as<int32_t>();
+      p.max_kv_len = ctx;
+      const double floor_us = kv_bytes / (g_copy_gbps * 1e9) * 1e6;
+      for (int64_t force : {int64_t{0}, int64_t{256}, int64_t{1024}, int64_t{4096}}) {
+        const sqz::cuda::DecodePlan plan = sqz::cuda::PlanDecodeAttention(p, sms, force);
+        Mem ws(plan.workspace_bytes);
+        const double ms = TimeMs(
+            [&](int i) {
+              p.ctx_k = kp[i % sets]->as<const bf16*>();
+              p.ctx_v = vp[i % sets]->as<const bf16*>();
+              CHECK_OK(sqz::cuda::DecodeAttention<bf16>(p, plan, out.as<bf16>(), nullptr, ws.ptr,
+                                                        ws.bytes, nullptr));
+            },
+            3, 30);
+        char name[64];
+        std::snprintf(name, sizeof(name), "ctx %ldK batch %d%s", long(ctx / 1024), batch,
+                      force == 0 ? " (planner)" : "");
+        std::printf("%-34s %8ld %8d %10.1f %9.0f %9.1f %9.2f\n", name, long(plan.chunk_len),
+                    plan.num_chunks, ms * 1e3, kv_bytes / (ms * 1e-3) / 1e9, floor_us,
+                    ms * 1e3 / floor_us);
+      }
+    }
+  }
+}
+
+// ---- Prefill attention --------------------------------------------------------------------------
+void BenchPrefill() {
+  const int hq = 32, hkv = 8;
+  std::printf("\n%-34s %10s %9s %8s\n", "prefill attention (causal, 32q/8kv)", "ms", "TFLOP/s",
+              "of peak");
+  for (int d : {128, 64}) {
+    for (int64_t n : {4096, 32768}) {
+      Mem q(n * hq * d * 2), k(n * hkv * d * 2), v(n * hkv * d * 2), out(n * hq * d * 2);
+      FillRandomBf16(q.as<bf16>(), n * hq * d, 6);
+      FillRandomBf16(k.as<bf16>(), n * hkv * d, 7);
+      FillRandomBf16(v.as<bf16>(), n * hkv * d, 8);
+      sqz::cuda::PrefillAttentionParams p;
+      p.q = q.as<bf16>();
+      p.q_token_stride = hq * d;
+      p.k = k.as<bf16>();
+      p.v = v.as<bf16>();
+      p.kv_token_stride = hkv * d;
+      p.kv_head_stride = d;
+      p.n_q = p.n_kv = n;
+      p.n_q_heads = hq;
+      p.n_kv_heads = hkv;
+      p.head_dim = d;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+      p.causal = true;
+      const double ms = TimeMs(
+          [&](int) {
+            CHECK_OK(sqz::cuda::PrefillAttention<bf16>(p, out.as<bf16>(), hq * d, nullptr, nullptr));
+          },
+          2, n > 8192 ? 5 : 20);
+      // Causal: half of the n x n scores; QK^T and PV at 2 flops per multiply-add each.
+      const double flops = 2.0 * 2.0 * n * n / 2.0 * d * hq;
+      const double tflops = flops / (ms * 1e-3) / 1e12;
+      char name[64];
+      std::snprintf(name, sizeof(name), "n %ldK d %d", long(n / 1024), d);
+      std::printf("%-34s %10.3f %9.1f %7.0f%%\n", name, ms, tflops,
+                  g_gemm_tflops > 0 ? 100.0 * tflops / g_gemm_tflops : 0.0);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);  // lines survive a timeout
+  const std::string what = argc > 1 ? argv[1] : "all";
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, %.0f MiB, L2 %d MiB\n", prop.name, prop.multiProcessorCount,
+              prop.totalGlobalMem / 1048576.0, prop.l2CacheSize >> 20);
+  BenchCopy();
+  if (what == "all" || what == "gemm" || what == "prefill") BenchGemm();
+  if (what == "all" || what == "decode") BenchDecode();
+  if (what == "all" || what == "prefill") BenchPrefill();
+  return 0;
+}

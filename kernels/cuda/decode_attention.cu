@@ -1,0 +1,397 @@
+#include "kernels/cuda/decode_attention.h"
+
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/ptx.cuh"
+
+namespace sqz::cuda {
+namespace {
+
+using internal::FromFloat;
+using internal::ToFloat;
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kThreads = 128;
+constexpr int kStages = 4;
+constexpr int kPad = 8;  // bf16 of padding per smem row: 16 bytes, conflict-free row-parallel reads
+constexpr int kTile = kDecodeTile;
+static_assert(kTile == 32, "the softmax maps one key of a tile to one lane");
+constexpr int kMaxG = kDecodeMaxGroup;
+
+// Shared memory of one chunk block, in bytes: K/V stages, q (fp32), probabilities, per-head state.
+template <int D>
+constexpr size_t ChunkSmemBytes() {
+  return static_cast<size_t>(kStages) * 2 * kTile * (D + kPad) * sizeof(__nv_bfloat16) +
+         (kMaxG * D + kMaxG * kTile + 3 * kMaxG) * sizeof(float);
+}
+
+// Byte offsets of the workspace: partial outputs [batch][n_q_heads][chunks][D] fp32, then stats.
+size_t PartialOutBytes(const DecodeAttentionParams& p, int chunks) {
+  const size_t bytes = static_cast<size_t>(p.batch) * p.n_q_heads * chunks * p.head_dim * 4;
+  return (bytes + 255) / 256 * 256;
+}
+
+// One block = one (chunk, kv head, request): streams the chunk's keys through a kStages-deep
+// cp.async pipeline and leaves the partial (o, m, l) of each of the group's query heads either in
+// the workspace (several chunks) or directly in out/stats (one chunk).
+template <int D, typename TOut>
+__global__ void __launch_bounds__(kThreads)
+    DecodeChunkKernel(DecodeAttentionParams p, int64_t chunk_len, int num_chunks,
+                      float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
+                      TOut* __restrict__ out, cpu::AttentionPartial* __restrict__ stats) {
+  constexpr int kRow = D + kPad;
+  constexpr int kChunks = D / 8;          // 16-byte pieces per K/V row
+  constexpr int kPairs = D / 2;           // bf16 pairs per V row
+  constexpr int kKeyLanes = kThreads / kPairs > 0 ? kThreads / kPairs : 1;
+  static_assert(kPairs <= kThreads);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* kv_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kStages][2][kTile][kRow]
+  auto* q_s = reinterpret_cast<float*>(kv_s + kStages * 2 * kTile * kRow);  // [kMaxG][D]
+  float* p_s = q_s + kMaxG * D;                                             // [kMaxG][kTile]
+  float* alpha_s = p_s + kMaxG * kTile;                                     // [kMaxG]
+  float* m_s = alpha_s + kMaxG;                                             // [kMaxG]
+  float* l_s = m_s + kMaxG;                                                 // [kMaxG]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int chunk = blockIdx.x, kv_head = blockIdx.y, r = blockIdx.z;
+  const int group = p.n_q_heads / p.n_kv_heads;
+
+  const int64_t len_ctx = p.ctx_len ? p.ctx_len[r] : 0;
+  const int64_t len_own = p.own_len ? p.own_len[r] : 0;
+  const int64_t total = min(static_cast<long long>(len_ctx + len_own),
+                            static_cast<long long>(p.max_kv_len));
+  const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
+  const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
+  const int n_tiles = end > start ? static_cast<int>((end - start + kTile - 1) / kTile) : 0;
+  const __nv_bfloat16* ctx_k = len_ctx > 0 ? p.ctx_k[r] : nullptr;
+  const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
+  const int32_t* blocks = len_own > 0 ? p.block_ids + p.block_indptr[r] : nullptr;
+
+  // q of the group's heads, pre-scaled into the log2 domain.
+  const float scale_log2 = p.scale * kLog2e;
+  for (int i = tid; i < group * D; i += kThreads) {
+    const int hh = i / D, dim = i % D;
+    q_s[hh * D + dim] =
+        ToFloat(p.q[static_cast<int64_t>(r) * p.q_stride + (kv_head * group + hh) * D + dim]) *
+        scale_log2;
+  }
+
+  auto load_tile = [&](int tile, int stage) {
+    __nv_bfloat16* k_dst = kv_s + (stage * 2) * kTile * kRow;
+    __nv_bfloat16* v_dst = k_dst + kTile * kRow;
+    const int64_t j0 = start + static_cast<int64_t>(tile) * kTile;
+    for (int c = tid; c < kTile * kChunks; c += kThreads) {
+      const int row = c / kChunks, col = (c % kChunks) * 8;
+      const int64_t j = j0 + row;
+      const bool valid = j < end;
+      const __nv_bfloat16* ks = p.q;  // any mapped address for zero-fill
+      const __nv_bfloat16* vs = p.q;
+      if (valid) {
+        if (j < len_ctx) {
+          const int64_t off = (kv_head * len_ctx + j) * D + col;
+          ks = ctx_k + off;
+          vs = ctx_v + off;
+        } else {
+          const int64_t u = j - len_ctx;
+          const int64_t b = blocks[u / kPageSize];
+          const int64_t off = ((b * p.n_kv_heads + kv_head) * kPageSize + u % kPageSize) * D + col;
+          ks = p.pool_k + off;
+          vs = p.pool_v + off;
+        }
+      }
+      internal::CpAsync16(k_dst + row * kRow + col, ks, valid);
+      internal::CpAsync16(v_dst + row * kRow + col, vs, valid);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_tiles) load_tile(s, s);
+    internal::CpAsyncCommit();
+  }
+
+  // Softmax state of heads warp and warp + 4 (held by every lane of the owning warp).
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  // PV accumulators: this thread's pair of dims for every head of the group, over its key lane.
+  const int pair = tid % kPairs, key_lane = tid / kPairs;
+  const bool pv_active = key_lane < kKeyLanes;
+  float acc[kMaxG][2];
+#pragma unroll
+  for (int hh = 0; hh < kMaxG; ++hh) acc[hh][0] = acc[hh][1] = 0.0f;
+
+  for (int ti = 0; ti < n_tiles; ++ti) {
+    const int pre = ti + kStages - 1;
+    if (pre < n_tiles) load_tile(pre, pre % kStages);
+    internal::CpAsyncCommit();
+    internal::CpAsyncWait<kStages - 1>();
+    __syncthreads();
+    const __nv_bfloat16* k_t = kv_s + ((ti % kStages) * 2) * kTile * kRow;
+    const __nv_bfloat16* v_t = k_t + kTile * kRow;
+    const int64_t j0 = start + static_cast<int64_t>(ti) * kTile;
+
+    // Scores: one (head, key) per thread per step.
+    for (int i = tid; i < group * kTile; i += kThreads) {
+      const int hh = i / kTile, key = i % kTile;
+      const __nv_bfloat16* kr = k_t + key * kRow;
+      const float* qr = q_s + hh * D;
+      float dot = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(kr + c * 8);
+        const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+        const float4 qa = *reinterpret_cast<const float4*>(qr + c * 8);
+        const float4 qb = *reinterpret_cast<const float4*>(qr + c * 8 + 4);
+        const float2 k01 = __bfloat1622float2(k2[0]), k23 = __bfloat1622float2(k2[1]);
+        const float2 k45 = __bfloat1622float2(k2[2]), k67 = __bfloat1622float2(k2[3]);
+        dot = fmaf(qa.x, k01.x, dot);
+        dot = fmaf(qa.y, k01.y, dot);
+        dot = fmaf(qa.z, k23.x, dot);
+        dot = fmaf(qa.w, k23.y, dot);
+        dot = fmaf(qb.x, k45.x, dot);
+        dot = fmaf(qb.y, k45.y, dot);
+        dot = fmaf(qb.z, k67.x, dot);
+        dot = fmaf(qb.w, k67.y, dot);
+      }
+      p_s[hh * kTile + key] = j0 + key < end ? dot : -INFINITY;
+    }
+    __syncthreads();
+    // Online softmax: warp w updates heads w and w + 4.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int hh = warp + 4 * i;
+      if (hh < group) {
+        const float s = p_s[hh * kTile + lane];
+        const float mn = fmaxf(m_run[i], internal::WarpMax(s));
+        const float base = mn == -INFINITY ? 0.0f : mn;
+        const float pr = exp2f(s - base);
+        const float alpha = exp2f(m_run[i] - base);
+        l_run[i] = l_run[i] * alpha + internal::WarpSum(pr);
+        m_run[i] = mn;
+        p_s[hh * kTile + lane] = pr;
+        if (lane == 0) alpha_s[hh] = alpha;
+      }
+    }
+    __syncthreads();
+    if (pv_active) {
+#pragma unroll
+      for (int hh = 0; hh < kMaxG; ++hh) {
+        if (hh < group) {
+          const float a = alpha_s[hh];
+          acc[hh][0] *= a;
+          acc[hh][1] *= a;
+        }
+      }
+      for (int key = key_lane; key < kTile; key += kKeyLanes) {
+        const float2 v = __bfloat1622float2(
+            *reinterpret_cast<const __nv_bfloat162*>(v_t + key * kRow + 2 * pair));
+#pragma unroll
+        for (int hh = 0; hh < kMaxG; ++hh) {
+          if (hh < group) {
+            const float pr = p_s[hh * kTile + key];
+            acc[hh][0] = fmaf(pr, v.x, acc[hh][0]);
+            acc[hh][1] = fmaf(pr, v.y, acc[hh][1]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the stage just read is refilled by the next iteration
+  }
+  internal::CpAsyncWait<0>();
+
+  // Reduce the key lanes through shared memory (the K/V stages are free now).
+  auto* red = reinterpret_cast<float*>(kv_s);  // [kKeyLanes][kMaxG][D]
+  static_assert(kKeyLanes * kMaxG * D * sizeof(float) <=
+                kStages * 2 * kTile * (D + kPad) * sizeof(__nv_bfloat16));
+  if (pv_active) {
+#pragma unroll
+    for (int hh = 0; hh < kMaxG; ++hh) {
+      if (hh < group) {
+        red[(key_lane * kMaxG + hh) * D + 2 * pair] = acc[hh][0];
+        red[(key_lane * kMaxG + hh) * D + 2 * pair + 1] = acc[hh][1];
+      }
+    }
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int hh = warp + 4 * i;
+      if (hh < group) {
+        m_s[hh] = m_run[i];
+        l_s[hh] = l_run[i];
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < group * D; i += kThreads) {
+    const int hh = i / D, dim = i % D;
+    float sum = 0.0f;
+#pragma unroll
+    for (int kl = 0; kl < kKeyLanes; ++kl) sum += red[(kl * kMaxG + hh) * D + dim];
+    const float l = l_s[hh];
+    const float o = l > 0.0f ? sum / l : 0.0f;
+    const int64_t qh = static_cast<int64_t>(r) * p.n_q_heads + kv_head * group + hh;
+    const cpu::AttentionPartial st{m_s[hh] * kLn2, l};
+    if (num_chunks == 1) {
+      out[qh * D + dim] = FromFloat<TOut>(o);
+      if (stats && dim == 0) stats[qh] = st;
+    } else {
+      ws_o[(qh * num_chunks + chunk) * D + dim] = o;
+      if (dim == 0) ws_stats[qh * num_chunks + chunk] = st;
+    }
+  }
+}
+
+// One block per (request, query head): merges its chunks' partials (log-sum-exp rule).
+template <typename TOut>
+__global__ void DecodeMergeKernel(int num_chunks, int d, const float* __restrict__ ws_o,
+                                  const cpu::AttentionPartial* __restrict__ ws_stats,
+                                  TOut* __restrict__ out, cpu::AttentionPartial* __restrict__ stats) {
+  const int64_t qh = blockIdx.x;
+  const cpu::AttentionPartial* st = ws_stats + qh * num_chunks;
+  float m = -INFINITY;
+  for (int c = 0; c < num_chunks; ++c) {
+    if (st[c].l > 0.0f) m = fmaxf(m, st[c].m);
+  }
+  float total = 0.0f;
+  for (int c = 0; c < num_chunks; ++c) {
+    if (st[c].l > 0.0f) total += expf(st[c].m - m) * st[c].l;
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  for (int dim = threadIdx.x; dim < d; dim += blockDim.x) {
+    float acc = 0.0f;
+    for (int c = 0; c < num_chunks; ++c) {
+      if (st[c].l > 0.0f) acc += expf(st[c].m - m) * st[c].l * ws_o[(qh * num_chunks + c) * d + dim];
+    }
+    out[qh * d + dim] = FromFloat<TOut>(acc * inv);
+  }
+  if (stats && threadIdx.x == 0) stats[qh] = {m, total};
+}
+
+template <int D, typename TOut>
+Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut* out,
+                    cpu::AttentionPartial* stats, void* workspace, cudaStream_t stream) {
+  constexpr size_t kSmem = ChunkSmemBytes<D>();
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(DecodeChunkKernel<D, TOut>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kSmem)),
+      "DecodeAttention: cudaFuncSetAttribute");
+  float* ws_o = nullptr;
+  cpu::AttentionPartial* ws_stats = nullptr;
+  if (plan.num_chunks > 1) {
+    ws_o = static_cast<float*>(workspace);
+    ws_stats = reinterpret_cast<cpu::AttentionPartial*>(static_cast<char*>(workspace) +
+                                                        PartialOutBytes(p, plan.num_chunks));
+  }
+  const dim3 grid(plan.num_chunks, p.n_kv_heads, p.batch);
+  DecodeChunkKernel<D, TOut><<<grid, kThreads, kSmem, stream>>>(p, plan.chunk_len, plan.num_chunks,
+                                                                ws_o, ws_stats, out, stats);
+  SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: chunk kernel"));
+  if (plan.num_chunks > 1) {
+    const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.batch) * p.n_q_heads);
+    DecodeMergeKernel<TOut><<<blocks, 128, 0, stream>>>(plan.num_chunks, D, ws_o, ws_stats, out,
+                                                        stats);
+    SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: merge kernel"));
+  }
+  return OkStatus();
+}
+
+bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+}  // namespace
+
+DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
+                               int64_t force_chunk_len) {
+  DecodePlan plan;
+  const int64_t len = std::max<int64_t>(p.max_kv_len, 0);
+  int64_t chunk = force_chunk_len;
+  if (chunk <= 0) {
+    const int64_t units = std::max<int64_t>(1, static_cast<int64_t>(p.batch) * p.n_kv_heads);
+    const int64_t target_blocks = 16 * static_cast<int64_t>(std::max(num_sms, 1));
+    chunk = std::max<int64_t>(256, (len * units + target_blocks - 1) / target_blocks);
+  }
+  chunk = (chunk + kTile - 1) / kTile * kTile;
+  plan.chunk_len = chunk;
+  plan.num_chunks = static_cast<int>(std::max<int64_t>(1, (len + chunk - 1) / chunk));
+  if (plan.num_chunks > 1) {
+    plan.workspace_bytes =
+        PartialOutBytes(p, plan.num_chunks) +
+        static_cast<size_t>(p.batch) * p.n_q_heads * plan.num_chunks * sizeof(cpu::AttentionPartial);
+  }
+  return plan;
+}
+
+template <typename TOut>
+Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, TOut* out,
+                       cpu::AttentionPartial* stats, void* workspace, size_t workspace_bytes,
+                       cudaStream_t stream) {
+  constexpr const char* kOp = "DecodeAttention";
+  if (p.batch < 0 || p.batch > 65535) return ArgError(kOp, "batch must be in [0, 65535]");
+  if (p.n_q_heads <= 0 || p.n_kv_heads <= 0 || p.n_kv_heads > 65535 ||
+      p.n_q_heads % p.n_kv_heads != 0) {
+    return ArgError(kOp, "n_kv_heads (" + std::to_string(p.n_kv_heads) +
+                             ") must be positive and divide n_q_heads (" +
+                             std::to_string(p.n_q_heads) + ")");
+  }
+  if (p.n_q_heads / p.n_kv_heads > kDecodeMaxGroup) {
+    return UnsupportedError(kOp, "n_q_heads / n_kv_heads = " +
+                                     std::to_string(p.n_q_heads / p.n_kv_heads) +
+                                     " exceeds the compiled maximum " +
+                                     std::to_string(kDecodeMaxGroup));
+  }
+  if (std::find(kDecodeHeadDims.begin(), kDecodeHeadDims.end(), p.head_dim) ==
+      kDecodeHeadDims.end()) {
+    return UnsupportedError(kOp, "head_dim " + std::to_string(p.head_dim) +
+                                     " is not compiled (8, 16, 32, 48, 64, 96, 128)");
+  }
+  if (!(p.scale > 0.0f)) return ArgError(kOp, "scale must be > 0");
+  if (p.max_kv_len < 0) return ArgError(kOp, "max_kv_len must be >= 0");
+  if (p.q_stride < static_cast<int64_t>(p.n_q_heads) * p.head_dim) {
+    return ArgError(kOp, "q_stride must be >= n_q_heads * head_dim");
+  }
+  if (plan.chunk_len <= 0 || plan.chunk_len % kDecodeTile != 0 || plan.num_chunks < 1 ||
+      plan.chunk_len * plan.num_chunks < p.max_kv_len) {
+    return ArgError(kOp, "plan does not cover max_kv_len (make it with PlanDecodeAttention)");
+  }
+  if (p.batch == 0) return OkStatus();
+  const DecodePlan expected = PlanDecodeAttention(p, 1, plan.chunk_len);
+  if (expected.num_chunks != plan.num_chunks) {
+    return ArgError(kOp, "plan was made for other params");
+  }
+  if (workspace_bytes < expected.workspace_bytes ||
+      (expected.workspace_bytes > 0 && (!workspace || !Aligned16(workspace)))) {
+    return ArgError(kOp, "workspace of " + std::to_string(workspace_bytes) + " bytes; the plan needs " +
+                             std::to_string(expected.workspace_bytes) + ", 16-byte aligned");
+  }
+  if (!p.q || !out) return ArgError(kOp, "null q or out");
+  if (p.ctx_len && (!p.ctx_k || !p.ctx_v)) return ArgError(kOp, "ctx_len given without ctx_k/ctx_v");
+  if (p.own_len && (!p.block_indptr || !p.block_ids || !p.pool_k || !p.pool_v)) {
+    return ArgError(kOp, "own_len given without block_indptr, block_ids, pool_k and pool_v");
+  }
+  if (p.own_len && (!Aligned16(p.pool_k) || !Aligned16(p.pool_v))) {
+    return ArgError(kOp, "pool_k and pool_v must be 16-byte aligned");
+  }
+  switch (p.head_dim) {
+    case 8: return LaunchDecode<8>(p, plan, out, stats, workspace, stream);
+    case 16: return LaunchDecode<16>(p, plan, out, stats, workspace, stream);
+    case 32: return LaunchDecode<32>(p, plan, out, stats, workspace, stream);
+    case 48: return LaunchDecode<48>(p, plan, out, stats, workspace, stream);
+    case 64: return LaunchDecode<64>(p, plan, out, stats, workspace, stream);
+    case 96: return LaunchDecode<96>(p, plan, out, stats, workspace, stream);
+    case 128: return LaunchDecode<128>(p, plan, out, stats, workspace, stream);
+    default: break;
+  }
+  return UnsupportedError(kOp, "head_dim " + std::to_string(p.head_dim) + " is not compiled");
+}
+
+template Status DecodeAttention<float>(const DecodeAttentionParams&, const DecodePlan&, float*,
+                                       cpu::AttentionPartial*, void*, size_t, cudaStream_t);
+template Status DecodeAttention<__nv_bfloat16>(const DecodeAttentionParams&, const DecodePlan&,
+                                               __nv_bfloat16*, cpu::AttentionPartial*, void*,
+                                               size_t, cudaStream_t);
+
+}  // namespace sqz::cuda

@@ -1,0 +1,94 @@
+// Decode attention (FlashDecoding): one query token per request, a batch of requests of different
+// lengths, each attending to
+//   1. its fixed context: contiguous K and V, [n_kv_heads][ctx_len][head_dim] bf16 (post-RoPE), and
+//   2. its own tokens in the paged pool: blocks of kPageSize tokens, found through a block table,
+// as one key sequence (context keys first, then own tokens; no mask: every key precedes the query).
+// The keys are split into chunks (split-K) so that long sequences fill the GPU; each chunk leaves
+// an exact partial (o, m, l) in the workspace, and a second kernel merges them by the log-sum-exp
+// rule (cpu::MergePartial). The result and its (m, l) can be merged further by the caller
+// (MergeAttentionPartials, prefill_attention.h), e.g. with a Squeezed-Attention partial.
+//
+// Semantics (oracle: cpu::AttendAccumulate over the concatenated keys): for request r and query
+// head h (kv head h / (n_q_heads / n_kv_heads)), s_j = scale * q . k_j, m = max s_j,
+// l = sum exp(s_j - m), o = sum exp(s_j - m) v_j / l; a request with no keys gets o = 0,
+// m = -inf, l = 0.
+//
+// Paged pool layout: block b, kv head h, slot i (token u of a request sits in its block table's
+// entry u / kPageSize at slot u % kPageSize) at pool + ((b * n_kv_heads + h) * kPageSize + i) *
+// head_dim.
+//
+// Usage: plan on the host, size the workspace, launch:
+//   DecodePlan plan = PlanDecodeAttention(params, num_sms);
+//   ... workspace of plan.workspace_bytes ...
+//   DecodeAttention(params, plan, out, stats, workspace, plan.workspace_bytes, stream);
+// head_dim must be one of kDecodeHeadDims (compiled instances); others are UNIMPLEMENTED.
+// Memory: every pointer is device memory owned by the caller; K/V base pointers (ctx_k[r],
+// ctx_v[r], pool_k, pool_v) must be 16-byte aligned. Thread safety: stateless.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/status.h"
+#include "kernels/cpu/attention.h"
+
+namespace sqz::cuda {
+
+inline constexpr int kPageSize = 16;
+inline constexpr std::array<int, 7> kDecodeHeadDims = {8, 16, 32, 48, 64, 96, 128};
+inline constexpr int kDecodeMaxGroup = 8;  // n_q_heads / n_kv_heads at most this
+inline constexpr int kDecodeTile = 32;     // keys per pipeline stage; chunk lengths are multiples
+
+struct DecodeAttentionParams {
+  int batch = 0;
+  int n_q_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 0.0f;
+  // q: request r, head h at q + r * q_stride + h * head_dim; [batch][>= n_q_heads * head_dim].
+  const __nv_bfloat16* q = nullptr;
+  int64_t q_stride = 0;
+  // Fixed contexts: ctx_len [batch] int32 (0 for a request without one); ctx_k, ctx_v [batch]
+  // device arrays of device pointers to [n_kv_heads][ctx_len[r]][head_dim] (null where ctx_len is 0).
+  // ctx_len may itself be nullptr when no request has a context.
+  const int32_t* ctx_len = nullptr;
+  const __nv_bfloat16* const* ctx_k = nullptr;
+  const __nv_bfloat16* const* ctx_v = nullptr;
+  // Paged own tokens: own_len [batch] int32 (nullptr: none); block_indptr [batch + 1] int32 CSR
+  // offsets into block_ids [block_indptr[batch]] int32; pool_k, pool_v as in the layout above.
+  // own_len[r] <= kPageSize * (block_indptr[r + 1] - block_indptr[r]).
+  const int32_t* own_len = nullptr;
+  const int32_t* block_indptr = nullptr;
+  const int32_t* block_ids = nullptr;
+  const __nv_bfloat16* pool_k = nullptr;
+  const __nv_bfloat16* pool_v = nullptr;
+  // Host-side upper bound of ctx_len[r] + own_len[r] over all r: sizes the split. Keys beyond it
+  // are not read (a wrong bound gives wrong results, never out-of-bounds reads of K/V).
+  int64_t max_kv_len = 0;
+};
+
+// How the keys are split; made on the host, no device access.
+struct DecodePlan {
+  int64_t chunk_len = 0;   // keys per chunk, a multiple of kDecodeTile
+  int num_chunks = 0;      // chunks per (request, kv head): ceil(max_kv_len / chunk_len), >= 1
+  size_t workspace_bytes = 0;
+};
+
+// Chooses chunks so that about 16 blocks per multiprocessor are launched (num_sms from
+// cudaDevAttrMultiProcessorCount), with chunks of at least 256 keys. force_chunk_len > 0 (a
+// multiple of kDecodeTile) overrides the choice (tests use it to exercise the merge).
+DecodePlan PlanDecodeAttention(const DecodeAttentionParams& params, int num_sms,
+                               int64_t force_chunk_len = 0);
+
+// out: [batch][n_q_heads][head_dim]; stats: [batch][n_q_heads] (m, l) or nullptr.
+// workspace: >= plan.workspace_bytes device bytes, 16-byte aligned. TOut: float or __nv_bfloat16.
+template <typename TOut>
+Status DecodeAttention(const DecodeAttentionParams& params, const DecodePlan& plan, TOut* out,
+                       cpu::AttentionPartial* stats, void* workspace, size_t workspace_bytes,
+                       cudaStream_t stream);
+
+}  // namespace sqz::cuda

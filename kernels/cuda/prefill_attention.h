@@ -1,0 +1,64 @@
+// Prefill attention: many query tokens of one sequence against its keys, causal or not, with GQA,
+// FlashAttention-2 style (one pass over K/V with an online softmax; never materialises the scores).
+//
+// Semantics (the oracle is cpu::AttendAccumulate, kernels/cpu/attention.h): for query token t and
+// query head h (kv head h / (n_q_heads / n_kv_heads), Hugging Face repeat_kv), over the allowed
+// keys j (all j < n_kv; with causal, only j <= q_offset + t):
+//   s_j = scale * q . k_j,  m = max_j s_j,  l = sum_j exp(s_j - m),  o = sum_j exp(s_j - m) v_j / l.
+// With no allowed key: o = 0, m = -inf, l = 0 (an empty partial).
+// The optional (m, l) output lets callers merge this partial with others (MergeAttentionPartials).
+//
+// Dispatch: head_dim 64 and 128 with 16-byte aligned pointers and strides that are multiples of 8
+// run on tensor cores (bf16 mma, fp32 softmax and accumulators); any other head_dim up to 256 (8,
+// 48, 96, ...) or unaligned views run a simple correct kernel (one warp per query and head).
+// head_dim > 256 is UNIMPLEMENTED.
+// Memory: all pointers are device memory owned by the caller; nothing is allocated.
+// Thread safety: stateless.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "common/status.h"
+#include "kernels/cpu/attention.h"
+
+namespace sqz::cuda {
+
+struct PrefillAttentionParams {
+  // Query token t, head h at q + t * q_token_stride + h * head_dim: [n_q][>= n_q_heads * head_dim].
+  const __nv_bfloat16* q = nullptr;
+  int64_t q_token_stride = 0;
+  // Key j of kv head h at k + j * kv_token_stride + h * kv_head_stride (v likewise). Token-major
+  // (a packed QKV buffer: kv_token_stride = row width, kv_head_stride = head_dim) and head-major
+  // ([n_kv_heads][n_kv][head_dim]: kv_token_stride = head_dim, kv_head_stride = n_kv * head_dim)
+  // are both views of this form.
+  const __nv_bfloat16* k = nullptr;
+  const __nv_bfloat16* v = nullptr;
+  int64_t kv_token_stride = 0;
+  int64_t kv_head_stride = 0;
+  int64_t n_q = 0;   // query tokens (>= 0)
+  int64_t n_kv = 0;  // keys (>= 0)
+  int n_q_heads = 0;
+  int n_kv_heads = 0;  // divides n_q_heads
+  int head_dim = 0;
+  float scale = 0.0f;  // usually 1 / sqrt(head_dim)
+  bool causal = true;
+  int64_t q_offset = 0;  // with causal: query t sits at key position q_offset + t (>= 0)
+};
+
+// out: query t, head h at out + t * out_token_stride + h * head_dim ([n_q][>= n_q_heads*head_dim]);
+// stats: [n_q][n_q_heads] (m, l) per query and head, or nullptr. TOut is float or __nv_bfloat16.
+template <typename TOut>
+Status PrefillAttention(const PrefillAttentionParams& params, TOut* out, int64_t out_token_stride,
+                        cpu::AttentionPartial* stats, cudaStream_t stream);
+
+// Merges partial b into partial a, in place (cpu::MergePartial, row by row):
+// o_a, o_b: [n][d]; stats_a, stats_b: [n]. T is float or __nv_bfloat16 (fp32 math).
+template <typename T>
+Status MergeAttentionPartials(T* o_a, cpu::AttentionPartial* stats_a, const T* o_b,
+                              const cpu::AttentionPartial* stats_b, int64_t n, int64_t d,
+                              cudaStream_t stream);
+
+}  // namespace sqz::cuda
