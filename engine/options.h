@@ -9,7 +9,7 @@ namespace sqz {
 
 struct ModelOptions {
   // Hugging Face directory or .gguf file. Default: the embedded default model in the model cache.
-  std::string path = "~/.cache/squeeze/models/SmolLM2-135M-Instruct-Q4_1.gguf";
+  std::string path = "~/.cache/squeeze/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   // "cpu" (reference, any machine) or "cuda" (needs an NVIDIA GPU and a CUDA build).
   std::string backend = "cpu";
   // CPU threads for the cpu backend; 0 = all cores.
