@@ -297,7 +297,7 @@ void CpuBackend::RunLayer(int layer, std::span<const StepInput> batch) {
   const int64_t work = rows * c.q_heads;
   int64_t keys = 0;  // attention cost estimate: keys visited per head
   for (int64_t r = 0; r < rows; ++r) keys += sc.row_pos[r] + 1;
-#pragma omp parallel for schedule(dynamic, 4) if (keys * c.q_heads * d > (1 << 16))
+#pragma omp parallel for schedule(dynamic, 4) if (keys * c.q_heads * d >= (int64_t{1} << 20))
   for (int64_t job = 0; job < work; ++job) {
     thread_local std::vector<float> scores;
     const int64_t r = job / c.q_heads, h = job % c.q_heads;

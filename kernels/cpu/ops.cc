@@ -17,8 +17,9 @@ void RmsNorm(const float* x, const float* w, int64_t n, int64_t d, float eps, fl
   }
 }
 
-// Sixteen independent accumulators, summed pairwise at the end: vectorises well and fixes the
-// reduction order, which is what makes MatMulTransB batch invariant.
+// Sixteen independent accumulators (lane j sums the products at indices i = j mod 16, in index
+// order), then a fixed pairwise tree: this one reduction order is used for every element by Dot and
+// by every tile shape of MatMulTransB, which is what makes MatMulTransB batch invariant.
 float Dot(const float* x, const float* y, int64_t k) {
   constexpr int kLanes = 16;
   float acc[kLanes] = {};
@@ -33,17 +34,66 @@ float Dot(const float* x, const float* y, int64_t k) {
   return acc[0];
 }
 
+namespace {
+
+// R activation rows x C weight rows of outputs at once, each with exactly Dot's arithmetic: the
+// activation and weight blocks are loaded once per tile instead of once per output. `out` rows are
+// `ldo` apart.
+template <int R, int C>
+void DotTile(const float* a, const float* w, int64_t k, float* out, int64_t ldo,
+             const float* bias) {
+  constexpr int kLanes = 16;
+  float acc[R][C][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= k; i += kLanes) {
+    for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < C; ++c) {
+        for (int j = 0; j < kLanes; ++j) acc[r][c][j] += a[r * k + i + j] * w[c * k + i + j];
+      }
+    }
+  }
+  const int tail = static_cast<int>(k - i);
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) {
+      float* lane = acc[r][c];
+      for (int j = 0; j < tail; ++j) lane[j] += a[r * k + i + j] * w[c * k + i + j];
+      for (int width = kLanes / 2; width > 0; width /= 2) {
+        for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
+      }
+      out[r * ldo + c] = lane[0] + (bias ? bias[c] : 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
 void MatMulTransB(const float* a, const float* w, const float* bias, int64_t m, int64_t n,
                   int64_t k, float* out) {
-  // Each weight row is read once per block of up to kRows activation rows; every element is one Dot.
-  constexpr int64_t kRows = 8;
-#pragma omp parallel for schedule(static) if (n * m * k > 32768)
-  for (int64_t j = 0; j < n; ++j) {
+  // Tiles of 4 activation rows x 2 weight rows; edges use smaller tiles with the same arithmetic.
+  // Work is split over pairs of weight rows; a parallel region is only worth it for >= ~1M MACs
+  // (fork/join costs microseconds, far more when the cores are oversubscribed).
+  constexpr int64_t kR = 4, kC = 2;
+  const int64_t col_blocks = (n + kC - 1) / kC;
+#pragma omp parallel for schedule(static) if (m * n * k >= (int64_t{1} << 20))
+  for (int64_t cb = 0; cb < col_blocks; ++cb) {
+    const int64_t j = cb * kC;
     const float* wj = w + j * k;
-    const float b = bias ? bias[j] : 0.0f;
-    for (int64_t r0 = 0; r0 < m; r0 += kRows) {
-      const int64_t r1 = std::min(m, r0 + kRows);
-      for (int64_t r = r0; r < r1; ++r) out[r * n + j] = Dot(a + r * k, wj, k) + b;
+    const float* bj = bias ? bias + j : nullptr;
+    const bool pair = j + 1 < n;
+    int64_t r = 0;
+    for (; r + kR <= m; r += kR) {
+      if (pair) {
+        DotTile<kR, kC>(a + r * k, wj, k, out + r * n + j, n, bj);
+      } else {
+        DotTile<kR, 1>(a + r * k, wj, k, out + r * n + j, n, bj);
+      }
+    }
+    for (; r < m; ++r) {
+      if (pair) {
+        DotTile<1, kC>(a + r * k, wj, k, out + r * n + j, n, bj);
+      } else {
+        DotTile<1, 1>(a + r * k, wj, k, out + r * n + j, n, bj);
+      }
     }
   }
 }
