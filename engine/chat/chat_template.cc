@@ -72,6 +72,9 @@ std::string ChatMl(const ChatTemplate& t, std::span<const ChatMessage> messages,
 }
 
 StatusOr<std::string> Llama2(std::span<const ChatMessage> messages) {
+  if (messages.empty()) {  // the Jinja template reads messages[0]
+    return InvalidArgumentError("chat template llama2: needs at least one message");
+  }
   std::string system;
   bool has_system = false;
   if (!messages.empty() && messages[0].role == "system") {
@@ -82,13 +85,15 @@ StatusOr<std::string> Llama2(std::span<const ChatMessage> messages) {
   std::string out;
   for (size_t i = 0; i < messages.size(); ++i) {
     const ChatMessage& m = messages[i];
-    const bool want_user = i % 2 == 0;
-    if ((m.role == "user") != want_user || (m.role != "user" && m.role != "assistant")) {
+    // As the Jinja template: a user message must sit at an even index, and only there; other
+    // roles at odd indices pass the check and render nothing.
+    if ((m.role == "user") != (i % 2 == 0)) {
       return InvalidArgumentError(
           "chat template llama2: conversation roles must alternate user/assistant/user/... after "
           "an optional system message; message " +
           std::to_string(i + (has_system ? 1 : 0)) + " has role '" + m.role + "'");
     }
+    if (m.role != "user" && m.role != "assistant") continue;
     std::string content = m.content;
     if (i == 0 && has_system) content = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + content;
     const bool user = m.role == "user";

@@ -7,8 +7,10 @@
 //            message when the conversation has none (SmolLM2, Qwen2 do): ChatTemplate keeps it.
 //   kLlama2  "<s>[INST] {user} [/INST] {assistant} </s><s>[INST] ..." with the system message
 //            folded into the first user turn as "<<SYS>>\n{system}\n<</SYS>>\n\n"; contents are
-//            stripped of surrounding whitespace; roles must alternate user/assistant after an
-//            optional system message. The generation prompt is implicit (after "[/INST]").
+//            stripped of surrounding whitespace; after an optional system message, user messages
+//            must be exactly those at even positions (as the Jinja template checks: a message
+//            with another role at an odd position renders nothing). The generation prompt is
+//            implicit (after "[/INST]").
 //   kLlama3  "<|begin_of_text|>" then "<|start_header_id|>{role}<|end_header_id|>\n\n{content}
 //            <|eot_id|>" per message (content trimmed); generation prompt
 //            "<|start_header_id|>assistant<|end_header_id|>\n\n".
@@ -54,9 +56,9 @@ StatusOr<ChatTemplateKind> ParseChatTemplateKind(std::string_view name);
 // an empty string.
 StatusOr<ChatTemplate> DetectChatTemplate(std::string_view jinja);
 
-// Renders `messages`. INVALID_ARGUMENT for an empty role, and for kLlama2 for roles that do not
-// alternate user/assistant (after an optional leading system message) or a role other than
-// system/user/assistant.
+// Renders `messages`. INVALID_ARGUMENT for an empty role, and for kLlama2 when there are no
+// messages or user messages are not exactly those at even positions after an optional leading
+// system message.
 StatusOr<std::string> ApplyChatTemplate(const ChatTemplate& tmpl,
                                         std::span<const ChatMessage> messages,
                                         bool add_generation_prompt);

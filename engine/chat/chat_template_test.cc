@@ -83,16 +83,21 @@ TEST_CASE("Llama-2 folds the system message into the first turn and strips conte
   CHECK(Render(ChatTemplateKind::kLlama2, {{"system", "only"}}, true).empty());
 }
 
-TEST_CASE("Llama-2 requires alternating user/assistant roles", "[chat]") {
+TEST_CASE("Llama-2 requires user messages at even positions, as its template", "[chat]") {
   for (const std::vector<ChatMessage>& bad :
        {std::vector<ChatMessage>{{"assistant", "x"}},
         std::vector<ChatMessage>{{"user", "a"}, {"user", "b"}},
-        std::vector<ChatMessage>{{"system", "s"}, {"user", "a"}, {"tool", "b"}},
-        std::vector<ChatMessage>{{"user", "a"}, {"system", "b"}}}) {
+        std::vector<ChatMessage>{{"system", "s"}, {"tool", "a"}},
+        std::vector<ChatMessage>{{"user", "a"}, {"assistant", "b"}, {"system", "c"}}}) {
     auto r = ApplyChatTemplate(ChatTemplateKind::kLlama2, bad, true);
     CHECK(r.status().code() == StatusCode::kInvalidArgument);
     CHECK(r.status().message().find("must alternate user/assistant") != std::string::npos);
   }
+  CHECK(ApplyChatTemplate(ChatTemplateKind::kLlama2, {}, true).status().message() ==
+        "chat template llama2: needs at least one message");
+  // Another role at an odd position passes the template's check and renders nothing.
+  CHECK(Render(ChatTemplateKind::kLlama2, {{"user", "a"}, {"tool", "t"}, {"user", "b"}}, true) ==
+        "<s>[INST] a [/INST]<s>[INST] b [/INST]");
 }
 
 TEST_CASE("Llama-3 renders headers, trims contents and adds BOS once", "[chat]") {
