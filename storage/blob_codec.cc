@@ -1,0 +1,189 @@
+#include "storage/blob_codec.h"
+
+#include <xxhash.h>
+
+#include <cstring>
+
+namespace sqz::blob {
+namespace {
+
+constexpr char kMagic[4] = {'S', 'Q', 'Z', 'B'};
+constexpr uint32_t kVersion = 1;
+
+class Writer {
+ public:
+  template <typename T>
+  void Array(const std::vector<T>& v) {
+    Scalar<uint64_t>(v.size());
+    out_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+  }
+  template <typename T>
+  void Scalar(T v) {
+    out_.append(reinterpret_cast<const char*>(&v), sizeof(T));
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  template <typename T>
+  bool Array(std::vector<T>* v) {
+    uint64_t n = 0;
+    if (!Scalar(&n) || n > (in_.size() - pos_) / sizeof(T)) return false;
+    v->resize(n);
+    std::memcpy(v->data(), in_.data() + pos_, n * sizeof(T));
+    pos_ += n * sizeof(T);
+    return true;
+  }
+  template <typename T>
+  bool Scalar(T* v) {
+    if (in_.size() - pos_ < sizeof(T)) return false;
+    std::memcpy(v, in_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return true;
+  }
+  bool done() const { return pos_ == in_.size(); }
+
+ private:
+  std::string_view in_;
+  size_t pos_ = 0;
+};
+
+Status Malformed(const char* what) {
+  return DataLossError(std::string("malformed ") + what + " blob payload");
+}
+
+}  // namespace
+
+uint64_t Checksum(std::string_view payload) { return XXH3_64bits(payload.data(), payload.size()); }
+
+std::string Seal(Kind kind, std::string payload) {
+  std::string out(kHeaderBytes, '\0');
+  std::memcpy(out.data(), kMagic, 4);
+  const uint32_t k = static_cast<uint32_t>(kind);
+  const uint64_t len = payload.size();
+  const uint64_t sum = Checksum(payload);
+  std::memcpy(out.data() + 4, &kVersion, 4);
+  std::memcpy(out.data() + 8, &k, 4);
+  std::memcpy(out.data() + 16, &len, 8);
+  std::memcpy(out.data() + 24, &sum, 8);
+  out += payload;
+  return out;
+}
+
+StatusOr<std::string_view> Open(std::string_view blob, Kind kind, const std::string& what,
+                                uint64_t* checksum) {
+  if (blob.size() < kHeaderBytes || std::memcmp(blob.data(), kMagic, 4) != 0) {
+    return DataLossError(what + ": blob header is corrupt (bad magic or truncated)");
+  }
+  uint32_t version, k;
+  uint64_t len, sum;
+  std::memcpy(&version, blob.data() + 4, 4);
+  std::memcpy(&k, blob.data() + 8, 4);
+  std::memcpy(&len, blob.data() + 16, 8);
+  std::memcpy(&sum, blob.data() + 24, 8);
+  if (version != kVersion) {
+    return DataLossError(what + ": blob format version " + std::to_string(version) +
+                         " is not " + std::to_string(kVersion));
+  }
+  if (k != static_cast<uint32_t>(kind)) {
+    return DataLossError(what + ": blob kind " + std::to_string(k) + " where " +
+                         std::to_string(static_cast<uint32_t>(kind)) + " was expected");
+  }
+  if (len != blob.size() - kHeaderBytes) {
+    return DataLossError(what + ": blob length " + std::to_string(blob.size() - kHeaderBytes) +
+                         " differs from its header's " + std::to_string(len));
+  }
+  std::string_view payload = blob.substr(kHeaderBytes);
+  if (Checksum(payload) != sum) return DataLossError(what + ": blob checksum mismatch");
+  if (checksum) *checksum = sum;
+  return payload;
+}
+
+std::string EncodeKv(const HeadIndex& h) {
+  Writer w;
+  for (const auto* v : {&h.sink_k, &h.sink_v, &h.window_k, &h.window_v, &h.body_k, &h.body_v}) {
+    w.Array(*v);
+  }
+  return w.Take();
+}
+
+Status DecodeKv(std::string_view payload, HeadIndex* h) {
+  Reader r(payload);
+  for (auto* v : {&h->sink_k, &h->sink_v, &h->window_k, &h->window_v, &h->body_k, &h->body_v}) {
+    if (!r.Array(v)) return Malformed("kv");
+  }
+  return r.done() ? OkStatus() : Malformed("kv");
+}
+
+std::string EncodeIndex(const HeadIndex& h) {
+  Writer w;
+  w.Array(h.body_positions);
+  w.Array(h.centroids);
+  w.Array(h.counts);
+  w.Array(h.offsets);
+  w.Array(h.coarse_centroids);
+  w.Array(h.coarse_offsets);
+  w.Array(h.coarse_members);
+  return w.Take();
+}
+
+Status DecodeIndex(std::string_view payload, HeadIndex* h) {
+  Reader r(payload);
+  const bool ok = r.Array(&h->body_positions) && r.Array(&h->centroids) && r.Array(&h->counts) &&
+                  r.Array(&h->offsets) && r.Array(&h->coarse_centroids) &&
+                  r.Array(&h->coarse_offsets) && r.Array(&h->coarse_members) && r.done();
+  return ok ? OkStatus() : Malformed("index");
+}
+
+std::string EncodeMeta(const ContextSnapshot& s) {
+  Writer w;
+  w.Scalar<int32_t>(s.format_version);
+  const auto& d = s.dims;
+  w.Scalar<int32_t>(d.layers);
+  w.Scalar<int32_t>(d.kv_heads);
+  w.Scalar<int32_t>(d.q_heads);
+  w.Scalar<int32_t>(d.head_dim);
+  w.Scalar<int64_t>(d.n_tokens);
+  w.Scalar<int64_t>(d.sink_len);
+  w.Scalar<int64_t>(d.window_len);
+  w.Scalar<int64_t>(d.body_len);
+  const auto& o = s.options;
+  w.Scalar<int64_t>(o.sink_tokens);
+  w.Scalar<int64_t>(o.observation_window);
+  w.Scalar<double>(o.centroid_fraction);
+  w.Scalar<double>(o.coarse_fraction);
+  w.Scalar<int32_t>(o.kmeans_iterations);
+  w.Scalar<double>(o.kmeans_tolerance);
+  w.Scalar<uint64_t>(o.kmeans_seed);
+  w.Scalar<int64_t>(o.prefill_chunk_tokens);
+  w.Array(s.thresholds_global);
+  w.Array(s.thresholds_layer);
+  return w.Take();
+}
+
+Status DecodeMeta(std::string_view payload, ContextSnapshot* s) {
+  Reader r(payload);
+  auto& d = s->dims;
+  auto& o = s->options;
+  const bool ok = r.Scalar(&s->format_version) && r.Scalar(&d.layers) && r.Scalar(&d.kv_heads) &&
+                  r.Scalar(&d.q_heads) && r.Scalar(&d.head_dim) && r.Scalar(&d.n_tokens) &&
+                  r.Scalar(&d.sink_len) && r.Scalar(&d.window_len) && r.Scalar(&d.body_len) &&
+                  r.Scalar(&o.sink_tokens) && r.Scalar(&o.observation_window) &&
+                  r.Scalar(&o.centroid_fraction) && r.Scalar(&o.coarse_fraction) &&
+                  r.Scalar(&o.kmeans_iterations) && r.Scalar(&o.kmeans_tolerance) &&
+                  r.Scalar(&o.kmeans_seed) && r.Scalar(&o.prefill_chunk_tokens) &&
+                  r.Array(&s->thresholds_global) && r.Array(&s->thresholds_layer) && r.done();
+  if (!ok) return Malformed("meta");
+  if (s->format_version != ContextSnapshot::kFormatVersion) {
+    return DataLossError("snapshot format version " + std::to_string(s->format_version) +
+                         " is not " + std::to_string(ContextSnapshot::kFormatVersion));
+  }
+  return OkStatus();
+}
+
+}  // namespace sqz::blob

@@ -1,0 +1,38 @@
+// Binary encoding of the blobs of a ContextSnapshot (storage/context_store.h).
+//
+// A blob is a 32-byte header followed by the payload:
+//   magic "SQZB" | u32 format version | u32 kind | u32 reserved | u64 payload bytes | u64 XXH3-64
+// Payloads are sequences of arrays, each a u64 element count followed by the little-endian
+// elements. Kinds: kKv (sink, window and body K/V of one (layer, kv head)), kIndex (positions,
+// centroids, counts, offsets, coarse level), kMeta (dims, options, thresholds; one per context).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+#include "engine/squeeze/snapshot.h"
+
+namespace sqz::blob {
+
+enum class Kind : uint32_t { kKv = 1, kIndex = 2, kMeta = 3 };
+inline constexpr size_t kHeaderBytes = 32;
+
+// Header + payload.
+std::string Seal(Kind kind, std::string payload);
+// Checks the header (magic, version, kind, length) and the checksum; returns the payload and its
+// checksum. DATA_LOSS with `what` in the message on any mismatch.
+StatusOr<std::string_view> Open(std::string_view blob, Kind kind, const std::string& what,
+                                uint64_t* checksum);
+uint64_t Checksum(std::string_view payload);
+
+std::string EncodeKv(const HeadIndex& head);
+std::string EncodeIndex(const HeadIndex& head);
+std::string EncodeMeta(const ContextSnapshot& snapshot);
+// Decoders fill the parts of `head` / `snapshot` their blob holds. DATA_LOSS when malformed.
+Status DecodeKv(std::string_view payload, HeadIndex* head);
+Status DecodeIndex(std::string_view payload, HeadIndex* head);
+Status DecodeMeta(std::string_view payload, ContextSnapshot* snapshot);
+
+}  // namespace sqz::blob
