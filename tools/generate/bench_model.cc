@@ -147,8 +147,10 @@ Status Run(int argc, char** argv) {
   std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
   utsname u;
   uname(&u);
-  std::printf("sqz-bench-model  %s  %s %s  %s, %d OpenMP threads\n\n", date, u.sysname, u.machine,
-              CpuName().c_str(), omp_get_max_threads());
+  std::string load = "?";
+  std::ifstream("/proc/loadavg") >> load;  // other work on the machine skews every number below
+  std::printf("sqz-bench-model  %s  %s %s  %s, %d OpenMP threads, load average %s\n\n", date,
+              u.sysname, u.machine, CpuName().c_str(), omp_get_max_threads(), load.c_str());
 
   const double bw = ReadBandwidth();
   const double gemm = GemmRate(128, 2048, 768);
