@@ -110,26 +110,50 @@ Status BuildHeadIndex(const std::vector<float>& body_k, const std::vector<float>
   return OkStatus();
 }
 
-// Weighted quantile boundary: the threshold T (keep p > T) that drops the share of keys closest to
-// `sparsity`. pool: (p, keys) pairs.
-float ThresholdFor(std::vector<std::pair<float, int64_t>>& pool, double sparsity) {
-  if (pool.empty()) return kKeepAll;
-  std::sort(pool.begin(), pool.end());
-  int64_t total = 0;
-  for (const auto& e : pool) total += e.second;
-  const double target = sparsity * static_cast<double>(total);
-  float best_t = kKeepAll;
-  double best_err = target;  // dropping nothing
-  int64_t dropped = 0;
-  for (size_t i = 0; i < pool.size(); ++i) {
-    dropped += pool[i].second;
-    const bool boundary = i + 1 == pool.size() || pool[i + 1].first > pool[i].first;
-    if (!boundary) continue;
-    const double err = std::abs(static_cast<double>(dropped) - target);
-    if (err < best_err) best_err = err, best_t = pool[i].first;
+// Weighted histogram of per-key probability estimates over log2(p), 64 bins per octave from
+// 2^-126 to 1; bin 0 holds p < 2^-126 (including underflow to 0). Bounded memory whatever the
+// number of queries, heads and layers pooled; the quantile error is at most one bin's mass.
+class LogHistogram {
+ public:
+  LogHistogram() : weight_(kBins, 0.0) {}
+
+  void Add(float p, double weight) {
+    int64_t bin = 0;
+    if (p >= kMin) {
+      bin = 1 + static_cast<int64_t>((std::log2(p) + kOctaves) * kBinsPerOctave);
+      bin = std::min<int64_t>(bin, kBins - 1);
+    }
+    weight_[bin] += weight;
   }
-  return best_t;
-}
+  void Merge(const LogHistogram& other) {
+    for (int64_t i = 0; i < kBins; ++i) weight_[i] += other.weight_[i];
+  }
+  // T such that keeping p > T drops the share of the weight closest to `sparsity`.
+  float Threshold(double sparsity) const {
+    double total = 0.0;
+    for (double w : weight_) total += w;
+    if (total <= 0.0) return kKeepAll;
+    const double target = sparsity * total;
+    float best_t = kKeepAll;
+    double best_err = target, dropped = 0.0;
+    for (int64_t i = 0; i + 1 < kBins; ++i) {  // dropping every bin is never closest for s < 1
+      dropped += weight_[i];
+      const double err = std::abs(dropped - target);
+      if (weight_[i] > 0.0 && err < best_err) best_err = err, best_t = UpperEdge(i);
+    }
+    return best_t;
+  }
+
+ private:
+  static constexpr int64_t kBinsPerOctave = 64;
+  static constexpr int64_t kOctaves = 126;
+  static constexpr int64_t kBins = kBinsPerOctave * kOctaves + 2;
+  static constexpr float kMin = 0x1.0p-126f;
+  static float UpperEdge(int64_t bin) {
+    return std::exp2(static_cast<float>(bin) / kBinsPerOctave - kOctaves);
+  }
+  std::vector<double> weight_;
+};
 
 }  // namespace
 
@@ -159,28 +183,34 @@ void Calibrate(const std::vector<float>& window_q, int64_t window_len, ContextSn
   s->thresholds_layer.assign(static_cast<size_t>(kNumGqaReduce) * dm.layers * kNumSparsities,
                              kKeepAll);
   if (window_len == 0) return;  // no calibration queries: thresholds keep everything
-  SelectionScratch scratch;
-  std::vector<float> p;
   for (int r = 0; r < kNumGqaReduce; ++r) {
-    std::vector<std::pair<float, int64_t>> global, layer_pool;
+    std::vector<LogHistogram> layer_hist(dm.layers);
+#pragma omp parallel for schedule(dynamic)
     for (int l = 0; l < dm.layers; ++l) {
-      layer_pool.clear();
+      SelectionScratch scratch;
+      std::vector<float> p;
       for (int h = 0; h < dm.kv_heads; ++h) {
         const HeadIndex& x = s->head(l, h);
         p.resize(x.counts.size());
-        const float* q = window_q.data() + int64_t{l} * window_len * dm.q_heads * d + h * g * d;
-        ClusterProbabilities(x, d, q, window_len, int64_t{dm.q_heads} * d, g,
-                             static_cast<GqaReduce>(r), p.data(), &scratch);
-        for (size_t c = 0; c < p.size(); ++c) layer_pool.emplace_back(p[c], x.counts[c]);
+        for (int64_t t = 0; t < window_len; ++t) {
+          const float* q =
+              window_q.data() + ((int64_t{l} * window_len + t) * dm.q_heads + h * g) * d;
+          ClusterProbabilities(x, d, q, 1, int64_t{dm.q_heads} * d, g, static_cast<GqaReduce>(r),
+                               p.data(), &scratch);
+          for (size_t c = 0; c < p.size(); ++c) layer_hist[l].Add(p[c], x.counts[c]);
+        }
       }
-      global.insert(global.end(), layer_pool.begin(), layer_pool.end());
+    }
+    LogHistogram global;
+    for (int l = 0; l < dm.layers; ++l) {
+      global.Merge(layer_hist[l]);
       for (int i = 0; i < kNumSparsities; ++i) {
         s->thresholds_layer[(static_cast<size_t>(r) * dm.layers + l) * kNumSparsities + i] =
-            ThresholdFor(layer_pool, SparsityAt(i));
+            layer_hist[l].Threshold(SparsityAt(i));
       }
     }
     for (int i = 0; i < kNumSparsities; ++i) {
-      s->thresholds_global[r * kNumSparsities + i] = ThresholdFor(global, SparsityAt(i));
+      s->thresholds_global[r * kNumSparsities + i] = global.Threshold(SparsityAt(i));
     }
   }
 }

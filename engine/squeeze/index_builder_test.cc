@@ -112,12 +112,13 @@ TEST_CASE("the coarse level groups every fine centroid once") {
   }
 }
 
-// Share of body keys (over the heads of `layer`, or all layers when layer < 0) whose cluster's
-// window-averaged estimate exceeds T.
+// Share of body keys (over the heads of `layer`, or all layers when layer < 0) that per-token
+// selection with threshold T keeps, averaged over the window queries.
 double KeptShare(const ContextSnapshot& s, const std::vector<float>& window_q, GqaReduce r,
                  int layer, float t) {
   const SnapshotDims& dm = s.dims;
   const int g = dm.q_heads / dm.kv_heads;
+  const int64_t d = dm.head_dim;
   SelectionScratch scratch;
   int64_t kept = 0, total = 0;
   for (int l = 0; l < dm.layers; ++l) {
@@ -125,14 +126,15 @@ double KeptShare(const ContextSnapshot& s, const std::vector<float>& window_q, G
     for (int h = 0; h < dm.kv_heads; ++h) {
       const HeadIndex& x = s.head(l, h);
       std::vector<float> p(x.counts.size());
-      ClusterProbabilities(
-          x, dm.head_dim,
-          window_q.data() + (size_t(l) * dm.window_len * dm.q_heads + h * g) * dm.head_dim,
-          dm.window_len, int64_t{dm.q_heads} * dm.head_dim, g, r, p.data(), &scratch);
-      for (size_t c = 0; c < p.size(); ++c) {
-        REQUIRE(std::isfinite(p[c]));
-        total += x.counts[c];
-        if (p[c] > t) kept += x.counts[c];
+      for (int64_t w = 0; w < dm.window_len; ++w) {
+        ClusterProbabilities(
+            x, d, window_q.data() + ((size_t(l) * dm.window_len + w) * dm.q_heads + h * g) * d, 1,
+            int64_t{dm.q_heads} * d, g, r, p.data(), &scratch);
+        for (size_t c = 0; c < p.size(); ++c) {
+          REQUIRE(std::isfinite(p[c]));
+          total += x.counts[c];
+          if (p[c] > t) kept += x.counts[c];
+        }
       }
     }
   }
@@ -153,11 +155,14 @@ TEST_CASE("calibrated thresholds keep 1 - s of the body keys on the calibration 
         const double s = SparsityAt(i);
         INFO("reduce " << r << " sparsity " << s);
         const auto red = static_cast<GqaReduce>(r);
-        REQUIRE(KeptShare(*snap, c.window_q, red, -1, snap->threshold_global(red, i)) ==
-                Approx(1.0 - s).margin(0.05));
+        // Keys x100 make every single-query estimate but the top one underflow to 0: no threshold
+        // can split such ties, so only finiteness (checked in ValidateSnapshot and KeptShare) and
+        // monotonicity are required there.
+        const double kept = KeptShare(*snap, c.window_q, red, -1, snap->threshold_global(red, i));
+        if (scale == 1.0f) REQUIRE(kept == Approx(1.0 - s).margin(0.05));
         for (int l = 0; l < 3; ++l) {
-          REQUIRE(KeptShare(*snap, c.window_q, red, l, snap->threshold_layer(red, l, i)) ==
-                  Approx(1.0 - s).margin(0.05));
+          const double kl = KeptShare(*snap, c.window_q, red, l, snap->threshold_layer(red, l, i));
+          if (scale == 1.0f) REQUIRE(kl == Approx(1.0 - s).margin(0.05));
         }
         if (i > 0) {
           REQUIRE(snap->threshold_global(red, i) >= snap->threshold_global(red, i - 1));

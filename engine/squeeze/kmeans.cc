@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <random>
@@ -12,8 +13,6 @@
 namespace sqz {
 namespace {
 
-// Points per block of the assignment step: bounds the [block][k] similarity buffer.
-constexpr int64_t kAssignBlock = 512;
 // Largest k seeded with greedy k-means++ (several candidates per step).
 constexpr int64_t kGreedySeedingMaxK = 256;
 
@@ -104,22 +103,75 @@ std::vector<int64_t> SeedPlusPlus(const std::vector<float>& xn, int64_t n, int64
   return seeds;
 }
 
+// Register tile of the similarity kernel: kTileRows points x kTileCols centroids.
+constexpr int64_t kTileRows = 4;
+constexpr int64_t kTileCols = 16;
+
+// out[i][c] = sum_j x[i][j] * ct[j][c] for i < kTileRows * row_tiles, c < k_pad, each element
+// summed over j in order (no FMA contraction in ISO C++ mode), so every build and thread count
+// gives the same bits. x: [row_tiles * kTileRows][d], ct: [d][k_pad] (centroids transposed,
+// zero-padded), out: [row_tiles * kTileRows][k_pad]. Cloned for AVX2 machines (runtime dispatch).
+using V8 = float __attribute__((vector_size(32)));
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void SimilarityTiles(
+    const float* x, int64_t row_tiles, const float* ct, int64_t k_pad, int64_t d, float* out) {
+  static_assert(kTileCols == 16, "two 8-lane vectors per tile row");
+  for (int64_t rt = 0; rt < row_tiles; ++rt) {
+    const float* xr = x + rt * kTileRows * d;
+    for (int64_t c0 = 0; c0 < k_pad; c0 += kTileCols) {
+      V8 acc[kTileRows][2] = {};
+      for (int64_t j = 0; j < d; ++j) {
+        V8 lo, hi;
+        std::memcpy(&lo, ct + j * k_pad + c0, sizeof(V8));
+        std::memcpy(&hi, ct + j * k_pad + c0 + 8, sizeof(V8));
+        for (int64_t r = 0; r < kTileRows; ++r) {
+          const float xv = xr[r * d + j];
+          const V8 b = {xv, xv, xv, xv, xv, xv, xv, xv};
+          acc[r][0] += b * lo;
+          acc[r][1] += b * hi;
+        }
+      }
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        float* o = out + (rt * kTileRows + r) * k_pad + c0;
+        std::memcpy(o, &acc[r][0], sizeof(V8));
+        std::memcpy(o + 8, &acc[r][1], sizeof(V8));
+      }
+    }
+  }
+}
+
 // Best cluster (highest cosine) of every point; sim_out[i] receives that cosine.
+// cn: [k][d] unit centroid directions.
 void Assign(const std::vector<float>& xn, int64_t n, int64_t d, const std::vector<float>& cn,
             int64_t k, std::vector<int32_t>* assignment, std::vector<float>* sim_out) {
-  std::vector<float> sims(static_cast<size_t>(std::min(n, kAssignBlock) * k));
-  for (int64_t i0 = 0; i0 < n; i0 += kAssignBlock) {
-    const int64_t m = std::min(kAssignBlock, n - i0);
-    cpu::MatMulTransB(xn.data() + i0 * d, cn.data(), nullptr, m, k, d, sims.data());
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < m; ++r) {
-      const float* row = sims.data() + r * k;
-      int64_t best = 0;
-      for (int64_t c = 1; c < k; ++c) {
-        if (row[c] > row[best]) best = c;
+  const int64_t k_pad = (k + kTileCols - 1) / kTileCols * kTileCols;
+  std::vector<float> ct(static_cast<size_t>(d * k_pad), 0.0f);
+  for (int64_t c = 0; c < k; ++c) {
+    for (int64_t j = 0; j < d; ++j) ct[j * k_pad + c] = cn[c * d + j];
+  }
+  const int64_t tiles = (n + kTileRows - 1) / kTileRows;
+  constexpr int64_t kTilesPerTask = 8;
+#pragma omp parallel
+  {
+    std::vector<float> x(static_cast<size_t>(kTilesPerTask * kTileRows * d), 0.0f);
+    std::vector<float> sims(static_cast<size_t>(kTilesPerTask * kTileRows * k_pad));
+#pragma omp for schedule(dynamic)
+    for (int64_t t0 = 0; t0 < tiles; t0 += kTilesPerTask) {
+      const int64_t i0 = t0 * kTileRows;
+      const int64_t rows = std::min(kTilesPerTask * kTileRows, n - i0);
+      std::fill(x.begin(), x.end(), 0.0f);
+      std::copy_n(xn.data() + i0 * d, rows * d, x.data());
+      SimilarityTiles(x.data(), (rows + kTileRows - 1) / kTileRows, ct.data(), k_pad, d,
+                      sims.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = sims.data() + r * k_pad;
+        int64_t best = 0;
+        for (int64_t c = 1; c < k; ++c) {
+          if (row[c] > row[best]) best = c;
+        }
+        (*assignment)[i0 + r] = static_cast<int32_t>(best);
+        (*sim_out)[i0 + r] = row[best];
       }
-      (*assignment)[i0 + r] = static_cast<int32_t>(best);
-      (*sim_out)[i0 + r] = row[best];
     }
   }
 }

@@ -18,7 +18,7 @@ struct SyntheticSpec {
   int64_t n_tokens = 32768;
   int64_t window_len = 100;  // must equal WindowLength(n_tokens, options) of the build
   int64_t mixture_components = 256;
-  float key_norm = 8.0f;  // length of the mixture means (sharper attention when larger)
+  float key_norm = 10.0f;  // length of the mixture means (sharper attention when larger)
   float key_noise =
       0.35f;  // per-coordinate noise of keys around their mean, times key_norm / sqrt(d)
   float query_noise = 0.35f;  // likewise for queries around the mean they target
