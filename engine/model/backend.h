@@ -31,8 +31,8 @@ inline constexpr int64_t kKvBlockTokens = 16;
 
 // One sequence's part of a Forward step.
 struct StepInput {
-  SeqId seq = -1;                    // from AddSequence
-  std::span<const int32_t> tokens;   // new tokens, appended after the sequence's cached ones
+  SeqId seq = -1;                   // from AddSequence
+  std::span<const int32_t> tokens;  // new tokens, appended after the sequence's cached ones
   // Fixed context before the sequence (may be null). Borrowed for the call. A sequence must use a
   // context of the same length in every step (checked) and the same one (the caller's contract).
   const ContextAttention* context = nullptr;

@@ -1,7 +1,6 @@
 #include "engine/model/config.h"
 
 #include <nlohmann/json.hpp>
-
 #include <string>
 
 namespace sqz {

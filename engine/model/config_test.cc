@@ -1,7 +1,6 @@
 #include "engine/model/config.h"
 
 #include <catch2/catch.hpp>
-
 #include <string>
 
 namespace sqz {
@@ -75,8 +74,8 @@ TEST_CASE("ParseHfConfig reads Llama-3.1 with llama3 RoPE scaling and an eos lis
 }
 
 TEST_CASE("ParseHfConfig reads linear RoPE scaling (old 'type' key)") {
-  auto c = ParseHfConfig(
-      Replace(kLlama2, "\"rope_scaling\": null", R"("rope_scaling": {"type": "linear", "factor": 4})"));
+  auto c = ParseHfConfig(Replace(kLlama2, "\"rope_scaling\": null",
+                                 R"("rope_scaling": {"type": "linear", "factor": 4})"));
   REQUIRE(c.ok());
   CHECK(c->rope.linear_factor == 4.0f);
 }
@@ -110,8 +109,8 @@ TEST_CASE("ParseHfConfig reads the shared stories260K config") {
     "vocab_size": 512, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
     "attention_bias": false, "mlp_bias": false, "tie_word_embeddings": true})");
   REQUIRE(c.ok());
-  CHECK(c->ParameterCount() == 512 * 64 + 5 * (2 * 64 + 64 * 64 * 2 + 2 * 64 * 32 +
-                                                 3 * 64 * 172) + 64);
+  CHECK(c->ParameterCount() ==
+        512 * 64 + 5 * (2 * 64 + 64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 172) + 64);
 }
 
 void ExpectError(const std::string& text, StatusCode code, const std::string& fragment) {

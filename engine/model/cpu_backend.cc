@@ -13,20 +13,20 @@ namespace sqz {
 
 // Per-step buffers; R = rows (new tokens) of the step.
 struct CpuBackend::Scratch {
-  std::vector<float> x, xn;          // [R][hidden] residual stream, normed copy
-  std::vector<float> q, attn, ctx;   // [R][q_dim]
-  std::vector<float> k, v;           // [R][kv_dim]
-  std::vector<float> tmp;            // [R][hidden]
-  std::vector<float> gate, up;       // [R][intermediate]
+  std::vector<float> x, xn;                      // [R][hidden] residual stream, normed copy
+  std::vector<float> q, attn, ctx;               // [R][q_dim]
+  std::vector<float> k, v;                       // [R][kv_dim]
+  std::vector<float> tmp;                        // [R][hidden]
+  std::vector<float> gate, up;                   // [R][intermediate]
   std::vector<cpu::AttentionPartial> ctx_stats;  // [R][q_heads]
-  std::vector<int32_t> positions;    // [R] absolute positions (context length + own position)
-  std::vector<int64_t> row_item;     // [R] index into the batch
-  std::vector<int64_t> row_pos;      // [R] own position of the row's token
-  std::vector<int64_t> item_row0;    // [batch] first row of each item
+  std::vector<int32_t> positions;  // [R] absolute positions (context length + own position)
+  std::vector<int64_t> row_item;   // [R] index into the batch
+  std::vector<int64_t> row_pos;    // [R] own position of the row's token
+  std::vector<int64_t> item_row0;  // [batch] first row of each item
   // [batch][kv_heads][blocks] page pointers of the current layer, flattened; offsets per item.
   std::vector<const float*> k_pages, v_pages;
-  std::vector<int64_t> item_pages;   // [batch] offset into k_pages / v_pages
-  std::vector<float> logit_rows;     // [rows with logits][hidden]
+  std::vector<int64_t> item_pages;  // [batch] offset into k_pages / v_pages
+  std::vector<float> logit_rows;    // [rows with logits][hidden]
 };
 
 namespace {
@@ -61,7 +61,8 @@ CpuBackend::CpuBackend(const Model& model, const CpuBackendOptions& options)
   v_pool_.assign(pool, 0.0f);
   free_blocks_.reserve(options_.kv_blocks);
   // Stack: block 0 is handed out first.
-  for (int64_t b = options_.kv_blocks - 1; b >= 0; --b) free_blocks_.push_back(static_cast<int32_t>(b));
+  for (int64_t b = options_.kv_blocks - 1; b >= 0; --b)
+    free_blocks_.push_back(static_cast<int32_t>(b));
 }
 
 CpuBackend::~CpuBackend() = default;
@@ -82,7 +83,8 @@ StatusOr<SeqId> CpuBackend::AddSequence() {
 
 Status CpuBackend::FreeSequence(SeqId seq) {
   auto it = sequences_.find(seq);
-  if (it == sequences_.end()) return NotFoundError("FreeSequence: unknown sequence " + std::to_string(seq));
+  if (it == sequences_.end())
+    return NotFoundError("FreeSequence: unknown sequence " + std::to_string(seq));
   for (auto b = it->second.blocks.rbegin(); b != it->second.blocks.rend(); ++b) {
     free_blocks_.push_back(*b);
   }
@@ -106,7 +108,8 @@ KvPoolStats CpuBackend::Stats() const {
 
 Status CpuBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
   auto it = sequences_.find(seq);
-  if (it == sequences_.end()) return NotFoundError("ReadKv: unknown sequence " + std::to_string(seq));
+  if (it == sequences_.end())
+    return NotFoundError("ReadKv: unknown sequence " + std::to_string(seq));
   if (layer < 0 || layer >= model_.config.layers) {
     return InvalidArgumentError("ReadKv: layer " + std::to_string(layer) + " outside [0, " +
                                 std::to_string(model_.config.layers) + ")");
@@ -114,9 +117,8 @@ Status CpuBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float*
   const Sequence& s = it->second;
   if (begin < 0 || n < 0 || begin + n > s.length) {
     return OutOfRangeError("ReadKv: tokens [" + std::to_string(begin) + ", " +
-                           std::to_string(begin + n) + ") outside the " +
-                           std::to_string(s.length) + " cached tokens of sequence " +
-                           std::to_string(seq));
+                           std::to_string(begin + n) + ") outside the " + std::to_string(s.length) +
+                           " cached tokens of sequence " + std::to_string(seq));
   }
   for (int64_t t = 0; t < n; ++t) {
     const int64_t p = begin + t;
@@ -134,8 +136,8 @@ Status CpuBackend::Forward(std::span<const StepInput> batch, float* logits) {
   int64_t rows = 0, needed_blocks = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const StepInput& in = batch[i];
-    const std::string where = "Forward: batch item " + std::to_string(i) + " (sequence " +
-                              std::to_string(in.seq) + ")";
+    const std::string where =
+        "Forward: batch item " + std::to_string(i) + " (sequence " + std::to_string(in.seq) + ")";
     auto it = sequences_.find(in.seq);
     if (it == sequences_.end()) return InvalidArgumentError(where + ": unknown sequence");
     if (!seen.insert(in.seq).second) {
@@ -144,10 +146,9 @@ Status CpuBackend::Forward(std::span<const StepInput> batch, float* logits) {
     if (in.tokens.empty()) return InvalidArgumentError(where + ": no tokens");
     for (size_t t = 0; t < in.tokens.size(); ++t) {
       if (in.tokens[t] < 0 || in.tokens[t] >= c.vocab) {
-        return InvalidArgumentError(where + ": token id " + std::to_string(in.tokens[t]) +
-                                    " at index " + std::to_string(t) +
-                                    " is outside the vocabulary [0, " + std::to_string(c.vocab) +
-                                    ")");
+        return InvalidArgumentError(
+            where + ": token id " + std::to_string(in.tokens[t]) + " at index " +
+            std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
       }
     }
     const Sequence& s = it->second;
@@ -159,8 +160,7 @@ Status CpuBackend::Forward(std::span<const StepInput> batch, float* logits) {
     }
     const int64_t n = static_cast<int64_t>(in.tokens.size());
     if (ctx_len + s.length + n > c.max_positions) {
-      return OutOfRangeError(where + ": positions up to " +
-                             std::to_string(ctx_len + s.length + n) +
+      return OutOfRangeError(where + ": positions up to " + std::to_string(ctx_len + s.length + n) +
                              " exceed max_position_embeddings " + std::to_string(c.max_positions));
     }
     const int64_t blocks_after = (s.length + n + kKvBlockTokens - 1) / kKvBlockTokens;
@@ -169,9 +169,8 @@ Status CpuBackend::Forward(std::span<const StepInput> batch, float* logits) {
   }
   if (needed_blocks > static_cast<int64_t>(free_blocks_.size())) {
     return ResourceExhaustedError("Forward: the step needs " + std::to_string(needed_blocks) +
-                                  " new KV blocks but only " +
-                                  std::to_string(free_blocks_.size()) + " of " +
-                                  std::to_string(options_.kv_blocks) + " are free");
+                                  " new KV blocks but only " + std::to_string(free_blocks_.size()) +
+                                  " of " + std::to_string(options_.kv_blocks) + " are free");
   }
   if (batch.empty()) return OkStatus();
 
@@ -265,8 +264,7 @@ void CpuBackend::RunLayer(int layer, std::span<const StepInput> batch) {
     const int64_t p = sc.row_pos[r];
     const int32_t block = s.blocks[p / kKvBlockTokens];
     std::memcpy(KeyRow(layer, block, p % kKvBlockTokens), sc.k.data() + r * kv_dim_, kv_dim_ * 4);
-    std::memcpy(ValueRow(layer, block, p % kKvBlockTokens), sc.v.data() + r * kv_dim_,
-                kv_dim_ * 4);
+    std::memcpy(ValueRow(layer, block, p % kKvBlockTokens), sc.v.data() + r * kv_dim_, kv_dim_ * 4);
   }
   // Page tables of this layer, per (item, kv head), and the context partials.
   sc.item_pages.resize(batch.size());

@@ -48,9 +48,9 @@ class CpuBackend : public Backend {
 
  private:
   struct Sequence {
-    int64_t length = 0;               // own tokens cached
-    int64_t context_length = -1;      // -1 until the first step
-    std::vector<int32_t> blocks;      // block table: pool block of own tokens [16 b, 16 b + 16)
+    int64_t length = 0;           // own tokens cached
+    int64_t context_length = -1;  // -1 until the first step
+    std::vector<int32_t> blocks;  // block table: pool block of own tokens [16 b, 16 b + 16)
   };
   struct Scratch;  // per-step buffers, grown as needed (cpu_backend.cc)
 
@@ -64,9 +64,9 @@ class CpuBackend : public Backend {
   const Model& model_;  // borrowed
   const CpuBackendOptions options_;
   const int64_t kv_dim_;
-  std::vector<float> inv_freq_;   // [head_dim / 2]
-  std::vector<float> k_pool_;     // [layers][kv_blocks][16][kv_dim]
-  std::vector<float> v_pool_;     // same
+  std::vector<float> inv_freq_;       // [head_dim / 2]
+  std::vector<float> k_pool_;         // [layers][kv_blocks][16][kv_dim]
+  std::vector<float> v_pool_;         // same
   std::vector<int32_t> free_blocks_;  // stack of free block ids
   std::unordered_map<SeqId, Sequence> sequences_;
   SeqId next_id_ = 0;

@@ -1,7 +1,6 @@
 #include "engine/model/cpu_backend.h"
 
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -180,8 +179,8 @@ TEST_CASE("CpuBackend: q_out captures the post-RoPE queries of every layer") {
   for (int64_t layer = 0; layer < m.config.layers; ++layer) {
     for (int64_t t = 0; t < 5; ++t) {
       const float* want = q_all.data() + (layer * 5 + t) * qd;
-      const float* got = t < 2 ? q2.data() + (layer * 2 + t) * qd
-                               : q3.data() + (layer * 3 + t - 2) * qd;
+      const float* got =
+          t < 2 ? q2.data() + (layer * 2 + t) * qd : q3.data() + (layer * 3 + t - 2) * qd;
       for (int64_t j = 0; j < qd; ++j) REQUIRE(got[j] == want[j]);
       REQUIRE(std::isfinite(want[0]));
     }
@@ -209,8 +208,7 @@ TEST_CASE("CpuBackend: paged pool allocates per block, frees, reuses, and runs o
   StepInput in2{s2, t17};
   Status full = b->Forward({&in2, 1}, logits.data());
   CHECK(full.code() == StatusCode::kResourceExhausted);
-  CHECK(full.message().find("needs 2 new KV blocks but only 1 of 3 are free") !=
-        std::string::npos);
+  CHECK(full.message().find("needs 2 new KV blocks but only 1 of 3 are free") != std::string::npos);
   CHECK(b->SequenceLength(s2) == 0);  // unchanged
   CHECK(b->Stats().used_blocks == 2);
   // A batch where each item fits alone but not together fails as a whole.
@@ -299,8 +297,8 @@ TEST_CASE("CpuBackend: stories260K greedy reproduces the llama2.c golden ids") {
   while (got.size() < ids.size()) {
     StepInput step{s, {&got.back(), 1}};
     REQUIRE(b->Forward({&step, 1}, logits.data()).ok());
-    got.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                       logits.begin()));
+    got.push_back(
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
   }
   CHECK(got == ids);
 }

@@ -21,8 +21,7 @@ DenseKvContext::DenseKvContext(int64_t layers, int64_t length, int64_t q_heads, 
   SQZ_CHECK_EQ(static_cast<int64_t>(v_.size()), size);
 }
 
-StatusOr<std::unique_ptr<DenseKvContext>> DenseKvContext::FromSequence(Backend& backend,
-                                                                       SeqId seq,
+StatusOr<std::unique_ptr<DenseKvContext>> DenseKvContext::FromSequence(Backend& backend, SeqId seq,
                                                                        int64_t length) {
   const ModelConfig& c = backend.config();
   const int64_t per_layer = length * c.kv_dim();

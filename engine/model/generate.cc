@@ -20,8 +20,8 @@ struct Live {
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<StopChecker> stop;
   std::unique_ptr<IncrementalDecoder> decoder;
-  int64_t fed = 0;        // prompt tokens fed so far
-  int32_t pending = -1;   // sampled token not yet fed
+  int64_t fed = 0;       // prompt tokens fed so far
+  int32_t pending = -1;  // sampled token not yet fed
   bool done = false;
 };
 
@@ -97,8 +97,8 @@ StatusOr<std::vector<GenerationResult>> Generate(Backend& backend,
     GenerationResult& res = results[l.index];
     if (res.tokens.empty() && res.samples.empty()) res.time_to_first_token_s = Seconds(start);
     const int32_t t = sample.token;
-    const bool is_eos = std::find(options.eos_ids.begin(), options.eos_ids.end(), t) !=
-                        options.eos_ids.end();
+    const bool is_eos =
+        std::find(options.eos_ids.begin(), options.eos_ids.end(), t) != options.eos_ids.end();
     const auto& stop_ids = req.sampling.stop_token_ids;
     if ((is_eos && !req.sampling.ignore_eos) ||
         std::find(stop_ids.begin(), stop_ids.end(), t) != stop_ids.end()) {

@@ -25,16 +25,16 @@
 namespace sqz {
 
 struct GenerationRequest {
-  std::vector<int32_t> prompt;       // token ids, non-empty (include BOS if the model wants it)
-  SamplingParams sampling;           // validated by Generate
+  std::vector<int32_t> prompt;  // token ids, non-empty (include BOS if the model wants it)
+  SamplingParams sampling;      // validated by Generate
   const ContextAttention* context = nullptr;  // fixed context before the prompt; borrowed
 };
 
 struct GenerationResult {
-  std::vector<int32_t> tokens;       // generated ids (a final EOS / stop token excluded)
+  std::vector<int32_t> tokens;        // generated ids (a final EOS / stop token excluded)
   std::vector<SampleResult> samples;  // per generated token: logprob and top alternatives
-  std::string text;                  // completion text (needs GenerateOptions::tokenizer)
-  std::string finish_reason;         // "stop" or "length"
+  std::string text;                   // completion text (needs GenerateOptions::tokenizer)
+  std::string finish_reason;          // "stop" or "length"
   int64_t prompt_tokens = 0;
   double time_to_first_token_s = 0;  // from the start of Generate to the first sampled token
   double total_s = 0;                // from the start of Generate to the finish

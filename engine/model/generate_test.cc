@@ -1,7 +1,6 @@
 #include "engine/model/generate.h"
 
 #include <catch2/catch.hpp>
-
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>

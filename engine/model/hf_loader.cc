@@ -133,8 +133,7 @@ Status LoadWeights(const WeightSource& src, const ModelConfig& c, ModelWeights* 
       SQZ_RETURN_IF_ERROR(Load(src, p + "self_attn.v_proj.bias", {c.kv_dim()}, &l.bv));
     }
     SQZ_RETURN_IF_ERROR(Load(src, p + "self_attn.o_proj.weight", {c.hidden, c.q_dim()}, &l.wo));
-    SQZ_RETURN_IF_ERROR(
-        Load(src, p + "post_attention_layernorm.weight", {c.hidden}, &l.ffn_norm));
+    SQZ_RETURN_IF_ERROR(Load(src, p + "post_attention_layernorm.weight", {c.hidden}, &l.ffn_norm));
     SQZ_RETURN_IF_ERROR(
         Load(src, p + "mlp.gate_proj.weight", {c.intermediate, c.hidden}, &l.w_gate));
     SQZ_RETURN_IF_ERROR(Load(src, p + "mlp.up_proj.weight", {c.intermediate, c.hidden}, &l.w_up));

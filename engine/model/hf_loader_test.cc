@@ -1,7 +1,6 @@
 #include "engine/model/hf_loader.h"
 
 #include <catch2/catch.hpp>
-
 #include <filesystem>
 #include <fstream>
 
@@ -41,9 +40,8 @@ bool SameWeights(const ModelWeights& a, const ModelWeights& b) {
     const LayerWeights& x = a.layers[i];
     const LayerWeights& y = b.layers[i];
     if (x.attn_norm != y.attn_norm || x.wq != y.wq || x.wk != y.wk || x.wv != y.wv ||
-        x.bq != y.bq || x.bk != y.bk || x.bv != y.bv || x.wo != y.wo ||
-        x.ffn_norm != y.ffn_norm || x.w_gate != y.w_gate || x.w_up != y.w_up ||
-        x.w_down != y.w_down) {
+        x.bq != y.bq || x.bk != y.bk || x.bv != y.bv || x.wo != y.wo || x.ffn_norm != y.ffn_norm ||
+        x.w_gate != y.w_gate || x.w_up != y.w_up || x.w_down != y.w_down) {
       return false;
     }
   }
@@ -153,8 +151,8 @@ TEST_CASE("LoadHfModel errors: files") {
   ExpectLoadError(
       1,
       [](const TempDir& d, Model&) {
-        d.Write("config.json", ReplaceOnce(ReadAll(d.File("config.json")), "\"llama\"",
-                                           "\"falcon\""));
+        d.Write("config.json",
+                ReplaceOnce(ReadAll(d.File("config.json")), "\"llama\"", "\"falcon\""));
       },
       StatusCode::kUnimplemented, "model_type \"falcon\" is not supported");
   ExpectLoadError(

@@ -53,9 +53,9 @@ const char* TorchDtype(TensorDType dtype) {
 }  // namespace
 
 std::string HfConfigJson(const ModelConfig& c) {
-  static const std::map<std::string, std::string> kArch = {
-      {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
-      {"qwen2", "Qwen2ForCausalLM"}};
+  static const std::map<std::string, std::string> kArch = {{"llama", "LlamaForCausalLM"},
+                                                           {"mistral", "MistralForCausalLM"},
+                                                           {"qwen2", "Qwen2ForCausalLM"}};
   json j;
   auto arch = kArch.find(c.architecture);
   j["architectures"] = {arch == kArch.end() ? c.architecture : arch->second};
@@ -71,12 +71,12 @@ std::string HfConfigJson(const ModelConfig& c) {
   j["rms_norm_eps"] = c.rms_eps;
   j["rope_theta"] = c.rope.theta;
   if (c.rope.llama3_factor > 0.0f) {
-    j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", c.rope.llama3_factor},
-                         {"low_freq_factor", c.rope.llama3_low_freq_factor},
-                         {"high_freq_factor", c.rope.llama3_high_freq_factor},
-                         {"original_max_position_embeddings",
-                          c.rope.llama3_original_max_positions}};
+    j["rope_scaling"] = {
+        {"rope_type", "llama3"},
+        {"factor", c.rope.llama3_factor},
+        {"low_freq_factor", c.rope.llama3_low_freq_factor},
+        {"high_freq_factor", c.rope.llama3_high_freq_factor},
+        {"original_max_position_embeddings", c.rope.llama3_original_max_positions}};
   } else if (c.rope.linear_factor > 0.0f) {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", c.rope.linear_factor}};
   } else {

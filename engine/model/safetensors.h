@@ -30,8 +30,8 @@ const char* TensorDTypeName(TensorDType dtype);
 struct TensorView {
   std::string name;
   TensorDType dtype = TensorDType::kOther;
-  std::string dtype_name;      // as written in the header ("F32", "BF16", "I64", ...)
-  std::vector<int64_t> shape;  // row-major; {} is a scalar
+  std::string dtype_name;         // as written in the header ("F32", "BF16", "I64", ...)
+  std::vector<int64_t> shape;     // row-major; {} is a scalar
   const uint8_t* data = nullptr;  // points into the mapping: num_elements * element size bytes
   int64_t num_bytes = 0;
 

@@ -1,7 +1,6 @@
 #include "engine/model/safetensors.h"
 
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -29,8 +28,8 @@ TEST_CASE("Safetensors round trip in F32, BF16 and F16 with awkward shapes") {
     for (auto* v : {&a, &b, &c}) {
       for (float& x : *v) x = u(gen);
     }
-    std::vector<TensorToWrite> ts = {{"a", {3, 127}, a, dtype}, {"b", {1}, b, dtype},
-                                     {"c.weight", {129}, c, dtype}};
+    std::vector<TensorToWrite> ts = {
+        {"a", {3, 127}, a, dtype}, {"b", {1}, b, dtype}, {"c.weight", {129}, c, dtype}};
     REQUIRE(WriteSafetensors(dir.File("x.safetensors"), ts).ok());
     auto f = SafetensorsFile::Open(dir.File("x.safetensors"));
     REQUIRE(f.ok());
@@ -107,7 +106,8 @@ TEST_CASE("SafetensorsFile::Open rejects broken files with clear errors") {
                   StatusCode::kInvalidArgument, "no shape");
   ExpectOpenError(dir, RawFile(R"({"t": {"dtype": "F32", "shape": [2]}})", 8),
                   StatusCode::kInvalidArgument, "data_offsets must be");
-  ExpectOpenError(dir, RawFile(R"({"t": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}})", 8),
+  ExpectOpenError(dir,
+                  RawFile(R"({"t": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}})", 8),
                   StatusCode::kInvalidArgument, "unknown dtype \"Q9\"");
   ExpectOpenError(dir,
                   RawFile(R"({"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 8),

@@ -25,19 +25,19 @@
 namespace sqz {
 
 struct SamplingParams {
-  float temperature = 1.0f;         // >= 0; 0 means greedy (argmax)
-  int32_t top_k = 0;                // >= 0; keep the k most likely tokens; 0 = off
-  float top_p = 1.0f;               // (0, 1]; smallest set with cumulative probability >= top_p
-  float min_p = 0.0f;               // [0, 1]; drop tokens with p < min_p * p_max
-  float repetition_penalty = 1.0f;  // > 0; 1 = off; logit / rp if > 0 else logit * rp (HF/vLLM)
-  float presence_penalty = 0.0f;    // [-2, 2]; minus this once for every generated token seen
-  float frequency_penalty = 0.0f;   // [-2, 2]; minus this times the token's generated count
-  uint64_t seed = 0;                // generator seed; same seed + logits -> same tokens
-  int32_t max_tokens = 256;         // > 0; most tokens to generate
-  std::vector<std::string> stop;    // stop strings (non-empty); the output ends before them
+  float temperature = 1.0f;             // >= 0; 0 means greedy (argmax)
+  int32_t top_k = 0;                    // >= 0; keep the k most likely tokens; 0 = off
+  float top_p = 1.0f;                   // (0, 1]; smallest set with cumulative probability >= top_p
+  float min_p = 0.0f;                   // [0, 1]; drop tokens with p < min_p * p_max
+  float repetition_penalty = 1.0f;      // > 0; 1 = off; logit / rp if > 0 else logit * rp (HF/vLLM)
+  float presence_penalty = 0.0f;        // [-2, 2]; minus this once for every generated token seen
+  float frequency_penalty = 0.0f;       // [-2, 2]; minus this times the token's generated count
+  uint64_t seed = 0;                    // generator seed; same seed + logits -> same tokens
+  int32_t max_tokens = 256;             // > 0; most tokens to generate
+  std::vector<std::string> stop;        // stop strings (non-empty); the output ends before them
   std::vector<int32_t> stop_token_ids;  // >= 0; generation stops after emitting one (excluded)
-  bool ignore_eos = false;          // keep generating past EOS
-  int32_t top_logprobs = 0;         // [0, 20]; alternatives returned per token
+  bool ignore_eos = false;              // keep generating past EOS
+  int32_t top_logprobs = 0;             // [0, 20]; alternatives returned per token
 
   static constexpr int32_t kMaxTopLogprobs = 20;
 
@@ -53,8 +53,8 @@ struct TokenLogprob {
 
 struct SampleResult {
   int32_t token = -1;
-  float logprob = 0.0f;            // raw log-probability of `token`
-  std::vector<TokenLogprob> top;   // top_logprobs most likely tokens, descending (ties: lower id)
+  float logprob = 0.0f;           // raw log-probability of `token`
+  std::vector<TokenLogprob> top;  // top_logprobs most likely tokens, descending (ties: lower id)
 };
 
 class Sampler {
@@ -76,10 +76,10 @@ class Sampler {
 
   SamplingParams params_;
   uint64_t rng_state_;
-  std::vector<int32_t> seen_prompt_;     // sorted unique prompt tokens
-  std::vector<int32_t> generated_;       // in order
-  std::vector<float> work_;              // [vocab] processed logits
-  std::vector<int32_t> order_;           // candidate ids
+  std::vector<int32_t> seen_prompt_;  // sorted unique prompt tokens
+  std::vector<int32_t> generated_;    // in order
+  std::vector<float> work_;           // [vocab] processed logits
+  std::vector<int32_t> order_;        // candidate ids
 };
 
 // Finds stop strings in streamed text. Push returns the text that is safe to show: it holds back a

@@ -1,7 +1,6 @@
 #include "engine/model/sampler.h"
 
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <map>
 #include <random>
@@ -231,7 +230,7 @@ TEST_CASE("StopChecker holds back possible stop prefixes across pushes") {
   CHECK_FALSE(d.stopped());
 
   StopChecker e({"world", "lo w"});  // the earliest match wins
-  CHECK(e.Push("hel") == "he");  // "l" could start "lo w": held
+  CHECK(e.Push("hel") == "he");      // "l" could start "lo w": held
   CHECK(e.Push("lo world") == "l");
   CHECK(e.matched() == "lo w");
 

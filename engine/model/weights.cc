@@ -5,8 +5,7 @@
 namespace sqz {
 namespace {
 
-Status CheckSize(const std::vector<float>& t, const std::string& name, int64_t rows,
-                 int64_t cols) {
+Status CheckSize(const std::vector<float>& t, const std::string& name, int64_t rows, int64_t cols) {
   const int64_t want = rows * cols;
   if (static_cast<int64_t>(t.size()) == want) return OkStatus();
   std::string shape = cols == 1 ? "[" + std::to_string(rows) + "]"

@@ -33,9 +33,9 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  std::vector<float> embedding;   // [vocab][hidden]  model.embed_tokens.weight
+  std::vector<float> embedding;      // [vocab][hidden]  model.embed_tokens.weight
   std::vector<LayerWeights> layers;  // [layers]
-  std::vector<float> final_norm;  // [hidden]         model.norm.weight
+  std::vector<float> final_norm;     // [hidden]         model.norm.weight
   // [vocab][hidden] lm_head.weight; empty when the config ties embeddings (then the LM head is
   // `embedding`, see LmHead()).
   std::vector<float> lm_head;

@@ -33,8 +33,8 @@ void AttendAccumulate(const float* q, const float* k, int64_t k_stride, const fl
   MergePartial(o, st, ob.data(), AttentionPartial{mb, lb}, d);
 }
 
-void MergePartial(float* o_a, AttentionPartial* st_a, const float* o_b, const AttentionPartial& st_b,
-                  int64_t d) {
+void MergePartial(float* o_a, AttentionPartial* st_a, const float* o_b,
+                  const AttentionPartial& st_b, int64_t d) {
   if (st_b.l == 0.0f) return;
   if (st_a->l == 0.0f) {
     for (int64_t j = 0; j < d; ++j) o_a[j] = o_b[j];

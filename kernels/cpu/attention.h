@@ -18,15 +18,16 @@ struct AttentionPartial {
 
 // Accumulates keys [0, n) into the running partial (o, st) of one query head.
 // q: [d]; k: n rows of d floats, row i at k + i * k_stride; v likewise with v_stride; o: [d] (the
-// normalised output of the partial so far; zero when st is empty). Keys are visited in order with an
-// online softmax, so results do not depend on how a key set is split into calls only up to rounding.
+// normalised output of the partial so far; zero when st is empty). Keys are visited in order with
+// an online softmax, so results do not depend on how a key set is split into calls only up to
+// rounding.
 void AttendAccumulate(const float* q, const float* k, int64_t k_stride, const float* v,
                       int64_t v_stride, int64_t n, int64_t d, float scale, float* o,
                       AttentionPartial* st);
 
 // Merges partial b into a: (o_a, st_a) becomes the partial over the union. o_a, o_b: [d].
-void MergePartial(float* o_a, AttentionPartial* st_a, const float* o_b, const AttentionPartial& st_b,
-                  int64_t d);
+void MergePartial(float* o_a, AttentionPartial* st_a, const float* o_b,
+                  const AttentionPartial& st_b, int64_t d);
 
 // Partial attention of one query head over n keys held in fixed-size pages (a paged KV cache):
 // key i is the row at k_pages[i / page_tokens] + (i % page_tokens) * row_stride, value i likewise

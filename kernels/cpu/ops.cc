@@ -113,7 +113,8 @@ void RopeInvFreq(const RopeParams& p, int64_t rotary_dim, float* inv_freq) {
   const int64_t half = rotary_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
     // Computed in double and rounded once, so the CPU oracle is the more exact side.
-    double f = 1.0 / std::pow(static_cast<double>(p.theta), static_cast<double>(2 * i) / rotary_dim);
+    double f =
+        1.0 / std::pow(static_cast<double>(p.theta), static_cast<double>(2 * i) / rotary_dim);
     if (p.llama3_factor > 0.0f) {
       const double old_ctx = static_cast<double>(p.llama3_original_max_positions);
       const double low_wavelen = old_ctx / p.llama3_low_freq_factor;

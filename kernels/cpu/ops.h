@@ -32,7 +32,8 @@ void AddInPlace(float* x, const float* y, int64_t n);
 // RoPE parameters (Hugging Face semantics).
 struct RopeParams {
   float theta = 10000.0f;
-  // rope_scaling type "llama3" when llama3_factor > 0 (Llama-3.1+); "linear" when linear_factor > 0.
+  // rope_scaling type "llama3" when llama3_factor > 0 (Llama-3.1+); "linear" when linear_factor >
+  // 0.
   float llama3_factor = 0.0f;
   float llama3_low_freq_factor = 1.0f;
   float llama3_high_freq_factor = 4.0f;
@@ -40,12 +41,13 @@ struct RopeParams {
   float linear_factor = 0.0f;
 };
 
-// inv_freq[i] for i < rotary_dim / 2, including the llama3 or linear scaling. inv_freq: [rotary_dim/2].
+// inv_freq[i] for i < rotary_dim / 2, including the llama3 or linear scaling. inv_freq:
+// [rotary_dim/2].
 void RopeInvFreq(const RopeParams& params, int64_t rotary_dim, float* inv_freq);
 
-// Rotates x in place in the Hugging Face "rotate_half" layout: within each head, element i pairs with
-// element i + d/2 (i < d/2), angle = position * inv_freq[i].
-// x: [n][heads][d], positions: [n], inv_freq: [d/2].
+// Rotates x in place in the Hugging Face "rotate_half" layout: within each head, element i pairs
+// with element i + d/2 (i < d/2), angle = position * inv_freq[i]. x: [n][heads][d], positions: [n],
+// inv_freq: [d/2].
 void ApplyRope(float* x, const int32_t* positions, int64_t n, int64_t heads, int64_t d,
                const float* inv_freq);
 

@@ -78,8 +78,8 @@ TEST_CASE("llama3 RoPE scaling keeps high frequencies and divides low ones by th
   std::vector<float> scaled(64), plain(64);
   RopeInvFreq(p, 128, scaled.data());
   RopeInvFreq(RopeParams{.theta = 500000.0f}, 128, plain.data());
-  CHECK(scaled[0] == plain[0]);                         // wavelength 2*pi < high_wavelen
-  CHECK(scaled[63] == Approx(plain[63] / 8.0f));        // longest wavelength
+  CHECK(scaled[0] == plain[0]);                   // wavelength 2*pi < high_wavelen
+  CHECK(scaled[63] == Approx(plain[63] / 8.0f));  // longest wavelength
   for (int i = 0; i < 64; ++i) CHECK(scaled[i] <= plain[i]);
 }
 

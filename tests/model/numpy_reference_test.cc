@@ -3,7 +3,6 @@
 // untied, llama3 and linear RoPE scaling, explicit head_dim, F32/BF16/F16, sharded files. At every
 // one of 64 positions: max |diff| <= 1e-4 * max |logit|.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -64,8 +63,8 @@ TEST_CASE("CPU backend logits match the numpy reference on random models") {
     INFO("model " << c.name << ": " << c.flags);
     testing::TempDir dir;
     const std::string model_dir = dir.File("model");
-    const std::string make = kMakeTiny + " --out " + model_dir + " " + c.flags + " > " +
-                             dir.File("make.log") + " 2>&1";
+    const std::string make =
+        kMakeTiny + " --out " + model_dir + " " + c.flags + " > " + dir.File("make.log") + " 2>&1";
     REQUIRE(std::system(make.c_str()) == 0);
     auto model = LoadHfModel(model_dir);
     REQUIRE(model.ok());
@@ -114,8 +113,8 @@ TEST_CASE("CPU backend logits match the numpy reference on random models") {
       CHECK(max_diff <= 1e-4 * max_abs);
       worst_ratio = std::max(worst_ratio, max_diff / max_abs);
     }
-    WARN(c.name << ": worst max|diff| / max|logit| over " << positions << " positions = "
-                << worst_ratio);
+    WARN(c.name << ": worst max|diff| / max|logit| over " << positions
+                << " positions = " << worst_ratio);
   }
 }
 

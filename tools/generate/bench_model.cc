@@ -28,7 +28,9 @@ namespace sqz::tools {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 std::string CpuName() {
   std::ifstream in("/proc/cpuinfo");
@@ -154,8 +156,9 @@ Status Run(int argc, char** argv) {
 
   const double bw = ReadBandwidth();
   const double gemm = GemmRate(128, 2048, 768);
-  std::printf("baselines: streaming read %.1f GB/s; MatMulTransB [128x768]x[768x2048] %.1f GFLOP/s\n\n",
-              bw, gemm);
+  std::printf(
+      "baselines: streaming read %.1f GB/s; MatMulTransB [128x768]x[768x2048] %.1f GFLOP/s\n\n", bw,
+      gemm);
 
   auto small = LoadHfModel(stories);
   if (small.ok()) {
@@ -197,8 +200,9 @@ Status Run(int argc, char** argv) {
               params / 1e6, (long long)c.layers);
   std::printf("  decode, 1 stream:   %8.1f tokens/s   (bandwidth bound %.1f: %.0f%%)\n",
               s.decode_tps, bound, 100.0 * s.decode_tps / bound);
-  std::printf("  prompt (%lld):      %8.1f tokens/s   (%.1f GFLOP/s, %.0f%% of the GEMM baseline)\n",
-              (long long)big_prompt, s.prompt_tps, prefill_gflops, 100.0 * prefill_gflops / gemm);
+  std::printf(
+      "  prompt (%lld):      %8.1f tokens/s   (%.1f GFLOP/s, %.0f%% of the GEMM baseline)\n",
+      (long long)big_prompt, s.prompt_tps, prefill_gflops, 100.0 * prefill_gflops / gemm);
   return OkStatus();
 }
 

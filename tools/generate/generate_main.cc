@@ -63,8 +63,8 @@ Status Run(int argc, char** argv) {
   req.sampling = p;
   CpuBackendOptions opts;
   // Default: room for the prompt and the completion, capped by max_positions.
-  const int64_t need = std::min<int64_t>(req.prompt.size() + p.max_tokens,
-                                         model->config.max_positions);
+  const int64_t need =
+      std::min<int64_t>(req.prompt.size() + p.max_tokens, model->config.max_positions);
   opts.kv_blocks = kv_blocks > 0 ? kv_blocks : (need + kKvBlockTokens - 1) / kKvBlockTokens;
   SQZ_ASSIGN_OR_RETURN(auto backend, CpuBackend::Create(*model, opts));
 

@@ -1,7 +1,6 @@
 #include "tools/make_tiny_model/tiny_tokenizer.h"
 
 #include <catch2/catch.hpp>
-
 #include <nlohmann/json.hpp>
 
 #include "engine/model/testing/temp_dir.h"
