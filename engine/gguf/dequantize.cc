@@ -75,6 +75,57 @@ void BlockQ8_0(const uint8_t* b, float* y) {
 
 // --- 256-element super-blocks (k-quants) --------------------------------------------------------
 
+// Q2_K: {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin}: 16 sub-blocks of 16 with 4-bit scale and
+// min, 2-bit q: y = (d * sc) * q - (dmin * m).
+void BlockQ2_K(const uint8_t* b, float* y) {
+  const uint8_t* scales = b;
+  const uint8_t* q = b + 16;
+  const float d = Fp16ToFp32(Load16(b + 80));
+  const float dmin = Fp16ToFp32(Load16(b + 82));
+  int is = 0;
+  for (int n = 0; n < 256; n += 128, q += 32) {
+    for (int shift = 0; shift < 8; shift += 2) {
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t sc = scales[is++];
+        const float dl = d * (sc & 0x0F), ml = dmin * (sc >> 4);
+        for (int l = 0; l < 16; ++l) {
+          *y++ = dl * static_cast<float>((q[l + 16 * half] >> shift) & 3) - ml;
+        }
+      }
+    }
+  }
+}
+
+// Q3_K: {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}: 16 sub-blocks of 16 with 6-bit signed
+// scales (low 4 bits in scales[0..7], high 2 bits in scales[8..11]), 3-bit q = 2 low bits from qs
+// minus 4 when the hmask bit is clear: y = (d * (sc - 32)) * q.
+void BlockQ3_K(const uint8_t* b, float* y) {
+  const uint8_t* hm = b;
+  const uint8_t* q = b + 32;
+  const uint8_t* packed = b + 96;
+  const float d = Fp16ToFp32(Load16(b + 108));
+  int sc[16];
+  for (int s = 0; s < 16; ++s) {
+    const int low = s < 8 ? (packed[s] & 0x0F) : (packed[s - 8] >> 4);
+    const int high = (packed[8 + s % 4] >> (2 * (s / 4))) & 3;
+    sc[s] = (low | (high << 4)) - 32;
+  }
+  int is = 0;
+  uint8_t m = 1;
+  for (int n = 0; n < 256; n += 128, q += 32) {
+    for (int shift = 0; shift < 8; shift += 2, m <<= 1) {
+      for (int half = 0; half < 2; ++half) {
+        const float dl = d * static_cast<float>(sc[is++]);
+        for (int l = 0; l < 16; ++l) {
+          const int k = l + 16 * half;
+          const int v = ((q[k] >> shift) & 3) - ((hm[k] & m) ? 0 : 4);
+          *y++ = dl * static_cast<float>(v);
+        }
+      }
+    }
+  }
+}
+
 // The j-th (0..7) 6-bit scale and min packed in the 12 bytes of a Q4_K / Q5_K block.
 void ScaleMinK4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
@@ -165,6 +216,10 @@ BlockFn FindBlockFn(uint32_t type) {
       return BlockQ5_1;
     case TensorType::kQ8_0:
       return BlockQ8_0;
+    case TensorType::kQ2_K:
+      return BlockQ2_K;
+    case TensorType::kQ3_K:
+      return BlockQ3_K;
     case TensorType::kQ4_K:
       return BlockQ4_K;
     case TensorType::kQ5_K:
@@ -239,8 +294,8 @@ Status Dequantize(uint32_t type, const uint8_t* src, int64_t n, float* dst) {
   const TypeTraits* traits = FindTypeTraits(type);
   if (traits == nullptr || !CanDequantize(type)) {
     return UnimplementedError("cannot dequantize ggml type " + TensorTypeName(type) +
-                              " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, "
-                              "Q5_K, Q6_K)");
+                              " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, "
+                              "Q3_K, Q4_K, Q5_K, Q6_K)");
   }
   if (n < 0 || n % traits->block_size != 0) {
     return InvalidArgumentError("cannot dequantize " + std::to_string(n) + " elements of " +

@@ -1,5 +1,5 @@
 // Dequantization of ggml tensor data to fp32, for the types our GGUF loader accepts:
-// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+// F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
 //
 // Block layouts and arithmetic follow ggml (ggml-common.h, dequantize_row_* in ggml-quants.c),
 // with the same order of float operations, so results equal ggml's and the gguf Python package's

@@ -120,9 +120,10 @@ TEST_CASE("Dequantize rejects unsupported types and partial blocks", "[gguf]") {
   CHECK(s.code() == StatusCode::kInvalidArgument);
   CHECK(s.message().find("not a multiple of its block size 256") != std::string::npos);
   CHECK_FALSE(Dequantize(T(TensorType::kF32), b, -1, y).ok());
-  for (TensorType t : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ4_0,
-                       TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ8_0,
-                       TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
+  for (TensorType t :
+       {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ4_0, TensorType::kQ4_1,
+        TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ8_0, TensorType::kQ2_K,
+        TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     CHECK(CanDequantize(T(t)));
   }
   CHECK_FALSE(CanDequantize(T(TensorType::kQ8_K)));

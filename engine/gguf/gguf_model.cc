@@ -122,7 +122,7 @@ StatusOr<const TensorInfo*> FindChecked(const File& f, const std::string& name,
     return UnimplementedError("GGUF " + f.path() + ": tensor '" + name + "' has type " +
                               TensorTypeName(t->type) +
                               ", which we cannot dequantize (supported: F32, F16, BF16, Q4_0, "
-                              "Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
+                              "Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)");
   }
   return t;
 }

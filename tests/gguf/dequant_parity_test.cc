@@ -15,7 +15,7 @@
 namespace sqz::gguf {
 namespace {
 
-constexpr int kAllTypes = 11;  // F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K
+constexpr int kAllTypes = 13;  // F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K..Q6_K
 
 TEST_CASE("dequantization matches the gguf package bit for bit", "[gguf][parity]") {
   const std::string py = testing::VenvPython();

@@ -10,7 +10,7 @@ Cases:
             the file contains (SmolLM2-135M-Instruct Q4_1: F32, Q4_1, Q8_0);
   gen/...   for the other types: random fp32 data quantized by gguf.quants.quantize (Q4_0, Q4_1,
             Q5_0, Q5_1, Q8_0, BF16, F16), or random raw blocks with sane f16 scales for the types
-            the package can only dequantize (Q4_K, Q5_K, Q6_K); 1, 3, 127 and 129 blocks.
+            the package can only dequantize (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); 1, 3, 127 and 129 blocks.
 
 Usage: make_dequant_fixtures.py --out FILE [--model MODEL.gguf] [--seed N]
 """
@@ -24,7 +24,8 @@ from gguf.quants import dequantize, quantize
 
 QUANTIZABLE = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.BF16, Q.F16]
 # K-quant block layouts: byte offsets of the f16 scale fields inside each block.
-KQUANT_SCALE_OFFSETS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+KQUANT_SCALE_OFFSETS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2),
+                        Q.Q6_K: (208,)}
 BLOCK_COUNTS = [1, 3, 127, 129]
 
 
