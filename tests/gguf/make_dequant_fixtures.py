@@ -9,7 +9,7 @@ Cases:
   real/...  rows and whole tensors copied from a real model file (--model), one set per ggml type
             the file contains (SmolLM2-135M-Instruct Q4_1: F32, Q4_1, Q8_0);
   gen/...   for the other types: random fp32 data quantized by gguf.quants.quantize (Q4_0, Q4_1,
-            Q5_0, Q5_1, Q8_0, BF16, F16), or random raw blocks with sane f16 scales for the types
+            Q5_0, Q5_1, Q8_0, BF16, F16, F32), or random raw blocks with sane f16 scales for the types
             the package can only dequantize (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); 1, 3, 127 and 129 blocks.
 
 Usage: make_dequant_fixtures.py --out FILE [--model MODEL.gguf] [--seed N]
@@ -22,7 +22,7 @@ import gguf
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-QUANTIZABLE = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.BF16, Q.F16]
+QUANTIZABLE = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.BF16, Q.F16, Q.F32]
 # K-quant block layouts: byte offsets of the f16 scale fields inside each block.
 KQUANT_SCALE_OFFSETS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2),
                         Q.Q6_K: (208,)}
