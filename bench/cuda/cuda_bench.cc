@@ -27,28 +27,29 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-#define CHECK_CUDA(expr)                                                                 \
-  do {                                                                                   \
-    cudaError_t e_ = (expr);                                                             \
-    if (e_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                 \
-                   cudaGetErrorString(e_));                                              \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+#define CHECK_CUDA(expr)                                                                         \
+  do {                                                                                           \
+    cudaError_t e_ = (expr);                                                                     \
+    if (e_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
-#define CHECK_OK(expr)                                                                   \
-  do {                                                                                   \
-    const sqz::Status s_ = (expr);                                                       \
-    if (!s_.ok()) {                                                                      \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str());     \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+#define CHECK_OK(expr)                                                               \
+  do {                                                                               \
+    const sqz::Status s_ = (expr);                                                   \
+    if (!s_.ok()) {                                                                  \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      std::exit(1);                                                                  \
+    }                                                                                \
   } while (0)
 
 // Device memory freed at scope exit.
 struct Mem {
-  explicit Mem(size_t bytes) : bytes(bytes) { CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(bytes, 16))); }
+  explicit Mem(size_t bytes) : bytes(bytes) {
+    CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(bytes, 16)));
+  }
   ~Mem() { cudaFree(ptr); }
   Mem(const Mem&) = delete;
   Mem& operator=(const Mem&) = delete;
@@ -122,7 +123,7 @@ int NumSms() {
 }
 
 // ---- Ceilings -----------------------------------------------------------------------------------
-double g_copy_gbps = 0.0;   // D2D copy, bytes read + written per second / 1e9
+double g_copy_gbps = 0.0;    // D2D copy, bytes read + written per second / 1e9
 double g_gemm_tflops = 0.0;  // cuBLASLt bf16 8192^3
 
 void BenchCopy() {
@@ -205,8 +206,10 @@ void BenchDecode() {
         }
         kp.push_back(std::make_unique<Mem>(batch * sizeof(void*)));
         vp.push_back(std::make_unique<Mem>(batch * sizeof(void*)));
-        CHECK_CUDA(cudaMemcpy(kp.back()->ptr, hk.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
-        CHECK_CUDA(cudaMemcpy(vp.back()->ptr, hv.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
+        CHECK_CUDA(
+            cudaMemcpy(kp.back()->ptr, hk.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
+        CHECK_CUDA(
+            cudaMemcpy(vp.back()->ptr, hv.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
       }
       std::vector<int32_t> lens(batch, static_cast<int32_t>(ctx));
       Mem len(batch * 4);
@@ -270,7 +273,8 @@ void BenchPrefill() {
       p.causal = true;
       const double ms = TimeMs(
           [&](int) {
-            CHECK_OK(sqz::cuda::PrefillAttention<bf16>(p, out.as<bf16>(), hq * d, nullptr, nullptr));
+            CHECK_OK(
+                sqz::cuda::PrefillAttention<bf16>(p, out.as<bf16>(), hq * d, nullptr, nullptr));
           },
           2, n > 8192 ? 5 : 20);
       // Causal: half of the n x n scores; QK^T and PV at 2 flops per multiply-add each.

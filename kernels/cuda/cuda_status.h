@@ -27,8 +27,8 @@ Status UnsupportedError(std::string_view op, std::string_view message);
 }  // namespace sqz::cuda
 
 // Returns from the enclosing function with an INTERNAL Status if `expr` (a cudaError_t) fails.
-#define SQZ_CUDA_RETURN_IF_ERROR(expr, op)                            \
-  do {                                                                \
+#define SQZ_CUDA_RETURN_IF_ERROR(expr, op)                                  \
+  do {                                                                      \
     ::sqz::Status sqz_cuda_status_ = ::sqz::cuda::CudaStatus((expr), (op)); \
-    if (!sqz_cuda_status_.ok()) return sqz_cuda_status_;              \
+    if (!sqz_cuda_status_.ok()) return sqz_cuda_status_;                    \
   } while (0)

@@ -1,10 +1,9 @@
-#include "kernels/cuda/decode_attention.h"
-
 #include <algorithm>
 #include <string>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/ptx.cuh"
 
@@ -19,7 +18,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kThreads = 128;
 constexpr int kStages = 4;
 constexpr int kPad = 8;  // bf16 of padding per smem row: 16 bytes, conflict-free row-parallel reads
-constexpr int kTile = kDecodeTile;
+constexpr int kTile = 32;
 static_assert(kTile == 32, "the softmax maps one key of a tile to one lane");
 constexpr int kMaxG = kDecodeMaxGroup;
 
@@ -45,8 +44,8 @@ __global__ void __launch_bounds__(kThreads)
                       float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
                       TOut* __restrict__ out, cpu::AttentionPartial* __restrict__ stats) {
   constexpr int kRow = D + kPad;
-  constexpr int kChunks = D / 8;          // 16-byte pieces per K/V row
-  constexpr int kPairs = D / 2;           // bf16 pairs per V row
+  constexpr int kChunks = D / 8;  // 16-byte pieces per K/V row
+  constexpr int kPairs = D / 2;   // bf16 pairs per V row
   constexpr int kKeyLanes = kThreads / kPairs > 0 ? kThreads / kPairs : 1;
   static_assert(kPairs <= kThreads);
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -63,8 +62,8 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t len_ctx = p.ctx_len ? p.ctx_len[r] : 0;
   const int64_t len_own = p.own_len ? p.own_len[r] : 0;
-  const int64_t total = min(static_cast<long long>(len_ctx + len_own),
-                            static_cast<long long>(p.max_kv_len));
+  const int64_t total =
+      min(static_cast<long long>(len_ctx + len_own), static_cast<long long>(p.max_kv_len));
   const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kTile - 1) / kTile) : 0;
@@ -246,11 +245,243 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- Tensor-core chunk kernel (head_dim 32, 64, 96, 128)
+// ----------------------------------------- The group's query heads are the rows of an m16 tile
+// (rows >= group are zero), so S = Q K^T and O += P V run on mma.m16n8k16. A pipeline stage holds
+// 64 keys; each warp owns 16 of them with its own online-softmax state (no barrier between the
+// phases), and the four warps' partials are merged once at the end. One barrier per stage.
+constexpr int kMmaKeys = 64;  // keys per stage (16 per warp)
+constexpr int kMmaStages = 3;
+static_assert(kMmaKeys % kDecodeTile == 0 || kDecodeTile % kMmaKeys == 0);
+
+template <int D>
+constexpr size_t MmaSmemBytes() {
+  return (static_cast<size_t>(kMmaStages) * 2 * kMmaKeys + 16) * (D + kPad) *
+             sizeof(__nv_bfloat16) +
+         4 * kMaxG * 2 * sizeof(float);
+}
+
+template <int D, typename TOut>
+__global__ void __launch_bounds__(kThreads)
+    DecodeMmaChunkKernel(DecodeAttentionParams p, int64_t chunk_len, int num_chunks,
+                         float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
+                         TOut* __restrict__ out, cpu::AttentionPartial* __restrict__ stats) {
+  static_assert(D % 32 == 0, "K fragments are loaded two k-chunks at a time");
+  constexpr int kRow = D + kPad;
+  constexpr int kChunks = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* kv_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);       // [kMmaStages][2][kMmaKeys][kRow]
+  __nv_bfloat16* q_s = kv_s + kMmaStages * 2 * kMmaKeys * kRow;  // [16][kRow]
+  auto* ml_s = reinterpret_cast<float*>(q_s + 16 * kRow);        // [4 warps][kMaxG][2]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int chunk = blockIdx.x, kv_head = blockIdx.y, r = blockIdx.z;
+  const int group = p.n_q_heads / p.n_kv_heads;
+
+  const int64_t len_ctx = p.ctx_len ? p.ctx_len[r] : 0;
+  const int64_t len_own = p.own_len ? p.own_len[r] : 0;
+  const int64_t total =
+      min(static_cast<long long>(len_ctx + len_own), static_cast<long long>(p.max_kv_len));
+  const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
+  const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
+  const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
+  const __nv_bfloat16* ctx_k = len_ctx > 0 ? p.ctx_k[r] : nullptr;
+  const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
+  const int32_t* blocks = len_own > 0 ? p.block_ids + p.block_indptr[r] : nullptr;
+
+  // Q rows: the group's heads, zero below.
+  for (int c = tid; c < 16 * kChunks; c += kThreads) {
+    const int row = c / kChunks, col = (c % kChunks) * 8;
+    const bool valid = row < group;
+    const __nv_bfloat16* src =
+        valid ? p.q + static_cast<int64_t>(r) * p.q_stride + (kv_head * group + row) * D + col
+              : p.q;
+    internal::CpAsync16(q_s + row * kRow + col, src, valid);
+  }
+  auto load_tile = [&](int tile, int stage) {
+    __nv_bfloat16* k_dst = kv_s + (stage * 2) * kMmaKeys * kRow;
+    __nv_bfloat16* v_dst = k_dst + kMmaKeys * kRow;
+    const int64_t j0 = start + static_cast<int64_t>(tile) * kMmaKeys;
+    if (j0 + kMmaKeys <= end && j0 + kMmaKeys <= len_ctx) {
+      // Common case: a full tile inside the contiguous context; no per-row address logic.
+      const __nv_bfloat16* kb = ctx_k + (kv_head * len_ctx + j0) * D;
+      const __nv_bfloat16* vb = ctx_v + (kv_head * len_ctx + j0) * D;
+#pragma unroll
+      for (int c = tid; c < kMmaKeys * kChunks; c += kThreads) {
+        const int row = c / kChunks, col = (c % kChunks) * 8;
+        internal::CpAsync16(k_dst + row * kRow + col, kb + row * D + col, true);
+        internal::CpAsync16(v_dst + row * kRow + col, vb + row * D + col, true);
+      }
+      return;
+    }
+    for (int c = tid; c < kMmaKeys * kChunks; c += kThreads) {
+      const int row = c / kChunks, col = (c % kChunks) * 8;
+      const int64_t j = j0 + row;
+      const bool valid = j < end;
+      const __nv_bfloat16* ks = p.q;  // any mapped address for zero-fill
+      const __nv_bfloat16* vs = p.q;
+      if (valid) {
+        if (j < len_ctx) {
+          const int64_t off = (kv_head * len_ctx + j) * D + col;
+          ks = ctx_k + off;
+          vs = ctx_v + off;
+        } else {
+          const int64_t u = j - len_ctx;
+          const int64_t b = blocks[u / kPageSize];
+          const int64_t off = ((b * p.n_kv_heads + kv_head) * kPageSize + u % kPageSize) * D + col;
+          ks = p.pool_k + off;
+          vs = p.pool_v + off;
+        }
+      }
+      internal::CpAsync16(k_dst + row * kRow + col, ks, valid);
+      internal::CpAsync16(v_dst + row * kRow + col, vs, valid);
+    }
+  };
+  // Group 0 holds Q and tile 0.
+#pragma unroll
+  for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (s < n_tiles) load_tile(s, s);
+    internal::CpAsyncCommit();
+  }
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m0 = -INFINITY, l0 = 0.0f;  // row g (rows g + 8 are padding: group <= 8)
+  const float scale_log2 = p.scale * kLog2e;
+
+  for (int ti = 0; ti < n_tiles; ++ti) {
+    internal::CpAsyncWait<kMmaStages - 2>();
+    __syncthreads();  // tile ti visible to all; every warp is done with tile ti - 1
+    {
+      const int pre = ti + kMmaStages - 1;
+      if (pre < n_tiles) load_tile(pre, pre % kMmaStages);
+      internal::CpAsyncCommit();
+    }
+    if (ti == 0) {
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc) {
+        const int row = (lane & 7) + ((lane >> 3) & 1) * 8;
+        internal::LdMatrixX4(qf[kc], q_s + row * kRow + kc * 16 + (lane >> 4) * 8);
+      }
+    }
+    const __nv_bfloat16* k_t = kv_s + ((ti % kMmaStages) * 2) * kMmaKeys * kRow + warp * 16 * kRow;
+    const __nv_bfloat16* v_t = k_t + kMmaKeys * kRow;
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; kc += 2) {
+        uint32_t b[4];
+        internal::LdMatrixX4(b, k_t + (nt * 8 + (lane & 7)) * kRow + kc * 16 + (lane >> 3) * 8);
+        internal::MmaBf16(s[nt], qf[kc], b[0], b[1]);
+        internal::MmaBf16(s[nt], qf[kc + 1], b[2], b[3]);
+      }
+    }
+    const int64_t j0 = start + static_cast<int64_t>(ti) * kMmaKeys + warp * 16;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t j = j0 + nt * 8 + 2 * t4 + e;
+        s[nt][e] = j < end ? s[nt][e] * scale_log2 : -INFINITY;
+        mx = fmaxf(mx, s[nt][e]);
+      }
+      s[nt][2] = s[nt][3] = 0.0f;  // padding rows g + 8
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mn = fmaxf(m0, mx);
+    const float base = mn == -INFINITY ? 0.0f : mn;
+    const float alpha = exp2f(m0 - base);
+    m0 = mn;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      s[nt][0] = exp2f(s[nt][0] - base);
+      s[nt][1] = exp2f(s[nt][1] - base);
+      sum += s[nt][0] + s[nt][1];
+    }
+    l0 = l0 * alpha + sum;
+    uint32_t pf[4];
+    pf[0] = internal::PackBf16(s[0][0], s[0][1]);
+    pf[1] = 0u;
+    pf[2] = internal::PackBf16(s[1][0], s[1][1]);
+    pf[3] = 0u;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt += 2) {
+      o[dt][0] *= alpha;
+      o[dt][1] *= alpha;
+      o[dt + 1][0] *= alpha;
+      o[dt + 1][1] *= alpha;
+      uint32_t b[4];
+      internal::LdMatrixX4Trans(
+          b, v_t + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRow + dt * 8 + (lane >> 4) * 8);
+      internal::MmaBf16(o[dt], pf, b[0], b[1]);
+      internal::MmaBf16(o[dt + 1], pf, b[2], b[3]);
+    }
+  }
+  internal::CpAsyncWait<0>();
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  __syncthreads();  // all warps are done with the stages: reuse them for the warps' partials
+
+  auto* part = reinterpret_cast<float*>(kv_s);  // [4 warps][kMaxG][D], normalised by l of the warp
+  if (g < group) {
+    const float inv = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      float* dst = part + (warp * kMaxG + g) * D + dt * 8 + 2 * t4;
+      dst[0] = o[dt][0] * inv;
+      dst[1] = o[dt][1] * inv;
+    }
+    if (t4 == 0) {
+      ml_s[(warp * kMaxG + g) * 2] = m0;
+      ml_s[(warp * kMaxG + g) * 2 + 1] = l0;
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < group * D; i += kThreads) {
+    const int hh = i / D, dim = i % D;
+    float mw[4], lw[4], m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      mw[w] = ml_s[(w * kMaxG + hh) * 2];
+      lw[w] = ml_s[(w * kMaxG + hh) * 2 + 1];
+      if (lw[w] > 0.0f) m = fmaxf(m, mw[w]);
+    }
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      if (lw[w] > 0.0f) {
+        const float wt = exp2f(mw[w] - m) * lw[w];
+        l += wt;
+        acc += wt * part[(w * kMaxG + hh) * D + dim];
+      }
+    }
+    const float o_val = l > 0.0f ? acc / l : 0.0f;
+    const int64_t qh = static_cast<int64_t>(r) * p.n_q_heads + kv_head * group + hh;
+    const cpu::AttentionPartial st{m * kLn2, l};
+    if (num_chunks == 1) {
+      out[qh * D + dim] = FromFloat<TOut>(o_val);
+      if (stats && dim == 0) stats[qh] = st;
+    } else {
+      ws_o[(qh * num_chunks + chunk) * D + dim] = o_val;
+      if (dim == 0) ws_stats[qh * num_chunks + chunk] = st;
+    }
+  }
+}
+
 // One block per (request, query head): merges its chunks' partials (log-sum-exp rule).
 template <typename TOut>
 __global__ void DecodeMergeKernel(int num_chunks, int d, const float* __restrict__ ws_o,
                                   const cpu::AttentionPartial* __restrict__ ws_stats,
-                                  TOut* __restrict__ out, cpu::AttentionPartial* __restrict__ stats) {
+                                  TOut* __restrict__ out,
+                                  cpu::AttentionPartial* __restrict__ stats) {
   const int64_t qh = blockIdx.x;
   const cpu::AttentionPartial* st = ws_stats + qh * num_chunks;
   float m = -INFINITY;
@@ -265,21 +496,26 @@ __global__ void DecodeMergeKernel(int num_chunks, int d, const float* __restrict
   for (int dim = threadIdx.x; dim < d; dim += blockDim.x) {
     float acc = 0.0f;
     for (int c = 0; c < num_chunks; ++c) {
-      if (st[c].l > 0.0f) acc += expf(st[c].m - m) * st[c].l * ws_o[(qh * num_chunks + c) * d + dim];
+      if (st[c].l > 0.0f)
+        acc += expf(st[c].m - m) * st[c].l * ws_o[(qh * num_chunks + c) * d + dim];
     }
     out[qh * d + dim] = FromFloat<TOut>(acc * inv);
   }
   if (stats && threadIdx.x == 0) stats[qh] = {m, total};
 }
 
+// Head dims whose chunk kernel runs on tensor cores; the others use DecodeChunkKernel.
+constexpr bool UsesMma(int d) { return d % 32 == 0; }
+
 template <int D, typename TOut>
 Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut* out,
                     cpu::AttentionPartial* stats, void* workspace, cudaStream_t stream) {
-  constexpr size_t kSmem = ChunkSmemBytes<D>();
-  SQZ_CUDA_RETURN_IF_ERROR(
-      cudaFuncSetAttribute(DecodeChunkKernel<D, TOut>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kSmem)),
-      "DecodeAttention: cudaFuncSetAttribute");
+  constexpr bool kMma = UsesMma(D);
+  constexpr size_t kSmem = kMma ? MmaSmemBytes<D>() : ChunkSmemBytes<D>();
+  auto* kernel = kMma ? DecodeMmaChunkKernel<(kMma ? D : 32), TOut> : DecodeChunkKernel<D, TOut>;
+  SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(kSmem)),
+                           "DecodeAttention: cudaFuncSetAttribute");
   float* ws_o = nullptr;
   cpu::AttentionPartial* ws_stats = nullptr;
   if (plan.num_chunks > 1) {
@@ -288,13 +524,13 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
                                                         PartialOutBytes(p, plan.num_chunks));
   }
   const dim3 grid(plan.num_chunks, p.n_kv_heads, p.batch);
-  DecodeChunkKernel<D, TOut><<<grid, kThreads, kSmem, stream>>>(p, plan.chunk_len, plan.num_chunks,
-                                                                ws_o, ws_stats, out, stats);
+  kernel<<<grid, kThreads, kSmem, stream>>>(p, plan.chunk_len, plan.num_chunks, ws_o, ws_stats, out,
+                                            stats);
   SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: chunk kernel"));
   if (plan.num_chunks > 1) {
     const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.batch) * p.n_q_heads);
-    DecodeMergeKernel<TOut><<<blocks, 128, 0, stream>>>(plan.num_chunks, D, ws_o, ws_stats, out,
-                                                        stats);
+    DecodeMergeKernel<TOut>
+        <<<blocks, 128, 0, stream>>>(plan.num_chunks, D, ws_o, ws_stats, out, stats);
     SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: merge kernel"));
   }
   return OkStatus();
@@ -310,17 +546,33 @@ DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
   const int64_t len = std::max<int64_t>(p.max_kv_len, 0);
   int64_t chunk = force_chunk_len;
   if (chunk <= 0) {
+    // Time model: blocks run in waves of `slots` (2 resident per multiprocessor); a block costs
+    // its keys plus a fixed overhead worth ~256 keys (pipeline fill), the merge kernel ~1024. Take
+    // the split with the smallest modelled time, preferring fewer chunks on ties.
     const int64_t units = std::max<int64_t>(1, static_cast<int64_t>(p.batch) * p.n_kv_heads);
-    const int64_t target_blocks = 16 * static_cast<int64_t>(std::max(num_sms, 1));
-    chunk = std::max<int64_t>(256, (len * units + target_blocks - 1) / target_blocks);
+    const int64_t slots = 2 * static_cast<int64_t>(std::max(num_sms, 1));
+    const int64_t max_chunks = std::max<int64_t>(1, (len + kDecodeTile - 1) / kDecodeTile);
+    int64_t best_cost = -1;
+    chunk = kDecodeTile;
+    for (int64_t c = 1; c <= std::min<int64_t>(max_chunks, 4 * slots); ++c) {
+      int64_t cl = (len + c - 1) / c;
+      cl = std::max<int64_t>(kDecodeTile, (cl + kDecodeTile - 1) / kDecodeTile * kDecodeTile);
+      const int64_t chunks = std::max<int64_t>(1, (len + cl - 1) / cl);
+      const int64_t waves = (units * chunks + slots - 1) / slots;
+      const int64_t cost = waves * (cl + 256) + (chunks > 1 ? 1024 : 0);  // + the merge kernel
+      if (best_cost < 0 || cost < best_cost) {
+        best_cost = cost;
+        chunk = cl;
+      }
+    }
   }
-  chunk = (chunk + kTile - 1) / kTile * kTile;
+  chunk = (chunk + kDecodeTile - 1) / kDecodeTile * kDecodeTile;
   plan.chunk_len = chunk;
   plan.num_chunks = static_cast<int>(std::max<int64_t>(1, (len + chunk - 1) / chunk));
   if (plan.num_chunks > 1) {
-    plan.workspace_bytes =
-        PartialOutBytes(p, plan.num_chunks) +
-        static_cast<size_t>(p.batch) * p.n_q_heads * plan.num_chunks * sizeof(cpu::AttentionPartial);
+    plan.workspace_bytes = PartialOutBytes(p, plan.num_chunks) + static_cast<size_t>(p.batch) *
+                                                                     p.n_q_heads * plan.num_chunks *
+                                                                     sizeof(cpu::AttentionPartial);
   }
   return plan;
 }
@@ -338,10 +590,9 @@ Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, T
                              std::to_string(p.n_q_heads) + ")");
   }
   if (p.n_q_heads / p.n_kv_heads > kDecodeMaxGroup) {
-    return UnsupportedError(kOp, "n_q_heads / n_kv_heads = " +
-                                     std::to_string(p.n_q_heads / p.n_kv_heads) +
-                                     " exceeds the compiled maximum " +
-                                     std::to_string(kDecodeMaxGroup));
+    return UnsupportedError(
+        kOp, "n_q_heads / n_kv_heads = " + std::to_string(p.n_q_heads / p.n_kv_heads) +
+                 " exceeds the compiled maximum " + std::to_string(kDecodeMaxGroup));
   }
   if (std::find(kDecodeHeadDims.begin(), kDecodeHeadDims.end(), p.head_dim) ==
       kDecodeHeadDims.end()) {
@@ -364,11 +615,13 @@ Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, T
   }
   if (workspace_bytes < expected.workspace_bytes ||
       (expected.workspace_bytes > 0 && (!workspace || !Aligned16(workspace)))) {
-    return ArgError(kOp, "workspace of " + std::to_string(workspace_bytes) + " bytes; the plan needs " +
-                             std::to_string(expected.workspace_bytes) + ", 16-byte aligned");
+    return ArgError(kOp, "workspace of " + std::to_string(workspace_bytes) +
+                             " bytes; the plan needs " + std::to_string(expected.workspace_bytes) +
+                             ", 16-byte aligned");
   }
   if (!p.q || !out) return ArgError(kOp, "null q or out");
-  if (p.ctx_len && (!p.ctx_k || !p.ctx_v)) return ArgError(kOp, "ctx_len given without ctx_k/ctx_v");
+  if (p.ctx_len && (!p.ctx_k || !p.ctx_v))
+    return ArgError(kOp, "ctx_len given without ctx_k/ctx_v");
   if (p.own_len && (!p.block_indptr || !p.block_ids || !p.pool_k || !p.pool_v)) {
     return ArgError(kOp, "own_len given without block_indptr, block_ids, pool_k and pool_v");
   }
@@ -376,14 +629,22 @@ Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, T
     return ArgError(kOp, "pool_k and pool_v must be 16-byte aligned");
   }
   switch (p.head_dim) {
-    case 8: return LaunchDecode<8>(p, plan, out, stats, workspace, stream);
-    case 16: return LaunchDecode<16>(p, plan, out, stats, workspace, stream);
-    case 32: return LaunchDecode<32>(p, plan, out, stats, workspace, stream);
-    case 48: return LaunchDecode<48>(p, plan, out, stats, workspace, stream);
-    case 64: return LaunchDecode<64>(p, plan, out, stats, workspace, stream);
-    case 96: return LaunchDecode<96>(p, plan, out, stats, workspace, stream);
-    case 128: return LaunchDecode<128>(p, plan, out, stats, workspace, stream);
-    default: break;
+    case 8:
+      return LaunchDecode<8>(p, plan, out, stats, workspace, stream);
+    case 16:
+      return LaunchDecode<16>(p, plan, out, stats, workspace, stream);
+    case 32:
+      return LaunchDecode<32>(p, plan, out, stats, workspace, stream);
+    case 48:
+      return LaunchDecode<48>(p, plan, out, stats, workspace, stream);
+    case 64:
+      return LaunchDecode<64>(p, plan, out, stats, workspace, stream);
+    case 96:
+      return LaunchDecode<96>(p, plan, out, stats, workspace, stream);
+    case 128:
+      return LaunchDecode<128>(p, plan, out, stats, workspace, stream);
+    default:
+      break;
   }
   return UnsupportedError(kOp, "head_dim " + std::to_string(p.head_dim) + " is not compiled");
 }

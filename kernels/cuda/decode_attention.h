@@ -21,7 +21,9 @@
 //   DecodePlan plan = PlanDecodeAttention(params, num_sms);
 //   ... workspace of plan.workspace_bytes ...
 //   DecodeAttention(params, plan, out, stats, workspace, plan.workspace_bytes, stream);
-// head_dim must be one of kDecodeHeadDims (compiled instances); others are UNIMPLEMENTED.
+// head_dim must be one of kDecodeHeadDims (compiled instances); others are UNIMPLEMENTED. Head
+// dims 32, 64, 96 and 128 run on tensor cores (bf16 probabilities in P V, as in prefill); 8, 16
+// and 48 on a CUDA-core kernel with fp32 probabilities.
 // Memory: every pointer is device memory owned by the caller; K/V base pointers (ctx_k[r],
 // ctx_v[r], pool_k, pool_v) must be 16-byte aligned. Thread safety: stateless.
 #pragma once
@@ -41,7 +43,7 @@ namespace sqz::cuda {
 inline constexpr int kPageSize = 16;
 inline constexpr std::array<int, 7> kDecodeHeadDims = {8, 16, 32, 48, 64, 96, 128};
 inline constexpr int kDecodeMaxGroup = 8;  // n_q_heads / n_kv_heads at most this
-inline constexpr int kDecodeTile = 32;     // keys per pipeline stage; chunk lengths are multiples
+inline constexpr int kDecodeTile = 64;     // chunk lengths are multiples of this
 
 struct DecodeAttentionParams {
   int batch = 0;
@@ -53,8 +55,8 @@ struct DecodeAttentionParams {
   const __nv_bfloat16* q = nullptr;
   int64_t q_stride = 0;
   // Fixed contexts: ctx_len [batch] int32 (0 for a request without one); ctx_k, ctx_v [batch]
-  // device arrays of device pointers to [n_kv_heads][ctx_len[r]][head_dim] (null where ctx_len is 0).
-  // ctx_len may itself be nullptr when no request has a context.
+  // device arrays of device pointers to [n_kv_heads][ctx_len[r]][head_dim] (null where ctx_len is
+  // 0). ctx_len may itself be nullptr when no request has a context.
   const int32_t* ctx_len = nullptr;
   const __nv_bfloat16* const* ctx_k = nullptr;
   const __nv_bfloat16* const* ctx_v = nullptr;
@@ -73,14 +75,15 @@ struct DecodeAttentionParams {
 
 // How the keys are split; made on the host, no device access.
 struct DecodePlan {
-  int64_t chunk_len = 0;   // keys per chunk, a multiple of kDecodeTile
-  int num_chunks = 0;      // chunks per (request, kv head): ceil(max_kv_len / chunk_len), >= 1
+  int64_t chunk_len = 0;  // keys per chunk, a multiple of kDecodeTile
+  int num_chunks = 0;     // chunks per (request, kv head): ceil(max_kv_len / chunk_len), >= 1
   size_t workspace_bytes = 0;
 };
 
-// Chooses chunks so that about 16 blocks per multiprocessor are launched (num_sms from
-// cudaDevAttrMultiProcessorCount), with chunks of at least 256 keys. force_chunk_len > 0 (a
-// multiple of kDecodeTile) overrides the choice (tests use it to exercise the merge).
+// Chooses the split with the smallest modelled time: blocks run in waves over 2 x num_sms slots
+// (num_sms from cudaDevAttrMultiProcessorCount), each costing its keys plus a fixed overhead.
+// force_chunk_len > 0 overrides the choice, rounded up to a multiple of kDecodeTile (tests use it
+// to exercise the merge).
 DecodePlan PlanDecodeAttention(const DecodeAttentionParams& params, int num_sms,
                                int64_t force_chunk_len = 0);
 

@@ -1,8 +1,7 @@
 #include "kernels/cuda/decode_attention.h"
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <numeric>
 #include <type_traits>
@@ -18,10 +17,14 @@ using testing::DeviceBuffer;
 using testing::RandomFloats;
 using testing::RelativeL2;
 
-// Tolerance: all math is fp32 on bf16 inputs, so fp32 outputs agree with the CPU oracle to ~1e-6;
-// 1e-3 allowed (relative L2 per request); bf16 outputs add one rounding: 1e-2.
+// Tolerance (relative L2 per request against the CPU oracle on the same bf16 inputs): the
+// tensor-core kernels (head_dim 32, 64, 96, 128) round probabilities to bf16 before P V (~2^-9),
+// the CUDA-core kernel (8, 16, 48) is fp32 throughout (~1e-6); a bf16 output adds one rounding.
 template <typename T>
-constexpr double kTol = std::is_same_v<T, float> ? 1e-3 : 1e-2;
+double Tol(int d) {
+  if (std::is_same_v<T, bf16>) return 1e-2;
+  return d % 32 == 0 ? 1e-2 : 1e-4;
+}
 
 int NumSms() {
   int sms = 0;
@@ -96,8 +99,8 @@ void Reference(const Batch& b, std::vector<float>* o, std::vector<cpu::Attention
         std::copy_n(b.pool_k.begin() + src, b.d, own_k.begin() + size_t(u) * b.d);
         std::copy_n(b.pool_v.begin() + src, b.d, own_v.begin() + size_t(u) * b.d);
       }
-      cpu::AttendAccumulate(q, own_k.data(), b.d, own_v.data(), b.d, b.own_len[r], b.d, scale,
-                            out, s);
+      cpu::AttendAccumulate(q, own_k.data(), b.d, own_v.data(), b.d, b.own_len[r], b.d, scale, out,
+                            s);
     }
   }
 }
@@ -179,7 +182,7 @@ void RunAndCheck(const Batch& b, int64_t force_chunk) {
     if (b.ctx_len[r] + b.own_len[r] == 0) {
       for (float x : g) REQUIRE(x == 0.0f);
     } else {
-      REQUIRE(RelativeL2(g, w) < kTol<TOut>);
+      REQUIRE(RelativeL2(g, w) < Tol<TOut>(b.d));
     }
     for (int h = 0; h < b.hq; ++h) {
       const auto& a = got_st[r * b.hq + h];
@@ -205,8 +208,8 @@ TEST_CASE("DecodeAttention matches the CPU oracle over contexts, pages, GQA and 
     for (auto [hq, hkv] : {std::pair{32, 8}, std::pair{9, 3}, std::pair{8, 8}, std::pair{8, 1}}) {
       const Batch b = MakeBatch(ctx, own, hq, hkv, d, seed += 20);
       RunAndCheck<float>(b, 0);   // the planner's split
-      RunAndCheck<float>(b, 32);  // many chunks: exercises the merge
-      if (hq == 32) RunAndCheck<bf16>(b, 96);
+      RunAndCheck<float>(b, 64);  // many chunks: exercises the merge
+      if (hq == 32) RunAndCheck<bf16>(b, 192);
     }
   }
 }
@@ -250,9 +253,11 @@ TEST_CASE("PlanDecodeAttention sizes the split and the workspace", "[cuda]") {
   p.max_kv_len = 131072;
   const DecodePlan one = PlanDecodeAttention(p, 132);
   REQUIRE(one.chunk_len % kDecodeTile == 0);
-  REQUIRE(one.chunk_len >= 256);
   REQUIRE(one.chunk_len * one.num_chunks >= p.max_kv_len);
-  REQUIRE(one.num_chunks * 8 >= 132);  // fills the GPU
+  REQUIRE(one.num_chunks * 8 == 264);  // one full wave of 2 x 132 blocks
+  p.batch = 16;
+  REQUIRE(PlanDecodeAttention(p, 132).num_chunks == 2);  // 16 x 8 x 2 = 256 blocks: one wave
+  p.batch = 1;
   REQUIRE(one.workspace_bytes >= size_t(32) * one.num_chunks * (128 * 4 + 8));
   p.max_kv_len = 100;
   const DecodePlan small = PlanDecodeAttention(p, 132);
@@ -261,7 +266,7 @@ TEST_CASE("PlanDecodeAttention sizes the split and the workspace", "[cuda]") {
   p.max_kv_len = 0;
   REQUIRE(PlanDecodeAttention(p, 132).num_chunks == 1);
   const DecodePlan forced = PlanDecodeAttention(p, 132, 40);  // rounded up to a tile multiple
-  REQUIRE(forced.chunk_len == 64);
+  REQUIRE(forced.chunk_len == kDecodeTile);
 }
 
 TEST_CASE("DecodeAttention rejects unsupported or inconsistent arguments", "[cuda]") {

@@ -1,10 +1,9 @@
-#include "kernels/cuda/elementwise.h"
-
 #include <cmath>
 #include <string>
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/elementwise.h"
 
 namespace sqz::cuda {
 namespace {
@@ -130,12 +129,11 @@ Status EmbeddingLookup(const int32_t* ids, const T* table, int64_t n, int64_t vo
 }
 
 template <typename T>
-Status RmsNorm(const T* x, const T* w, int64_t n, int64_t d, float eps, T* y,
-               cudaStream_t stream) {
+Status RmsNorm(const T* x, const T* w, int64_t n, int64_t d, float eps, T* y, cudaStream_t stream) {
   constexpr const char* kOp = "RmsNorm";
   if (n < 0 || d <= 0) {
-    return ArgError(kOp, "need n >= 0 and d > 0; got n=" + std::to_string(n) +
-                             " d=" + std::to_string(d));
+    return ArgError(
+        kOp, "need n >= 0 and d > 0; got n=" + std::to_string(n) + " d=" + std::to_string(d));
   }
   if (!(eps >= 0.0f)) return ArgError(kOp, "eps must be >= 0");
   if (n > INT32_MAX) return ArgError(kOp, "n exceeds 2^31 - 1");
@@ -155,8 +153,8 @@ Status ApplyRope(T* x, const int32_t* positions, int64_t n, int64_t heads, int64
                              " heads=" + std::to_string(heads) + " d=" + std::to_string(d));
   }
   if (row_stride < heads * d) {
-    return ArgError(kOp, "row_stride " + std::to_string(row_stride) + " < heads * d = " +
-                             std::to_string(heads * d));
+    return ArgError(kOp, "row_stride " + std::to_string(row_stride) +
+                             " < heads * d = " + std::to_string(heads * d));
   }
   if (n == 0) return OkStatus();
   if (!x || !positions || !inv_freq) return ArgError(kOp, "null pointer");
@@ -184,8 +182,8 @@ Status SwiGlu(const T* gate_up, int64_t rows, int64_t cols, T* out, cudaStream_t
   }
   if (rows == 0) return OkStatus();
   if (!gate_up || !out) return ArgError(kOp, "null pointer");
-  SwiGluKernel<T><<<GridFor(rows * cols, kThreads), kThreads, 0, stream>>>(gate_up, rows, cols,
-                                                                             out);
+  SwiGluKernel<T>
+      <<<GridFor(rows * cols, kThreads), kThreads, 0, stream>>>(gate_up, rows, cols, out);
   return LaunchStatus(kOp);
 }
 
@@ -209,14 +207,14 @@ Status Convert(const Src* src, int64_t n, Dst* dst, cudaStream_t stream) {
   return LaunchStatus(kOp);
 }
 
-#define SQZ_INSTANTIATE_ELEMENTWISE(T)                                                         \
+#define SQZ_INSTANTIATE_ELEMENTWISE(T)                                                        \
   template Status EmbeddingLookup<T>(const int32_t*, const T*, int64_t, int64_t, int64_t, T*, \
-                                     cudaStream_t);                                            \
-  template Status RmsNorm<T>(const T*, const T*, int64_t, int64_t, float, T*, cudaStream_t);   \
-  template Status ApplyRope<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,         \
-                               const float*, cudaStream_t);                                    \
-  template Status SiluMul<T>(const T*, const T*, int64_t, T*, cudaStream_t);                   \
-  template Status SwiGlu<T>(const T*, int64_t, int64_t, T*, cudaStream_t);                     \
+                                     cudaStream_t);                                           \
+  template Status RmsNorm<T>(const T*, const T*, int64_t, int64_t, float, T*, cudaStream_t);  \
+  template Status ApplyRope<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,        \
+                               const float*, cudaStream_t);                                   \
+  template Status SiluMul<T>(const T*, const T*, int64_t, T*, cudaStream_t);                  \
+  template Status SwiGlu<T>(const T*, int64_t, int64_t, T*, cudaStream_t);                    \
   template Status AddInPlace<T>(T*, const T*, int64_t, cudaStream_t);
 
 SQZ_INSTANTIATE_ELEMENTWISE(float)

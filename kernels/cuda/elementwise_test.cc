@@ -1,7 +1,6 @@
 #include "kernels/cuda/elementwise.h"
 
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <type_traits>
 
@@ -90,8 +89,7 @@ TEMPLATE_TEST_CASE("RmsNorm matches cpu::RmsNorm", "[cuda]", float, bf16) {
   }
 }
 
-TEMPLATE_TEST_CASE("ApplyRope matches cpu::ApplyRope inside a packed row", "[cuda]", float,
-                   bf16) {
+TEMPLATE_TEST_CASE("ApplyRope matches cpu::ApplyRope inside a packed row", "[cuda]", float, bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   cpu::RopeParams llama3;
   llama3.theta = 500000.0f;
@@ -128,7 +126,8 @@ TEMPLATE_TEST_CASE("ApplyRope matches cpu::ApplyRope inside a packed row", "[cud
           INFO("d=" << d << " heads=" << heads << " n=" << n);
           REQUIRE(RelativeL2(got, want) < kTol<TestType>);
           for (int64_t t = 0; t < n; ++t) {
-            for (int64_t j = heads * d; j < stride; ++j) REQUIRE(got[t * stride + j] == x[t * stride + j]);
+            for (int64_t j = heads * d; j < stride; ++j)
+              REQUIRE(got[t * stride + j] == x[t * stride + j]);
           }
         }
       }

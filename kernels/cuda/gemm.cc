@@ -50,8 +50,8 @@ struct Plan {
 };
 
 // m, n, k, output type, bias present, workspace bytes, alignments of a, w, out, bias.
-using PlanKey =
-    std::tuple<int64_t, int64_t, int64_t, int, bool, size_t, uint32_t, uint32_t, uint32_t, uint32_t>;
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int, bool, size_t, uint32_t, uint32_t,
+                           uint32_t, uint32_t>;
 
 }  // namespace
 
@@ -94,8 +94,7 @@ Status Gemm::MatMulTransB(const __nv_bfloat16* a, const __nv_bfloat16* w, const 
   if (workspace_bytes > 0 && (workspace == nullptr || AlignmentOf(workspace) < 16)) {
     return ArgError(kOp, "workspace must be non-null and 16-byte aligned when workspace_bytes > 0");
   }
-  constexpr cudaDataType_t kOutType =
-      std::is_same_v<TOut, float> ? CUDA_R_32F : CUDA_R_16BF;
+  constexpr cudaDataType_t kOutType = std::is_same_v<TOut, float> ? CUDA_R_32F : CUDA_R_16BF;
   const PlanKey key{m,
                     n,
                     k,
@@ -112,14 +111,12 @@ Status Gemm::MatMulTransB(const __nv_bfloat16* a, const __nv_bfloat16* w, const 
     SQZ_LT_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
                            "cublasLtMatmulDescCreate");
     const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-    SQZ_LT_RETURN_IF_ERROR(
-        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
-                                       sizeof(trans_a)),
-        "set TRANSA");
-    SQZ_LT_RETURN_IF_ERROR(
-        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
-                                       sizeof(trans_b)),
-        "set TRANSB");
+    SQZ_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                          &trans_a, sizeof(trans_a)),
+                           "set TRANSA");
+    SQZ_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                          &trans_b, sizeof(trans_b)),
+                           "set TRANSB");
     if (bias) {
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       SQZ_LT_RETURN_IF_ERROR(
@@ -161,9 +158,8 @@ Status Gemm::MatMulTransB(const __nv_bfloat16* a, const __nv_bfloat16* w, const 
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     if (s == CUBLAS_STATUS_SUCCESS) {
-      s = cublasLtMatmulAlgoGetHeuristic(impl_->handle, plan->desc, plan->a_layout,
-                                         plan->b_layout, plan->c_layout, plan->c_layout, pref, 1,
-                                         &result, &found);
+      s = cublasLtMatmulAlgoGetHeuristic(impl_->handle, plan->desc, plan->a_layout, plan->b_layout,
+                                         plan->c_layout, plan->c_layout, pref, 1, &result, &found);
     }
     cublasLtMatmulPreferenceDestroy(pref);
     if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
@@ -186,8 +182,8 @@ Status Gemm::MatMulTransB(const __nv_bfloat16* a, const __nv_bfloat16* w, const 
   const float alpha = 1.0f, beta = 0.0f;
   SQZ_LT_RETURN_IF_ERROR(
       cublasLtMatmul(impl_->handle, plan.desc, &alpha, w, plan.a_layout, a, plan.b_layout, &beta,
-                     out, plan.c_layout, out, plan.c_layout, &plan.algo, workspace,
-                     workspace_bytes, stream),
+                     out, plan.c_layout, out, plan.c_layout, &plan.algo, workspace, workspace_bytes,
+                     stream),
       "cublasLtMatmul");
   return OkStatus();
 }

@@ -22,8 +22,7 @@ struct Shape {
   int64_t m, n, k;
 };
 
-TEST_CASE("Gemm::MatMulTransB matches cpu::MatMulTransB (bf16 in, fp32/bf16 out, bias)",
-          "[cuda]") {
+TEST_CASE("Gemm::MatMulTransB matches cpu::MatMulTransB (bf16 in, fp32/bf16 out, bias)", "[cuda]") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   auto gemm_or = Gemm::Create();
   REQUIRE(gemm_or.ok());
@@ -56,9 +55,9 @@ TEST_CASE("Gemm::MatMulTransB matches cpu::MatMulTransB (bf16 in, fp32/bf16 out,
       INFO(st.ToString());
       REQUIRE(st.ok());
       REQUIRE(RelativeL2(out_f.Download(), want) < kTolF32);
-      st = gemm.MatMulTransB<bf16>(da.get(), dw.get(), with_bias ? dbias_b.get() : nullptr, s.m,
-                                   s.n, s.k, out_b.get(), workspace.get(), workspace.size(),
-                                   nullptr);
+      st =
+          gemm.MatMulTransB<bf16>(da.get(), dw.get(), with_bias ? dbias_b.get() : nullptr, s.m, s.n,
+                                  s.k, out_b.get(), workspace.get(), workspace.size(), nullptr);
       INFO(st.ToString());
       REQUIRE(st.ok());
       REQUIRE(RelativeL2(testing::ToFloat(out_b.Download()), want) < kTolBf16);
@@ -92,8 +91,8 @@ TEST_CASE("Gemm::MatMulTransB rejects bad arguments with a clear message", "[cud
   DeviceBuffer<bf16> a(64), w(64);
   DeviceBuffer<float> out(64);
   DeviceBuffer<char> ws(1024);
-  Status s = gemm.MatMulTransB<float>(a.get(), w.get(), nullptr, 1, 8, 0, out.get(), nullptr, 0,
-                                      nullptr);
+  Status s =
+      gemm.MatMulTransB<float>(a.get(), w.get(), nullptr, 1, 8, 0, out.get(), nullptr, 0, nullptr);
   REQUIRE(s.code() == StatusCode::kInvalidArgument);
   REQUIRE(s.message().find("k=0") != std::string::npos);
   s = gemm.MatMulTransB<float>(nullptr, w.get(), nullptr, 1, 8, 8, out.get(), nullptr, 0, nullptr);

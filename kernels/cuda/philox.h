@@ -40,9 +40,9 @@ SQZ_HOST_DEVICE inline Philox4 Philox4x32(uint32_t c0, uint32_t c1, uint32_t c2,
 
 // A uniform double in [0, 1) with 53 random bits, for draw number `counter` of stream `seed`.
 SQZ_HOST_DEVICE inline double PhiloxUniform(uint64_t seed, uint64_t counter) {
-  const Philox4 r = Philox4x32(static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32),
-                               0u, 0u, static_cast<uint32_t>(seed),
-                               static_cast<uint32_t>(seed >> 32));
+  const Philox4 r =
+      Philox4x32(static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u,
+                 static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   const uint64_t bits = (static_cast<uint64_t>(r.v[0]) << 21) ^ (r.v[1] >> 11);
   return static_cast<double>(bits & ((uint64_t{1} << 53) - 1)) * (1.0 / 9007199254740992.0);
 }

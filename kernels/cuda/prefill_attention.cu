@@ -1,11 +1,10 @@
-#include "kernels/cuda/prefill_attention.h"
-
 #include <algorithm>
 #include <string>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/ptx.cuh"
 
 namespace sqz::cuda {
@@ -119,8 +118,8 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
       for (int kc = 0; kc < D / 16; kc += 2) {
         uint32_t b[4];
-        internal::LdMatrixX4(b, k_s(stage) + (nt * 8 + (lane & 7)) * kRow + kc * 16 +
-                                    (lane >> 3) * 8);
+        internal::LdMatrixX4(b,
+                             k_s(stage) + (nt * 8 + (lane & 7)) * kRow + kc * 16 + (lane >> 3) * 8);
         internal::MmaBf16(s[nt], qf[kc], b[0], b[1]);
         internal::MmaBf16(s[nt], qf[kc + 1], b[2], b[3]);
       }
@@ -182,9 +181,9 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
       for (int dt = 0; dt < D / 8; dt += 2) {
         uint32_t b[4];
-        internal::LdMatrixX4Trans(
-            b, v_s(stage) + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRow + dt * 8 +
-                   (lane >> 4) * 8);
+        internal::LdMatrixX4Trans(b, v_s(stage) +
+                                         (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRow +
+                                         dt * 8 + (lane >> 4) * 8);
         internal::MmaBf16(o[dt], pf, b[0], b[1]);
         internal::MmaBf16(o[dt + 1], pf, b[2], b[3]);
       }
@@ -287,7 +286,8 @@ Status LaunchFlash(const PrefillAttentionParams& p, TOut* out, int64_t out_strid
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// ---- Merge ---------------------------------------------------------------------------------------
+// ---- Merge
+// ---------------------------------------------------------------------------------------
 template <typename T>
 __global__ void MergeKernel(T* o_a, cpu::AttentionPartial* stats_a, const T* o_b,
                             const cpu::AttentionPartial* stats_b, int64_t n, int64_t d) {
@@ -328,14 +328,14 @@ Status PrefillAttention(const PrefillAttentionParams& p, TOut* out, int64_t out_
   }
   if (p.head_dim <= 0) return ArgError(kOp, "head_dim must be positive");
   if (p.head_dim > kSimpleMaxDim) {
-    return UnsupportedError(kOp, "head_dim " + std::to_string(p.head_dim) +
-                                     " is not compiled (at most 256)");
+    return UnsupportedError(
+        kOp, "head_dim " + std::to_string(p.head_dim) + " is not compiled (at most 256)");
   }
   if (p.causal && p.q_offset < 0) return ArgError(kOp, "q_offset must be >= 0");
   const int64_t row = static_cast<int64_t>(p.n_q_heads) * p.head_dim;
   if (p.q_token_stride < row || out_token_stride < row) {
-    return ArgError(kOp, "q and out token strides must be >= n_q_heads * head_dim = " +
-                             std::to_string(row));
+    return ArgError(
+        kOp, "q and out token strides must be >= n_q_heads * head_dim = " + std::to_string(row));
   }
   if (p.n_kv > 0 && (p.kv_token_stride <= 0 || p.kv_head_stride < 0)) {
     return ArgError(kOp, "kv strides must be positive");
@@ -371,8 +371,8 @@ Status MergeAttentionPartials(T* o_a, cpu::AttentionPartial* stats_a, const T* o
   constexpr int kWarps = 8;
   const int64_t blocks = (n + kWarps - 1) / kWarps;
   if (blocks > INT32_MAX) return ArgError(kOp, "n too large");
-  MergeKernel<T><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(o_a, stats_a, o_b,
-                                                                            stats_b, n, d);
+  MergeKernel<T>
+      <<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(o_a, stats_a, o_b, stats_b, n, d);
   return LaunchStatus(kOp);
 }
 

@@ -4,7 +4,8 @@
 // Semantics (the oracle is cpu::AttendAccumulate, kernels/cpu/attention.h): for query token t and
 // query head h (kv head h / (n_q_heads / n_kv_heads), Hugging Face repeat_kv), over the allowed
 // keys j (all j < n_kv; with causal, only j <= q_offset + t):
-//   s_j = scale * q . k_j,  m = max_j s_j,  l = sum_j exp(s_j - m),  o = sum_j exp(s_j - m) v_j / l.
+//   s_j = scale * q . k_j,  m = max_j s_j,  l = sum_j exp(s_j - m),  o = sum_j exp(s_j - m) v_j /
+//   l.
 // With no allowed key: o = 0, m = -inf, l = 0 (an empty partial).
 // The optional (m, l) output lets callers merge this partial with others (MergeAttentionPartials).
 //

@@ -1,7 +1,6 @@
 #include "kernels/cuda/prefill_attention.h"
 
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <type_traits>
 
@@ -32,9 +31,9 @@ struct Case {
 template <typename TOut>
 void RunCase(const Case& c, uint32_t seed) {
   INFO("n_q=" << c.n_q << " n_kv=" << c.n_kv << " q_offset=" << c.q_offset << " causal=" << c.causal
-               << " hq=" << c.hq << " hkv=" << c.hkv << " d=" << c.d << " head_major="
-               << c.head_major << " misaligned=" << c.misaligned << " out="
-               << (std::is_same_v<TOut, float> ? "f32" : "bf16"));
+              << " hq=" << c.hq << " hkv=" << c.hkv << " d=" << c.d
+              << " head_major=" << c.head_major << " misaligned=" << c.misaligned
+              << " out=" << (std::is_same_v<TOut, float> ? "f32" : "bf16"));
   const int64_t q_stride = c.hq * c.d + 8;
   const int64_t kv_row = c.head_major ? c.d : c.hkv * c.d + 8;
   const int64_t kv_size = c.head_major ? c.hkv * c.n_kv * c.d : c.n_kv * kv_row;
@@ -118,9 +117,9 @@ TEST_CASE("PrefillAttention matches cpu::AttendAccumulate over shapes, layouts a
           {127, 127, 0, true, hq, hkv, d, false, false},
           {129, 129, 0, true, hq, hkv, d, true, false},
           {129, 1000, 871, true, hq, hkv, d, false, false},  // a later chunk of a long prefill
-          {65, 300, 0, false, hq, hkv, d, true, false},     // no mask (attention to a context)
-          {3, 0, 0, false, hq, hkv, d, false, false},       // no keys: empty partials
-          {70, 70, 0, true, hq, hkv, d, false, true},       // unaligned view: simple path
+          {65, 300, 0, false, hq, hkv, d, true, false},      // no mask (attention to a context)
+          {3, 0, 0, false, hq, hkv, d, false, false},        // no keys: empty partials
+          {70, 70, 0, true, hq, hkv, d, false, true},        // unaligned view: simple path
       };
       for (const Case& c : cases) RunCase<float>(c, seed += 3);
     }
@@ -134,8 +133,7 @@ TEST_CASE("PrefillAttention matches cpu::AttendAccumulate over shapes, layouts a
   }
 }
 
-TEST_CASE("MergeAttentionPartials of two key ranges equals attention over their union",
-          "[cuda]") {
+TEST_CASE("MergeAttentionPartials of two key ranges equals attention over their union", "[cuda]") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   // Keys [0, 300) split at 113: two non-causal prefills, merged, against one over all keys.
   const int hq = 4, hkv = 2, d = 64;

@@ -1,9 +1,9 @@
 // Thin wrappers over the sm_80+ PTX instructions the attention kernels use: cp.async (16-byte
 // global -> shared copies, zero-filling), ldmatrix and the bf16 tensor-core mma m16n8k16.
 // Fragment layouts (PTX ISA, "mma.m16n8k16"): with g = lane / 4 and t = lane % 4,
-//   A (16x16, row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
-//   B (16x8, k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
-//   C (16x8, fp32):       c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
+//   A (16x16, row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8,
+//   2t+8..) B (16x8, k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g) C (16x8, fp32):
+//   c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
 // Internal to kernels/cuda.
 #pragma once
 

@@ -1,11 +1,10 @@
-#include "kernels/cuda/sampling.h"
-
 #include <climits>
 #include <string>
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/philox.h"
+#include "kernels/cuda/sampling.h"
 
 namespace sqz::cuda {
 
@@ -185,8 +184,8 @@ __device__ uint32_t RadixSelect(const float* p, int64_t vocab, uint32_t floor_ke
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    SampleKernel(const T* __restrict__ logits, int64_t vocab, int64_t row_stride,
-                 SamplingParams sp, int32_t* __restrict__ ids, float* __restrict__ ws) {
+    SampleKernel(const T* __restrict__ logits, int64_t vocab, int64_t row_stride, SamplingParams sp,
+                 int32_t* __restrict__ ids, float* __restrict__ ws) {
   __shared__ RadixShared sh;
   __shared__ uint64_t scratch[kWarps];
   const int64_t row = blockIdx.x;
@@ -271,8 +270,8 @@ Status ArgMax(const T* logits, int64_t batch, int64_t vocab, int64_t row_stride,
               cudaStream_t stream) {
   SQZ_RETURN_IF_ERROR(CheckRows("ArgMax", logits, batch, vocab, row_stride, ids));
   if (batch == 0) return OkStatus();
-  ArgMaxKernel<T><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(logits, vocab,
-                                                                         row_stride, ids);
+  ArgMaxKernel<T>
+      <<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(logits, vocab, row_stride, ids);
   return LaunchStatus("ArgMax");
 }
 

@@ -1,9 +1,8 @@
 #include "kernels/cuda/sampling.h"
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <bit>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -118,8 +117,8 @@ std::vector<int32_t> RunSample(const std::vector<float>& logits, int64_t batch, 
   sp.min_p = min_p.get();
   sp.seed = seed.get();
   sp.counter = counter.get();
-  const Status s = Sample<T>(dl.get(), batch, vocab, vocab, sp, ids.get(), ws.get(), ws.size(),
-                             nullptr);
+  const Status s =
+      Sample<T>(dl.get(), batch, vocab, vocab, sp, ids.get(), ws.get(), ws.size(), nullptr);
   INFO(s.ToString());
   REQUIRE(s.ok());
   return ids.Download();
@@ -131,20 +130,20 @@ TEMPLATE_TEST_CASE("ArgMax picks the first maximum and ignores NaN", "[cuda]", f
   for (int64_t vocab : {1, 3, 1000, 128256}) {
     for (int64_t batch : {1, 3, 129}) {
       const int64_t stride = vocab + 3;
-      auto x = testing::ToFloat(std::vector<TestType>(
-          [&] {
-            auto f = RandomFloats(batch * stride, seed++, 2.0f);
-            std::vector<TestType> t(f.size());
-            for (size_t i = 0; i < f.size(); ++i) t[i] = static_cast<TestType>(f[i]);
-            return t;
-          }()));
+      auto x = testing::ToFloat(std::vector<TestType>([&] {
+        auto f = RandomFloats(batch * stride, seed++, 2.0f);
+        std::vector<TestType> t(f.size());
+        for (size_t i = 0; i < f.size(); ++i) t[i] = static_cast<TestType>(f[i]);
+        return t;
+      }()));
       if (vocab >= 3) {
         x[0 * stride + 2] = 100.0f;  // a tie in row 0: the lower index wins
         x[0 * stride + 1] = 100.0f;
         x[0 * stride + 0] = std::numeric_limits<float>::quiet_NaN();
       }
       if (batch >= 3) {
-        for (int64_t i = 0; i < vocab; ++i) x[2 * stride + i] = std::numeric_limits<float>::quiet_NaN();
+        for (int64_t i = 0; i < vocab; ++i)
+          x[2 * stride + i] = std::numeric_limits<float>::quiet_NaN();
       }
       std::vector<TestType> host(x.size());
       for (size_t i = 0; i < x.size(); ++i) host[i] = static_cast<TestType>(x[i]);
@@ -162,8 +161,8 @@ TEMPLATE_TEST_CASE("ArgMax picks the first maximum and ignores NaN", "[cuda]", f
   }
 }
 
-TEMPLATE_TEST_CASE("Sample follows the host definition of temperature/top-k/top-p/min-p",
-                   "[cuda]", float, bf16) {
+TEMPLATE_TEST_CASE("Sample follows the host definition of temperature/top-k/top-p/min-p", "[cuda]",
+                   float, bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   uint32_t seed = 10;
   for (int64_t vocab : {1, 3, 1000, 32000, 128256}) {
@@ -190,9 +189,9 @@ TEMPLATE_TEST_CASE("Sample follows the host definition of temperature/top-k/top-
     for (int64_t r = 0; r < batch; ++r) {
       INFO("vocab=" << vocab << " row=" << r << " T=" << rows.temp[r] << " k=" << rows.top_k[r]
                     << " p=" << rows.top_p[r] << " min_p=" << rows.min_p[r]);
-      const RefResult want = RefSample(logits.data() + r * vocab, vocab, rows.temp[r],
-                                       rows.top_k[r], rows.top_p[r], rows.min_p[r], rows.seed[r],
-                                       rows.counter[r]);
+      const RefResult want =
+          RefSample(logits.data() + r * vocab, vocab, rows.temp[r], rows.top_k[r], rows.top_p[r],
+                    rows.min_p[r], rows.seed[r], rows.counter[r]);
       REQUIRE(got[r] >= 0);
       REQUIRE(got[r] < vocab);
       if (got[r] != want.id) {

@@ -49,12 +49,14 @@ class DeviceBuffer {
   }
   void Upload(const std::vector<T>& host) {
     SQZ_CHECK_EQ(host.size(), n_);
-    if (n_ > 0) SQZ_TEST_CUDA(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+    if (n_ > 0)
+      SQZ_TEST_CUDA(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
   }
   std::vector<T> Download() const {
     std::vector<T> host(n_);
     SQZ_TEST_CUDA(cudaDeviceSynchronize());
-    if (n_ > 0) SQZ_TEST_CUDA(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    if (n_ > 0)
+      SQZ_TEST_CUDA(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
     return host;
   }
 
@@ -80,11 +82,11 @@ double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b);
 }  // namespace sqz::cuda::testing
 
 // Use at the top of every TEST_CASE that needs a GPU.
-#define SQZ_REQUIRE_CUDA_OR_SKIP()                                       \
-  do {                                                                   \
-    std::string sqz_why_;                                                \
-    if (!::sqz::cuda::testing::CudaAvailable(&sqz_why_)) {               \
-      WARN("skipped: " << sqz_why_);                                     \
-      return;                                                            \
-    }                                                                    \
+#define SQZ_REQUIRE_CUDA_OR_SKIP()                         \
+  do {                                                     \
+    std::string sqz_why_;                                  \
+    if (!::sqz::cuda::testing::CudaAvailable(&sqz_why_)) { \
+      WARN("skipped: " << sqz_why_);                       \
+      return;                                              \
+    }                                                      \
   } while (0)
