@@ -13,13 +13,16 @@
 namespace sqz {
 namespace {
 
+// Below this many multiply-adds a loop runs on one thread: a parallel region costs more, badly so
+// on an oversubscribed machine.
+constexpr int64_t kParallelMinWork = int64_t{1} << 18;
 // Largest k seeded with greedy k-means++ (several candidates per step).
 constexpr int64_t kGreedySeedingMaxK = 256;
 
 // Rows of x normalised to unit L2 norm; zero rows stay zero (cosine 0 with everything).
 std::vector<float> NormalizedRows(const float* x, int64_t n, int64_t d) {
   std::vector<float> out(static_cast<size_t>(n * d));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * d >= kParallelMinWork)
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * d;
     double ss = 0.0;
@@ -52,7 +55,7 @@ std::vector<int64_t> SeedPlusPlus(const std::vector<float>& xn, int64_t n, int64
   std::vector<double> prefix(n);
   auto distance_to = [&](int64_t c, float* out) {
     const float* xc = xn.data() + c * d;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * d >= kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) {
       const float dd = std::max(0.0f, 1.0f - cpu::Dot(xn.data() + i * d, xc, d));
       out[i] = std::min(dist[i], dd);
@@ -151,7 +154,7 @@ void Assign(const std::vector<float>& xn, int64_t n, int64_t d, const std::vecto
   }
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;
   constexpr int64_t kTilesPerTask = 8;
-#pragma omp parallel
+#pragma omp parallel if (n * k * d >= kParallelMinWork)
   {
     std::vector<float> x(static_cast<size_t>(kTilesPerTask * kTileRows * d), 0.0f);
     std::vector<float> sims(static_cast<size_t>(kTilesPerTask * kTileRows * k_pad));

@@ -8,6 +8,13 @@
 namespace sqz {
 namespace {
 
+// Below this many multiply-adds per call, Attend runs on the calling thread (a parallel region
+// costs more than it saves, e.g. for decode steps over short contexts).
+constexpr int64_t kParallelMinWork = int64_t{1} << 18;
+
+// Multiply-adds of dense attention for one query token over the context.
+int64_t Work(const SnapshotDims& dm) { return dm.n_tokens * dm.q_heads * dm.head_dim; }
+
 // Work item of one Attend call: tokens [t0, t1) of the call, one KV head.
 struct Item {
   int64_t t0, t1;
@@ -114,7 +121,7 @@ void DenseContextAttention::Attend(int layer, const float* q, int64_t n_tokens, 
   const SnapshotDims& dm = snapshot_.dims;
   SQZ_CHECK(layer >= 0 && layer < dm.layers) << "layer " << layer;
   const std::vector<std::pair<int64_t, int64_t>> all_body = {{0, dm.body_len}};
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) if (n_tokens * Work(dm) >= kParallelMinWork)
   for (int64_t t = 0; t < n_tokens; ++t) {
     for (int h = 0; h < dm.kv_heads; ++h) {
       AttendSegments(snapshot_.head(layer, h), dm, q, t, t + 1, h, all_body, out, stats);
@@ -159,7 +166,7 @@ void SqueezedContextAttention::Attend(int layer, const float* q, int64_t n_token
     for (int h = 0; h < dm.kv_heads; ++h) items.push_back({t0, t1, h});
   }
   int64_t half_keys = 0;
-#pragma omp parallel reduction(+ : half_keys)
+#pragma omp parallel reduction(+ : half_keys) if (n_tokens * Work(dm) >= kParallelMinWork)
   {
     SelectionScratch scratch;
     SelectionResult sel;
