@@ -1,9 +1,10 @@
 // ContextAttention over a ContextSnapshot, in two modes (ALGORITHM.md, online steps):
 //   DENSE:    every context key (sink, whole body, window) — the exact reference;
 //   SQUEEZED: sink + window + the body clusters that the centroid lookup selects, per KV head and
-//             per block of query tokens (tokens at absolute positions in the same
-//             block_size-aligned block of the request share one selection; scores averaged over the
-//             block).
+//             per block of query tokens: the tokens of one Attend call whose request positions
+//             fall in the same block_size-aligned block share one selection (probability estimates
+//             averaged over them). A block split across two calls (prefill chunks) gets one
+//             selection per part, so squeezed results are not chunk invariant; dense ones are.
 // Both produce exact partial results (o, m, l) over the keys they read, for the forward pass to
 // merge. With kv_budget = 1 (or a threshold below every estimate) SQUEEZED reads every key, in the
 // same order as DENSE, and equals it.
