@@ -120,9 +120,13 @@ Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-  # What debian:12-slim leaves out of the image: package lists, caches, logs.
+  # What debian:12-slim leaves out of the image: package lists, caches, logs, and the files the
+  # dpkg excludes above name (debootstrap's first stage unpacks without dpkg, so without them).
   rm -rf "$mnt"/var/lib/apt/lists/* "$mnt"/var/cache/apt/*.bin "$mnt"/var/cache/apt/archives/*.deb \
-    "$mnt"/var/log/* "$mnt"/tmp/* "$mnt"/usr/share/doc/*/[!c]* "$mnt"/usr/share/man/*
+    "$mnt"/var/log/* "$mnt"/tmp/* "$mnt"/usr/share/man/* "$mnt"/usr/share/info/* \
+    "$mnt"/usr/share/lintian/*
+  find "$mnt/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+  find "$mnt/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
   "${BUILDAH[@]}" umount "$ctr" >/dev/null
   "${BUILDAH[@]}" config --cmd /bin/bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --label org.opencontainers.image.description="Debian 12 minbase made by debootstrap" "$ctr"
