@@ -1,6 +1,5 @@
 #include "engine/gguf/dequantize.h"
 
-#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -314,15 +313,10 @@ Status DequantizeTensorTo(const TensorInfo& t, float* dst) {
   if (t.n_elements % traits->block_size != 0) {
     return Dequantize(t.type, t.data, t.n_elements, dst).WithContext("tensor '" + t.name + "'");
   }
-  const int64_t blocks = t.n_elements / traits->block_size;
-  // Fixed chunks of blocks: every element is computed by the same code whatever the thread count.
-  constexpr int64_t kChunk = 4096;
-  const int64_t chunks = (blocks + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t b1 = std::min(blocks, (c + 1) * kChunk);
-    DequantizeBlocks(t.type, *traits, t.data, c * kChunk, b1, dst);
-  }
+  // Single-threaded on purpose: the whole 135M-parameter default model dequantizes in ~45 ms on
+  // one core (memory bound), while OpenMP threads on a shared, oversubscribed machine were
+  // measured 10x slower (docs/benchmarks/gguf.md).
+  DequantizeBlocks(t.type, *traits, t.data, 0, t.n_elements / traits->block_size, dst);
   return OkStatus();
 }
 

@@ -6,7 +6,7 @@
 // (gguf.quants.dequantize) bit for bit; tests/gguf checks this on real and generated blocks.
 // Source bytes need no alignment.
 //
-// Thread safety: pure functions. DequantizeTensor uses OpenMP threads internally.
+// Thread safety: pure functions, single-threaded (callers may run tensors in parallel).
 #pragma once
 
 #include <cstdint>

@@ -129,8 +129,8 @@ TEST_CASE("Dequantize rejects unsupported types and partial blocks", "[gguf]") {
   CHECK_FALSE(CanDequantize(T(TensorType::kQ8_K)));
 }
 
-TEST_CASE("DequantizeTensor over many chunks equals block-by-block Dequantize", "[gguf]") {
-  // 3 * 4096 + 129 Q8_0 blocks span several parallel chunks with a ragged tail.
+TEST_CASE("DequantizeTensor equals block-by-block Dequantize", "[gguf]") {
+  // 3 * 4096 + 129 Q8_0 blocks.
   const int64_t blocks = 3 * 4096 + 129;
   std::string data(static_cast<size_t>(blocks * 34), '\0');
   std::mt19937 rng(7);
