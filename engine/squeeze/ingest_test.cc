@@ -121,6 +121,48 @@ TEST_CASE("DENSE and SQUEEZED at budget 1 give the logits of plain generation (r
   }
 }
 
+TEST_CASE("step-wise ingestion batched with another sequence captures the same context") {
+  const Model m = RandomModel({"gqa", 4, 2, 8, true, false, true}, 6);
+  auto b = MakeBackend(m);
+  SqueezeOptions o;
+  o.prefill_chunk_tokens = 32;
+  o.observation_window = 30;
+  const auto tokens = RandomTokens(200, m.config.vocab, 4);
+  auto whole = CaptureContext(*b, tokens, o);
+  REQUIRE(whole.ok());
+
+  auto ing = ContextIngestion::Start(*b, tokens, o);
+  REQUIRE(ing.ok());
+  REQUIRE((*ing)->Capture().status().code() == StatusCode::kFailedPrecondition);
+  auto other = b->AddSequence();
+  REQUIRE(other.ok());
+  const auto other_tokens = RandomTokens(40, m.config.vocab, 9);
+  const int64_t budgets[] = {5, 64, 1, 17};
+  int step = 0;
+  std::vector<float> logits(2 * m.config.vocab);  // one row per batch entry (all_logits off)
+  while (!(*ing)->prefilled()) {
+    const StepInput a = (*ing)->NextStep(budgets[step % 4]);
+    REQUIRE(a.tokens.size() <= 32);
+    const StepInput again = (*ing)->NextStep(1000);  // same chunk until StepDone
+    REQUIRE(again.tokens.data() == a.tokens.data());
+    REQUIRE(again.tokens.size() == a.tokens.size());
+    std::vector<StepInput> batch = {a};
+    if (step < 40) {
+      batch.push_back(StepInput{*other, std::span<const int32_t>(&other_tokens[step], 1)});
+    }
+    REQUIRE(b->Forward(batch, batch.size() > 1 ? logits.data() : nullptr).ok());
+    (*ing)->StepDone();
+    ++step;
+  }
+  auto captured = (*ing)->Capture();
+  REQUIRE(captured.ok());
+  REQUIRE(captured->k == whole->k);
+  REQUIRE(captured->v == whole->v);
+  REQUIRE(captured->window_q == whole->window_q);
+  ing->reset();
+  REQUIRE(b->Stats().sequences == 1);  // only `other` is left
+}
+
 TEST_CASE("ingestion errors are reported and free the sequence") {
   const Model m = RandomModel({"gqa", 4, 2, 8, false, true, false}, 2);
   SqueezeOptions o;
