@@ -1,5 +1,6 @@
 #include "engine/gguf/gguf_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -225,15 +226,18 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const File& f) {
   }
   c.qkv_bias = arch == "qwen2" || f.FindTensor("blk.0.attn_q.bias") != nullptr;
   c.tie_embeddings = f.FindTensor("output.weight") == nullptr;
-  for (const auto& [key, eos] : {std::pair<const char*, bool>{"tokenizer.ggml.bos_token_id", false},
-                                 {"tokenizer.ggml.eos_token_id", true}}) {
+  // BOS, and the ids that end generation: EOS, then end-of-turn / end-of-message (as the
+  // tokenizer mapping lists them). Ids outside the vocabulary are reported by that mapping.
+  for (const char* key : {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                          "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"}) {
     if (!f.Has(key)) continue;
     SQZ_ASSIGN_OR_RETURN(int64_t id, f.GetInt(key));
-    if (id < 0 || id >= c.vocab) continue;  // reported by the tokenizer mapping
-    if (eos) {
-      c.eos_ids.push_back(static_cast<int32_t>(id));
-    } else {
-      c.bos_id = static_cast<int32_t>(id);
+    if (id < 0 || id >= c.vocab) continue;
+    const auto id32 = static_cast<int32_t>(id);
+    if (std::string_view(key) == "tokenizer.ggml.bos_token_id") {
+      c.bos_id = id32;
+    } else if (std::find(c.eos_ids.begin(), c.eos_ids.end(), id32) == c.eos_ids.end()) {
+      c.eos_ids.push_back(id32);
     }
   }
   if (const TensorInfo* q = f.FindTensor("blk.0.attn_q.weight")) {

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/gguf/gguf_tokenizer.h"
 #include "engine/gguf/testing/gguf_builder.h"
 
 namespace sqz::gguf {
@@ -101,6 +102,18 @@ TEST_CASE("llama metadata maps onto ModelConfig", "[gguf]") {
   CHECK(c->bos_id == 1);
   CHECK(c->eos_ids == std::vector<int32_t>{2});
   CHECK(c->torch_dtype == "gguf F32");
+}
+
+TEST_CASE("end-of-turn ids join the config's EOS ids, as the tokenizer's", "[gguf]") {
+  GgufBuilder b = TinyLlama();
+  b.SetU32("tokenizer.ggml.eot_token_id", 5);
+  b.SetU32("tokenizer.ggml.eom_token_id", 2);
+  auto c = Config(b);
+  REQUIRE(c.ok());
+  CHECK(c->eos_ids == std::vector<int32_t>{2, 5});
+  auto t = TokenizerModelFromGguf(*b.Open());
+  REQUIRE(t.ok());
+  CHECK(t->eos_ids == c->eos_ids);
 }
 
 TEST_CASE("defaults: kv heads, head size, theta and vocabulary size", "[gguf]") {
