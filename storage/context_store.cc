@@ -2,23 +2,20 @@
 
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
-#include <rocksdb/utilities/options_util.h>
 #include <xxhash.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
-#include <nlohmann/json.hpp>
 
-#include "storage/blob_codec.h"
+#include "storage/context_record.h"
 
 namespace sqz {
 namespace {
 
-using nlohmann::json;
-
 constexpr char kFormatKey[] = "__format_version__";
-constexpr uint32_t kMetaLayer = 0xffffffffu;
 
 Status FromRocks(const rocksdb::Status& s, const std::string& what) {
   if (s.ok()) return OkStatus();
@@ -44,17 +41,25 @@ std::string BlobKey(const std::string& id, uint32_t layer, uint32_t head, blob::
   return k;
 }
 
+const char* KindName(blob::Kind kind) {
+  switch (kind) {
+    case blob::Kind::kKv: return "kv";
+    case blob::Kind::kIndex: return "index";
+    case blob::Kind::kMeta: return "meta";
+  }
+  return "unknown";
+}
+
+// "context c layer 3 kv head 1 kv blob": what a DATA_LOSS message names.
 std::string BlobName(const std::string& id, uint32_t layer, uint32_t head, blob::Kind kind) {
-  const char* k = kind == blob::Kind::kKv ? "kv" : kind == blob::Kind::kIndex ? "index" : "meta";
-  if (layer == kMetaLayer) return "context " + id + " meta blob";
+  if (kind == blob::Kind::kMeta) return "context " + id + " meta blob";
   return "context " + id + " layer " + std::to_string(layer) + " kv head " + std::to_string(head) +
-         " " + k + " blob";
+         " " + KindName(kind) + " blob";
 }
 
 std::string ManifestKey(uint32_t layer, uint32_t head, blob::Kind kind) {
-  const char* k = kind == blob::Kind::kKv ? "kv" : kind == blob::Kind::kIndex ? "index" : "meta";
-  if (layer == kMetaLayer) return "meta";
-  return std::to_string(layer) + "/" + std::to_string(head) + "/" + k;
+  if (kind == blob::Kind::kMeta) return "meta";
+  return std::to_string(layer) + "/" + std::to_string(head) + "/" + KindName(kind);
 }
 
 int64_t NowMs() {
@@ -63,102 +68,13 @@ int64_t NowMs() {
       .count();
 }
 
-json OptionsToJson(const SqueezeOptions& o) {
-  return json{{"sink_tokens", o.sink_tokens},
-              {"observation_window", o.observation_window},
-              {"centroid_fraction", o.centroid_fraction},
-              {"coarse_fraction", o.coarse_fraction},
-              {"kmeans_iterations", o.kmeans_iterations},
-              {"kmeans_tolerance", o.kmeans_tolerance},
-              {"kmeans_seed", o.kmeans_seed},
-              {"prefill_chunk_tokens", o.prefill_chunk_tokens}};
-}
-
-SqueezeOptions OptionsFromJson(const json& j) {
-  SqueezeOptions o;
-  o.sink_tokens = j.at("sink_tokens").get<int64_t>();
-  o.observation_window = j.at("observation_window").get<int64_t>();
-  o.centroid_fraction = j.at("centroid_fraction").get<double>();
-  o.coarse_fraction = j.at("coarse_fraction").get<double>();
-  o.kmeans_iterations = j.at("kmeans_iterations").get<int32_t>();
-  o.kmeans_tolerance = j.at("kmeans_tolerance").get<double>();
-  o.kmeans_seed = j.at("kmeans_seed").get<uint64_t>();
-  o.prefill_chunk_tokens = j.at("prefill_chunk_tokens").get<int64_t>();
-  return o;
-}
-
-std::string EncodeRecord(const ContextRecord& r) {
-  json manifest = json::array();
-  for (const auto& b : r.manifest) {
-    manifest.push_back({{"key", b.key}, {"checksum", b.checksum}, {"bytes", b.bytes}});
-  }
-  json j = {{"format_version", ContextStore::kFormatVersion},
-            {"id", r.id},
-            {"state", static_cast<int32_t>(r.state)},
-            {"progress", r.progress},
-            {"model_fingerprint", r.model_fingerprint},
-            {"token_count", r.token_count},
-            {"content_digest", r.content_digest},
-            {"options", OptionsToJson(r.options)},
-            {"owner", r.owner},
-            {"labels", r.labels},
-            {"pinned", r.pinned},
-            {"create_time_ms", r.create_time_ms},
-            {"update_time_ms", r.update_time_ms},
-            {"error", r.error},
-            {"stored_bytes", r.stored_bytes},
-            {"manifest", manifest}};
-  return j.dump();
-}
-
-StatusOr<ContextRecord> DecodeRecord(const std::string& id, const std::string& text) {
-  try {
-    const json j = json::parse(text);
-    if (j.at("format_version").get<int32_t>() > ContextStore::kFormatVersion) {
-      return FailedPreconditionError("record of context " + id + " has format version " +
-                                     std::to_string(j.at("format_version").get<int32_t>()) +
-                                     ", newer than this build's");
-    }
-    ContextRecord r;
-    r.id = j.at("id").get<std::string>();
-    r.state = static_cast<ContextState>(j.at("state").get<int32_t>());
-    r.progress = j.at("progress").get<double>();
-    r.model_fingerprint = j.at("model_fingerprint").get<uint64_t>();
-    r.token_count = j.at("token_count").get<int64_t>();
-    r.content_digest = j.at("content_digest").get<std::string>();
-    r.options = OptionsFromJson(j.at("options"));
-    r.owner = j.at("owner").get<std::string>();
-    r.labels = j.at("labels").get<std::map<std::string, std::string>>();
-    r.pinned = j.at("pinned").get<bool>();
-    r.create_time_ms = j.at("create_time_ms").get<int64_t>();
-    r.update_time_ms = j.at("update_time_ms").get<int64_t>();
-    r.error = j.at("error").get<std::string>();
-    r.stored_bytes = j.at("stored_bytes").get<int64_t>();
-    for (const auto& b : j.at("manifest")) {
-      r.manifest.push_back({b.at("key").get<std::string>(), b.at("checksum").get<uint64_t>(),
-                            b.at("bytes").get<uint64_t>()});
-    }
-    return r;
-  } catch (const json::exception& e) {
-    return DataLossError("record of context " + id + " is corrupt: " + e.what());
-  }
+rocksdb::WriteOptions Synced() {
+  rocksdb::WriteOptions w;
+  w.sync = true;
+  return w;
 }
 
 }  // namespace
-
-std::string_view ContextStateName(ContextState s) {
-  switch (s) {
-    case ContextState::kQueued: return "QUEUED";
-    case ContextState::kPrefilling: return "PREFILLING";
-    case ContextState::kClustering: return "CLUSTERING";
-    case ContextState::kCalibrating: return "CALIBRATING";
-    case ContextState::kPersisting: return "PERSISTING";
-    case ContextState::kReady: return "READY";
-    case ContextState::kFailed: return "FAILED";
-    case ContextState::kDeleting: return "DELETING";
-  }
-  return "UNKNOWN";
-}
 
 std::string TokenDigest(std::span<const int32_t> tokens) {
   const XXH128_hash_t h = XXH3_128bits(tokens.data(), tokens.size_bytes());
@@ -169,6 +85,15 @@ std::string TokenDigest(std::span<const int32_t> tokens) {
 }
 
 StatusOr<std::unique_ptr<ContextStore>> ContextStore::Open(const StoreOptions& options) {
+  if (options.path.empty()) return InvalidArgumentError("storage.path is empty");
+  if (options.blob_min_bytes < 0) {
+    return InvalidArgumentError("storage.blob_min_bytes must be >= 0, got " +
+                                std::to_string(options.blob_min_bytes));
+  }
+  if (options.block_cache_mb < 1) {
+    return InvalidArgumentError("storage.block_cache_mb must be >= 1, got " +
+                                std::to_string(options.block_cache_mb));
+  }
   std::unique_ptr<ContextStore> store(new ContextStore());
   store->options_ = options;
   std::error_code ec;
@@ -180,14 +105,21 @@ StatusOr<std::unique_ptr<ContextStore>> ContextStore::Open(const StoreOptions& o
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
+  db_options.max_background_jobs = 4;
   rocksdb::ColumnFamilyOptions small;
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(static_cast<size_t>(options.block_cache_mb) << 20);
   small.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  // KV and index values are large float arrays: kept in BlobDB files (uncompressed: floats barely
+  // compress), with only small blob references in the LSM tree. Large memtables, so that a context
+  // of gigabytes does not stall on flushes.
   rocksdb::ColumnFamilyOptions large = small;
   large.enable_blob_files = true;
   large.min_blob_size = static_cast<uint64_t>(options.blob_min_bytes);
   large.enable_blob_garbage_collection = true;
+  large.write_buffer_size = 256 << 20;
+  large.max_write_buffer_number = 4;
+  large.blob_file_size = 512 << 20;
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, small},
       {"records", small},
@@ -210,10 +142,8 @@ StatusOr<std::unique_ptr<ContextStore>> ContextStore::Open(const StoreOptions& o
   std::string version;
   const auto vs = db->Get(rocksdb::ReadOptions(), store->handles_[0], kFormatKey, &version);
   if (vs.IsNotFound()) {
-    rocksdb::WriteOptions w;
-    w.sync = true;
     SQZ_RETURN_IF_ERROR(FromRocks(
-        db->Put(w, store->handles_[0], kFormatKey, std::to_string(kFormatVersion)),
+        db->Put(Synced(), store->handles_[0], kFormatKey, std::to_string(kFormatVersion)),
         "writing the format version"));
   } else if (!vs.ok()) {
     return FromRocks(vs, "reading the format version");
@@ -222,6 +152,9 @@ StatusOr<std::unique_ptr<ContextStore>> ContextStore::Open(const StoreOptions& o
                                    "' has format version " + version +
                                    ", newer than this build's " +
                                    std::to_string(kFormatVersion) + "; upgrade squeezed");
+  } else if (std::atoi(version.c_str()) < 1) {
+    return DataLossError("the context store at '" + options.path +
+                         "' has an unreadable format version '" + version + "'");
   }
   return store;
 }
@@ -232,24 +165,49 @@ ContextStore::~ContextStore() {
   (void)db_->Close();
 }
 
-Status ContextStore::CreateRecord(const ContextRecord& record, std::span<const int32_t> tokens) {
-  std::string existing;
-  if (db_->Get(rocksdb::ReadOptions(), records_, record.id, &existing).ok()) {
-    return AlreadyExistsError("context " + record.id + " already exists");
+std::mutex& ContextStore::LockFor(const std::string& id) const {
+  return locks_[std::hash<std::string>()(id) % locks_.size()];
+}
+
+Status ContextStore::Crash(CrashPoint point, const std::string& id) const {
+  if (crash_hook_ && crash_hook_(point, id)) {
+    return Status(StatusCode::kAborted, "injected crash at point " +
+                                            std::to_string(static_cast<int>(point)) +
+                                            " for context " + id);
   }
+  return OkStatus();
+}
+
+// ---- Records and tokens -------------------------------------------------------------------------
+
+Status ContextStore::CreateRecord(const ContextRecord& record, std::span<const int32_t> tokens) {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(record.id));
+  if (record.token_count != static_cast<int64_t>(tokens.size())) {
+    return InvalidArgumentError("context " + record.id + ": token_count " +
+                                std::to_string(record.token_count) + " differs from the " +
+                                std::to_string(tokens.size()) + " tokens given");
+  }
+  SQZ_RETURN_IF_ERROR(ValidateModel(record));
+  std::lock_guard<std::mutex> lock(LockFor(record.id));
+  std::string existing;
+  const auto got = db_->Get(rocksdb::ReadOptions(), records_, record.id, &existing);
+  if (got.ok()) return AlreadyExistsError("context " + record.id + " already exists");
+  if (!got.IsNotFound()) return FromRocks(got, "registering context " + record.id);
   ContextRecord r = record;
+  r.state = ContextState::kQueued;
+  r.manifest.clear();
+  r.stored_bytes = 0;
   if (r.create_time_ms == 0) r.create_time_ms = NowMs();
   r.update_time_ms = r.create_time_ms;
   rocksdb::WriteBatch batch;
   batch.Put(records_, r.id, EncodeRecord(r));
   batch.Put(tokens_, r.id,
             rocksdb::Slice(reinterpret_cast<const char*>(tokens.data()), tokens.size_bytes()));
-  rocksdb::WriteOptions w;
-  w.sync = true;
-  return FromRocks(db_->Write(w, &batch), "registering context " + r.id);
+  return FromRocks(db_->Write(Synced(), &batch), "registering context " + r.id);
 }
 
 StatusOr<ContextRecord> ContextStore::GetRecord(const std::string& id) const {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
   std::string text;
   const auto s = db_->Get(rocksdb::ReadOptions(), records_, id, &text);
   if (s.IsNotFound()) return NotFoundError("context " + id + " not found");
@@ -257,68 +215,210 @@ StatusOr<ContextRecord> ContextStore::GetRecord(const std::string& id) const {
   return DecodeRecord(id, text);
 }
 
-Status ContextStore::UpdateRecord(const ContextRecord& record, bool sync) {
-  ContextRecord r = record;
-  r.update_time_ms = NowMs();
+StatusOr<ContextRecord> ContextStore::GetWritable(const std::string& id) const {
+  SQZ_ASSIGN_OR_RETURN(ContextRecord stored, GetRecord(id));
+  if (stored.state == ContextState::kDeleting) {
+    return FailedPreconditionError("context " + id + " is being deleted");
+  }
+  return stored;
+}
+
+namespace {
+
+// READY only through CommitReady, DELETING only through Delete.
+Status CheckTransition(const ContextRecord& stored, ContextState next, double progress) {
+  if (next == ContextState::kDeleting) {
+    return FailedPreconditionError("context " + stored.id + ": use Delete to delete a context");
+  }
+  if (next == ContextState::kReady && stored.state != ContextState::kReady) {
+    return FailedPreconditionError("context " + stored.id + " is " +
+                                   std::string(ContextStateName(stored.state)) +
+                                   "; only CommitReady makes a context READY");
+  }
+  if (!std::isfinite(progress) || progress < 0.0 || progress > 1.0) {
+    return InvalidArgumentError("context " + stored.id + ": progress must be in [0, 1], got " +
+                                std::to_string(progress));
+  }
+  if (static_cast<int32_t>(next) < 1 || static_cast<int32_t>(next) > 8) {
+    return InvalidArgumentError("context " + stored.id + ": unknown state " +
+                                std::to_string(static_cast<int32_t>(next)));
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status ContextStore::WriteRecord(ContextRecord record, bool sync) {
+  record.update_time_ms = NowMs();
   rocksdb::WriteOptions w;
   w.sync = sync;
-  return FromRocks(db_->Put(w, records_, r.id, EncodeRecord(r)), "updating context " + r.id);
+  return FromRocks(db_->Put(w, records_, record.id, EncodeRecord(record)),
+                   "updating context " + record.id);
+}
+
+Status ContextStore::UpdateRecord(const ContextRecord& record, bool sync) {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(record.id));
+  SQZ_RETURN_IF_ERROR(ValidateModel(record));
+  std::lock_guard<std::mutex> lock(LockFor(record.id));
+  SQZ_ASSIGN_OR_RETURN(ContextRecord stored, GetWritable(record.id));
+  SQZ_RETURN_IF_ERROR(CheckTransition(stored, record.state, record.progress));
+  ContextRecord r = record;
+  r.create_time_ms = stored.create_time_ms;
+  return WriteRecord(std::move(r), sync);
+}
+
+Status ContextStore::UpdateState(const std::string& id, ContextState state, double progress,
+                                 const std::string& error, bool sync) {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
+  std::lock_guard<std::mutex> lock(LockFor(id));
+  SQZ_ASSIGN_OR_RETURN(ContextRecord r, GetWritable(id));
+  SQZ_RETURN_IF_ERROR(CheckTransition(r, state, progress));
+  r.state = state;
+  r.progress = progress;
+  r.error = error;
+  return WriteRecord(std::move(r), sync);
 }
 
 StatusOr<std::vector<int32_t>> ContextStore::LoadTokens(const std::string& id) const {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
   std::string bytes;
   const auto s = db_->Get(rocksdb::ReadOptions(), tokens_, id, &bytes);
   if (s.IsNotFound()) return NotFoundError("tokens of context " + id + " not found");
   SQZ_RETURN_IF_ERROR(FromRocks(s, "reading the tokens of context " + id));
   if (bytes.size() % sizeof(int32_t) != 0) {
-    return DataLossError("tokens of context " + id + " are truncated");
+    return DataLossError("tokens of context " + id + " are truncated (" +
+                         std::to_string(bytes.size()) + " bytes)");
   }
   std::vector<int32_t> tokens(bytes.size() / sizeof(int32_t));
   std::memcpy(tokens.data(), bytes.data(), bytes.size());
   return tokens;
 }
 
+// ---- Blobs --------------------------------------------------------------------------------------
+
+StatusOr<BlobEntry> ContextStore::PutBlob(const std::string& id, int32_t layer, int32_t head,
+                                          BlobKind kind, std::string payload) {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
+  if (layer < 0 || head < 0 || (kind == BlobKind::kMeta && (layer != 0 || head != 0))) {
+    return InvalidArgumentError("context " + id + ": bad blob address layer " +
+                                std::to_string(layer) + " head " + std::to_string(head) + " " +
+                                KindName(kind));
+  }
+  SQZ_RETURN_IF_ERROR(GetWritable(id).status());
+  BlobEntry e;
+  e.key = ManifestKey(layer, head, kind);
+  e.checksum = blob::Checksum(payload);
+  e.bytes = payload.size();
+  SQZ_RETURN_IF_ERROR(FromRocks(
+      db_->Put(rocksdb::WriteOptions(), kind == BlobKind::kKv ? kv_ : index_,
+               BlobKey(id, layer, head, kind), blob::Seal(kind, std::move(payload))),
+      "writing " + BlobName(id, layer, head, kind)));
+  return e;
+}
+
+StatusOr<std::string> ContextStore::GetBlob(const std::string& id, int32_t layer, int32_t head,
+                                            BlobKind kind) const {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
+  if (layer < 0 || head < 0) {
+    return InvalidArgumentError("context " + id + ": bad blob address layer " +
+                                std::to_string(layer) + " head " + std::to_string(head));
+  }
+  const std::string what = BlobName(id, layer, head, kind);
+  std::string value;
+  const auto s = db_->Get(rocksdb::ReadOptions(), kind == BlobKind::kKv ? kv_ : index_,
+                          BlobKey(id, layer, head, kind), &value);
+  if (s.IsNotFound()) return DataLossError(what + " is missing");
+  SQZ_RETURN_IF_ERROR(FromRocks(s, "reading " + what));
+  SQZ_ASSIGN_OR_RETURN(std::string_view payload, blob::Open(value, kind, what, nullptr));
+  // Drop the header in place rather than copying the payload.
+  value.erase(0, value.size() - payload.size());
+  return value;
+}
+
+// ---- Snapshots ----------------------------------------------------------------------------------
+
+void ContextStore::DeleteBlobRanges(const std::string& id, rocksdb::WriteBatch* batch) {
+  const std::string begin = id + std::string(1, '\0');
+  const std::string end = id + std::string(1, '\1');
+  batch->DeleteRange(kv_, begin, end);
+  batch->DeleteRange(index_, begin, end);
+}
+
 Status ContextStore::PutSnapshot(const ContextSnapshot& snapshot, ContextRecord* record) {
-  record->manifest.clear();
-  record->stored_bytes = 0;
   const std::string& id = record->id;
-  auto put = [&](rocksdb::ColumnFamilyHandle* cf, uint32_t layer, uint32_t head, blob::Kind kind,
-                 std::string payload) -> Status {
-    BlobEntry e;
-    e.key = ManifestKey(layer, head, kind);
-    e.checksum = blob::Checksum(payload);
-    e.bytes = payload.size();
-    record->manifest.push_back(e);
-    record->stored_bytes += static_cast<int64_t>(e.bytes);
-    return FromRocks(db_->Put(rocksdb::WriteOptions(), cf, BlobKey(id, layer, head, kind),
-                              blob::Seal(kind, std::move(payload))),
-                     "writing " + BlobName(id, layer, head, kind));
-  };
-  SQZ_RETURN_IF_ERROR(put(index_, kMetaLayer, 0, blob::Kind::kMeta, blob::EncodeMeta(snapshot)));
-  for (int l = 0; l < snapshot.dims.layers; ++l) {
-    for (int h = 0; h < snapshot.dims.kv_heads; ++h) {
-      const HeadIndex& head = snapshot.head(l, h);
-      SQZ_RETURN_IF_ERROR(put(kv_, l, h, blob::Kind::kKv, blob::EncodeKv(head)));
-      SQZ_RETURN_IF_ERROR(put(index_, l, h, blob::Kind::kIndex, blob::EncodeIndex(head)));
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
+  SQZ_RETURN_IF_ERROR(ValidateSnapshot(snapshot).WithContext("context " + id));
+  {
+    SQZ_ASSIGN_OR_RETURN(ContextRecord stored, GetWritable(id));
+    if (stored.state == ContextState::kReady) {
+      return FailedPreconditionError("context " + id + " is READY; its snapshot is immutable");
     }
   }
-  return OkStatus();
+  {
+    // Blobs of an earlier, interrupted attempt (or of another model's shapes) go first.
+    rocksdb::WriteBatch clear;
+    DeleteBlobRanges(id, &clear);
+    SQZ_RETURN_IF_ERROR(FromRocks(db_->Write(rocksdb::WriteOptions(), &clear),
+                                  "clearing old blobs of context " + id));
+  }
+  record->manifest.clear();
+  record->stored_bytes = 0;
+  record->thresholds = snapshot.thresholds_global;
+  auto put = [&](int32_t layer, int32_t head, blob::Kind kind, std::string payload) -> Status {
+    SQZ_ASSIGN_OR_RETURN(BlobEntry e, PutBlob(id, layer, head, kind, std::move(payload)));
+    record->stored_bytes += static_cast<int64_t>(e.bytes);
+    record->manifest.push_back(std::move(e));
+    return OkStatus();
+  };
+  Status s = put(0, 0, blob::Kind::kMeta, blob::EncodeMeta(snapshot));
+  for (int l = 0; s.ok() && l < snapshot.dims.layers; ++l) {
+    for (int h = 0; s.ok() && h < snapshot.dims.kv_heads; ++h) {
+      const HeadIndex& head = snapshot.head(l, h);
+      s = put(l, h, blob::Kind::kKv, blob::EncodeKv(head));
+      if (s.ok()) s = put(l, h, blob::Kind::kIndex, blob::EncodeIndex(head));
+    }
+  }
+  if (s.ok()) s = Crash(CrashPoint::kBlobsWritten, id);
+  if (s.ok()) {
+    // A Delete that ran meanwhile removed the record: remove what this call wrote after it.
+    std::lock_guard<std::mutex> lock(LockFor(id));
+    s = GetWritable(id).status();
+  }
+  if (!s.ok() && s.code() != StatusCode::kAborted) {
+    rocksdb::WriteBatch undo;
+    DeleteBlobRanges(id, &undo);
+    (void)db_->Write(rocksdb::WriteOptions(), &undo);
+  }
+  return s;
 }
 
 Status ContextStore::CommitReady(ContextRecord record) {
-  // Blobs first: flush them into blob files (durable, and out of the WAL and memtables), so that
-  // the READY record never points at lost blobs.
-  rocksdb::FlushOptions flush;
-  flush.wait = true;
-  SQZ_RETURN_IF_ERROR(FromRocks(db_->Flush(flush, {kv_, index_}), "flushing blobs of " + record.id));
-  SQZ_RETURN_IF_ERROR(FromRocks(db_->FlushWAL(/*sync=*/true), "syncing blobs of " + record.id));
+  SQZ_RETURN_IF_ERROR(ValidateContextId(record.id));
+  SQZ_RETURN_IF_ERROR(ValidateModel(record));
+  if (record.manifest.empty()) {
+    return InvalidArgumentError("context " + record.id +
+                                ": CommitReady without a manifest (call PutSnapshot first)");
+  }
+  std::lock_guard<std::mutex> lock(LockFor(record.id));
+  SQZ_ASSIGN_OR_RETURN(ContextRecord stored, GetWritable(record.id));
+  // Blobs first: sync the WAL that holds them, so that the READY record never points at lost blobs.
+  SQZ_RETURN_IF_ERROR(
+      FromRocks(db_->FlushWAL(/*sync=*/true), "syncing the blobs of context " + record.id));
+  SQZ_RETURN_IF_ERROR(Crash(CrashPoint::kBlobsSynced, record.id));
   record.state = ContextState::kReady;
   record.progress = 1.0;
   record.error.clear();
-  return UpdateRecord(record, /*sync=*/true);
+  record.create_time_ms = stored.create_time_ms;
+  return WriteRecord(std::move(record), /*sync=*/true);
+}
+
+StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const std::string& id) const {
+  SQZ_ASSIGN_OR_RETURN(ContextRecord r, GetRecord(id));
+  return LoadSnapshot(r);
 }
 
 StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record) const {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(record.id));
   if (record.state != ContextState::kReady) {
     return FailedPreconditionError("context " + record.id + " is " +
                                    std::string(ContextStateName(record.state)) + ", not READY");
@@ -326,42 +426,47 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
   std::map<std::string, const BlobEntry*> manifest;
   for (const auto& e : record.manifest) manifest[e.key] = &e;
   const std::string& id = record.id;
-  std::string value;
-  auto read = [&](rocksdb::ColumnFamilyHandle* cf, uint32_t layer, uint32_t head,
-                  blob::Kind kind) -> StatusOr<std::string_view> {
-    const std::string what = BlobName(id, layer, head, kind);
-    const auto s = db_->Get(rocksdb::ReadOptions(), cf, BlobKey(id, layer, head, kind), &value);
-    if (s.IsNotFound()) return DataLossError(what + " is missing");
-    SQZ_RETURN_IF_ERROR(FromRocks(s, "reading " + what));
-    uint64_t sum = 0;
-    SQZ_ASSIGN_OR_RETURN(std::string_view payload, blob::Open(value, kind, what, &sum));
+  // Reads one blob, verified against its header (GetBlob) and against the manifest.
+  auto read = [&](uint32_t layer, uint32_t head, blob::Kind kind) -> StatusOr<std::string> {
+    SQZ_ASSIGN_OR_RETURN(std::string payload, GetBlob(id, layer, head, kind));
     const auto it = manifest.find(ManifestKey(layer, head, kind));
-    if (it == manifest.end() || it->second->checksum != sum ||
-        it->second->bytes != payload.size()) {
-      return DataLossError(what + " does not match the context's manifest");
+    if (it == manifest.end()) {
+      return DataLossError(BlobName(id, layer, head, kind) + " is not in the context's manifest");
+    }
+    if (it->second->bytes != payload.size() ||
+        it->second->checksum != blob::Checksum(payload)) {
+      return DataLossError(BlobName(id, layer, head, kind) +
+                           " does not match the context's manifest (checksum or length)");
     }
     return payload;
   };
   ContextSnapshot snap;
   {
-    SQZ_ASSIGN_OR_RETURN(std::string_view meta, read(index_, kMetaLayer, 0, blob::Kind::kMeta));
-    SQZ_RETURN_IF_ERROR(blob::DecodeMeta(meta, &snap).WithContext("context " + id));
+    SQZ_ASSIGN_OR_RETURN(std::string meta, read(0, 0, blob::Kind::kMeta));
+    SQZ_RETURN_IF_ERROR(
+        blob::DecodeMeta(meta, &snap).WithContext(BlobName(id, 0, 0, blob::Kind::kMeta)));
   }
   const auto& d = snap.dims;
-  if (record.manifest.size() != 1 + 2 * static_cast<size_t>(d.layers) * d.kv_heads) {
+  if (d.layers < 1 || d.kv_heads < 1 || d.layers > (1 << 16) || d.kv_heads > (1 << 16)) {
+    return DataLossError("context " + id + ": meta blob has " + std::to_string(d.layers) +
+                         " layers and " + std::to_string(d.kv_heads) + " kv heads");
+  }
+  const size_t expected = 1 + 2 * static_cast<size_t>(d.layers) * d.kv_heads;
+  if (record.manifest.size() != expected) {
     return DataLossError("context " + id + ": manifest lists " +
                          std::to_string(record.manifest.size()) + " blobs, the snapshot needs " +
-                         std::to_string(1 + 2 * d.layers * d.kv_heads));
+                         std::to_string(expected));
   }
   snap.heads.resize(static_cast<size_t>(d.layers) * d.kv_heads);
   for (int l = 0; l < d.layers; ++l) {
     for (int h = 0; h < d.kv_heads; ++h) {
       HeadIndex& head = snap.heads[static_cast<size_t>(l) * d.kv_heads + h];
       {
-        SQZ_ASSIGN_OR_RETURN(std::string_view kv, read(kv_, l, h, blob::Kind::kKv));
-        SQZ_RETURN_IF_ERROR(blob::DecodeKv(kv, &head).WithContext(BlobName(id, l, h, blob::Kind::kKv)));
+        SQZ_ASSIGN_OR_RETURN(std::string kv, read(l, h, blob::Kind::kKv));
+        SQZ_RETURN_IF_ERROR(
+            blob::DecodeKv(kv, &head).WithContext(BlobName(id, l, h, blob::Kind::kKv)));
       }
-      SQZ_ASSIGN_OR_RETURN(std::string_view ix, read(index_, l, h, blob::Kind::kIndex));
+      SQZ_ASSIGN_OR_RETURN(std::string ix, read(l, h, blob::Kind::kIndex));
       SQZ_RETURN_IF_ERROR(
           blob::DecodeIndex(ix, &head).WithContext(BlobName(id, l, h, blob::Kind::kIndex)));
     }
@@ -371,39 +476,90 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
   return snap;
 }
 
-Status ContextStore::RangeDelete(const std::string& id, rocksdb::WriteBatch* batch) {
-  const std::string begin = id + std::string(1, '\0');
-  const std::string end = id + std::string(1, '\1');
-  batch->DeleteRange(kv_, begin, end);
-  batch->DeleteRange(index_, begin, end);
-  batch->Delete(tokens_, id);
-  return OkStatus();
-}
+// ---- Deletion and staleness ---------------------------------------------------------------------
 
 Status ContextStore::Delete(const std::string& id) {
-  SQZ_ASSIGN_OR_RETURN(ContextRecord r, GetRecord(id));
-  rocksdb::WriteOptions sync;
-  sync.sync = true;
-  // 1. Mark: from here on a crash finishes the deletion in Recover().
-  r.state = ContextState::kDeleting;
-  SQZ_RETURN_IF_ERROR(UpdateRecord(r, /*sync=*/true));
-  // 2. Range-delete the data, 3. remove the record.
-  rocksdb::WriteBatch data;
-  SQZ_RETURN_IF_ERROR(RangeDelete(id, &data));
-  SQZ_RETURN_IF_ERROR(FromRocks(db_->Write(sync, &data), "deleting the data of context " + id));
-  return FromRocks(db_->Delete(sync, records_, id), "deleting the record of context " + id);
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
+  std::lock_guard<std::mutex> lock(LockFor(id));
+  return DeleteLocked(id);
 }
+
+Status ContextStore::DeleteLocked(const std::string& id) {
+  SQZ_ASSIGN_OR_RETURN(ContextRecord r, GetRecord(id));
+  // 1. Mark: from here on a crash finishes the deletion in Recover().
+  if (r.state != ContextState::kDeleting) {
+    r.state = ContextState::kDeleting;
+    SQZ_RETURN_IF_ERROR(WriteRecord(r, /*sync=*/true));
+  }
+  SQZ_RETURN_IF_ERROR(Crash(CrashPoint::kDeleteMarked, id));
+  // 2. Range-delete the data.
+  rocksdb::WriteBatch data;
+  DeleteBlobRanges(id, &data);
+  data.Delete(tokens_, id);
+  SQZ_RETURN_IF_ERROR(FromRocks(db_->Write(Synced(), &data), "deleting the data of context " + id));
+  SQZ_RETURN_IF_ERROR(Crash(CrashPoint::kDeleteRangesDone, id));
+  // 3. Remove the record.
+  return FromRocks(db_->Delete(Synced(), records_, id), "deleting the record of context " + id);
+}
+
+Status ContextStore::MarkStale(const std::string& id, const ModelIdentity& current) {
+  return MarkStaleImpl(id, current.Hash(), &current);
+}
+
+Status ContextStore::MarkStale(const std::string& id, uint64_t current_fingerprint) {
+  return MarkStaleImpl(id, current_fingerprint, nullptr);
+}
+
+Status ContextStore::MarkStaleImpl(const std::string& id, uint64_t fingerprint,
+                                   const ModelIdentity* current) {
+  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
+  std::lock_guard<std::mutex> lock(LockFor(id));
+  SQZ_ASSIGN_OR_RETURN(ContextRecord r, GetWritable(id));
+  if (r.model_fingerprint == fingerprint) return OkStatus();
+  std::string what;
+  if (current != nullptr && !r.model.config_summary.empty()) {
+    what = DescribeIdentityChange(r.model, *current);
+  }
+  if (what.empty()) {
+    char buf[80];
+    std::snprintf(buf, sizeof(buf), "model fingerprint %016llx differs from the current %016llx",
+                  static_cast<unsigned long long>(r.model_fingerprint),
+                  static_cast<unsigned long long>(fingerprint));
+    what = buf;
+  }
+  r.error = "built for another model (" + what + "); re-ingesting from the stored tokens";
+  r.state = ContextState::kQueued;
+  r.progress = 0.0;
+  r.manifest.clear();
+  r.stored_bytes = 0;
+  r.thresholds.clear();
+  r.model_fingerprint = fingerprint;
+  r.model = current != nullptr ? *current : ModelIdentity{};
+  r.update_time_ms = NowMs();
+  rocksdb::WriteBatch batch;
+  DeleteBlobRanges(id, &batch);
+  batch.Put(records_, id, EncodeRecord(r));
+  return FromRocks(db_->Write(Synced(), &batch), "marking context " + id + " stale");
+}
+
+// ---- Listing and recovery -----------------------------------------------------------------------
 
 StatusOr<ContextStore::Page> ContextStore::List(int64_t page_size, const std::string& page_token,
                                                 std::optional<ContextState> state,
                                                 std::optional<std::string> owner) const {
+  if (page_size < 1) {
+    return InvalidArgumentError("page size must be at least 1, got " + std::to_string(page_size));
+  }
+  if (!page_token.empty()) {
+    SQZ_RETURN_IF_ERROR(ValidateContextId(page_token).WithContext("invalid page token"));
+  }
   Page page;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), records_));
   if (page_token.empty()) {
     it->SeekToFirst();
   } else {
     it->Seek(page_token);
-    if (it->Valid() && it->key().ToString() == page_token) it->Next();  // token = last id seen
+    if (it->Valid() && it->key() == rocksdb::Slice(page_token)) it->Next();  // the last id seen
   }
   for (; it->Valid(); it->Next()) {
     const std::string id = it->key().ToString();
@@ -421,9 +577,9 @@ StatusOr<ContextStore::Page> ContextStore::List(int64_t page_size, const std::st
   return page;
 }
 
-StatusOr<ContextStore::Recovery> ContextStore::Recover() {
+StatusOr<ContextStore::Recovery> ContextStore::Recover(std::optional<uint64_t> current_fingerprint) {
   Recovery out;
-  std::vector<std::string> deleting;
+  std::vector<std::string> deleting, stale;
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), records_));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -431,8 +587,11 @@ StatusOr<ContextStore::Recovery> ContextStore::Recover() {
       SQZ_ASSIGN_OR_RETURN(ContextRecord r, DecodeRecord(id, it->value().ToString()));
       if (r.state == ContextState::kDeleting) {
         deleting.push_back(id);
-      } else if (r.state != ContextState::kReady && r.state != ContextState::kFailed) {
+      } else if (IsIngesting(r.state)) {
         out.unfinished.push_back(id);
+      } else if (r.state == ContextState::kReady && current_fingerprint &&
+                 r.model_fingerprint != *current_fingerprint) {
+        stale.push_back(id);
       }
     }
     SQZ_RETURN_IF_ERROR(FromRocks(it->status(), "scanning contexts"));
@@ -440,6 +599,11 @@ StatusOr<ContextStore::Recovery> ContextStore::Recover() {
   for (const auto& id : deleting) {
     SQZ_RETURN_IF_ERROR(Delete(id));
     out.finished_deletes.push_back(id);
+  }
+  for (const auto& id : stale) {
+    SQZ_RETURN_IF_ERROR(MarkStale(id, *current_fingerprint));
+    out.stale.push_back(id);
+    out.unfinished.push_back(id);
   }
   return out;
 }
