@@ -3,7 +3,7 @@
 // many strings) and to measure load time and CPU speed (docs/benchmarks/gguf.md).
 //
 //   sqz-gguf-run [--model PATH] --chat TEXT [--system TEXT] [-n N]   chat template + greedy
-//   sqz-gguf-run [--model PATH] --prompt TEXT [-n N]                  raw prompt + greedy
+//   sqz-gguf-run [--model PATH] --prompt TEXT [-n N] [--ignore-eos]   raw prompt + greedy
 //   sqz-gguf-run [--model PATH] (--prompt TEXT | --prompt-ids 1,2,3) --dump-logits OUT.npy
 //                [--dump-ids IDS.npy]        logits of every prompt position, [n][vocab] float32
 //   sqz-gguf-run [--model PATH] --tokenize-jsonl IN OUT
@@ -33,6 +33,7 @@ struct Args {
   std::string model = gguf::DefaultModelPath();
   std::string chat, system, prompt, prompt_ids, dump_logits, dump_ids, tok_in, tok_out;
   bool has_system = false;
+  bool ignore_eos = false;
   int n = 64;
 };
 
@@ -81,6 +82,8 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
     } else if (flag == "-n") {
       SQZ_ASSIGN_OR_RETURN(std::string n, value());
       a.n = std::atoi(n.c_str());
+    } else if (flag == "--ignore-eos") {
+      a.ignore_eos = true;
     } else if (flag == "--tokenize-jsonl") {
       SQZ_ASSIGN_OR_RETURN(a.tok_in, value());
       SQZ_ASSIGN_OR_RETURN(a.tok_out, value());
@@ -172,6 +175,7 @@ Status Run(int argc, char** argv) {
   req.prompt = prompt;
   req.sampling.temperature = 0;
   req.sampling.max_tokens = a.n;
+  req.sampling.ignore_eos = a.ignore_eos;
   GenerateOptions go;
   go.tokenizer = tok.get();
   go.eos_ids = g.tokenizer.eos_ids;
