@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -78,7 +80,6 @@ class GgufBuilder {
   }
   // Writes the file under `dir` as `name` and returns its path.
   std::string WriteTo(const std::string& dir, const std::string& name) const {
-    Writer w;
     const std::string path = dir + "/" + name;
     const std::string bytes = Serialize();
     auto f = File::FromBytes(bytes);  // must at least be well-formed GGUF
