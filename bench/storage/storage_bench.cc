@@ -1,0 +1,238 @@
+// sqz-bench-storage: how fast a registered context's snapshot is persisted to and loaded from the
+// RocksDB context store on the local disk, next to the disk's own ceiling measured in the same run
+// (one plain file of the same bytes, written with fsync and read back cold).
+//
+// The snapshot is synthetic but has the real layout and sizes (storage never looks at values):
+// by default an 8B-shaped context (Llama-3-8B: 32 layers, 8 KV heads, head_dim 128) of 8192
+// tokens, fp32 K/V = 2 GiB, 5% centroids and a 1% coarse level.
+//
+//   sqz-bench-storage [--dir PATH] [--tokens N] [--layers L] [--kv-heads H] [--head-dim D]
+//
+// "Cold" reads drop the files' pages from the page cache first (posix_fadvise DONTNEED after
+// fsync), so they come from the disk; "warm" reads repeat from the page cache.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+#include <string>
+
+#include "storage/context_store.h"
+
+namespace sqz {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+struct Args {
+  std::string dir;
+  int64_t tokens = 8192;
+  int32_t layers = 32;
+  int32_t kv_heads = 8;
+  int32_t head_dim = 128;
+};
+
+// xorshift64*: fast deterministic filler.
+struct Rng {
+  uint64_t s;
+  float Next() {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return static_cast<float>(static_cast<int64_t>((s * 0x2545F4914F6CDD1DULL) >> 40) - (1 << 23)) /
+           (1 << 23);
+  }
+};
+
+ContextSnapshot Synthetic(const Args& a) {
+  ContextSnapshot s;
+  auto& d = s.dims;
+  d.layers = a.layers;
+  d.kv_heads = a.kv_heads;
+  d.q_heads = 4 * a.kv_heads;
+  d.head_dim = a.head_dim;
+  d.n_tokens = a.tokens;
+  d.sink_len = 4;
+  d.window_len = 100;
+  d.body_len = a.tokens - 104;
+  const int64_t k = std::max<int64_t>(1, d.body_len / 20);
+  const int64_t k1 = std::max<int64_t>(1, d.body_len / 100);
+  Rng rng{0x9e3779b97f4a7c15ULL};
+  auto fill = [&](std::vector<float>* v, int64_t n) {
+    v->resize(static_cast<size_t>(n));
+    for (auto& x : *v) x = rng.Next();
+  };
+  s.heads.resize(static_cast<size_t>(d.layers) * d.kv_heads);
+  for (auto& h : s.heads) {
+    const int64_t dd = d.head_dim;
+    fill(&h.sink_k, d.sink_len * dd);
+    fill(&h.sink_v, d.sink_len * dd);
+    fill(&h.window_k, d.window_len * dd);
+    fill(&h.window_v, d.window_len * dd);
+    fill(&h.body_k, d.body_len * dd);
+    fill(&h.body_v, d.body_len * dd);
+    fill(&h.centroids, k * dd);
+    fill(&h.coarse_centroids, k1 * dd);
+    h.body_positions.resize(d.body_len);
+    for (int64_t i = 0; i < d.body_len; ++i) {
+      h.body_positions[i] = static_cast<int32_t>(d.sink_len + (i * 7919) % d.body_len);
+    }
+    if (std::gcd(int64_t{7919}, d.body_len) != 1) {
+      for (int64_t i = 0; i < d.body_len; ++i) h.body_positions[i] = d.sink_len + i;
+    }
+    h.offsets.resize(k + 1);
+    h.counts.resize(k);
+    for (int64_t c = 0; c <= k; ++c) h.offsets[c] = static_cast<int32_t>(c * d.body_len / k);
+    for (int64_t c = 0; c < k; ++c) h.counts[c] = h.offsets[c + 1] - h.offsets[c];
+    h.coarse_offsets.resize(k1 + 1);
+    for (int64_t c = 0; c <= k1; ++c) h.coarse_offsets[c] = static_cast<int32_t>(c * k / k1);
+    h.coarse_members.resize(k);
+    for (int64_t c = 0; c < k; ++c) h.coarse_members[c] = static_cast<int32_t>(c);
+  }
+  s.thresholds_global.assign(kNumGqaReduce * kNumSparsities, 1e-4f);
+  s.thresholds_layer.assign(static_cast<size_t>(kNumGqaReduce) * d.layers * kNumSparsities, 1e-4f);
+  return s;
+}
+
+void DropCache(const fs::path& path) {
+  auto drop = [](const fs::path& f) {
+    const int fd = ::open(f.c_str(), O_RDONLY);
+    if (fd < 0) return;
+    (void)::fdatasync(fd);
+    (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  };
+  if (fs::is_directory(path)) {
+    for (const auto& e : fs::directory_iterator(path)) drop(e.path());
+  } else {
+    drop(path);
+  }
+}
+
+// The disk's ceiling: the snapshot's float arrays written to one file (+ fsync), read back cold.
+void Baseline(const ContextSnapshot& s, const fs::path& file, double* write_gbs, double* read_gbs) {
+  const int64_t bytes = SnapshotBytes(s);
+  auto t = Clock::now();
+  {
+    const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    SQZ_CHECK(fd >= 0) << "cannot create " << file;
+    for (const auto& h : s.heads) {
+      for (const auto* v : {&h.sink_k, &h.sink_v, &h.window_k, &h.window_v, &h.body_k, &h.body_v,
+                            &h.centroids, &h.coarse_centroids}) {
+        SQZ_CHECK(::write(fd, v->data(), v->size() * 4) == static_cast<ssize_t>(v->size() * 4));
+      }
+    }
+    SQZ_CHECK(::fsync(fd) == 0);
+    ::close(fd);
+  }
+  *write_gbs = static_cast<double>(bytes) / Seconds(t) / 1e9;
+  DropCache(file);
+  std::vector<char> buf(64 << 20);
+  t = Clock::now();
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  int64_t total = 0;
+  for (ssize_t n; (n = ::read(fd, buf.data(), buf.size())) > 0;) total += n;
+  ::close(fd);
+  *read_gbs = static_cast<double>(total) / Seconds(t) / 1e9;
+  fs::remove(file);
+}
+
+int Run(const Args& a) {
+  const fs::path dir = a.dir.empty() ? fs::temp_directory_path() / "sqz-bench-storage" : fs::path(a.dir);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto t = Clock::now();
+  const ContextSnapshot snap = Synthetic(a);
+  const int64_t bytes = SnapshotBytes(snap);
+  std::printf("snapshot: %d layers x %d kv heads, head_dim %d, %lld tokens (fp32): %.3f GiB, "
+              "%zu blobs (built in %.1f s)\n",
+              a.layers, a.kv_heads, a.head_dim, static_cast<long long>(a.tokens),
+              static_cast<double>(bytes) / (1 << 30), 1 + 2 * snap.heads.size(), Seconds(t));
+  SQZ_CHECK(ValidateSnapshot(snap).ok());
+
+  double disk_write = 0, disk_read = 0;
+  Baseline(snap, dir / "baseline.bin", &disk_write, &disk_read);
+  std::printf("disk ceiling (one file, same bytes):  write+fsync %.2f GB/s, cold read %.2f GB/s\n",
+              disk_write, disk_read);
+
+  StoreOptions o;
+  o.path = (dir / "db").string();
+  const std::vector<int32_t> tokens(static_cast<size_t>(a.tokens), 1);
+  double persist_s = 0, put_s = 0;
+  {
+    auto store = std::move(ContextStore::Open(o)).value();
+    ContextRecord r;
+    r.id = "bench";
+    r.token_count = a.tokens;
+    SQZ_CHECK(store->CreateRecord(r, tokens).ok());
+    t = Clock::now();
+    SQZ_CHECK(store->PutSnapshot(snap, &r).ok());
+    put_s = Seconds(t);
+    const Status s = store->CommitReady(r);
+    SQZ_CHECK(s.ok()) << s.ToString();
+    persist_s = Seconds(t);
+    std::printf("store on disk: %.3f GiB (SST + blob files)\n",
+                static_cast<double>(store->DiskBytes()) / (1 << 30));
+  }
+  DropCache(o.path);
+  t = Clock::now();
+  auto store = std::move(ContextStore::Open(o)).value();
+  const double open_s = Seconds(t);
+  t = Clock::now();
+  auto cold = store->LoadSnapshot("bench");
+  const double cold_s = Seconds(t);
+  SQZ_CHECK(cold.ok()) << cold.status().ToString();
+  SQZ_CHECK(*cold == snap) << "loaded snapshot differs";
+  cold = Status(StatusCode::kCancelled, "released");
+  t = Clock::now();
+  auto warm = store->LoadSnapshot("bench");
+  const double warm_s = Seconds(t);
+  SQZ_CHECK(warm.ok());
+  const double gb = static_cast<double>(bytes) / 1e9;
+  std::printf("persist (PutSnapshot %.2f s + CommitReady %.2f s): %.2f s = %.2f GB/s (%.2fx the "
+              "disk's write+fsync)\n",
+              put_s, persist_s - put_s, persist_s, gb / persist_s, gb / persist_s / disk_write);
+  std::printf("reopen: %.2f s\n", open_s);
+  std::printf("load cold: %.2f s = %.2f GB/s (%.2fx the disk's cold read)\n", cold_s, gb / cold_s,
+              gb / cold_s / disk_read);
+  std::printf("load warm: %.2f s = %.2f GB/s\n", warm_s, gb / warm_s);
+  store.reset();
+  fs::remove_all(dir);
+  return 0;
+}
+
+}  // namespace
+}  // namespace sqz
+
+int main(int argc, char** argv) {
+  sqz::Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    const char* v = argv[i + 1];
+    if (k == "--dir") a.dir = v;
+    else if (k == "--tokens") a.tokens = std::atoll(v);
+    else if (k == "--layers") a.layers = std::atoi(v);
+    else if (k == "--kv-heads") a.kv_heads = std::atoi(v);
+    else if (k == "--head-dim") a.head_dim = std::atoi(v);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", k.c_str());
+      return 2;
+    }
+  }
+  if ((argc - 1) % 2 != 0 || a.tokens < 105 || a.layers < 1 || a.kv_heads < 1 || a.head_dim < 1) {
+    std::fprintf(stderr,
+                 "usage: sqz-bench-storage [--dir PATH] [--tokens N>=105] [--layers L] "
+                 "[--kv-heads H] [--head-dim D]\n");
+    return 2;
+  }
+  return sqz::Run(a);
+}
