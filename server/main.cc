@@ -83,13 +83,20 @@ int main(int argc, char** argv) {
 
   spdlog::info("squeezed {} starting: backend {}, model {}", sqz::SqueezeVersion(),
                config->engine.model.backend, config->engine.model.path);
-  auto daemon = sqz::Daemon::Start(*config);
+  const std::string address = config->server.listen_address;
+  auto daemon = sqz::Daemon::Start(*config, [&](int port) {
+    spdlog::info("listening on {}:{} (loading the model)", address.substr(0, address.rfind(':')),
+                 port);
+  });
   if (!daemon.ok()) {
     spdlog::critical("{}", daemon.status().ToString());
     return 1;
   }
-  const std::string address = config->server.listen_address;
-  spdlog::info("listening on {}:{}", address.substr(0, address.rfind(':')), (*daemon)->port());
+  if ((*daemon)->metrics_port() > 0) {
+    spdlog::info("metrics on http://{}:{}/metrics",
+                 config->server.metrics_address.substr(0, config->server.metrics_address.rfind(':')),
+                 (*daemon)->metrics_port());
+  }
 
   int signal = 0;
   sigwait(&stop_signals, &signal);

@@ -114,6 +114,7 @@ Histogram* Registry::AddHistogram(const std::string& name, const std::string& he
 }
 
 std::string Registry::Render() const {
+  if (collector_) collector_();
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
   for (const auto& f : families_) {

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -61,8 +62,10 @@ class Registry {
   Gauge* AddGauge(const std::string& name, const std::string& help, const Labels& labels = {});
   Histogram* AddHistogram(const std::string& name, const std::string& help,
                           std::vector<double> bounds, const Labels& labels = {});
-  // The whole registry in the text exposition format.
+  // The whole registry in the text exposition format (after running the collector, if any).
   std::string Render() const;
+  // Called at the start of every Render, e.g. to refresh gauges from engine stats. Set once.
+  void SetCollector(std::function<void()> collector) { collector_ = std::move(collector); }
 
  private:
   struct Family {
@@ -72,6 +75,7 @@ class Registry {
     std::vector<std::pair<Labels, std::unique_ptr<Histogram>>> histograms;
   };
   Family& GetFamily(const std::string& name, const std::string& help, const std::string& type);
+  std::function<void()> collector_;
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<Family>> families_;  // GUARDED_BY(mu_), in creation order
 };

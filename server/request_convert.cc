@@ -20,7 +20,7 @@ Status OutOfRange(const std::string& field, const std::string& range, double got
 
 }  // namespace
 
-Status ValidateContextId(std::string_view id) {
+Status ValidateApiContextId(std::string_view id) {
   if (id.empty() || id.size() > 128) {
     return InvalidArgumentError("context id must have 1..128 characters, got " +
                                 std::to_string(id.size()));
@@ -43,7 +43,7 @@ StatusOr<std::string> ParseContextName(std::string_view name) {
                                 std::string(name.substr(0, 140)) + "\"");
   }
   std::string id(name.substr(kPrefix.size()));
-  SQZ_RETURN_IF_ERROR(ValidateContextId(id));
+  SQZ_RETURN_IF_ERROR(ValidateApiContextId(id));
   return id;
 }
 

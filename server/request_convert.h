@@ -18,7 +18,7 @@
 namespace sqz {
 
 // Context ids: 1..128 characters of [a-z0-9-_.], starting with a letter or digit.
-Status ValidateContextId(std::string_view id);
+Status ValidateApiContextId(std::string_view id);
 // "contexts/{id}" -> id (validated).
 StatusOr<std::string> ParseContextName(std::string_view name);
 std::string ContextName(std::string_view id);

@@ -8,14 +8,14 @@ namespace {
 namespace v1 = squeeze::v1;
 
 TEST_CASE("context ids and names") {
-  CHECK(ValidateContextId("manual-v2.1_a").ok());
-  CHECK(ValidateContextId("0abc").ok());
-  CHECK(ValidateContextId("").code() == StatusCode::kInvalidArgument);
-  CHECK(ValidateContextId(std::string(129, 'a')).code() == StatusCode::kInvalidArgument);
-  auto bad = ValidateContextId("Bad/Id");
+  CHECK(ValidateApiContextId("manual-v2.1_a").ok());
+  CHECK(ValidateApiContextId("0abc").ok());
+  CHECK(ValidateApiContextId("").code() == StatusCode::kInvalidArgument);
+  CHECK(ValidateApiContextId(std::string(129, 'a')).code() == StatusCode::kInvalidArgument);
+  auto bad = ValidateApiContextId("Bad/Id");
   CHECK(bad.code() == StatusCode::kInvalidArgument);
   CHECK(bad.message().find("offset 0") != std::string::npos);
-  CHECK(ValidateContextId("-lead").code() == StatusCode::kInvalidArgument);
+  CHECK(ValidateApiContextId("-lead").code() == StatusCode::kInvalidArgument);
   CHECK(*ParseContextName("contexts/abc") == "abc");
   CHECK(ParseContextName("abc").status().message().find("contexts/{id}") != std::string::npos);
   CHECK(ParseContextName("contexts/a b").status().code() == StatusCode::kInvalidArgument);

@@ -1,33 +1,55 @@
-// gRPC services of squeeze.v1 on the callback API. One reactor per call; unary calls finish inside
-// the handler; nothing blocks inside a reaction.
+// gRPC services of squeeze.v1 on the callback API: one reactor per call, unary calls finish in
+// their handler, streams keep one write in flight, nothing blocks inside a reaction.
 //
-// The services borrow what they serve (ServerInfo facts, later the engine and the registry): the
-// borrowed objects must outlive the grpc::Server. Thread safety: handlers run on gRPC's threads and
-// only read the immutable facts given at construction.
+// The services borrow a ServingState (built and owned by the Daemon, which outlives the gRPC
+// server). Until the model is loaded (state.ready), every RPC but GetServerInfo answers
+// UNAVAILABLE; while draining, new Generate calls do too.
 #pragma once
 
+#include <atomic>
+#include <map>
 #include <string>
+#include <vector>
 
+#include "config/daemon_config.h"
+#include "engine/runtime/engine.h"
+#include "engine/runtime/loaded_model.h"
+#include "server/metrics.h"
+#include "server/registry.h"
 #include "server/server_options.h"
 #include "squeeze/v1/context_service.grpc.pb.h"
 #include "squeeze/v1/generation_service.grpc.pb.h"
 
 namespace sqz {
 
-// Facts GetServerInfo reports; filled by the daemon at start.
-struct ServerFacts {
+struct ServerMetrics {
+  metrics::Counter* requests = nullptr;         // Generate calls accepted
+  metrics::Counter* request_errors = nullptr;   // Generate calls that ended in an error
+  metrics::Counter* prompt_tokens = nullptr;
+  metrics::Counter* generated_tokens = nullptr;
+  metrics::Histogram* ttft = nullptr;
+  metrics::Histogram* inter_token = nullptr;
+  metrics::Histogram* keys_read = nullptr;      // share of context keys read per request
+};
+
+struct ServingState {
   std::string version;
-  std::string backend;
-  std::string model_path;
+  const DaemonConfig* config = nullptr;
+  std::atomic<bool> ready{false};
+  std::atomic<bool> draining{false};
+  // Set before ready becomes true; immutable afterwards.
+  LoadedModel* model = nullptr;
+  Engine* engine = nullptr;
+  Registry* registry = nullptr;
   std::vector<std::string> devices;
-  squeeze::v1::ModelInfo model;  // empty until a model is loaded
-  bool ready = false;
+  std::map<std::string, std::string> api_keys;  // token -> key name
+  ServerMetrics metrics;
+  std::atomic<int64_t> streams_in_flight{0};
 };
 
 class GenerationServiceImpl final : public squeeze::v1::GenerationService::CallbackService {
  public:
-  // `facts` and `options` are borrowed and must outlive the service.
-  GenerationServiceImpl(const ServerFacts& facts, const ServerOptions& options);
+  explicit GenerationServiceImpl(ServingState* state) : state_(state) {}
 
   grpc::ServerWriteReactor<squeeze::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx, const squeeze::v1::GenerateRequest* request) override;
@@ -42,12 +64,13 @@ class GenerationServiceImpl final : public squeeze::v1::GenerationService::Callb
                                           squeeze::v1::ServerInfo* response) override;
 
  private:
-  const ServerFacts& facts_;
-  const ServerOptions& options_;
+  ServingState* const state_;
 };
 
 class ContextServiceImpl final : public squeeze::v1::ContextService::CallbackService {
  public:
+  explicit ContextServiceImpl(ServingState* state) : state_(state) {}
+
   grpc::ServerUnaryReactor* CreateContext(grpc::CallbackServerContext* ctx,
                                           const squeeze::v1::CreateContextRequest* request,
                                           squeeze::v1::Context* response) override;
@@ -62,6 +85,15 @@ class ContextServiceImpl final : public squeeze::v1::ContextService::CallbackSer
                                           squeeze::v1::DeleteContextResponse* response) override;
   grpc::ServerWriteReactor<squeeze::v1::Context>* WatchContext(
       grpc::CallbackServerContext* ctx, const squeeze::v1::WatchContextRequest* request) override;
+
+ private:
+  ServingState* const state_;
 };
+
+// The API key name of the caller: "" when auth is off; UNAUTHENTICATED when a key is required and
+// missing or unknown.
+StatusOr<std::string> Authenticate(const ServingState& state, const grpc::ServerContextBase& ctx);
+
+void ContextToProto(const ContextView& view, squeeze::v1::Context* out);
 
 }  // namespace sqz

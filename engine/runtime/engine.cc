@@ -137,6 +137,14 @@ Status Engine::SubmitIngest(IngestRequest request) {
   return OkStatus();
 }
 
+void Engine::CancelAll(Status why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancel_all_ = std::move(why);
+  }
+  cv_.notify_all();
+}
+
 void Engine::StopAccepting() {
   std::lock_guard<std::mutex> lock(mu_);
   accepting_ = false;
@@ -174,6 +182,12 @@ void Engine::Loop() {
       while (!ingest_inbox_.empty()) {
         ingesting_.push_back(std::move(ingest_inbox_.front()));
         ingest_inbox_.pop_front();
+      }
+      if (cancel_all_) {
+        for (auto* list : {&waiting_, &running_}) {
+          for (auto& a : *list) a->stream->Cancel(*cancel_all_);
+        }
+        cancel_all_.reset();
       }
     }
     RunStep();

@@ -93,6 +93,9 @@ class Engine {
 
   // New submissions are refused with UNAVAILABLE; work in flight continues.
   void StopAccepting();
+  // Ends every queued and running request at the next step with `why` (e.g. UNAVAILABLE at the
+  // end of a drain). Ingestions continue.
+  void CancelAll(Status why);
   EngineStats stats() const;
   const ModelConfig& model_config() const { return backend_->config(); }
 
@@ -118,6 +121,7 @@ class Engine {
   bool stopping_ = false;                             // GUARDED_BY(mu_)
   bool accepting_ = true;                             // GUARDED_BY(mu_)
   int64_t queued_ = 0;                                // GUARDED_BY(mu_)
+  std::optional<Status> cancel_all_;                  // GUARDED_BY(mu_)
 
   // Loop-thread state.
   std::vector<std::unique_ptr<Active>> waiting_;

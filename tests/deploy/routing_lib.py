@@ -59,6 +59,13 @@ class Replica:
         self.port = free_port()
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
+        if "--model" not in self.extra_args:
+            # The small real test model keeps replicas quick to start (the default model is 135M).
+            stories = os.path.join(os.environ.get("SQZ_SHARED_DIR", os.path.join(
+                os.path.dirname(__file__), "..", "..", "..", "shared")), "models", "stories260K")
+            if not os.path.isdir(stories):
+                skip(f"{stories} not found (the shared test models)")
+            self.extra_args += ["--model", stories]
         self.proc = None
         self.log = []
 
@@ -72,18 +79,18 @@ class Replica:
         self.log = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
-        listening = threading.Event()
+        ready = threading.Event()
 
         def pump(proc):
             for line in proc.stdout:
                 self.log.append(line)
-                if re.search(r"listening on [^\s:]+:\d+", line):
-                    listening.set()
-            listening.set()
+                if "; ready" in line:  # listening, model loaded, contexts recovered
+                    ready.set()
+            ready.set()
 
         self._pump = threading.Thread(target=pump, args=(self.proc,), daemon=True)
         self._pump.start()
-        if not listening.wait(timeout) or self.proc.poll() is not None:
+        if not ready.wait(timeout) or self.proc.poll() is not None:
             self.kill()
             raise RuntimeError(f"replica {self.name} did not start:\n" + "".join(self.log))
         return self

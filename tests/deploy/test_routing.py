@@ -50,7 +50,7 @@ WORDS = ("once upon a time there was a little girl named lily she liked to play 
          "warm the birds sang and her mom called her home for dinner").split()
 
 
-def context_text(seed, words=320):
+def context_text(seed, words=200):
     """A seeded, story-like text the tiny model's tokenizer handles: long enough to have a body
     to cluster beyond the sink and the observation window."""
     rng = random.Random(seed)
@@ -175,7 +175,7 @@ class RoutingEndToEndTest(unittest.TestCase):
         sent_to = {}
         for i, context_id in enumerate(CONTEXT_IDS):
             created = self.contexts.CreateContext(
-                ctx_pb.CreateContextRequest(context_id=context_id, text=context_text(i)),
+                ctx_pb.CreateContextRequest(context_id=context_id, text=context_text(i).encode()),
                 timeout=RPC_TIMEOUT, metadata=routed(context_id))
             self.assertEqual(created.name, f"contexts/{context_id}")
             entry = self.router.next_entry_for(context_id)

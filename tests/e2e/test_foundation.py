@@ -33,7 +33,7 @@ def health_check(channel, service=""):
 
 class FoundationTest(unittest.TestCase):
     def setUp(self):
-        self.server = lib.Squeezed(SQUEEZED).start()
+        self.server = lib.Squeezed(SQUEEZED, args=lib.model_args()).start()
         self.channel = grpc.insecure_channel(self.server.address)
 
     def tearDown(self):
@@ -51,13 +51,16 @@ class FoundationTest(unittest.TestCase):
         self.assertIn("health", info.features)
         self.assertTrue(info.devices[0].startswith("cpu: "))
         self.assertEqual(info.limits.max_new_tokens, 4096)
+        self.assertTrue(info.ready)
+        self.assertEqual(info.model.name, "stories260K")
+        self.assertEqual(info.model.layers, 5)
 
-    def test_unserved_rpcs_say_what_is_missing(self):
+    def test_unknown_context_is_not_found(self):
         stub = ctx_grpc.ContextServiceStub(self.channel)
         with self.assertRaises(grpc.RpcError) as e:
             stub.GetContext(ctx_pb.GetContextRequest(name="contexts/x"), timeout=10)
-        self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
-        self.assertIn("registry", e.exception.details())
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+        self.assertIn("context x not found", e.exception.details())
 
     def test_squeezectl_info(self):
         import subprocess
@@ -97,7 +100,7 @@ class CommandLineTest(unittest.TestCase):
         self.assertIn("hierarchical: true", r.stdout)
 
     def test_busy_port_is_a_clear_error(self):
-        server = lib.Squeezed(SQUEEZED).start()
+        server = lib.Squeezed(SQUEEZED, args=lib.model_args()).start()
         try:
             r = self.run_squeezed("--listen", server.address, "--set", "server.metrics_address=")
             self.assertEqual(r.returncode, 1)

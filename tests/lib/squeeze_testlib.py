@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+import unittest
 
 
 class Squeezed:
@@ -28,12 +29,13 @@ class Squeezed:
         self.port = None
         self.log = []
 
-    def start(self, timeout=60):
+    def start(self, timeout=120, wait_ready=True):
         cmd = [self.binary, "--listen", "127.0.0.1:0", "--set", "server.metrics_address=",
                "--data-dir", os.path.join(self.tmp.name, "data")] + self.args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=self.env)
         found = threading.Event()
+        ready = threading.Event()
 
         def pump():
             for line in self.proc.stdout:
@@ -42,12 +44,18 @@ class Squeezed:
                 if m and not found.is_set():
                     self.port = int(m.group(1))
                     found.set()
+                if "; ready" in line:
+                    ready.set()
             found.set()
+            ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
         if not found.wait(timeout) or self.port is None:
             self.kill()
             raise RuntimeError("squeezed did not start:\n" + "".join(self.log))
+        if wait_ready and (not ready.wait(timeout) or self.proc.poll() is not None):
+            self.kill()
+            raise RuntimeError("squeezed did not become ready:\n" + "".join(self.log))
         return self
 
     @property
@@ -66,6 +74,18 @@ class Squeezed:
 
     def output(self):
         return "".join(self.log)
+
+
+SHARED = os.environ.get("SQZ_SHARED_DIR",
+                        os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
+STORIES = os.path.join(SHARED, "models", "stories260K")
+
+
+def model_args():
+    """squeezed arguments for the small real test model (stories260K, from the shared folder)."""
+    if not os.path.isdir(STORIES):
+        raise unittest.SkipTest(f"skipped: {STORIES} not found (the shared test models)")
+    return ["--model", STORIES]
 
 
 def import_stubs(stub_dir):

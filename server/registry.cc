@@ -1,0 +1,499 @@
+#include "server/registry.h"
+
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+namespace sqz {
+
+struct Registry::Entry {
+  ContextRecord record;
+  std::shared_ptr<const ContextSnapshot> resident;  // null when not in memory
+  int64_t resident_bytes = 0;
+  int64_t in_flight = 0;
+  bool loading = false;
+  bool deleting = false;
+  std::shared_ptr<std::atomic<bool>> abandon;  // set to stop an ingestion in progress
+  std::chrono::steady_clock::time_point ingest_start;
+  std::map<int64_t, Watcher> watchers;
+};
+
+namespace {
+
+bool Visible(const ContextRecord& r, const std::string& owner) {
+  return owner.empty() || r.owner == owner;
+}
+
+Status NotFound(const std::string& id) {
+  return NotFoundError("context " + id + " not found");
+}
+
+ContextState StageState(IngestStage s) {
+  switch (s) {
+    case IngestStage::kPrefilling: return ContextState::kPrefilling;
+    case IngestStage::kClustering: return ContextState::kClustering;
+    case IngestStage::kCalibrating: return ContextState::kCalibrating;
+  }
+  return ContextState::kPrefilling;
+}
+
+}  // namespace
+
+Registry::Registry(ContextStore* store, Engine* engine, RegistryOptions options,
+                   RegistryMetrics metrics)
+    : store_(store), engine_(engine), options_(options), metrics_(metrics) {
+  thread_ = std::thread([this] { ThreadLoop(); });
+  pthread_setname_np(thread_.native_handle(), "registry-persist");
+}
+
+Registry::~Registry() {
+  {
+    std::lock_guard<std::mutex> lock(task_mu_);
+    stopping_ = true;
+  }
+  task_cv_.notify_all();
+  thread_.join();
+}
+
+void Registry::Post(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(task_mu_);
+    tasks_.push_back(std::move(task));
+  }
+  task_cv_.notify_one();
+}
+
+void Registry::ThreadLoop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(task_mu_);
+      task_cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;  // stopping, all done
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    task();
+  }
+}
+
+ContextView Registry::ViewLocked(const Entry& e) const {
+  return ContextView{e.record, e.resident != nullptr};
+}
+
+void Registry::NotifyLocked(const std::shared_ptr<Entry>& e, bool deleted) {
+  const ContextView view = ViewLocked(*e);
+  for (auto it = e->watchers.begin(); it != e->watchers.end();) {
+    if (!it->second(view, deleted) || deleted) {
+      it = e->watchers.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+Status Registry::Start() {
+  SQZ_ASSIGN_OR_RETURN(ContextStore::Recovery rec, store_->Recover());
+  for (const auto& id : rec.finished_deletes) spdlog::info("finished the deletion of context {}", id);
+  std::string token;
+  std::vector<std::shared_ptr<Entry>> resume, pinned;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    do {
+      SQZ_ASSIGN_OR_RETURN(ContextStore::Page page,
+                           store_->List(1000, token, std::nullopt, std::nullopt));
+      for (auto& r : page.records) {
+        auto e = std::make_shared<Entry>();
+        e->record = std::move(r);
+        const bool unfinished = e->record.state != ContextState::kReady &&
+                                e->record.state != ContextState::kFailed;
+        if (unfinished) resume.push_back(e);
+        if (e->record.state == ContextState::kReady && e->record.pinned) pinned.push_back(e);
+        entries_[e->record.id] = e;
+      }
+      token = page.next_page_token;
+    } while (!token.empty());
+  }
+  for (auto& e : resume) {
+    auto tokens = store_->LoadTokens(e->record.id);
+    if (!tokens.ok()) {
+      Fail(e, "cannot resume ingestion: " + tokens.status().message());
+      continue;
+    }
+    spdlog::info("resuming the ingestion of context {} ({} tokens)", e->record.id, tokens->size());
+    SubmitIngestion(e, std::move(tokens).value());
+  }
+  for (auto& e : pinned) {
+    auto lease = Acquire(e->record.id, "");
+    if (!lease.ok()) spdlog::warn("pinned context {}: {}", e->record.id, lease.status().ToString());
+  }
+  spdlog::info("registry: {} contexts, {} resumed, {} pinned loaded", entries_.size(),
+               resume.size(), pinned.size());
+  return OkStatus();
+}
+
+void Registry::SubmitIngestion(const std::shared_ptr<Entry>& e, std::vector<int32_t> tokens) {
+  IngestRequest req;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    e->abandon = std::make_shared<std::atomic<bool>>(false);
+    e->ingest_start = std::chrono::steady_clock::now();
+    req.context_id = e->record.id;
+    req.options = e->record.options;
+    req.abandoned = e->abandon;
+  }
+  req.tokens = std::move(tokens);
+  std::weak_ptr<Entry> weak = e;
+  req.on_progress = [this, weak](IngestStage stage, double fraction) {
+    if (auto e = weak.lock()) OnProgress(e, stage, fraction);
+  };
+  req.on_done = [this, weak](StatusOr<ContextSnapshot> snap) {
+    if (auto e = weak.lock()) OnIngested(e, std::move(snap));
+  };
+  const Status s = engine_->SubmitIngest(std::move(req));
+  if (!s.ok()) Fail(e, "ingestion could not start: " + s.message());
+}
+
+void Registry::OnProgress(const std::shared_ptr<Entry>& e, IngestStage stage, double fraction) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (e->deleting) return;
+  const ContextState state = StageState(stage);
+  const bool changed = e->record.state != state;
+  e->record.state = state;
+  e->record.progress = fraction;
+  if (changed) {
+    // State changes are persisted (not synced: a crash re-ingests from the tokens anyway).
+    ContextRecord copy = e->record;
+    Post([this, copy] { (void)store_->UpdateRecord(copy, /*sync=*/false); });
+  }
+  NotifyLocked(e, false);
+}
+
+void Registry::OnIngested(const std::shared_ptr<Entry>& e, StatusOr<ContextSnapshot> snapshot) {
+  if (!snapshot.ok()) {
+    // Deleted meanwhile, or the server is stopping: the stored state stays as it is (a restart
+    // resumes the ingestion from the tokens).
+    const StatusCode code = snapshot.status().code();
+    if (code == StatusCode::kCancelled || code == StatusCode::kUnavailable) return;
+    Fail(e, "ingestion failed: " + snapshot.status().message());
+    return;
+  }
+  auto snap = std::make_shared<ContextSnapshot>(std::move(snapshot).value());
+  Post([this, e, snap] { Persist(e, std::move(*snap)); });
+}
+
+void Registry::Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot) {
+  ContextRecord record;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (e->deleting) return;
+    e->record.state = ContextState::kPersisting;
+    e->record.progress = 0.0;
+    NotifyLocked(e, false);
+    record = e->record;
+  }
+  record.model_fingerprint = options_.model_fingerprint;
+  Status s = store_->UpdateRecord(record, /*sync=*/false);
+  if (s.ok()) s = store_->PutSnapshot(snapshot, &record);
+  if (s.ok()) s = store_->CommitReady(record);
+  if (!s.ok()) {
+    Fail(e, "persisting failed: " + s.message());
+    return;
+  }
+  record.state = ContextState::kReady;
+  record.progress = 1.0;
+  record.error.clear();
+  auto shared = std::make_shared<const ContextSnapshot>(std::move(snapshot));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (metrics_.ingest_seconds) {
+    metrics_.ingest_seconds->Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - e->ingest_start).count());
+  }
+  e->record = record;
+  e->abandon.reset();
+  const int64_t bytes = SnapshotBytes(*shared);
+  if (!e->deleting && MakeRoomLocked(bytes, e.get())) SetResidentLocked(e, shared);
+  NotifyLocked(e, false);
+  spdlog::info("context {} READY: {} tokens, {:.1f} MiB stored", record.id, record.token_count,
+               record.stored_bytes / 1048576.0);
+}
+
+void Registry::Fail(const std::shared_ptr<Entry>& e, const std::string& why) {
+  ContextRecord copy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (e->deleting) return;
+    e->record.state = ContextState::kFailed;
+    e->record.error = why;
+    e->abandon.reset();
+    copy = e->record;
+    NotifyLocked(e, false);
+  }
+  spdlog::warn("context {} FAILED: {}", copy.id, why);
+  Post([this, copy] { (void)store_->UpdateRecord(copy, /*sync=*/true); });
+}
+
+bool Registry::MakeRoomLocked(int64_t bytes, const Entry* keep) {
+  if (bytes > options_.resident_budget_bytes) return false;
+  for (auto it = lru_.rbegin(); resident_bytes_ + bytes > options_.resident_budget_bytes &&
+                                it != lru_.rend();) {
+    auto victim = entries_.find(*it);
+    ++it;
+    if (victim == entries_.end()) continue;
+    Entry& v = *victim->second;
+    if (&v == keep || v.in_flight > 0 || v.record.pinned || !v.resident) continue;
+    resident_bytes_ -= v.resident_bytes;
+    v.resident.reset();
+    v.resident_bytes = 0;
+    lru_.remove(victim->first);
+    if (metrics_.evictions) metrics_.evictions->Inc();
+    spdlog::info("evicted context {} from memory", victim->first);
+    it = lru_.rbegin();  // the list changed: restart from the least recent
+  }
+  if (metrics_.resident_bytes) metrics_.resident_bytes->Set(static_cast<double>(resident_bytes_));
+  return resident_bytes_ + bytes <= options_.resident_budget_bytes;
+}
+
+void Registry::SetResidentLocked(const std::shared_ptr<Entry>& e,
+                                 std::shared_ptr<const ContextSnapshot> s) {
+  e->resident_bytes = SnapshotBytes(*s);
+  e->resident = std::move(s);
+  resident_bytes_ += e->resident_bytes;
+  lru_.remove(e->record.id);
+  lru_.push_front(e->record.id);
+  if (metrics_.resident_bytes) metrics_.resident_bytes->Set(static_cast<double>(resident_bytes_));
+  if (metrics_.resident_contexts) metrics_.resident_contexts->Set(static_cast<double>(lru_.size()));
+}
+
+StatusOr<ContextView> Registry::Create(CreateContextArgs args) {
+  if (args.tokens.empty()) return InvalidArgumentError("the context is empty (0 tokens)");
+  if (options_.max_context_tokens > 0 &&
+      static_cast<int64_t>(args.tokens.size()) > options_.max_context_tokens) {
+    return InvalidArgumentError("the context has " + std::to_string(args.tokens.size()) +
+                                " tokens; at most " + std::to_string(options_.max_context_tokens) +
+                                " are allowed (server.limits.max_context_tokens, model length)");
+  }
+  const std::string digest = TokenDigest(args.tokens);
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(args.id);
+    if (it != entries_.end()) {
+      const ContextRecord& r = it->second->record;
+      if (!it->second->deleting && r.content_digest == digest && r.owner == args.owner &&
+          r.options == args.options) {
+        return ViewLocked(*it->second);  // the same registration again
+      }
+      return AlreadyExistsError("context " + args.id +
+                                " already exists with other content or options; delete it first "
+                                "or choose another id");
+    }
+    e = std::make_shared<Entry>();
+    ContextRecord& r = e->record;
+    r.id = args.id;
+    r.state = ContextState::kQueued;
+    r.model_fingerprint = options_.model_fingerprint;
+    r.token_count = static_cast<int64_t>(args.tokens.size());
+    r.content_digest = digest;
+    r.options = args.options;
+    r.owner = args.owner;
+    r.labels = args.labels;
+    r.pinned = args.pin;
+    // Durable before acknowledged.
+    SQZ_RETURN_IF_ERROR(store_->CreateRecord(r, args.tokens));
+    auto stored = store_->GetRecord(r.id);
+    if (stored.ok()) r = *stored;  // timestamps as stored
+    entries_[r.id] = e;
+  }
+  SubmitIngestion(e, std::move(args.tokens));
+  std::lock_guard<std::mutex> lock(mu_);
+  return ViewLocked(*e);
+}
+
+StatusOr<ContextView> Registry::Get(const std::string& id, const std::string& owner) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second->deleting || !Visible(it->second->record, owner)) {
+    return NotFound(id);
+  }
+  return ViewLocked(*it->second);
+}
+
+StatusOr<Registry::Page> Registry::List(int64_t page_size, const std::string& page_token,
+                                        std::optional<ContextState> state,
+                                        const std::string& owner) const {
+  Page page;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = entries_.upper_bound(page_token); it != entries_.end(); ++it) {
+    const Entry& e = *it->second;
+    if (e.deleting || !Visible(e.record, owner)) continue;
+    if (state && e.record.state != *state) continue;
+    if (static_cast<int64_t>(page.contexts.size()) == page_size) {
+      page.next_page_token = page.contexts.back().record.id;
+      break;
+    }
+    page.contexts.push_back(ViewLocked(e));
+  }
+  return page;
+}
+
+void Registry::Delete(const std::string& id, const std::string& owner,
+                      std::function<void(Status)> done) {
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second->deleting || !Visible(it->second->record, owner)) {
+      done(NotFound(id));
+      return;
+    }
+    e = it->second;
+    e->deleting = true;  // no new leases; progress and persistence stop
+    if (e->abandon) e->abandon->store(true);
+  }
+  Post([this, e, id, done = std::move(done)] {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      idle_cv_.wait(lock, [&] { return e->in_flight == 0 && !e->loading; });
+    }
+    const Status s = store_->Delete(id);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (e->resident) {
+      resident_bytes_ -= e->resident_bytes;
+      lru_.remove(id);
+      e->resident.reset();
+    }
+    if (metrics_.resident_bytes) metrics_.resident_bytes->Set(static_cast<double>(resident_bytes_));
+    if (s.ok() || s.code() == StatusCode::kNotFound) {
+      entries_.erase(id);
+      NotifyLocked(e, /*deleted=*/true);
+      done(OkStatus());
+    } else {
+      e->deleting = false;
+      done(s.WithContext("deleting context " + id));
+    }
+  });
+}
+
+StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::string& owner) {
+  std::shared_ptr<Entry> e;
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second->deleting || !Visible(it->second->record, owner)) {
+    return NotFound(id);
+  }
+  e = it->second;
+  idle_cv_.wait(lock, [&] { return !e->loading; });
+  if (e->deleting) return NotFound(id);
+  const ContextRecord& r = e->record;
+  if (r.state == ContextState::kFailed) {
+    return FailedPreconditionError("context " + id + " FAILED: " + r.error);
+  }
+  if (r.state != ContextState::kReady) {
+    return FailedPreconditionError("context " + id + " is not ready yet (state " +
+                                   std::string(ContextStateName(r.state)) + ", " +
+                                   std::to_string(static_cast<int>(r.progress * 100)) + "%)");
+  }
+  if (r.model_fingerprint != options_.model_fingerprint) {
+    // Built for another model: its KV is meaningless here. Rebuild from the stored tokens.
+    e->record.state = ContextState::kQueued;
+    e->record.progress = 0.0;
+    e->record.error.clear();
+    NotifyLocked(e, false);
+    lock.unlock();
+    if (metrics_.reingestions) metrics_.reingestions->Inc();
+    spdlog::info("context {} was built for another model; re-ingesting it", id);
+    auto tokens = store_->LoadTokens(id);
+    if (!tokens.ok()) {
+      Fail(e, "cannot re-ingest for the current model: " + tokens.status().message());
+    } else {
+      (void)store_->UpdateRecord(e->record, /*sync=*/true);
+      SubmitIngestion(e, std::move(tokens).value());
+    }
+    return FailedPreconditionError("context " + id +
+                                   " was built for another model and is being re-ingested; "
+                                   "retry when it is READY again");
+  }
+  if (!e->resident) {
+    // Load outside the lock; other requests for this context wait for it (loading).
+    e->loading = true;
+    const ContextRecord record = e->record;
+    lock.unlock();
+    auto snap = store_->LoadSnapshot(record);
+    lock.lock();
+    e->loading = false;
+    idle_cv_.notify_all();
+    if (!snap.ok()) {
+      // Never serve what failed verification: rebuild from the tokens.
+      const std::string why = snap.status().ToString();
+      lock.unlock();
+      spdlog::error("context {}: stored KV failed verification ({}); re-ingesting", id, why);
+      if (metrics_.reingestions) metrics_.reingestions->Inc();
+      {
+        std::lock_guard<std::mutex> relock(mu_);
+        e->record.state = ContextState::kQueued;
+        e->record.error = "stored KV failed verification and is being rebuilt: " + why;
+        NotifyLocked(e, false);
+      }
+      auto tokens = store_->LoadTokens(id);
+      if (tokens.ok()) {
+        SubmitIngestion(e, std::move(tokens).value());
+      } else {
+        Fail(e, why + "; tokens unreadable: " + tokens.status().message());
+      }
+      return FailedPreconditionError("context " + id +
+                                     ": stored KV failed verification and is being rebuilt (" +
+                                     why + ")");
+    }
+    auto shared = std::make_shared<const ContextSnapshot>(std::move(snap).value());
+    const int64_t bytes = SnapshotBytes(*shared);
+    if (!MakeRoomLocked(bytes, e.get())) {
+      return ResourceExhaustedError(
+          "context " + id + " needs " + std::to_string(bytes >> 20) +
+          " MiB of resident memory; the budget (engine.memory.resident_contexts_mb) is " +
+          std::to_string(options_.resident_budget_bytes >> 20) +
+          " MiB and the rest is held by contexts in use; retry later");
+    }
+    SetResidentLocked(e, std::move(shared));
+    if (metrics_.residency_loads) metrics_.residency_loads->Inc();
+  } else {
+    lru_.remove(id);
+    lru_.push_front(id);
+    if (metrics_.residency_hits) metrics_.residency_hits->Inc();
+  }
+  ++e->in_flight;
+  ContextLease lease;
+  lease.snapshot = e->resident;
+  lease.hold = std::shared_ptr<void>(nullptr, [this, e](void*) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --e->in_flight;
+    idle_cv_.notify_all();
+  });
+  return lease;
+}
+
+StatusOr<int64_t> Registry::Watch(const std::string& id, const std::string& owner,
+                                  Watcher on_update) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second->deleting || !Visible(it->second->record, owner)) {
+    return NotFound(id);
+  }
+  const int64_t handle = next_watch_++;
+  if (on_update(ViewLocked(*it->second), false)) it->second->watchers[handle] = std::move(on_update);
+  return handle;
+}
+
+void Registry::Unwatch(const std::string& id, int64_t handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it != entries_.end()) it->second->watchers.erase(handle);
+}
+
+int64_t Registry::resident_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return resident_bytes_;
+}
+
+}  // namespace sqz
