@@ -30,8 +30,10 @@ class Squeezed:
         self.log = []
 
     def start(self, timeout=120, wait_ready=True):
-        cmd = [self.binary, "--listen", "127.0.0.1:0", "--set", "server.metrics_address=",
-               "--data-dir", os.path.join(self.tmp.name, "data")] + self.args
+        cmd = [self.binary, "--listen", "127.0.0.1:0", "--set", "server.metrics_address="]
+        if "--data-dir" not in self.args:
+            cmd += ["--data-dir", os.path.join(self.tmp.name, "data")]
+        cmd += self.args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=self.env)
         found = threading.Event()
