@@ -160,6 +160,8 @@ void Registry::OnProgress(const std::shared_ptr<Entry>& e, IngestStage stage, do
   if (e->deleting) return;
   const ContextState state = StageState(stage);
   const bool changed = e->record.state != state;
+  // Watchers hear of every state change and of progress in steps of at least 2%.
+  if (!changed && fraction < 1.0 && fraction - e->record.progress < 0.02) return;
   e->record.state = state;
   e->record.progress = fraction;
   if (changed) {
