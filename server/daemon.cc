@@ -179,7 +179,7 @@ Status Daemon::LoadAndServe() {
   ro.max_context_tokens = c.server.limits.max_context_tokens > 0
                               ? std::min<int64_t>(c.server.limits.max_context_tokens, mc.max_positions)
                               : mc.max_positions;
-  ro.model_fingerprint = model_.fingerprint;
+  ro.model = IdentifyModel(*model_.model, model_.fingerprint);
   registry_ = std::make_unique<Registry>(store_.get(), engine_.get(), ro, registry_metrics_);
   SQZ_RETURN_IF_ERROR(registry_->Start());
   state_.model = &model_;

@@ -195,7 +195,8 @@ void Registry::Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot
     NotifyLocked(e, false);
     record = e->record;
   }
-  record.model_fingerprint = options_.model_fingerprint;
+  record.model = options_.model;
+  record.model_fingerprint = options_.model.Hash();
   Status s = store_->UpdateRecord(record, /*sync=*/false);
   if (s.ok()) s = store_->PutSnapshot(snapshot, &record);
   if (s.ok()) s = store_->CommitReady(record);
@@ -295,7 +296,8 @@ StatusOr<ContextView> Registry::Create(CreateContextArgs args) {
     ContextRecord& r = e->record;
     r.id = args.id;
     r.state = ContextState::kQueued;
-    r.model_fingerprint = options_.model_fingerprint;
+    r.model = options_.model;
+    r.model_fingerprint = options_.model.Hash();
     r.token_count = static_cast<int64_t>(args.tokens.size());
     r.content_digest = digest;
     r.options = args.options;
@@ -397,15 +399,16 @@ StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::strin
                                    std::string(ContextStateName(r.state)) + ", " +
                                    std::to_string(static_cast<int>(r.progress * 100)) + "%)");
   }
-  if (r.model_fingerprint != options_.model_fingerprint) {
+  if (r.model_fingerprint != options_.model.Hash()) {
     // Built for another model: its KV is meaningless here. Rebuild from the stored tokens.
+    const std::string change = DescribeIdentityChange(r.model, options_.model);
     e->record.state = ContextState::kQueued;
     e->record.progress = 0.0;
     e->record.error.clear();
     NotifyLocked(e, false);
     lock.unlock();
     if (metrics_.reingestions) metrics_.reingestions->Inc();
-    spdlog::info("context {} was built for another model; re-ingesting it", id);
+    spdlog::info("context {} was built for another model ({}); re-ingesting it", id, change);
     auto tokens = store_->LoadTokens(id);
     if (!tokens.ok()) {
       Fail(e, "cannot re-ingest for the current model: " + tokens.status().message());
@@ -413,9 +416,8 @@ StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::strin
       (void)store_->UpdateRecord(e->record, /*sync=*/true);
       SubmitIngestion(e, std::move(tokens).value());
     }
-    return FailedPreconditionError("context " + id +
-                                   " was built for another model and is being re-ingested; "
-                                   "retry when it is READY again");
+    return FailedPreconditionError("context " + id + " was built for another model (" + change +
+                                   ") and is being re-ingested; retry when it is READY again");
   }
   if (!e->resident) {
     // Load outside the lock; other requests for this context wait for it (loading).

@@ -35,13 +35,15 @@
 #include "engine/runtime/engine.h"
 #include "server/metrics.h"
 #include "storage/context_store.h"
+#include "storage/fingerprint.h"
 
 namespace sqz {
 
 struct RegistryOptions {
   int64_t resident_budget_bytes = int64_t{2} << 30;
   int64_t max_context_tokens = 0;  // > 0
-  uint64_t model_fingerprint = 0;
+  // The serving model; contexts stored with another identity are stale and re-ingested on use.
+  ModelIdentity model;
 };
 
 struct RegistryMetrics {
