@@ -12,6 +12,11 @@ constexpr uint32_t kVersion = 1;
 
 class Writer {
  public:
+  // Starts with the header's bytes reserved when asked; `capacity` avoids regrowth.
+  Writer(bool reserve_header, size_t capacity) {
+    out_.reserve(capacity + kHeaderBytes);
+    if (reserve_header) out_.resize(kHeaderBytes);
+  }
   template <typename T>
   void Array(const std::vector<T>& v) {
     Scalar<uint64_t>(v.size());
@@ -61,17 +66,27 @@ Status Malformed(const char* what) {
 
 uint64_t Checksum(std::string_view payload) { return XXH3_64bits(payload.data(), payload.size()); }
 
-std::string Seal(Kind kind, std::string payload) {
-  std::string out(kHeaderBytes, '\0');
-  std::memcpy(out.data(), kMagic, 4);
+uint64_t SealReserved(Kind kind, std::string* buffer) {
+  SQZ_CHECK(buffer->size() >= kHeaderBytes) << "SealReserved needs the header's bytes reserved";
+  char* out = buffer->data();
+  const std::string_view payload = std::string_view(*buffer).substr(kHeaderBytes);
   const uint32_t k = static_cast<uint32_t>(kind);
+  const uint32_t reserved = 0;
   const uint64_t len = payload.size();
   const uint64_t sum = Checksum(payload);
-  std::memcpy(out.data() + 4, &kVersion, 4);
-  std::memcpy(out.data() + 8, &k, 4);
-  std::memcpy(out.data() + 16, &len, 8);
-  std::memcpy(out.data() + 24, &sum, 8);
+  std::memcpy(out, kMagic, 4);
+  std::memcpy(out + 4, &kVersion, 4);
+  std::memcpy(out + 8, &k, 4);
+  std::memcpy(out + 12, &reserved, 4);
+  std::memcpy(out + 16, &len, 8);
+  std::memcpy(out + 24, &sum, 8);
+  return sum;
+}
+
+std::string Seal(Kind kind, std::string_view payload) {
+  std::string out(kHeaderBytes, '\0');
   out += payload;
+  SealReserved(kind, &out);
   return out;
 }
 
@@ -104,8 +119,14 @@ StatusOr<std::string_view> Open(std::string_view blob, Kind kind, const std::str
   return payload;
 }
 
-std::string EncodeKv(const HeadIndex& h) {
-  Writer w;
+template <typename... V>
+size_t ArraysBytes(const V&... v) {
+  return ((sizeof(uint64_t) + v.size() * sizeof(typename V::value_type)) + ...);
+}
+
+std::string EncodeKv(const HeadIndex& h, bool reserve_header) {
+  Writer w(reserve_header, ArraysBytes(h.sink_k, h.sink_v, h.window_k, h.window_v, h.body_k,
+                                       h.body_v));
   for (const auto* v : {&h.sink_k, &h.sink_v, &h.window_k, &h.window_v, &h.body_k, &h.body_v}) {
     w.Array(*v);
   }
@@ -120,8 +141,9 @@ Status DecodeKv(std::string_view payload, HeadIndex* h) {
   return r.done() ? OkStatus() : Malformed("kv");
 }
 
-std::string EncodeIndex(const HeadIndex& h) {
-  Writer w;
+std::string EncodeIndex(const HeadIndex& h, bool reserve_header) {
+  Writer w(reserve_header, ArraysBytes(h.body_positions, h.centroids, h.counts, h.offsets,
+                                       h.coarse_centroids, h.coarse_offsets, h.coarse_members));
   w.Array(h.body_positions);
   w.Array(h.centroids);
   w.Array(h.counts);
@@ -140,8 +162,8 @@ Status DecodeIndex(std::string_view payload, HeadIndex* h) {
   return ok ? OkStatus() : Malformed("index");
 }
 
-std::string EncodeMeta(const ContextSnapshot& s) {
-  Writer w;
+std::string EncodeMeta(const ContextSnapshot& s, bool reserve_header) {
+  Writer w(reserve_header, 256 + ArraysBytes(s.thresholds_global, s.thresholds_layer));
   w.Scalar<int32_t>(s.format_version);
   const auto& d = s.dims;
   w.Scalar<int32_t>(d.layers);

@@ -20,16 +20,22 @@ enum class Kind : uint32_t { kKv = 1, kIndex = 2, kMeta = 3 };
 inline constexpr size_t kHeaderBytes = 32;
 
 // Header + payload.
-std::string Seal(Kind kind, std::string payload);
+std::string Seal(Kind kind, std::string_view payload);
+// Seals in place a buffer whose first kHeaderBytes bytes were reserved for the header (the
+// encoders below reserve them when asked): one pass over the payload (the checksum), no copy.
+// Returns the payload's checksum.
+uint64_t SealReserved(Kind kind, std::string* buffer);
 // Checks the header (magic, version, kind, length) and the checksum; returns the payload and its
 // checksum. DATA_LOSS with `what` in the message on any mismatch.
 StatusOr<std::string_view> Open(std::string_view blob, Kind kind, const std::string& what,
                                 uint64_t* checksum);
 uint64_t Checksum(std::string_view payload);
 
-std::string EncodeKv(const HeadIndex& head);
-std::string EncodeIndex(const HeadIndex& head);
-std::string EncodeMeta(const ContextSnapshot& snapshot);
+// Payload encoders. With reserve_header, the result starts with kHeaderBytes bytes for
+// SealReserved (the payload follows them).
+std::string EncodeKv(const HeadIndex& head, bool reserve_header = false);
+std::string EncodeIndex(const HeadIndex& head, bool reserve_header = false);
+std::string EncodeMeta(const ContextSnapshot& snapshot, bool reserve_header = false);
 // Decoders fill the parts of `head` / `snapshot` their blob holds. DATA_LOSS when malformed.
 Status DecodeKv(std::string_view payload, HeadIndex* head);
 Status DecodeIndex(std::string_view payload, HeadIndex* head);

@@ -4,11 +4,13 @@
 #include <rocksdb/table.h>
 #include <xxhash.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "storage/context_record.h"
 
@@ -298,6 +300,15 @@ StatusOr<std::vector<int32_t>> ContextStore::LoadTokens(const std::string& id) c
 
 StatusOr<BlobEntry> ContextStore::PutBlob(const std::string& id, int32_t layer, int32_t head,
                                           BlobKind kind, std::string payload) {
+  std::string sealed(blob::kHeaderBytes, '\0');
+  sealed += payload;
+  const uint64_t sum = blob::SealReserved(kind, &sealed);
+  return PutSealed(id, layer, head, kind, std::move(sealed), sum);
+}
+
+StatusOr<BlobEntry> ContextStore::PutSealed(const std::string& id, int32_t layer, int32_t head,
+                                            BlobKind kind, std::string sealed,
+                                            uint64_t checksum) {
   SQZ_RETURN_IF_ERROR(ValidateContextId(id));
   if (layer < 0 || head < 0 || (kind == BlobKind::kMeta && (layer != 0 || head != 0))) {
     return InvalidArgumentError("context " + id + ": bad blob address layer " +
@@ -307,32 +318,42 @@ StatusOr<BlobEntry> ContextStore::PutBlob(const std::string& id, int32_t layer, 
   SQZ_RETURN_IF_ERROR(GetWritable(id).status());
   BlobEntry e;
   e.key = ManifestKey(layer, head, kind);
-  e.checksum = blob::Checksum(payload);
-  e.bytes = payload.size();
-  SQZ_RETURN_IF_ERROR(FromRocks(
-      db_->Put(rocksdb::WriteOptions(), kind == BlobKind::kKv ? kv_ : index_,
-               BlobKey(id, layer, head, kind), blob::Seal(kind, std::move(payload))),
-      "writing " + BlobName(id, layer, head, kind)));
+  e.checksum = checksum;
+  e.bytes = sealed.size() - blob::kHeaderBytes;
+  rocksdb::WriteOptions w;
+  w.disableWAL = options_.blobs_bypass_wal;  // CommitReady flushes the memtables instead
+  SQZ_RETURN_IF_ERROR(FromRocks(db_->Put(w, kind == BlobKind::kKv ? kv_ : index_,
+                                         BlobKey(id, layer, head, kind), sealed),
+                                "writing " + BlobName(id, layer, head, kind)));
   return e;
 }
 
-StatusOr<std::string> ContextStore::GetBlob(const std::string& id, int32_t layer, int32_t head,
-                                            BlobKind kind) const {
+StatusOr<std::string_view> ContextStore::ReadSealed(const std::string& id, int32_t layer,
+                                                    int32_t head, BlobKind kind,
+                                                    rocksdb::PinnableSlice* value,
+                                                    uint64_t* checksum) const {
   SQZ_RETURN_IF_ERROR(ValidateContextId(id));
   if (layer < 0 || head < 0) {
     return InvalidArgumentError("context " + id + ": bad blob address layer " +
                                 std::to_string(layer) + " head " + std::to_string(head));
   }
   const std::string what = BlobName(id, layer, head, kind);
-  std::string value;
-  const auto s = db_->Get(rocksdb::ReadOptions(), kind == BlobKind::kKv ? kv_ : index_,
-                          BlobKey(id, layer, head, kind), &value);
+  value->Reset();
+  rocksdb::ReadOptions ro;
+  ro.verify_checksums = options_.verify_blob_crc;
+  const auto s = db_->Get(ro, kind == BlobKind::kKv ? kv_ : index_,
+                          BlobKey(id, layer, head, kind), value);
   if (s.IsNotFound()) return DataLossError(what + " is missing");
   SQZ_RETURN_IF_ERROR(FromRocks(s, "reading " + what));
-  SQZ_ASSIGN_OR_RETURN(std::string_view payload, blob::Open(value, kind, what, nullptr));
-  // Drop the header in place rather than copying the payload.
-  value.erase(0, value.size() - payload.size());
-  return value;
+  return blob::Open(std::string_view(value->data(), value->size()), kind, what, checksum);
+}
+
+StatusOr<std::string> ContextStore::GetBlob(const std::string& id, int32_t layer, int32_t head,
+                                            BlobKind kind) const {
+  rocksdb::PinnableSlice value;
+  uint64_t sum = 0;
+  SQZ_ASSIGN_OR_RETURN(std::string_view payload, ReadSealed(id, layer, head, kind, &value, &sum));
+  return std::string(payload);
 }
 
 // ---- Snapshots ----------------------------------------------------------------------------------
@@ -364,18 +385,19 @@ Status ContextStore::PutSnapshot(const ContextSnapshot& snapshot, ContextRecord*
   record->manifest.clear();
   record->stored_bytes = 0;
   record->thresholds = snapshot.thresholds_global;
-  auto put = [&](int32_t layer, int32_t head, blob::Kind kind, std::string payload) -> Status {
-    SQZ_ASSIGN_OR_RETURN(BlobEntry e, PutBlob(id, layer, head, kind, std::move(payload)));
+  auto put = [&](int32_t layer, int32_t head, blob::Kind kind, std::string buffer) -> Status {
+    const uint64_t sum = blob::SealReserved(kind, &buffer);
+    SQZ_ASSIGN_OR_RETURN(BlobEntry e, PutSealed(id, layer, head, kind, std::move(buffer), sum));
     record->stored_bytes += static_cast<int64_t>(e.bytes);
     record->manifest.push_back(std::move(e));
     return OkStatus();
   };
-  Status s = put(0, 0, blob::Kind::kMeta, blob::EncodeMeta(snapshot));
+  Status s = put(0, 0, blob::Kind::kMeta, blob::EncodeMeta(snapshot, true));
   for (int l = 0; s.ok() && l < snapshot.dims.layers; ++l) {
     for (int h = 0; s.ok() && h < snapshot.dims.kv_heads; ++h) {
       const HeadIndex& head = snapshot.head(l, h);
-      s = put(l, h, blob::Kind::kKv, blob::EncodeKv(head));
-      if (s.ok()) s = put(l, h, blob::Kind::kIndex, blob::EncodeIndex(head));
+      s = put(l, h, blob::Kind::kKv, blob::EncodeKv(head, true));
+      if (s.ok()) s = put(l, h, blob::Kind::kIndex, blob::EncodeIndex(head, true));
     }
   }
   if (s.ok()) s = Crash(CrashPoint::kBlobsWritten, id);
@@ -401,9 +423,18 @@ Status ContextStore::CommitReady(ContextRecord record) {
   }
   std::lock_guard<std::mutex> lock(LockFor(record.id));
   SQZ_ASSIGN_OR_RETURN(ContextRecord stored, GetWritable(record.id));
-  // Blobs first: sync the WAL that holds them, so that the READY record never points at lost blobs.
-  SQZ_RETURN_IF_ERROR(
-      FromRocks(db_->FlushWAL(/*sync=*/true), "syncing the blobs of context " + record.id));
+  // Blobs first, so that the READY record never points at lost blobs: flush the memtables that
+  // hold them into (synced) blob files, or sync the WAL that holds them.
+  if (options_.blobs_bypass_wal) {
+    rocksdb::FlushOptions flush;
+    flush.wait = true;
+    flush.allow_write_stall = true;
+    SQZ_RETURN_IF_ERROR(FromRocks(db_->Flush(flush, {kv_, index_}),
+                                  "flushing the blobs of context " + record.id));
+  } else {
+    SQZ_RETURN_IF_ERROR(
+        FromRocks(db_->FlushWAL(/*sync=*/true), "syncing the blobs of context " + record.id));
+  }
   SQZ_RETURN_IF_ERROR(Crash(CrashPoint::kBlobsSynced, record.id));
   record.state = ContextState::kReady;
   record.progress = 1.0;
@@ -426,15 +457,16 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
   std::map<std::string, const BlobEntry*> manifest;
   for (const auto& e : record.manifest) manifest[e.key] = &e;
   const std::string& id = record.id;
-  // Reads one blob, verified against its header (GetBlob) and against the manifest.
-  auto read = [&](uint32_t layer, uint32_t head, blob::Kind kind) -> StatusOr<std::string> {
-    SQZ_ASSIGN_OR_RETURN(std::string payload, GetBlob(id, layer, head, kind));
+  // Reads one blob into *value, verified against its header and against the manifest.
+  auto read = [&](uint32_t layer, uint32_t head, blob::Kind kind,
+                  rocksdb::PinnableSlice* value) -> StatusOr<std::string_view> {
+    uint64_t sum = 0;
+    SQZ_ASSIGN_OR_RETURN(std::string_view payload, ReadSealed(id, layer, head, kind, value, &sum));
     const auto it = manifest.find(ManifestKey(layer, head, kind));
     if (it == manifest.end()) {
       return DataLossError(BlobName(id, layer, head, kind) + " is not in the context's manifest");
     }
-    if (it->second->bytes != payload.size() ||
-        it->second->checksum != blob::Checksum(payload)) {
+    if (it->second->bytes != payload.size() || it->second->checksum != sum) {
       return DataLossError(BlobName(id, layer, head, kind) +
                            " does not match the context's manifest (checksum or length)");
     }
@@ -442,7 +474,8 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
   };
   ContextSnapshot snap;
   {
-    SQZ_ASSIGN_OR_RETURN(std::string meta, read(0, 0, blob::Kind::kMeta));
+    rocksdb::PinnableSlice value;
+    SQZ_ASSIGN_OR_RETURN(std::string_view meta, read(0, 0, blob::Kind::kMeta, &value));
     SQZ_RETURN_IF_ERROR(
         blob::DecodeMeta(meta, &snap).WithContext(BlobName(id, 0, 0, blob::Kind::kMeta)));
   }
@@ -451,26 +484,42 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
     return DataLossError("context " + id + ": meta blob has " + std::to_string(d.layers) +
                          " layers and " + std::to_string(d.kv_heads) + " kv heads");
   }
-  const size_t expected = 1 + 2 * static_cast<size_t>(d.layers) * d.kv_heads;
-  if (record.manifest.size() != expected) {
+  const size_t n_heads = static_cast<size_t>(d.layers) * d.kv_heads;
+  if (record.manifest.size() != 1 + 2 * n_heads) {
     return DataLossError("context " + id + ": manifest lists " +
                          std::to_string(record.manifest.size()) + " blobs, the snapshot needs " +
-                         std::to_string(expected));
+                         std::to_string(1 + 2 * n_heads));
   }
-  snap.heads.resize(static_cast<size_t>(d.layers) * d.kv_heads);
-  for (int l = 0; l < d.layers; ++l) {
-    for (int h = 0; h < d.kv_heads; ++h) {
-      HeadIndex& head = snap.heads[static_cast<size_t>(l) * d.kv_heads + h];
-      {
-        SQZ_ASSIGN_OR_RETURN(std::string kv, read(l, h, blob::Kind::kKv));
-        SQZ_RETURN_IF_ERROR(
-            blob::DecodeKv(kv, &head).WithContext(BlobName(id, l, h, blob::Kind::kKv)));
+  snap.heads.resize(n_heads);
+  // Heads are read and decoded by up to load_threads workers (reads overlap decoding); each head's
+  // status lands in its own slot, and the first failing head in (layer, head) order is reported.
+  std::vector<Status> results(n_heads);
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    rocksdb::PinnableSlice value;
+    for (size_t i; (i = next.fetch_add(1)) < n_heads;) {
+      const int l = static_cast<int>(i / d.kv_heads);
+      const int h = static_cast<int>(i % d.kv_heads);
+      HeadIndex& head = snap.heads[i];
+      Status& s = results[i];
+      auto kv = read(l, h, blob::Kind::kKv, &value);
+      s = kv.ok() ? blob::DecodeKv(*kv, &head).WithContext(BlobName(id, l, h, blob::Kind::kKv))
+                  : kv.status();
+      if (s.ok()) {
+        auto ix = read(l, h, blob::Kind::kIndex, &value);
+        s = ix.ok() ? blob::DecodeIndex(*ix, &head).WithContext(
+                          BlobName(id, l, h, blob::Kind::kIndex))
+                    : ix.status();
       }
-      SQZ_ASSIGN_OR_RETURN(std::string ix, read(l, h, blob::Kind::kIndex));
-      SQZ_RETURN_IF_ERROR(
-          blob::DecodeIndex(ix, &head).WithContext(BlobName(id, l, h, blob::Kind::kIndex)));
     }
-  }
+  };
+  const size_t threads =
+      std::min<size_t>(n_heads, static_cast<size_t>(std::max<int32_t>(1, options_.load_threads)));
+  std::vector<std::thread> workers;
+  for (size_t t = 1; t < threads; ++t) workers.emplace_back(work);
+  work();
+  for (auto& w : workers) w.join();
+  for (const Status& s : results) SQZ_RETURN_IF_ERROR(s);
   const Status valid = ValidateSnapshot(snap);
   if (!valid.ok()) return DataLossError("context " + id + ": " + valid.message());
   return snap;

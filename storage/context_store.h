@@ -170,6 +170,14 @@ class ContextStore {
   Status DeleteLocked(const std::string& id);
   Status Crash(CrashPoint point, const std::string& id) const;
   Status MarkStaleImpl(const std::string& id, uint64_t fingerprint, const ModelIdentity* current);
+  // Writes a sealed blob (header + payload) whose payload checksum is `checksum`.
+  StatusOr<BlobEntry> PutSealed(const std::string& id, int32_t layer, int32_t head, BlobKind kind,
+                                std::string sealed, uint64_t checksum);
+  // Reads one sealed blob into *value and verifies its header and checksum; returns the payload
+  // (a view into *value) and sets *checksum.
+  StatusOr<std::string_view> ReadSealed(const std::string& id, int32_t layer, int32_t head,
+                                        BlobKind kind, rocksdb::PinnableSlice* value,
+                                        uint64_t* checksum) const;
 
   StoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;

@@ -94,6 +94,33 @@ TEST_CASE("records, tokens and snapshots round-trip across reopen") {
   CHECK(store->DiskBytes() > SnapshotBytes(snap));
 }
 
+TEST_CASE("both blob durability modes and any number of load threads round-trip") {
+  for (const bool bypass_wal : {true, false}) {
+    for (const int32_t threads : {1, 3, 64}) {
+      INFO("blobs_bypass_wal " << bypass_wal << ", load_threads " << threads);
+      TempDir dir;
+      StoreOptions o = Options(dir.path);
+      o.blobs_bypass_wal = bypass_wal;
+      o.load_threads = threads;
+      const ContextSnapshot snap = MakeSnapshot(20 + threads, 129, 3, 3, 4);
+      {
+        auto store = std::move(ContextStore::Open(o)).value();
+        StoreReady(store.get(), "ctx", snap, std::vector<int32_t>(129, 1));
+        CHECK(*store->LoadSnapshot("ctx") == snap);
+      }
+      auto store = std::move(ContextStore::Open(o)).value();
+      CHECK(*store->LoadSnapshot("ctx") == snap);
+      // With several heads damaged, the first one in (layer, head) order is reported.
+      for (const auto& [l, h] : {std::pair{2, 0}, std::pair{0, 2}, std::pair{1, 1}}) {
+        REQUIRE(store->PutBlob("ctx", l, h, blob::Kind::kKv, "other bytes").ok());
+      }
+      const Status s = store->LoadSnapshot("ctx").status();
+      CHECK(s.code() == StatusCode::kDataLoss);
+      CHECK(Contains(s.message(), "context ctx layer 0 kv head 2 kv blob does not match"));
+    }
+  }
+}
+
 TEST_CASE("snapshots of awkward shapes round-trip exactly") {
   TempDir dir;
   auto store = OpenOrDie(dir.path);

@@ -7,6 +7,8 @@
 // tokens, fp32 K/V = 2 GiB, 5% centroids and a 1% coarse level.
 //
 //   sqz-bench-storage [--dir PATH] [--tokens N] [--layers L] [--kv-heads H] [--head-dim D]
+//                     [--load-threads T] [--verify-blob-crc 0|1] [--blobs-bypass-wal 0|1]
+// (the last three are StoreOptions, storage/store_options.h).
 //
 // "Cold" reads drop the files' pages from the page cache first (posix_fadvise DONTNEED after
 // fsync), so they come from the disk; "warm" reads repeat from the page cache.
@@ -39,6 +41,9 @@ struct Args {
   int32_t layers = 32;
   int32_t kv_heads = 8;
   int32_t head_dim = 128;
+  int32_t load_threads = 4;
+  bool verify_blob_crc = false;
+  bool blobs_bypass_wal = true;
 };
 
 // xorshift64*: fast deterministic filler.
@@ -166,6 +171,11 @@ int Run(const Args& a) {
 
   StoreOptions o;
   o.path = (dir / "db").string();
+  o.load_threads = a.load_threads;
+  o.verify_blob_crc = a.verify_blob_crc;
+  o.blobs_bypass_wal = a.blobs_bypass_wal;
+  std::printf("store options: blobs_bypass_wal %d, verify_blob_crc %d, load_threads %d\n",
+              o.blobs_bypass_wal, o.verify_blob_crc, o.load_threads);
   const std::vector<int32_t> tokens(static_cast<size_t>(a.tokens), 1);
   double persist_s = 0, put_s = 0;
   {
@@ -223,6 +233,9 @@ int main(int argc, char** argv) {
     else if (k == "--layers") a.layers = std::atoi(v);
     else if (k == "--kv-heads") a.kv_heads = std::atoi(v);
     else if (k == "--head-dim") a.head_dim = std::atoi(v);
+    else if (k == "--load-threads") a.load_threads = std::atoi(v);
+    else if (k == "--verify-blob-crc") a.verify_blob_crc = std::atoi(v) != 0;
+    else if (k == "--blobs-bypass-wal") a.blobs_bypass_wal = std::atoi(v) != 0;
     else {
       std::fprintf(stderr, "unknown flag %s\n", k.c_str());
       return 2;
@@ -231,7 +244,8 @@ int main(int argc, char** argv) {
   if ((argc - 1) % 2 != 0 || a.tokens < 105 || a.layers < 1 || a.kv_heads < 1 || a.head_dim < 1) {
     std::fprintf(stderr,
                  "usage: sqz-bench-storage [--dir PATH] [--tokens N>=105] [--layers L] "
-                 "[--kv-heads H] [--head-dim D]\n");
+                 "[--kv-heads H] [--head-dim D] [--load-threads T] [--verify-blob-crc 0|1] "
+                 "[--blobs-bypass-wal 0|1]\n");
     return 2;
   }
   return sqz::Run(a);
