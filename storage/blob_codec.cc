@@ -102,8 +102,8 @@ StatusOr<std::string_view> Open(std::string_view blob, Kind kind, const std::str
   std::memcpy(&len, blob.data() + 16, 8);
   std::memcpy(&sum, blob.data() + 24, 8);
   if (version != kVersion) {
-    return DataLossError(what + ": blob format version " + std::to_string(version) +
-                         " is not " + std::to_string(kVersion));
+    return DataLossError(what + ": blob format version " + std::to_string(version) + " is not " +
+                         std::to_string(kVersion));
   }
   if (k != static_cast<uint32_t>(kind)) {
     return DataLossError(what + ": blob kind " + std::to_string(k) + " where " +
@@ -125,8 +125,8 @@ size_t ArraysBytes(const V&... v) {
 }
 
 std::string EncodeKv(const HeadIndex& h, bool reserve_header) {
-  Writer w(reserve_header, ArraysBytes(h.sink_k, h.sink_v, h.window_k, h.window_v, h.body_k,
-                                       h.body_v));
+  Writer w(reserve_header,
+           ArraysBytes(h.sink_k, h.sink_v, h.window_k, h.window_v, h.body_k, h.body_v));
   for (const auto* v : {&h.sink_k, &h.sink_v, &h.window_k, &h.window_v, &h.body_k, &h.body_v}) {
     w.Array(*v);
   }

@@ -41,10 +41,9 @@ TEST_CASE("sealed blobs open to their payload; every header and payload change i
                      "truncated"));
     }
     if (n > 0) {
-      CHECK(Contains(Open(sealed.substr(0, sealed.size() - 1), Kind::kIndex, "b", nullptr)
-                         .status()
-                         .message(),
-                     "length"));
+      CHECK(Contains(
+          Open(sealed.substr(0, sealed.size() - 1), Kind::kIndex, "b", nullptr).status().message(),
+          "length"));
     }
     CHECK(Contains(Open(sealed + "x", Kind::kIndex, "b", nullptr).status().message(), "length"));
   }
@@ -87,8 +86,7 @@ TEST_CASE("malformed payloads are DATA_LOSS, never a crash or a short read") {
     CHECK(DecodeKv(std::string_view(kv).substr(0, len), &h).code() == StatusCode::kDataLoss);
   }
   for (size_t len = 0; len < index.size(); len += 3) {
-    CHECK(DecodeIndex(std::string_view(index).substr(0, len), &h).code() ==
-          StatusCode::kDataLoss);
+    CHECK(DecodeIndex(std::string_view(index).substr(0, len), &h).code() == StatusCode::kDataLoss);
   }
   for (size_t len = 0; len < meta.size(); ++len) {
     CHECK(DecodeMeta(std::string_view(meta).substr(0, len), &s).code() == StatusCode::kDataLoss);

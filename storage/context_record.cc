@@ -35,14 +35,22 @@ SqueezeOptions OptionsFromJson(const json& j) {
 
 std::string_view ContextStateName(ContextState s) {
   switch (s) {
-    case ContextState::kQueued: return "QUEUED";
-    case ContextState::kPrefilling: return "PREFILLING";
-    case ContextState::kClustering: return "CLUSTERING";
-    case ContextState::kCalibrating: return "CALIBRATING";
-    case ContextState::kPersisting: return "PERSISTING";
-    case ContextState::kReady: return "READY";
-    case ContextState::kFailed: return "FAILED";
-    case ContextState::kDeleting: return "DELETING";
+    case ContextState::kQueued:
+      return "QUEUED";
+    case ContextState::kPrefilling:
+      return "PREFILLING";
+    case ContextState::kClustering:
+      return "CLUSTERING";
+    case ContextState::kCalibrating:
+      return "CALIBRATING";
+    case ContextState::kPersisting:
+      return "PERSISTING";
+    case ContextState::kReady:
+      return "READY";
+    case ContextState::kFailed:
+      return "FAILED";
+    case ContextState::kDeleting:
+      return "DELETING";
   }
   return "UNKNOWN";
 }
@@ -56,8 +64,8 @@ Status ValidateContextId(std::string_view id) {
   for (size_t i = 0; i < id.size(); ++i) {
     const auto c = static_cast<unsigned char>(id[i]);
     if (c < 0x20 || c == 0x7f) {
-      return InvalidArgumentError("context id has a control character (byte " +
-                                  std::to_string(c) + ") at offset " + std::to_string(i));
+      return InvalidArgumentError("context id has a control character (byte " + std::to_string(c) +
+                                  ") at offset " + std::to_string(i));
     }
   }
   return OkStatus();
@@ -65,10 +73,9 @@ Status ValidateContextId(std::string_view id) {
 
 Status ValidateModel(const ContextRecord& r) {
   if (!r.model.config_summary.empty() && r.model.Hash() != r.model_fingerprint) {
-    return InvalidArgumentError("context " + r.id + ": model_fingerprint " +
-                                std::to_string(r.model_fingerprint) +
-                                " is not the Hash() of its model identity (" +
-                                r.model.HashHex() + ")");
+    return InvalidArgumentError(
+        "context " + r.id + ": model_fingerprint " + std::to_string(r.model_fingerprint) +
+        " is not the Hash() of its model identity (" + r.model.HashHex() + ")");
   }
   return OkStatus();
 }

@@ -57,26 +57,26 @@ struct BlobEntry {
 struct ContextRecord {
   std::string id;
   ContextState state = ContextState::kQueued;
-  double progress = 0.0;             // of the current state, 0..1
+  double progress = 0.0;  // of the current state, 0..1
   // The model the KV belongs to: a 64-bit fingerprint (staleness is decided on it: the engine's
   // LoadedModel::fingerprint or ModelIdentity::Hash()), and optionally its parts for messages
   // (when model.config_summary is set, model_fingerprint must equal model.Hash()).
   uint64_t model_fingerprint = 0;
   ModelIdentity model;
   int64_t token_count = 0;
-  std::string content_digest;        // hex digest of the token ids (idempotent re-registration)
+  std::string content_digest;  // hex digest of the token ids (idempotent re-registration)
   SqueezeOptions options;
-  std::string owner;                 // API key id; "" without auth
+  std::string owner;  // API key id; "" without auth
   std::map<std::string, std::string> labels;
   bool pinned = false;
-  int64_t create_time_ms = 0;        // Unix ms; set by CreateRecord when 0
-  int64_t update_time_ms = 0;        // Unix ms; set by every write
-  std::string error;                 // FAILED: why; after MarkStale: why it is re-ingested
+  int64_t create_time_ms = 0;  // Unix ms; set by CreateRecord when 0
+  int64_t update_time_ms = 0;  // Unix ms; set by every write
+  std::string error;           // FAILED: why; after MarkStale: why it is re-ingested
   // Filled by PutSnapshot: payload bytes of all blobs, the calibrated global thresholds
   // ([kNumGqaReduce][kNumSparsities], as ContextSnapshot::thresholds_global) and the manifest.
   int64_t stored_bytes = 0;
   std::vector<float> thresholds;
-  std::vector<BlobEntry> manifest;   // READY: every blob's checksum
+  std::vector<BlobEntry> manifest;  // READY: every blob's checksum
   bool operator==(const ContextRecord&) const = default;
 };
 

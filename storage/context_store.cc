@@ -45,9 +45,12 @@ std::string BlobKey(const std::string& id, uint32_t layer, uint32_t head, blob::
 
 const char* KindName(blob::Kind kind) {
   switch (kind) {
-    case blob::Kind::kKv: return "kv";
-    case blob::Kind::kIndex: return "index";
-    case blob::Kind::kMeta: return "meta";
+    case blob::Kind::kKv:
+      return "kv";
+    case blob::Kind::kIndex:
+      return "index";
+    case blob::Kind::kMeta:
+      return "meta";
   }
   return "unknown";
 }
@@ -144,16 +147,15 @@ StatusOr<std::unique_ptr<ContextStore>> ContextStore::Open(const StoreOptions& o
   std::string version;
   const auto vs = db->Get(rocksdb::ReadOptions(), store->handles_[0], kFormatKey, &version);
   if (vs.IsNotFound()) {
-    SQZ_RETURN_IF_ERROR(FromRocks(
-        db->Put(Synced(), store->handles_[0], kFormatKey, std::to_string(kFormatVersion)),
-        "writing the format version"));
+    SQZ_RETURN_IF_ERROR(
+        FromRocks(db->Put(Synced(), store->handles_[0], kFormatKey, std::to_string(kFormatVersion)),
+                  "writing the format version"));
   } else if (!vs.ok()) {
     return FromRocks(vs, "reading the format version");
   } else if (std::atoi(version.c_str()) > kFormatVersion) {
-    return FailedPreconditionError("the context store at '" + options.path +
-                                   "' has format version " + version +
-                                   ", newer than this build's " +
-                                   std::to_string(kFormatVersion) + "; upgrade squeezed");
+    return FailedPreconditionError(
+        "the context store at '" + options.path + "' has format version " + version +
+        ", newer than this build's " + std::to_string(kFormatVersion) + "; upgrade squeezed");
   } else if (std::atoi(version.c_str()) < 1) {
     return DataLossError("the context store at '" + options.path +
                          "' has an unreadable format version '" + version + "'");
@@ -307,8 +309,7 @@ StatusOr<BlobEntry> ContextStore::PutBlob(const std::string& id, int32_t layer, 
 }
 
 StatusOr<BlobEntry> ContextStore::PutSealed(const std::string& id, int32_t layer, int32_t head,
-                                            BlobKind kind, std::string sealed,
-                                            uint64_t checksum) {
+                                            BlobKind kind, std::string sealed, uint64_t checksum) {
   SQZ_RETURN_IF_ERROR(ValidateContextId(id));
   if (layer < 0 || head < 0 || (kind == BlobKind::kMeta && (layer != 0 || head != 0))) {
     return InvalidArgumentError("context " + id + ": bad blob address layer " +
@@ -322,9 +323,9 @@ StatusOr<BlobEntry> ContextStore::PutSealed(const std::string& id, int32_t layer
   e.bytes = sealed.size() - blob::kHeaderBytes;
   rocksdb::WriteOptions w;
   w.disableWAL = options_.blobs_bypass_wal;  // CommitReady flushes the memtables instead
-  SQZ_RETURN_IF_ERROR(FromRocks(db_->Put(w, kind == BlobKind::kKv ? kv_ : index_,
-                                         BlobKey(id, layer, head, kind), sealed),
-                                "writing " + BlobName(id, layer, head, kind)));
+  SQZ_RETURN_IF_ERROR(FromRocks(
+      db_->Put(w, kind == BlobKind::kKv ? kv_ : index_, BlobKey(id, layer, head, kind), sealed),
+      "writing " + BlobName(id, layer, head, kind)));
   return e;
 }
 
@@ -341,8 +342,8 @@ StatusOr<std::string_view> ContextStore::ReadSealed(const std::string& id, int32
   value->Reset();
   rocksdb::ReadOptions ro;
   ro.verify_checksums = options_.verify_blob_crc;
-  const auto s = db_->Get(ro, kind == BlobKind::kKv ? kv_ : index_,
-                          BlobKey(id, layer, head, kind), value);
+  const auto s =
+      db_->Get(ro, kind == BlobKind::kKv ? kv_ : index_, BlobKey(id, layer, head, kind), value);
   if (s.IsNotFound()) return DataLossError(what + " is missing");
   SQZ_RETURN_IF_ERROR(FromRocks(s, "reading " + what));
   return blob::Open(std::string_view(value->data(), value->size()), kind, what, checksum);
@@ -429,8 +430,8 @@ Status ContextStore::CommitReady(ContextRecord record) {
     rocksdb::FlushOptions flush;
     flush.wait = true;
     flush.allow_write_stall = true;
-    SQZ_RETURN_IF_ERROR(FromRocks(db_->Flush(flush, {kv_, index_}),
-                                  "flushing the blobs of context " + record.id));
+    SQZ_RETURN_IF_ERROR(
+        FromRocks(db_->Flush(flush, {kv_, index_}), "flushing the blobs of context " + record.id));
   } else {
     SQZ_RETURN_IF_ERROR(
         FromRocks(db_->FlushWAL(/*sync=*/true), "syncing the blobs of context " + record.id));
@@ -507,9 +508,9 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
                   : kv.status();
       if (s.ok()) {
         auto ix = read(l, h, blob::Kind::kIndex, &value);
-        s = ix.ok() ? blob::DecodeIndex(*ix, &head).WithContext(
-                          BlobName(id, l, h, blob::Kind::kIndex))
-                    : ix.status();
+        s = ix.ok()
+                ? blob::DecodeIndex(*ix, &head).WithContext(BlobName(id, l, h, blob::Kind::kIndex))
+                : ix.status();
       }
     }
   };
@@ -626,7 +627,8 @@ StatusOr<ContextStore::Page> ContextStore::List(int64_t page_size, const std::st
   return page;
 }
 
-StatusOr<ContextStore::Recovery> ContextStore::Recover(std::optional<uint64_t> current_fingerprint) {
+StatusOr<ContextStore::Recovery> ContextStore::Recover(
+    std::optional<uint64_t> current_fingerprint) {
   Recovery out;
   std::vector<std::string> deleting, stale;
   {

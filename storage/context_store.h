@@ -4,8 +4,9 @@
 //   default  "__format_version__" -> the on-disk format version (decimal); newer ones are refused
 //   records  id -> ContextRecord (JSON object with a "format_version" field; see EncodeRecord)
 //   tokens   id -> the registration's token ids (little-endian int32)
-//   kv       id \0 layer head kind -> K/V blob of one (layer, kv head)                   (BlobDB)
-//   index    id \0 layer head kind -> index blob of one (layer, kv head), and the meta blob (BlobDB)
+//   kv       id \0 layer head kind -> K/V blob of one (layer, kv head)          (BlobDB)
+//   index    id \0 layer head kind -> index blob of one (layer, kv head) and the
+//            context's meta blob                                             (BlobDB)
 // layer and head are big-endian u32 and kind one byte, so a context's blobs sort in (layer, head)
 // order and all of them lie in [id \0, id \1): deletion is one DeleteRange per family. Ids never
 // contain NUL bytes (ValidateContextId), so no id's range holds another id's blobs.
@@ -15,9 +16,10 @@
 // Durability protocol:
 //   * CreateRecord writes the record (QUEUED) and the tokens in one synced batch: once it returns,
 //     the registration survives a crash.
-//   * PutSnapshot writes the blobs (not synced); CommitReady makes them durable (WAL sync) and then
-//     flips the record to READY with the blob manifest in one synced write. A context is READY only
-//     after that write.
+//   * PutSnapshot writes the blobs (not synced; by default not in the WAL either); CommitReady
+//     makes them durable (flushes the kv/index memtables into synced blob files, or syncs the WAL
+//     when StoreOptions::blobs_bypass_wal is off) and then flips the record to READY with the blob
+//     manifest in one synced write. A context is READY only after that write.
 //   * Delete writes DELETING (synced), range-deletes blobs and tokens (synced), then removes the
 //     record (synced). Recover() finishes deletions a crash interrupted, so a deleted context never
 //     comes back, and lists contexts caught mid-ingestion so the caller can re-ingest them from
@@ -28,6 +30,8 @@
 // Thread safety: all methods may be called concurrently. Read-modify-writes of one record are
 // serialised by a lock striped over ids; a long PutSnapshot does not hold it (a Delete that races
 // with it wins, and PutSnapshot then removes what it wrote and returns NOT_FOUND).
+// Threads: RocksDB's background flush/compaction threads, and LoadSnapshot's up to
+// StoreOptions::load_threads - 1 short-lived readers (joined before it returns).
 #pragma once
 
 #include <rocksdb/db.h>

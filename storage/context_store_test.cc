@@ -13,12 +13,12 @@
 namespace sqz {
 namespace {
 
+using testing::MakeSnapshot;
 using testing::OpenOrDie;
 using testing::Options;
 using testing::Record;
 using testing::StoreReady;
 using testing::TempDir;
-using testing::MakeSnapshot;
 
 bool Contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
@@ -129,8 +129,8 @@ TEST_CASE("snapshots of awkward shapes round-trip exactly") {
     int32_t layers, heads, d;
   };
   int i = 0;
-  for (const Shape s : {Shape{21, 1, 1, 2}, Shape{127, 3, 1, 4}, Shape{129, 1, 3, 6},
-                        Shape{300, 2, 3, 16}}) {
+  for (const Shape s :
+       {Shape{21, 1, 1, 2}, Shape{127, 3, 1, 4}, Shape{129, 1, 3, 6}, Shape{300, 2, 3, 16}}) {
     INFO("n=" << s.n << " layers=" << s.layers << " heads=" << s.heads << " d=" << s.d);
     const ContextSnapshot snap = MakeSnapshot(100 + i, s.n, s.layers, s.heads, s.d);
     const std::vector<int32_t> tokens(static_cast<size_t>(s.n), i);
@@ -367,12 +367,14 @@ TEST_CASE("a store or record written by a newer format version is refused") {
     RawDb raw(dir.path);
     REQUIRE(raw.db->Put(rocksdb::WriteOptions(), raw.cf[0], "__format_version__", "1").ok());
     // A record from the future, and one that is not JSON.
-    REQUIRE(raw.db->Put(rocksdb::WriteOptions(), raw.cf[1], "future",
-                        R"({"format_version": 2, "id": "future"})")
+    REQUIRE(raw.db
+                ->Put(rocksdb::WriteOptions(), raw.cf[1], "future",
+                      R"({"format_version": 2, "id": "future"})")
                 .ok());
     REQUIRE(raw.db->Put(rocksdb::WriteOptions(), raw.cf[1], "garbled", "{\"format_vers").ok());
-    REQUIRE(raw.db->Put(rocksdb::WriteOptions(), raw.cf[1], "moved",
-                        EncodeRecord(Record("elsewhere", std::vector<int32_t>{})))
+    REQUIRE(raw.db
+                ->Put(rocksdb::WriteOptions(), raw.cf[1], "moved",
+                      EncodeRecord(Record("elsewhere", std::vector<int32_t>{})))
                 .ok());
   }
   auto store = OpenOrDie(dir.path);
@@ -407,9 +409,8 @@ TEST_CASE("bad ids and missing contexts get clear errors") {
   TempDir dir;
   auto store = OpenOrDie(dir.path);
   const std::vector<int32_t> tokens = {1, 2};
-  for (const std::string& bad :
-       {std::string(), std::string("a\0b", 3), std::string("tab\there"), std::string(257, 'x'),
-        std::string("del\x7f")}) {
+  for (const std::string& bad : {std::string(), std::string("a\0b", 3), std::string("tab\there"),
+                                 std::string(257, 'x'), std::string("del\x7f")}) {
     INFO("id of " << bad.size() << " bytes");
     ContextRecord r = Record(bad, tokens);
     CHECK(store->CreateRecord(r, tokens).code() == StatusCode::kInvalidArgument);
@@ -529,9 +530,10 @@ TEST_CASE("a blob that no longer matches the manifest is DATA_LOSS on load") {
   const ContextSnapshot snap = MakeSnapshot(12);
   StoreReady(store.get(), "ctx", snap, tokens);
   // A well-formed, correctly sealed blob with other contents (e.g. from another ingestion).
-  REQUIRE(store->PutBlob("ctx", 1, 0, blob::Kind::kIndex,
-                         blob::EncodeIndex(MakeSnapshot(13).head(1, 0)))
-              .ok());
+  REQUIRE(
+      store
+          ->PutBlob("ctx", 1, 0, blob::Kind::kIndex, blob::EncodeIndex(MakeSnapshot(13).head(1, 0)))
+          .ok());
   auto loaded = store->LoadSnapshot("ctx");
   CHECK(loaded.status().code() == StatusCode::kDataLoss);
   CHECK(Contains(loaded.status().message(),
@@ -556,7 +558,7 @@ TEST_CASE("stale contexts go back to QUEUED without their blobs, keeping their t
     REQUIRE(store->PutSnapshot(MakeSnapshot(14), &r).ok());
     REQUIRE(store->CommitReady(r).ok());
     StoreReady(store.get(), "other", MakeSnapshot(15), tokens);  // fingerprint 42
-    REQUIRE(store->MarkStale("s", old_model).ok());  // same model: nothing changes
+    REQUIRE(store->MarkStale("s", old_model).ok());              // same model: nothing changes
     CHECK(store->GetRecord("s")->state == ContextState::kReady);
     REQUIRE(store->MarkStale("s", new_model).ok());
     auto s = *store->GetRecord("s");

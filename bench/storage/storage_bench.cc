@@ -152,16 +152,18 @@ void Baseline(const ContextSnapshot& s, const fs::path& file, double* write_gbs,
 }
 
 int Run(const Args& a) {
-  const fs::path dir = a.dir.empty() ? fs::temp_directory_path() / "sqz-bench-storage" : fs::path(a.dir);
+  const fs::path dir =
+      a.dir.empty() ? fs::temp_directory_path() / "sqz-bench-storage" : fs::path(a.dir);
   fs::remove_all(dir);
   fs::create_directories(dir);
   auto t = Clock::now();
   const ContextSnapshot snap = Synthetic(a);
   const int64_t bytes = SnapshotBytes(snap);
-  std::printf("snapshot: %d layers x %d kv heads, head_dim %d, %lld tokens (fp32): %.3f GiB, "
-              "%zu blobs (built in %.1f s)\n",
-              a.layers, a.kv_heads, a.head_dim, static_cast<long long>(a.tokens),
-              static_cast<double>(bytes) / (1 << 30), 1 + 2 * snap.heads.size(), Seconds(t));
+  std::printf(
+      "snapshot: %d layers x %d kv heads, head_dim %d, %lld tokens (fp32): %.3f GiB, "
+      "%zu blobs (built in %.1f s)\n",
+      a.layers, a.kv_heads, a.head_dim, static_cast<long long>(a.tokens),
+      static_cast<double>(bytes) / (1 << 30), 1 + 2 * snap.heads.size(), Seconds(t));
   SQZ_CHECK(ValidateSnapshot(snap).ok());
 
   double disk_write = 0, disk_read = 0;
@@ -208,9 +210,10 @@ int Run(const Args& a) {
   const double warm_s = Seconds(t);
   SQZ_CHECK(warm.ok());
   const double gb = static_cast<double>(bytes) / 1e9;
-  std::printf("persist (PutSnapshot %.2f s + CommitReady %.2f s): %.2f s = %.2f GB/s (%.2fx the "
-              "disk's write+fsync)\n",
-              put_s, persist_s - put_s, persist_s, gb / persist_s, gb / persist_s / disk_write);
+  std::printf(
+      "persist (PutSnapshot %.2f s + CommitReady %.2f s): %.2f s = %.2f GB/s (%.2fx the "
+      "disk's write+fsync)\n",
+      put_s, persist_s - put_s, persist_s, gb / persist_s, gb / persist_s / disk_write);
   std::printf("reopen: %.2f s\n", open_s);
   std::printf("load cold: %.2f s = %.2f GB/s (%.2fx the disk's cold read)\n", cold_s, gb / cold_s,
               gb / cold_s / disk_read);
@@ -228,14 +231,22 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
-    if (k == "--dir") a.dir = v;
-    else if (k == "--tokens") a.tokens = std::atoll(v);
-    else if (k == "--layers") a.layers = std::atoi(v);
-    else if (k == "--kv-heads") a.kv_heads = std::atoi(v);
-    else if (k == "--head-dim") a.head_dim = std::atoi(v);
-    else if (k == "--load-threads") a.load_threads = std::atoi(v);
-    else if (k == "--verify-blob-crc") a.verify_blob_crc = std::atoi(v) != 0;
-    else if (k == "--blobs-bypass-wal") a.blobs_bypass_wal = std::atoi(v) != 0;
+    if (k == "--dir")
+      a.dir = v;
+    else if (k == "--tokens")
+      a.tokens = std::atoll(v);
+    else if (k == "--layers")
+      a.layers = std::atoi(v);
+    else if (k == "--kv-heads")
+      a.kv_heads = std::atoi(v);
+    else if (k == "--head-dim")
+      a.head_dim = std::atoi(v);
+    else if (k == "--load-threads")
+      a.load_threads = std::atoi(v);
+    else if (k == "--verify-blob-crc")
+      a.verify_blob_crc = std::atoi(v) != 0;
+    else if (k == "--blobs-bypass-wal")
+      a.blobs_bypass_wal = std::atoi(v) != 0;
     else {
       std::fprintf(stderr, "unknown flag %s\n", k.c_str());
       return 2;

@@ -46,7 +46,7 @@ struct ValueAt {
   fs::path file;
   size_t record = 0;  // start of the 32-byte BlobDB record header
   size_t key_size = 0;
-  size_t value = 0;   // start of the sealed value (our 32-byte header, then the payload)
+  size_t value = 0;  // start of the sealed value (our 32-byte header, then the payload)
   size_t value_size = 0;
 };
 
