@@ -422,10 +422,10 @@ Status ContextStore::CommitReady(ContextRecord record) {
     return InvalidArgumentError("context " + record.id +
                                 ": CommitReady without a manifest (call PutSnapshot first)");
   }
-  std::lock_guard<std::mutex> lock(LockFor(record.id));
-  SQZ_ASSIGN_OR_RETURN(ContextRecord stored, GetWritable(record.id));
+  SQZ_RETURN_IF_ERROR(GetWritable(record.id).status());
   // Blobs first, so that the READY record never points at lost blobs: flush the memtables that
-  // hold them into (synced) blob files, or sync the WAL that holds them.
+  // hold them into (synced) blob files, or sync the WAL that holds them. Outside the record lock:
+  // the final flush may take a while.
   if (options_.blobs_bypass_wal) {
     rocksdb::FlushOptions flush;
     flush.wait = true;
@@ -437,6 +437,8 @@ Status ContextStore::CommitReady(ContextRecord record) {
         FromRocks(db_->FlushWAL(/*sync=*/true), "syncing the blobs of context " + record.id));
   }
   SQZ_RETURN_IF_ERROR(Crash(CrashPoint::kBlobsSynced, record.id));
+  std::lock_guard<std::mutex> lock(LockFor(record.id));
+  SQZ_ASSIGN_OR_RETURN(ContextRecord stored, GetWritable(record.id));  // a Delete may have won
   record.state = ContextState::kReady;
   record.progress = 1.0;
   record.error.clear();

@@ -260,6 +260,21 @@ TEST_CASE("a Delete racing with PutSnapshot wins and leaves no blobs behind") {
   CHECK(store->GetBlob("race", 1, 1, blob::Kind::kKv).status().code() == StatusCode::kDataLoss);
 }
 
+TEST_CASE("a Delete between the blob flush and the READY write wins") {
+  TempDir dir;
+  auto store = OpenOrDie(dir.path);
+  const std::vector<int32_t> tokens = {9};
+  ContextRecord r = Record("race", tokens);
+  REQUIRE(store->CreateRecord(r, tokens).ok());
+  REQUIRE(store->PutSnapshot(MakeSnapshot(6), &r).ok());
+  store->SetCrashHookForTesting([&](CrashPoint p, const std::string& id) {
+    if (p == CrashPoint::kBlobsSynced) REQUIRE(store->Delete(id).ok());
+    return false;
+  });
+  CHECK(store->CommitReady(r).code() == StatusCode::kNotFound);
+  CHECK(store->GetRecord("race").status().code() == StatusCode::kNotFound);
+}
+
 TEST_CASE("state updates follow the protocol") {
   TempDir dir;
   auto store = OpenOrDie(dir.path);
