@@ -151,7 +151,6 @@ StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
   d->server_->GetHealthCheckService()->SetServingStatus(false);
   if (on_listening) on_listening(d->port_);
   SQZ_RETURN_IF_ERROR(d->LoadAndServe());
-  d->server_->GetHealthCheckService()->SetServingStatus(true);
   return d;
 }
 
@@ -186,6 +185,7 @@ Status Daemon::LoadAndServe() {
   state_.engine = engine_.get();
   state_.registry = registry_.get();
   state_.ready.store(true);
+  server_->GetHealthCheckService()->SetServingStatus(true);
   spdlog::info("model {} loaded ({}, {} layers, fingerprint {}) in {:.1f} s; KV pool {} blocks; "
                "ready", model_.name, model_.format, mc.layers, FingerprintHex(model_.fingerprint),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
