@@ -291,6 +291,10 @@ bool Engine::RunStep() {
     r.id = a.id;
     r.prompt_remaining = static_cast<int64_t>(a.job.prompt.size()) - a.prefilled;
     r.reserved_tokens = a.reserved_tokens();
+    // SQUEEZED selection blocks must not straddle prefill chunks (chunk-invariant results).
+    if (a.job.context && a.job.attention.mode == AttentionMode::kSqueezed) {
+      r.prefill_align = a.job.attention.block_size;
+    }
     r.cancelled = a.stream->cancelled() || (a.job.deadline && now >= *a.job.deadline);
     return r;
   };

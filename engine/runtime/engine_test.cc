@@ -210,6 +210,59 @@ TEST_CASE("concurrent requests over several contexts give exactly the one-at-a-t
   }
 }
 
+// SQUEEZED selects clusters per block of prompt positions within one Attend call, so a block split
+// across two prefill chunks would get two selections and the result would depend on how the batch
+// chunked the prompt. Long prompts (several blocks) under a small step budget must still give the
+// one-at-a-time tokens and exactly the same share of keys read.
+TEST_CASE("squeezed prompts split into prefill chunks give the one-at-a-time selections") {
+  REQUIRE_STORIES();
+  SqueezeOptions so;
+  so.observation_window = 8;
+  so.centroid_fraction = 0.1;
+  auto ingest_backend = MakeBackend(*fx->model);
+  const std::string story =
+      "Lily had a red ball. She liked to play with it in the park with her dog Max. One day the "
+      "ball rolled into the pond and Max jumped in to get it. Lily laughed and hugged her wet dog.";
+  auto snap = IngestContext(*ingest_backend, Encode(*fx, story), so);
+  REQUIRE(snap.ok());
+  auto context = std::make_shared<const ContextSnapshot>(std::move(snap).value());
+  std::vector<GenerateJob> jobs;
+  for (int i = 0; i < 7; ++i) {
+    GenerateJob j;
+    // Prompts of 1 to ~130 tokens: 129 and friends straddle several 16-token blocks.
+    const std::vector<int32_t> all = fx->tokenizer->Encode(" " + story + " " + story, false);
+    const size_t n = std::vector<size_t>{1, 3, 17, 40, 77, 127, 129}[i];
+    j.prompt.assign(all.begin(), all.begin() + std::min(n, all.size()));
+    j.sampling = Greedy(5 + i);
+    j.context = context;
+    j.attention.mode = AttentionMode::kSqueezed;
+    j.attention.kv_budget = 0.2;
+    j.attention.block_size = 16;
+    jobs.push_back(j);
+  }
+  EngineLimits l = Limits();
+  l.scheduler.max_batch_tokens = 45;  // not a multiple of the block: every long prompt is split
+  auto backend = MakeBackend(*fx->model);
+  auto engine = std::move(Engine::Start(backend.get(), fx->tokenizer.get(), l)).value();
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const auto& j : jobs) streams.push_back(std::move(engine->Submit(j)).value());
+  std::vector<Outcome> together;
+  for (auto& s : streams) together.push_back(Drain(*s));
+  EngineLimits roomy = Limits();
+  roomy.scheduler.max_batch_tokens = 512;  // each prompt in one chunk
+  auto backend2 = MakeBackend(*fx->model);
+  auto engine2 = std::move(Engine::Start(backend2.get(), fx->tokenizer.get(), roomy)).value();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    INFO("request " << i << " (" << jobs[i].prompt.size() << " prompt tokens)");
+    Outcome alone = Drain(*std::move(engine2->Submit(jobs[i])).value());
+    REQUIRE(together[i].final_event.status.ok());
+    CHECK(together[i].tokens == alone.tokens);
+    CHECK(together[i].final_event.usage.context_keys_read ==
+          alone.final_event.usage.context_keys_read);
+    CHECK(alone.final_event.usage.context_keys_read < 1.0);
+  }
+}
+
 TEST_CASE("a cancelled request ends with its reason and frees its KV at the next step") {
   REQUIRE_STORIES();
   auto backend = MakeBackend(*fx->model);

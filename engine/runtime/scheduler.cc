@@ -44,8 +44,12 @@ StepPlan PlanStep(const SchedulerLimits& limits, const std::vector<SchedRequest>
       prefilling.push_back(&r);
     }
   }
+  const int64_t max_chunk = std::min(limits.prefill_chunk_tokens, limits.max_batch_tokens);
   auto prefill = [&](const SchedRequest& r) {
-    const int64_t n = std::min({r.prompt_remaining, limits.prefill_chunk_tokens, budget});
+    int64_t n = std::min({r.prompt_remaining, limits.prefill_chunk_tokens, budget});
+    if (r.prefill_align > 1 && n < r.prompt_remaining && max_chunk >= r.prefill_align) {
+      n -= n % r.prefill_align;  // 0: this step cannot hold an aligned chunk; wait for the next
+    }
     if (n <= 0) return;
     plan.work.push_back({r.id, n, false});
     budget -= n;

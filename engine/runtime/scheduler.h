@@ -4,7 +4,8 @@
 //
 // Policy (continuous batching at iteration level):
 //   1. Decode first: every running request that has finished its prompt gets one token.
-//   2. Then prompt prefill of running requests, FCFS, in chunks, under the step's token budget.
+//   2. Then prompt prefill of running requests, FCFS, in chunks, under the step's token budget
+//      (chunks that leave prompt behind are multiples of the request's prefill_align).
 //   3. Then admission of waiting requests, FCFS, while the running set has room and the KV pool can
 //      reserve the request's worst case (prompt + max_tokens): admitted requests never need
 //      preemption. A request that cannot be admitted blocks those behind it (no overtaking, so
@@ -26,6 +27,13 @@ struct SchedRequest {
   int64_t prompt_remaining = 0;   // prompt tokens not yet prefilled
   int64_t reserved_tokens = 0;    // worst case KV tokens: prompt + max_tokens (own tokens only)
   bool cancelled = false;         // finish at this step boundary, freeing its KV
+  // > 1: every prefill chunk but the last is a multiple of this many tokens, so the prompt offsets
+  // where chunks start stay aligned to it. SQUEEZED requests set their selection block size: a
+  // block is then never split across two chunks, and the selections (hence the tokens) do not
+  // depend on how the batch chunked the prompt. Ignored when a step could never hold one aligned
+  // chunk (min(prefill_chunk_tokens, max_batch_tokens) < prefill_align). A request whose aligned
+  // chunk does not fit the budget left in a step waits for the next step.
+  int64_t prefill_align = 1;
 };
 
 struct IngestJob {
