@@ -36,6 +36,7 @@ ITERATIONS = int(os.environ.get("SQZ_CRASH_ITERATIONS", "20"))
 WORKERS = 3
 IDS_PER_WORKER = 3
 MAX_TOKENS = 6
+LONG_TOKENS = 48  # the reader's queries, long enough to overlap deletions
 # Context lengths beyond sink (4) + observation window (100), awkward ones included.
 LENGTHS = (105, 127, 129, 160, 201, 255, 257, 300)
 
@@ -160,6 +161,30 @@ def worker(client, ids, pool, ref, prompt, tracker, rng, killed, stats, errors):
         errors.append(e)
 
 
+def reader(client, ids, ref, prompt, rng, killed, stats, errors):
+    """Long queries over any context, also ones other clients are deleting: a DeleteContext then
+    waits for the query, and the kill may land during that wait. A query gives the clean run's
+    tokens (as a prefix: greedy decoding is token by token), or NOT_FOUND, or FAILED_PRECONDITION
+    saying it is not ready."""
+    try:
+        while not killed.is_set():
+            cid = rng.choice(ids)
+            tokens, err = dl.rpc_code(client.generate, cid, prompt, dl.SQUEEZED_MODE, LONG_TOKENS)
+            if err is None:
+                check(tokens[:MAX_TOKENS] == ref[cid][dl.SQUEEZED_MODE],
+                      f"{cid}: a long query gave {tokens[:MAX_TOKENS]}..., the clean run "
+                      f"{ref[cid][dl.SQUEEZED_MODE]}")
+                stats["long_generate_ok"] += 1
+            elif not killed.is_set():
+                check(err.code() == grpc.StatusCode.NOT_FOUND or
+                      (err.code() == grpc.StatusCode.FAILED_PRECONDITION and
+                       "not ready" in err.details()),
+                      f"{cid}: a long query failed with {err.code()} '{err.details()}'")
+            time.sleep(rng.uniform(0.0, 0.05))
+    except Exception as e:  # reported by the main thread
+        errors.append(e)
+
+
 def check_disk(dump, pool, ref, tracker, stats):
     """What a killed server left: READY snapshots identical to the clean run's; acknowledged
     registrations stored, acknowledged deletions gone."""
@@ -235,7 +260,8 @@ def main():
 
     stats = {k: 0 for k in ("creates_acked", "deletes_acked", "generate_ok",
                             "generate_refused_not_ready", "ready_on_disk_checked",
-                            "unfinished_on_disk", "resumed", "unknown_at_kill", "early_kills")}
+                            "unfinished_on_disk", "resumed", "unknown_at_kill", "early_kills",
+                            "long_generate_ok")}
     tracker = Tracker(pool)
     ids = list(pool)
     tmp = tempfile.TemporaryDirectory(prefix="sqz-crash-")
@@ -275,6 +301,10 @@ def main():
                 args=(client, ids[w * IDS_PER_WORKER:(w + 1) * IDS_PER_WORKER], pool, ref,
                       prompt, tracker, dl.seeded(SEED * 1000 + it * 10 + w), killed, stats,
                       errors)) for w in range(WORKERS)] if not early else []
+            if not early:
+                threads.append(threading.Thread(target=reader, args=(
+                    client, ids, ref, prompt, dl.seeded(SEED * 1000 + it * 10 + 9), killed, stats,
+                    errors)))
             for t in threads:
                 t.start()
             time.sleep(kill_after)

@@ -15,6 +15,7 @@ Environment: see durability_lib.py.
 import os
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +63,44 @@ def reference(pool, prompt):
     return ref
 
 
+def concurrent_queries(client, ids, prompt, server, rounds=3, max_tokens=64):
+    """One long query per context at once: a context that cannot be made resident while the
+    other two are in use is refused with RESOURCE_EXHAUSTED naming the budget; every query that
+    runs gives the ample-budget server's tokens (checked against a sequential run first)."""
+    expected = {cid: client.generate(cid, prompt, dl.DENSE, max_tokens) for cid in ids}
+    outcome = {"ok": 0, "resource_exhausted": 0}
+    lock = threading.Lock()
+    errors = []
+
+    def one(cid):
+        try:
+            tokens, err = dl.rpc_code(client.generate, cid, prompt, dl.DENSE, max_tokens)
+            with lock:
+                if err is None:
+                    check(tokens == expected[cid], f"{cid}: concurrent query gave {tokens}")
+                    outcome["ok"] += 1
+                else:
+                    check(err.code() == dl.grpc.StatusCode.RESOURCE_EXHAUSTED and
+                          "resident_contexts_mb" in err.details(),
+                          f"{cid}: concurrent query failed: {err.code()} {err.details()}")
+                    outcome["resource_exhausted"] += 1
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    for _ in range(rounds):
+        threads = [threading.Thread(target=one, args=(cid,)) for cid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        m = server.metrics()
+        check(m[RESIDENT_BYTES] <= BUDGET, f"resident {m[RESIDENT_BYTES]} bytes over budget")
+    check(outcome["ok"] >= rounds * 2, f"concurrent queries: {outcome}")
+    return outcome
+
+
 def main():
     t_start = time.time()
     rng = dl.seeded(4)
@@ -96,12 +135,15 @@ def main():
         check(len(resident) == 2, f"GetContext says {resident} are resident")
 
         queries = misses = 0
+        t_miss = 0.0
         t_rr = time.time()
         for rnd in range(ROUNDS):
             for cid in ids:
                 mode = (dl.DENSE, dl.SQUEEZED_MODE)[(rnd + ids.index(cid)) % 2]
                 before = server.metrics()
+                t0 = time.time()
                 tokens = client.generate(cid, prompt, mode, MAX_TOKENS)
+                dt = time.time() - t0
                 after = server.metrics()
                 queries += 1
                 check(tokens == ref[cid][mode], f"round {rnd}, {cid}: {tokens}; a server with "
@@ -114,6 +156,8 @@ def main():
                       f"resident {after[RESIDENT_BYTES]} bytes in {after[RESIDENT]} contexts "
                       f"over the {BUDGET}-byte budget")
                 misses += loads
+                if loads:
+                    t_miss += dt
                 if rnd > 0:
                     # Cycling over three with room for two, least recently used first: every
                     # query loads its context and evicts another.
@@ -124,15 +168,20 @@ def main():
         # The same context twice in a row: the second query is a hit.
         before = server.metrics()
         client.generate(ids[0], prompt, dl.DENSE, MAX_TOKENS)
+        t0 = time.time()
         client.generate(ids[0], prompt, dl.DENSE, MAX_TOKENS)
+        t_hit = time.time() - t0
         after = server.metrics()
         check(after[HITS] - before[HITS] >= 1 and after[LOADS] - before[LOADS] <= 1,
               "two queries in a row on one context: expected a hit")
         check(client.get(ids[0]).resident, f"{ids[0]} not resident after its queries")
+        concurrent = concurrent_queries(client, ids, prompt, server)
         final = server.metrics()
         print(f"round robin: {queries} queries over 3 contexts in {t_rr:.2f} s, {misses} loads "
               f"from RocksDB; totals: {final[LOADS]:.0f} loads, {final[EVICTIONS]:.0f} "
-              f"evictions, {final[HITS]:.0f} hits", flush=True)
+              f"evictions, {final[HITS]:.0f} hits; miss {1e3 * t_miss / max(misses, 1):.1f} ms "
+              f"per query, hit {1e3 * t_hit:.1f} ms; concurrent: "
+              f"{concurrent}", flush=True)
         client.close()
         check(server.terminate() == 0, "the server did not stop cleanly")
     except Exception:
