@@ -1,0 +1,309 @@
+// sqz_cuda_model_bench: the whole model on the GPU (CudaBackend, bf16) with random weights made on
+// the device, timed against ceilings measured in the same run:
+//   * device-to-device copy bandwidth (read + write bytes) and the cuBLASLt bf16 GEMM rate;
+//   * prefill of a `context`-token sequence in chunks: tokens/s and its FLOP rate as a share of
+//     the measured GEMM rate;
+//   * decode at batch 1 after that prefill: median step time against the memory floor
+//     (weights read by a step + the sequence's KV bytes, over the copy bandwidth);
+//   * decode throughput at batch `batch` (each sequence with a `batch_prompt`-token prompt).
+// Usage: sqz_cuda_model_bench [--layers 32] [--context 32768] [--chunk 4096] [--steps 64]
+//                             [--batch 64] [--batch-prompt 512]
+// Shapes are Llama-3-8B's (hidden 4096, 32 q / 8 kv heads, d 128, intermediate 14336, vocab
+// 128256, llama3 RoPE); --layers scales the depth. Forward synchronises, so steps are timed with
+// the host clock around each call (launch overheads included, as a server sees them).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/cuda_backend.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/model_ops.h"
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+using Clock = std::chrono::steady_clock;
+
+#define CHECK_CUDA(expr)                                                                         \
+  do {                                                                                           \
+    cudaError_t e_ = (expr);                                                                     \
+    if (e_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                              \
+    }                                                                                            \
+  } while (0)
+
+#define CHECK_OK(expr)                                                               \
+  do {                                                                               \
+    const sqz::Status s_ = (expr);                                                   \
+    if (!s_.ok()) {                                                                  \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      std::exit(1);                                                                  \
+    }                                                                                \
+  } while (0)
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Median time (ms) of `reps` runs of fn on the default stream, timed with events.
+template <typename Fn>
+double TimeEvents(int reps, Fn fn) {
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) fn();  // warm-up
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    CHECK_CUDA(cudaEventRecord(a));
+    fn();
+    CHECK_CUDA(cudaEventRecord(b));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return Median(t);
+}
+
+// Copy bandwidth in GB/s (read + write bytes) over 2 GiB buffers of random data.
+double CopyBandwidth() {
+  const size_t bytes = size_t{2} << 30;
+  void *src = nullptr, *dst = nullptr;
+  CHECK_CUDA(cudaMalloc(&src, bytes));
+  CHECK_CUDA(cudaMalloc(&dst, bytes));
+  CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(src), bytes / 2, 1.0f, 1, nullptr));
+  const double ms = TimeEvents(10, [&] {
+    CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
+  });
+  cudaFree(src);
+  cudaFree(dst);
+  return 2.0 * bytes / (ms * 1e-3) / 1e9;
+}
+
+// cuBLASLt bf16 GEMM rate (TFLOP/s) at m = 8192, n = 14336, k = 4096 (an 8B MLP projection).
+double GemmRate() {
+  const int64_t m = 8192, n = 14336, k = 4096;
+  void *a = nullptr, *w = nullptr, *out = nullptr, *ws = nullptr;
+  CHECK_CUDA(cudaMalloc(&a, m * k * 2));
+  CHECK_CUDA(cudaMalloc(&w, n * k * 2));
+  CHECK_CUDA(cudaMalloc(&out, m * n * 2));
+  CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
+  CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(a), m * k, 1.0f, 2, nullptr));
+  CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(w), n * k, 0.02f, 3, nullptr));
+  auto gemm = sqz::cuda::Gemm::Create();
+  CHECK_OK(gemm.status());
+  const double ms = TimeEvents(10, [&] {
+    CHECK_OK((*gemm)->MatMulTransB<bf16>(static_cast<bf16*>(a), static_cast<bf16*>(w), nullptr, m,
+                                         n, k, static_cast<bf16*>(out), ws,
+                                         sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
+  });
+  cudaFree(a);
+  cudaFree(w);
+  cudaFree(out);
+  cudaFree(ws);
+  return 2.0 * m * n * k / (ms * 1e-3) / 1e12;
+}
+
+sqz::ModelConfig Llama3_8B(int64_t layers) {
+  sqz::ModelConfig c;
+  c.hidden = 4096;
+  c.intermediate = 14336;
+  c.layers = layers;
+  c.q_heads = 32;
+  c.kv_heads = 8;
+  c.head_dim = 128;
+  c.vocab = 128256;
+  c.max_positions = 131072;
+  c.rms_eps = 1e-5f;
+  c.rope.theta = 500000.0f;
+  c.rope.llama3_factor = 8.0f;
+  c.rope.llama3_low_freq_factor = 1.0f;
+  c.rope.llama3_high_freq_factor = 4.0f;
+  c.rope.llama3_original_max_positions = 8192;
+  c.tie_embeddings = false;
+  return c;
+}
+
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab) - 1);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = u(gen);
+  return t;
+}
+
+int64_t Arg(int argc, char** argv, const char* name, int64_t def) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
+  }
+  return def;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int64_t layers = Arg(argc, argv, "--layers", 32);
+  const int64_t context = Arg(argc, argv, "--context", 32768);
+  const int64_t chunk = Arg(argc, argv, "--chunk", 4096);
+  const int64_t steps = Arg(argc, argv, "--steps", 64);
+  const int64_t batch = Arg(argc, argv, "--batch", 64);
+  const int64_t batch_prompt = Arg(argc, argv, "--batch-prompt", 512);
+
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount,
+              prop.totalGlobalMem / double(1 << 30));
+  const double bw = CopyBandwidth();
+  const double gemm_tflops = GemmRate();
+  std::printf("ceilings: copy %.0f GB/s (read + write), cuBLASLt bf16 GEMM 8192x14336x4096 %.0f "
+              "TFLOP/s\n",
+              bw, gemm_tflops);
+
+  const sqz::ModelConfig c = Llama3_8B(layers);
+  sqz::CudaBackendOptions o;
+  o.dtype = sqz::CudaDType::kBf16;
+  const int64_t tokens_needed =
+      std::max(context + steps + 16, batch * (batch_prompt + steps + 16)) + 64 * 16;
+  o.kv_blocks = (tokens_needed + 15) / 16;
+  o.max_step_tokens = std::max<int64_t>(chunk, batch);
+  const auto t_create0 = Clock::now();
+  auto backend_or = sqz::CudaBackend::CreateRandom(c, o, 2026);
+  CHECK_OK(backend_or.status());
+  sqz::CudaBackend& b = **backend_or;
+  const auto t_create1 = Clock::now();
+  const double embed_bytes = 2.0 * c.vocab * c.hidden;
+  std::printf("model: Llama-3-8B shape, %lld layers, random bf16 weights %.2f GB made on the GPU in "
+              "%.2f s; KV pool %.2f GB (%lld blocks)\n",
+              static_cast<long long>(layers), b.weight_bytes() / 1e9,
+              Seconds(t_create0, t_create1), b.kv_pool_bytes() / 1e9,
+              static_cast<long long>(o.kv_blocks));
+
+  // ---- Prefill `context` tokens in chunks.
+  const auto prompt = RandomTokens(context, c.vocab, 1);
+  std::vector<float> logits(std::max<int64_t>(batch, 1) * c.vocab);
+  const sqz::SeqId seq = b.AddSequence().value();
+  {
+    // Warm-up on a throwaway sequence (cuBLASLt plans for the chunk shapes, module load).
+    const sqz::SeqId w = b.AddSequence().value();
+    sqz::StepInput in{w, {prompt.data(), static_cast<size_t>(std::min(chunk, context))}};
+    CHECK_OK(b.Forward({&in, 1}, logits.data()));
+    CHECK_OK(b.FreeSequence(w));
+  }
+  const auto t0 = Clock::now();
+  for (int64_t done = 0; done < context; done += chunk) {
+    const int64_t n = std::min(chunk, context - done);
+    sqz::StepInput in{seq, {prompt.data() + done, static_cast<size_t>(n)}};
+    CHECK_OK(b.Forward({&in, 1}, done + n == context ? logits.data() : nullptr));
+  }
+  const double prefill_s = Seconds(t0, Clock::now());
+  for (int64_t i = 0; i < c.vocab; ++i) {
+    if (!std::isfinite(logits[i])) {
+      std::fprintf(stderr, "non-finite logit %lld after prefill\n", static_cast<long long>(i));
+      return 1;
+    }
+  }
+  const double linear_params =
+      static_cast<double>(layers) * (c.hidden * (c.q_dim() + 2 * c.kv_dim()) +
+                                     c.q_dim() * c.hidden + 3.0 * c.hidden * c.intermediate);
+  const double linear_flops = 2.0 * linear_params * context + 2.0 * c.hidden * c.vocab;
+  // Causal attention: QK^T and PV, 2 FLOPs per multiply-add, (T^2 / 2) pairs per head.
+  const double attn_flops =
+      static_cast<double>(layers) * c.q_heads * c.head_dim * 2.0 * double(context) * context;
+  const double prefill_tflops = (linear_flops + attn_flops) / prefill_s / 1e12;
+  std::printf("\nprefill %lld tokens in chunks of %lld: %.3f s, %.0f tokens/s, %.0f TFLOP/s "
+              "(linear %.0f%% + attention %.0f%% of the FLOPs) = %.1f%% of the measured GEMM "
+              "rate\n",
+              static_cast<long long>(context), static_cast<long long>(chunk), prefill_s,
+              context / prefill_s, prefill_tflops,
+              100 * linear_flops / (linear_flops + attn_flops),
+              100 * attn_flops / (linear_flops + attn_flops), 100 * prefill_tflops / gemm_tflops);
+
+  // ---- Decode at batch 1 after the prefill.
+  std::vector<double> step_ms;
+  int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
+                                      logits.begin());
+  for (int64_t s = 0; s < steps + 3; ++s) {
+    sqz::StepInput in{seq, {&next, 1}};
+    const auto a = Clock::now();
+    CHECK_OK(b.Forward({&in, 1}, logits.data()));
+    const double ms = Seconds(a, Clock::now()) * 1e3;
+    if (s >= 3) step_ms.push_back(ms);  // first steps: cuBLASLt plans for m = 1
+    next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
+                                logits.begin());
+  }
+  const double decode_ms = Median(step_ms);
+  const double kv_len = static_cast<double>(context) + steps / 2.0;
+  const double kv_bytes = static_cast<double>(layers) * kv_len * c.kv_dim() * 2 * 2;
+  const double weight_read = b.weight_bytes() - embed_bytes;  // one embedding row per step
+  const double floor_ms = (weight_read + kv_bytes) / (bw * 1e9) * 1e3;
+  std::printf("decode batch 1 at %lld cached tokens: median %.3f ms/step (%.1f tokens/s); floor "
+              "%.3f ms = (weights %.2f GB + KV %.2f GB) / %.0f GB/s; measured / floor = %.3f\n",
+              static_cast<long long>(context), decode_ms, 1e3 / decode_ms, floor_ms,
+              weight_read / 1e9, kv_bytes / 1e9, bw, decode_ms / floor_ms);
+  CHECK_OK(b.FreeSequence(seq));
+
+  // ---- Decode throughput at batch `batch`.
+  if (batch > 0) {
+    std::vector<sqz::SeqId> seqs;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int64_t i = 0; i < batch; ++i) {
+      seqs.push_back(b.AddSequence().value());
+      prompts.push_back(RandomTokens(batch_prompt, c.vocab, 100 + i));
+    }
+    const auto p0 = Clock::now();
+    const int64_t per_step = std::max<int64_t>(1, chunk / batch_prompt);
+    for (int64_t i = 0; i < batch; i += per_step) {
+      std::vector<sqz::StepInput> ins;
+      for (int64_t j = i; j < std::min(batch, i + per_step); ++j) {
+        ins.push_back({seqs[j], prompts[j]});
+      }
+      CHECK_OK(b.Forward(ins, logits.data()));
+    }
+    const double batch_prefill_s = Seconds(p0, Clock::now());
+    std::vector<int32_t> toks(batch);
+    for (int64_t i = 0; i < batch; ++i) toks[i] = static_cast<int32_t>((7 * i) % c.vocab);
+    std::vector<double> ms;
+    for (int64_t s = 0; s < steps + 3; ++s) {
+      std::vector<sqz::StepInput> ins;
+      for (int64_t i = 0; i < batch; ++i) ins.push_back({seqs[i], {&toks[i], 1}});
+      const auto a = Clock::now();
+      CHECK_OK(b.Forward(ins, logits.data()));
+      if (s >= 3) ms.push_back(Seconds(a, Clock::now()) * 1e3);
+      for (int64_t i = 0; i < batch; ++i) {
+        toks[i] = static_cast<int32_t>(
+            std::max_element(logits.begin() + i * c.vocab, logits.begin() + (i + 1) * c.vocab) -
+            (logits.begin() + i * c.vocab));
+      }
+    }
+    const double bms = Median(ms);
+    const double bkv = static_cast<double>(layers) * batch * (batch_prompt + steps / 2.0) *
+                       c.kv_dim() * 2 * 2;
+    const double bfloor = (weight_read + bkv) / (bw * 1e9) * 1e3;
+    std::printf("decode batch %lld (prompts of %lld, prefilled in %.2f s): median %.3f ms/step, "
+                "%.0f tokens/s; floor %.3f ms, measured / floor = %.3f\n",
+                static_cast<long long>(batch), static_cast<long long>(batch_prompt),
+                batch_prefill_s, bms, batch * 1e3 / bms, bfloor, bms / bfloor);
+  }
+  std::printf("\nsummary: layers %lld | prefill %.0f tok/s (%.1f%% of GEMM rate) | decode b1 "
+              "%.3f ms (%.3fx floor)\n",
+              static_cast<long long>(layers), context / prefill_s,
+              100 * prefill_tflops / gemm_tflops, decode_ms, decode_ms / floor_ms);
+  return 0;
+}

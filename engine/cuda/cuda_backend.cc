@@ -1,0 +1,553 @@
+#include "engine/cuda/cuda_backend.h"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "engine/cuda/cuda_weights.h"
+#include "engine/cuda/device_memory.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/model_ops.h"
+#include "kernels/cuda/prefill_attention.h"
+
+namespace sqz {
+
+// The dtype-specific half of the backend: device buffers and the forward pass.
+class CudaBackend::Impl {
+ public:
+  virtual ~Impl() = default;
+  // Runs the step described by `layout` (made by PagedSequences::Prepare for `batch`).
+  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch,
+                     float* logits) = 0;
+  // Tokens [begin, begin + n) of the sequence whose block table is `blocks`, at `layer`.
+  virtual Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
+                        float* k, float* v) = 0;
+  virtual size_t weight_bytes() const = 0;
+  virtual size_t kv_pool_bytes() const = 0;
+  virtual cudaStream_t stream() const = 0;
+};
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+template <typename T>
+float ToFloatHost(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else {
+    return __bfloat162float(x);
+  }
+}
+
+size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Adds `what` in front of a failed status's message.
+Status Annotate(const Status& s, const std::string& what) {
+  return s.WithContext(what);
+}
+
+template <typename T>
+class ForwardImpl final : public CudaBackend::Impl {
+ public:
+  static StatusOr<std::unique_ptr<ForwardImpl>> Create(const ModelConfig& config,
+                                                       const Model* model,
+                                                       const CudaBackendOptions& options,
+                                                       uint64_t seed);
+  ~ForwardImpl() override {
+    if (stream_) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+  }
+
+  Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits) override;
+  Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n, float* k,
+                float* v) override;
+  size_t weight_bytes() const override { return weights_->bytes(); }
+  size_t kv_pool_bytes() const override { return pool_.bytes(); }
+  cudaStream_t stream() const override { return stream_; }
+
+ private:
+  ForwardImpl(const ModelConfig& config, const CudaBackendOptions& options)
+      : c_(config),
+        o_(options),
+        kv_dim_(config.kv_dim()),
+        qkv_dim_(config.q_dim() + 2 * config.kv_dim()),
+        max_seq_(std::min(config.max_positions, options.kv_blocks * kKvBlockTokens)),
+        logit_rows_(std::clamp<int64_t>(options.max_logit_rows, 1, options.max_step_tokens)) {}
+
+  Status AllocateBuffers();
+  // out[m][n] = a[m][k] w[n][k]^T (+ bias), in T.
+  Status Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n, int64_t k, T* out);
+  // The LM head: fp32 output.
+  Status LmHead(const T* a, int64_t m, float* out);
+  Status Attention(const StepLayout& L, int layer);
+  Status CaptureQ(const StepLayout& L, int layer);
+  T* PoolK(int layer) const {
+    return pool_.get<T>() + static_cast<int64_t>(layer) * pool_layer_elems_;
+  }
+  T* PoolV(int layer) const {
+    return pool_.get<T>() + (c_.layers + static_cast<int64_t>(layer)) * pool_layer_elems_;
+  }
+  bool DecodeKernelFits() const {
+    return std::find(cuda::kDecodeHeadDims.begin(), cuda::kDecodeHeadDims.end(), c_.head_dim) !=
+               cuda::kDecodeHeadDims.end() &&
+           c_.group_size() <= cuda::kDecodeMaxGroup;
+  }
+
+  const ModelConfig c_;
+  const CudaBackendOptions o_;
+  const int64_t kv_dim_, qkv_dim_, max_seq_, logit_rows_;
+  int64_t pool_layer_elems_ = 0;  // kv_blocks * 16 * kv_dim
+  int num_sms_ = 1;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm_;  // bf16 only
+  std::unique_ptr<CudaWeights<T>> weights_;
+  DeviceMemory pool_;     // [2][layers][kv_blocks][kv_heads][16][head_dim]: K then V
+  DeviceMemory scratch_;  // per-step buffers below
+  PinnedMemory pinned_;   // staging of the step's int32 metadata
+  // Views into scratch_ (R = max_step_tokens).
+  float* x_ = nullptr;         // [R][hidden] residual stream
+  T* xn_ = nullptr;            // [R][hidden] normed
+  T* qkv_ = nullptr;           // [R][qkv_dim]
+  T* attn_ = nullptr;          // [R][q_dim]
+  T* tmp_ = nullptr;           // [R][hidden] o / down projection output
+  T* gate_up_ = nullptr;       // [R][2 intermediate]
+  T* act_ = nullptr;           // [R][intermediate]
+  float* logits_ = nullptr;    // [logit_rows][vocab]
+  T* kbuf_ = nullptr;          // [max_seq][kv_dim] a sequence's keys gathered out of the pool
+  T* vbuf_ = nullptr;          // same, values
+  int32_t* meta_ = nullptr;    // [StepLayout::MaxInts]
+  float* inv_freq_ = nullptr;  // [head_dim / 2]
+  void* decode_ws_ = nullptr;
+  size_t decode_ws_bytes_ = 0;
+  void* gemm_ws_ = nullptr;
+  size_t gemm_ws_bytes_ = 0;
+  std::vector<T> host_stage_;  // q capture and ReadKv (grown on use; never in a plain decode)
+};
+
+template <typename T>
+StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConfig& config,
+                                                                 const Model* model,
+                                                                 const CudaBackendOptions& options,
+                                                                 uint64_t seed) {
+  std::unique_ptr<ForwardImpl<T>> impl(new ForwardImpl<T>(config, options));
+  SQZ_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream_, cudaStreamNonBlocking),
+                           "CudaBackend: cudaStreamCreate");
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&impl->num_sms_, cudaDevAttrMultiProcessorCount, options.device),
+      "CudaBackend: multiprocessor count");
+  if constexpr (std::is_same_v<T, bf16>) {
+    SQZ_ASSIGN_OR_RETURN(impl->gemm_, cuda::Gemm::Create());
+  }
+  if (model) {
+    SQZ_ASSIGN_OR_RETURN(impl->weights_, CudaWeights<T>::Upload(*model));
+  } else {
+    SQZ_ASSIGN_OR_RETURN(impl->weights_, CudaWeights<T>::Random(config, seed, impl->stream_));
+  }
+  SQZ_RETURN_IF_ERROR(impl->AllocateBuffers());
+  return impl;
+}
+
+template <typename T>
+Status ForwardImpl<T>::AllocateBuffers() {
+  const int64_t R = o_.max_step_tokens, H = c_.hidden, I = c_.intermediate;
+  pool_layer_elems_ = o_.kv_blocks * kKvBlockTokens * kv_dim_;
+  const size_t pool_bytes = 2 * static_cast<size_t>(c_.layers) * pool_layer_elems_ * sizeof(T);
+  size_t offset = 0;
+  auto take = [&](size_t bytes) {
+    const size_t o = offset;
+    offset += Align256(bytes);
+    return o;
+  };
+  const size_t x = take(R * H * 4), xn = take(R * H * sizeof(T)),
+               qkv = take(R * qkv_dim_ * sizeof(T)), attn = take(R * c_.q_dim() * sizeof(T)),
+               tmp = take(R * H * sizeof(T)), gate_up = take(R * 2 * I * sizeof(T)),
+               act = take(R * I * sizeof(T)), logits = take(logit_rows_ * c_.vocab * 4),
+               kbuf = take(max_seq_ * kv_dim_ * sizeof(T)),
+               vbuf = take(max_seq_ * kv_dim_ * sizeof(T)),
+               meta = take(StepLayout::MaxInts(R, o_.kv_blocks) * 4),
+               inv_freq = take(c_.head_dim / 2 * 4);
+  decode_ws_bytes_ = std::is_same_v<T, bf16> ? static_cast<size_t>(o_.decode_workspace_bytes) : 0;
+  gemm_ws_bytes_ = std::is_same_v<T, bf16> ? cuda::Gemm::kRecommendedWorkspaceBytes : 0;
+  const size_t decode_ws = take(decode_ws_bytes_), gemm_ws = take(gemm_ws_bytes_);
+
+  size_t free_bytes = 0, total_bytes = 0;
+  SQZ_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes), "CudaBackend: memory info");
+  if (pool_bytes + offset > free_bytes) {
+    return ResourceExhaustedError(
+        "CudaBackend: the KV pool (" + std::to_string(pool_bytes) + " bytes for " +
+        std::to_string(o_.kv_blocks) + " blocks) and step buffers (" + std::to_string(offset) +
+        " bytes for max_step_tokens " + std::to_string(R) + ") need more than the " +
+        std::to_string(free_bytes) + " bytes free on the device after the weights (" +
+        std::to_string(weights_->bytes()) + " bytes)");
+  }
+  SQZ_ASSIGN_OR_RETURN(pool_, DeviceMemory::Allocate(pool_bytes, "the KV pool"));
+  SQZ_ASSIGN_OR_RETURN(scratch_, DeviceMemory::Allocate(offset, "step buffers"));
+  SQZ_ASSIGN_OR_RETURN(pinned_, PinnedMemory::Allocate(StepLayout::MaxInts(R, o_.kv_blocks) * 4,
+                                                       "step metadata staging"));
+  char* base = scratch_.get<char>();
+  x_ = reinterpret_cast<float*>(base + x);
+  xn_ = reinterpret_cast<T*>(base + xn);
+  qkv_ = reinterpret_cast<T*>(base + qkv);
+  attn_ = reinterpret_cast<T*>(base + attn);
+  tmp_ = reinterpret_cast<T*>(base + tmp);
+  gate_up_ = reinterpret_cast<T*>(base + gate_up);
+  act_ = reinterpret_cast<T*>(base + act);
+  logits_ = reinterpret_cast<float*>(base + logits);
+  kbuf_ = reinterpret_cast<T*>(base + kbuf);
+  vbuf_ = reinterpret_cast<T*>(base + vbuf);
+  meta_ = reinterpret_cast<int32_t*>(base + meta);
+  inv_freq_ = reinterpret_cast<float*>(base + inv_freq);
+  decode_ws_ = decode_ws_bytes_ ? base + decode_ws : nullptr;
+  gemm_ws_ = gemm_ws_bytes_ ? base + gemm_ws : nullptr;
+  // The pool starts zeroed so that a read of a never-written slot is finite (kernels never read
+  // one, but ReadKv of a freshly taken block must not show garbage).
+  SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(pool_.get(), 0, pool_.bytes(), stream_),
+                           "CudaBackend: zeroing the KV pool");
+  std::vector<float> inv(c_.head_dim / 2);
+  cpu::RopeInvFreq(c_.rope, c_.head_dim, inv.data());
+  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(inv_freq_, inv.data(), inv.size() * 4,
+                                           cudaMemcpyHostToDevice, stream_),
+                           "CudaBackend: RoPE frequencies");
+  SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CudaBackend: setup");
+  return OkStatus();
+}
+
+template <typename T>
+Status ForwardImpl<T>::Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n,
+                              int64_t k, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    return cuda::MatMulTransBF32(a, w, bias, m, n, k, out, stream_);
+  } else {
+    return gemm_->MatMulTransB<bf16>(a, w, bias, m, n, k, out, gemm_ws_, gemm_ws_bytes_, stream_);
+  }
+}
+
+template <typename T>
+Status ForwardImpl<T>::LmHead(const T* a, int64_t m, float* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    return cuda::MatMulTransBF32(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
+                                 stream_);
+  } else {
+    return gemm_->MatMulTransB<float>(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
+                                      gemm_ws_, gemm_ws_bytes_, stream_);
+  }
+}
+
+template <typename T>
+Status ForwardImpl<T>::Attention(const StepLayout& L, int layer) {
+  const int d = static_cast<int>(c_.head_dim);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const int32_t* block_ids = meta_ + L.off_block_ids;
+  int64_t simple_rows = 0;  // rows [0, simple_rows) go to the reference kernel
+  if constexpr (std::is_same_v<T, float>) {
+    simple_rows = L.rows;
+  } else {
+    if (!DecodeKernelFits()) simple_rows = L.decode_items;
+  }
+  if (simple_rows > 0) {
+    cuda::PagedAttentionParams<T> p;
+    p.q = qkv_;
+    p.q_stride = qkv_dim_;
+    p.row_keys = meta_ + L.off_row_keys;
+    p.row_table = meta_ + L.off_row_table;
+    p.block_ids = block_ids;
+    p.pool_k = PoolK(layer);
+    p.pool_v = PoolV(layer);
+    p.rows = simple_rows;
+    p.q_heads = static_cast<int>(c_.q_heads);
+    p.kv_heads = static_cast<int>(c_.kv_heads);
+    p.head_dim = d;
+    p.scale = scale;
+    SQZ_RETURN_IF_ERROR(cuda::PagedAttentionSimple<T>(p, attn_, c_.q_dim(), stream_));
+  }
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (L.decode_items > 0 && simple_rows == 0) {
+      cuda::DecodeAttentionParams p;
+      p.batch = static_cast<int>(L.decode_items);
+      p.n_q_heads = static_cast<int>(c_.q_heads);
+      p.n_kv_heads = static_cast<int>(c_.kv_heads);
+      p.head_dim = d;
+      p.scale = scale;
+      p.q = qkv_;
+      p.q_stride = qkv_dim_;
+      p.own_len = meta_ + L.off_own_len;
+      p.block_indptr = meta_ + L.off_indptr;
+      p.block_ids = block_ids;
+      p.pool_k = PoolK(layer);
+      p.pool_v = PoolV(layer);
+      p.max_kv_len = L.max_decode_keys;
+      cuda::DecodePlan plan = cuda::PlanDecodeAttention(p, num_sms_);
+      if (plan.workspace_bytes > decode_ws_bytes_) {
+        // Fewer, longer chunks so that the partials fit the workspace.
+        const size_t per_chunk = static_cast<size_t>(p.batch) * p.n_q_heads * (4 * d + 8);
+        const int64_t max_chunks =
+            std::max<int64_t>(1, (static_cast<int64_t>(decode_ws_bytes_) - 512) / per_chunk);
+        const int64_t chunk = (L.max_decode_keys + max_chunks - 1) / max_chunks;
+        plan = cuda::PlanDecodeAttention(p, num_sms_, chunk);
+      }
+      SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, attn_, nullptr, decode_ws_,
+                                                      decode_ws_bytes_, stream_));
+    }
+    for (size_t i = L.decode_items; i < L.items.size(); ++i) {
+      const StepLayout::Item& item = L.items[i];
+      cuda::PrefillAttentionParams p;
+      p.q = qkv_ + item.row0 * qkv_dim_;
+      p.q_token_stride = qkv_dim_;
+      if (item.cached == 0) {
+        // A fresh sequence: its keys are exactly the step's rows, in place in qkv.
+        p.k = qkv_ + item.row0 * qkv_dim_ + c_.q_dim();
+        p.v = p.k + kv_dim_;
+        p.kv_token_stride = qkv_dim_;
+      } else {
+        SQZ_RETURN_IF_ERROR(cuda::GatherPagedKv<T>(
+            PoolK(layer), PoolV(layer), block_ids + item.table, item.cached + item.n,
+            static_cast<int>(c_.kv_heads), d, kbuf_, vbuf_, stream_));
+        p.k = kbuf_;
+        p.v = vbuf_;
+        p.kv_token_stride = kv_dim_;
+      }
+      p.kv_head_stride = d;
+      p.n_q = item.n;
+      p.n_kv = item.cached + item.n;
+      p.n_q_heads = static_cast<int>(c_.q_heads);
+      p.n_kv_heads = static_cast<int>(c_.kv_heads);
+      p.head_dim = d;
+      p.scale = scale;
+      p.causal = true;
+      p.q_offset = item.cached;
+      SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, attn_ + item.row0 * c_.q_dim(),
+                                                       c_.q_dim(), nullptr, stream_));
+    }
+  }
+  return OkStatus();
+}
+
+template <typename T>
+Status ForwardImpl<T>::CaptureQ(const StepLayout& L, int layer) {
+  const int64_t q_dim = c_.q_dim();
+  for (const StepLayout::Item& item : L.items) {
+    if (item.q_out == nullptr) continue;
+    host_stage_.resize(item.n * q_dim);
+    SQZ_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy2DAsync(host_stage_.data(), q_dim * sizeof(T), qkv_ + item.row0 * qkv_dim_,
+                          qkv_dim_ * sizeof(T), q_dim * sizeof(T), item.n,
+                          cudaMemcpyDeviceToHost, stream_),
+        "CudaBackend: q capture");
+    SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CudaBackend: q capture");
+    float* dst = item.q_out + layer * item.n * q_dim;
+    for (int64_t i = 0; i < item.n * q_dim; ++i) dst[i] = ToFloatHost(host_stage_[i]);
+  }
+  return OkStatus();
+}
+
+template <typename T>
+Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch, float* logits) {
+  const int64_t R = L.rows, H = c_.hidden, I = c_.intermediate;
+  const int kvh = static_cast<int>(c_.kv_heads), d = static_cast<int>(c_.head_dim);
+  std::memcpy(pinned_.get(), L.ints.data(), L.ints.size() * 4);
+  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_, pinned_.get(), L.ints.size() * 4,
+                                           cudaMemcpyHostToDevice, stream_),
+                           "CudaBackend: step metadata");
+  const int32_t* positions = meta_ + L.off_positions;
+  bool capture = false;
+  for (const StepLayout::Item& item : L.items) capture = capture || item.q_out != nullptr;
+
+  SQZ_RETURN_IF_ERROR(
+      cuda::EmbedToFloat<T>(meta_ + L.off_ids, weights_->embedding(), R, c_.vocab, H, x_, stream_));
+  for (int layer = 0; layer < c_.layers; ++layer) {
+    const CudaLayerWeights<T>& w = weights_->layer(layer);
+    Status s = cuda::AddRmsNorm<T>(x_, layer == 0 ? nullptr : tmp_, w.attn_norm, R, H, c_.rms_eps,
+                                   xn_, stream_);
+    if (s.ok()) s = Linear(xn_, w.wqkv, w.bqkv, R, qkv_dim_, H, qkv_);
+    if (s.ok()) {
+      s = cuda::ApplyRope<T>(qkv_, positions, R, c_.q_heads, d, qkv_dim_, inv_freq_, stream_);
+    }
+    if (s.ok()) {
+      s = cuda::ApplyRope<T>(qkv_ + c_.q_dim(), positions, R, kvh, d, qkv_dim_, inv_freq_,
+                             stream_);
+    }
+    if (s.ok()) {
+      s = cuda::WritePagedKv<T>(qkv_, qkv_dim_, c_.q_dim(), c_.q_dim() + kv_dim_,
+                                meta_ + L.off_slots, R, kvh, d, PoolK(layer), PoolV(layer),
+                                stream_);
+    }
+    if (s.ok() && capture) s = CaptureQ(L, layer);
+    if (s.ok()) s = Attention(L, layer);
+    if (s.ok()) s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_);
+    if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_);
+    if (s.ok()) s = Linear(xn_, w.w_gate_up, nullptr, R, 2 * I, H, gate_up_);
+    if (s.ok()) s = cuda::SwiGlu<T>(gate_up_, R, I, act_, stream_);
+    if (s.ok()) s = Linear(act_, w.w_down, nullptr, R, H, I, tmp_);
+    if (!s.ok()) return Annotate(s, "CudaBackend: layer " + std::to_string(layer));
+  }
+  SQZ_RETURN_IF_ERROR(Annotate(cuda::AddToFloat<T>(x_, tmp_, R * H, stream_), "CudaBackend"));
+  if (logits != nullptr) {
+    for (int64_t r0 = 0; r0 < L.out_rows; r0 += logit_rows_) {
+      const int64_t n = std::min(logit_rows_, L.out_rows - r0);
+      SQZ_RETURN_IF_ERROR(Annotate(cuda::GatherRmsNorm<T>(x_, meta_ + L.off_logit_rows + r0,
+                                                          weights_->final_norm(), n, H, c_.rms_eps,
+                                                          xn_, stream_),
+                                   "CudaBackend: final norm"));
+      SQZ_RETURN_IF_ERROR(Annotate(LmHead(xn_, n, logits_), "CudaBackend: LM head"));
+      SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits + r0 * c_.vocab, logits_,
+                                               n * c_.vocab * 4, cudaMemcpyDeviceToHost, stream_),
+                               "CudaBackend: logits to host");
+    }
+  }
+  SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CudaBackend: step");
+  return OkStatus();
+}
+
+template <typename T>
+Status ForwardImpl<T>::ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin,
+                              int64_t n, float* k, float* v) {
+  if (n == 0) return OkStatus();
+  const int64_t first_block = begin / kKvBlockTokens, skip = begin % kKvBlockTokens;
+  const int64_t count = skip + n;
+  const int64_t table = (count + kKvBlockTokens - 1) / kKvBlockTokens;
+  std::memcpy(pinned_.get(), blocks.data() + first_block, table * 4);
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(meta_, pinned_.get(), table * 4, cudaMemcpyHostToDevice, stream_),
+      "ReadKv: block table");
+  SQZ_RETURN_IF_ERROR(Annotate(
+      cuda::GatherPagedKv<T>(PoolK(layer), PoolV(layer), meta_, count,
+                             static_cast<int>(c_.kv_heads), static_cast<int>(c_.head_dim), kbuf_,
+                             vbuf_, stream_),
+      "ReadKv"));
+  host_stage_.resize(2 * n * kv_dim_);
+  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_stage_.data(), kbuf_ + skip * kv_dim_,
+                                           n * kv_dim_ * sizeof(T), cudaMemcpyDeviceToHost,
+                                           stream_),
+                           "ReadKv: keys");
+  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_stage_.data() + n * kv_dim_,
+                                           vbuf_ + skip * kv_dim_, n * kv_dim_ * sizeof(T),
+                                           cudaMemcpyDeviceToHost, stream_),
+                           "ReadKv: values");
+  SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "ReadKv");
+  for (int64_t i = 0; i < n * kv_dim_; ++i) {
+    k[i] = ToFloatHost(host_stage_[i]);
+    v[i] = ToFloatHost(host_stage_[n * kv_dim_ + i]);
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(const ModelConfig& config, const CudaBackendOptions& options,
+                         std::unique_ptr<Impl> impl)
+    : config_(config),
+      options_(options),
+      sequences_(options.kv_blocks),
+      impl_(std::move(impl)) {}
+
+CudaBackend::~CudaBackend() = default;
+
+StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& model,
+                                                           const CudaBackendOptions& options) {
+  SQZ_RETURN_IF_ERROR(model.config.Validate());
+  SQZ_RETURN_IF_ERROR(model.weights.Validate(model.config));
+  return CreateImpl(model.config, &model, options, 0);
+}
+
+StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::CreateRandom(const ModelConfig& config,
+                                                                 const CudaBackendOptions& options,
+                                                                 uint64_t seed) {
+  SQZ_RETURN_IF_ERROR(config.Validate());
+  return CreateImpl(config, nullptr, options, seed);
+}
+
+StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::CreateImpl(const ModelConfig& config,
+                                                               const Model* model,
+                                                               const CudaBackendOptions& options,
+                                                               uint64_t seed) {
+  if (options.kv_blocks < 1 || options.kv_blocks > (int64_t{1} << 27)) {
+    return InvalidArgumentError("CudaBackendOptions.kv_blocks must be in [1, 2^27], got " +
+                                std::to_string(options.kv_blocks));
+  }
+  if (options.max_step_tokens < 1 || options.max_step_tokens > 65535) {
+    return InvalidArgumentError("CudaBackendOptions.max_step_tokens must be in [1, 65535], got " +
+                                std::to_string(options.max_step_tokens));
+  }
+  if (options.max_logit_rows < 1) {
+    return InvalidArgumentError("CudaBackendOptions.max_logit_rows must be >= 1, got " +
+                                std::to_string(options.max_logit_rows));
+  }
+  if (options.decode_workspace_bytes < 4096) {
+    return InvalidArgumentError("CudaBackendOptions.decode_workspace_bytes must be >= 4096, got " +
+                                std::to_string(options.decode_workspace_bytes));
+  }
+  if (config.head_dim > 256) {
+    return UnimplementedError("CudaBackend: head_dim " + std::to_string(config.head_dim) +
+                              " is above the compiled maximum 256");
+  }
+  if (config.max_positions > INT32_MAX) {
+    return InvalidArgumentError("CudaBackend: max_position_embeddings must be below 2^31");
+  }
+  int devices = 0;
+  SQZ_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices), "CudaBackend: cudaGetDeviceCount");
+  if (options.device < 0 || options.device >= devices) {
+    return InvalidArgumentError("CudaBackendOptions.device " + std::to_string(options.device) +
+                                " is not one of the " + std::to_string(devices) + " devices");
+  }
+  SQZ_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device), "CudaBackend: cudaSetDevice");
+  std::unique_ptr<Impl> impl;
+  if (options.dtype == CudaDType::kF32) {
+    SQZ_ASSIGN_OR_RETURN(impl, ForwardImpl<float>::Create(config, model, options, seed));
+  } else {
+    SQZ_ASSIGN_OR_RETURN(impl, ForwardImpl<bf16>::Create(config, model, options, seed));
+  }
+  return std::unique_ptr<CudaBackend>(new CudaBackend(config, options, std::move(impl)));
+}
+
+StatusOr<SeqId> CudaBackend::AddSequence() { return sequences_.Add(); }
+
+Status CudaBackend::FreeSequence(SeqId seq) { return sequences_.Free(seq); }
+
+int64_t CudaBackend::SequenceLength(SeqId seq) const { return sequences_.Length(seq); }
+
+KvPoolStats CudaBackend::Stats() const { return sequences_.Stats(); }
+
+size_t CudaBackend::weight_bytes() const { return impl_->weight_bytes(); }
+
+size_t CudaBackend::kv_pool_bytes() const { return impl_->kv_pool_bytes(); }
+
+cudaStream_t CudaBackend::stream() const { return impl_->stream(); }
+
+Status CudaBackend::Forward(std::span<const StepInput> batch, float* logits) {
+  const StepLimits limits{config_.vocab, config_.max_positions, options_.max_step_tokens};
+  SQZ_RETURN_IF_ERROR(sequences_.Prepare(batch, limits, &layout_));
+  if (batch.empty()) return OkStatus();
+  SQZ_RETURN_IF_ERROR(impl_->Run(layout_, batch, logits));
+  sequences_.Advance(layout_, batch);
+  return OkStatus();
+}
+
+Status CudaBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
+  const std::vector<int32_t>* blocks = sequences_.Blocks(seq);
+  if (blocks == nullptr) return NotFoundError("ReadKv: unknown sequence " + std::to_string(seq));
+  if (layer < 0 || layer >= config_.layers) {
+    return InvalidArgumentError("ReadKv: layer " + std::to_string(layer) + " outside [0, " +
+                                std::to_string(config_.layers) + ")");
+  }
+  const int64_t length = sequences_.Length(seq);
+  if (begin < 0 || n < 0 || begin + n > length) {
+    return OutOfRangeError("ReadKv: tokens [" + std::to_string(begin) + ", " +
+                           std::to_string(begin + n) + ") outside the " + std::to_string(length) +
+                           " cached tokens of sequence " + std::to_string(seq));
+  }
+  return impl_->ReadKv(*blocks, layer, begin, n, k, v);
+}
+
+}  // namespace sqz

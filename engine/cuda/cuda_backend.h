@@ -1,0 +1,114 @@
+// CudaBackend: the decoder forward pass on one GPU, behind the Backend interface (backend.h).
+//
+// Numerics: weights, activations and the paged KV pool in bf16 (serving) or fp32 (the exactness
+// mode); the residual stream is fp32 in both; every sum accumulates in fp32.
+//   bf16: cuBLASLt GEMMs (fused qkv and gate_up), tensor-core prefill attention (a prefill chunk
+//         attends to its sequence's KV gathered out of the pool) and split-K decode attention over
+//         the paged pool (kernels/cuda), logits in fp32.
+//   fp32: reference-grade kernels (deterministic fp32 matrix product, one warp per (token, head)
+//         paged attention): slow, but every row's result is independent of the batch and of the
+//         chunking, as on the CPU backend.
+// Forward pass per layer: AddRmsNorm -> qkv GEMM (+bias) -> RoPE (llama3/linear scaling through
+// inv_freq) -> K/V into the pool -> attention -> o GEMM -> AddRmsNorm -> gate_up GEMM -> SwiGLU
+// -> down GEMM; then the final RMSNorm of the logit rows and the LM head.
+//
+// Deviations from the Backend guarantees (backend.h):
+//   * fixed contexts: a StepInput with a context is UNIMPLEMENTED for now (the GPU squeezed path
+//     is a later issue);
+//   * bf16 mode is not bit-for-bit batch or chunk invariant: cuBLASLt may pick another algorithm
+//     for another row count, and decode and prefill attention sum in different orders. Results
+//     agree to bf16 rounding; the fp32 mode keeps both invariances.
+//
+// Memory: everything is allocated in Create (weights, KV pool, per-step buffers for up to
+// max_step_tokens tokens, workspaces, pinned staging); Forward, ReadKv and the sequence calls
+// allocate no device memory. A step with more than max_step_tokens tokens is INVALID_ARGUMENT.
+// Ownership: owns its device memory, CUDA stream and cuBLASLt handle; Create borrows the Model
+// only while copying it (the backend keeps a copy of its config, not the Model).
+// Thread safety: not thread-safe (see Backend); use from one thread. Forward synchronises its
+// stream before returning.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "engine/cuda/paged_sequences.h"
+#include "engine/model/backend.h"
+#include "engine/model/weights.h"
+
+namespace sqz {
+
+enum class CudaDType { kBf16, kF32 };
+
+struct CudaBackendOptions {
+  // Weights, activations and KV pool element type. kF32 is for exactness checks (slow kernels).
+  CudaDType dtype = CudaDType::kBf16;
+  // Capacity of the paged KV pool in blocks of kKvBlockTokens (16) tokens, shared by all
+  // sequences. Device memory: kv_blocks * 16 * layers * kv_heads * head_dim * 2 * sizeof(dtype).
+  // Default 4096 blocks = 65536 tokens (8 GiB for a Llama-3-8B shape in bf16).
+  int64_t kv_blocks = 4096;
+  // Tokens one Forward step may carry (sizes the per-step activation buffers). Larger admits
+  // bigger prefill chunks at the cost of memory (~ max_step_tokens * (hidden + 3 intermediate)
+  // elements).
+  int64_t max_step_tokens = 4096;
+  // Logit rows computed per LM-head pass (more rows run in several passes); sizes the fp32 logits
+  // buffer [max_logit_rows][vocab]. Clamped to max_step_tokens.
+  int64_t max_logit_rows = 256;
+  // Split-K workspace of decode attention; a step whose plan needs more uses longer chunks.
+  int64_t decode_workspace_bytes = 64 << 20;
+  int device = 0;  // CUDA device ordinal
+};
+
+class CudaBackend : public Backend {
+ public:
+  // Uploads `model` (converted to options.dtype). INVALID_ARGUMENT for a config or weights that
+  // do not validate, or bad options; UNIMPLEMENTED for head_dim > 256; RESOURCE_EXHAUSTED when the
+  // device memory does not suffice (the message gives the bytes asked for); INTERNAL for CUDA
+  // failures (no device, no driver).
+  static StatusOr<std::unique_ptr<CudaBackend>> Create(const Model& model,
+                                                       const CudaBackendOptions& options);
+  // Benchmark mode: random weights of `config` made directly on the GPU (no host copy, no files);
+  // reproducible for a seed. Errors as Create.
+  static StatusOr<std::unique_ptr<CudaBackend>> CreateRandom(const ModelConfig& config,
+                                                             const CudaBackendOptions& options,
+                                                             uint64_t seed);
+
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+  ~CudaBackend() override;
+
+  const ModelConfig& config() const override { return config_; }
+  StatusOr<SeqId> AddSequence() override;
+  Status FreeSequence(SeqId seq) override;
+  int64_t SequenceLength(SeqId seq) const override;
+  // See Backend::Forward; also UNIMPLEMENTED for a context and INVALID_ARGUMENT for more than
+  // max_step_tokens tokens. INTERNAL when a kernel fails (the step's sequences keep their lengths).
+  Status Forward(std::span<const StepInput> batch, float* logits) override;
+  Status ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) override;
+  KvPoolStats Stats() const override;
+
+  // Device bytes of the weights and of the KV pool (K and V, all layers).
+  size_t weight_bytes() const;
+  size_t kv_pool_bytes() const;
+  // The stream all work is enqueued on (benchmarks time with events on it).
+  cudaStream_t stream() const;
+
+  class Impl;  // the dtype-specific device state (cuda_backend.cc)
+
+ private:
+  CudaBackend(const ModelConfig& config, const CudaBackendOptions& options,
+              std::unique_ptr<Impl> impl);
+  static StatusOr<std::unique_ptr<CudaBackend>> CreateImpl(const ModelConfig& config,
+                                                           const Model* model,
+                                                           const CudaBackendOptions& options,
+                                                           uint64_t seed);
+
+  const ModelConfig config_;
+  const CudaBackendOptions options_;
+  PagedSequences sequences_;
+  StepLayout layout_;  // reused between steps
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sqz
