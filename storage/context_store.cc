@@ -532,8 +532,26 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
 
 Status ContextStore::Delete(const std::string& id) {
   SQZ_RETURN_IF_ERROR(ValidateContextId(id));
-  std::lock_guard<std::mutex> lock(LockFor(id));
-  return DeleteLocked(id);
+  {
+    std::lock_guard<std::mutex> lock(LockFor(id));
+    SQZ_RETURN_IF_ERROR(DeleteLocked(id));
+  }
+  ReclaimSpace(id);
+  return OkStatus();
+}
+
+void ContextStore::ReclaimSpace(const std::string& id) {
+  // Range tombstones alone free nothing until a compaction happens to cover them, which a store
+  // with few writes may never run: compact the context's ranges now, so that the SST entries go
+  // and blob files that held only this context's blobs become obsolete and are deleted. Errors
+  // are ignored: the data is already deleted logically, and a later compaction frees it.
+  const std::string begin = id + std::string(1, '\0');
+  const std::string end = id + std::string(1, '\1');
+  const rocksdb::Slice b(begin), e(end);
+  rocksdb::CompactRangeOptions o;
+  o.exclusive_manual_compaction = false;
+  o.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForceOptimized;
+  for (auto* cf : {kv_, index_}) (void)db_->CompactRange(o, cf, &b, &e);
 }
 
 Status ContextStore::DeleteLocked(const std::string& id) {
@@ -565,7 +583,7 @@ Status ContextStore::MarkStale(const std::string& id, uint64_t current_fingerpri
 Status ContextStore::MarkStaleImpl(const std::string& id, uint64_t fingerprint,
                                    const ModelIdentity* current) {
   SQZ_RETURN_IF_ERROR(ValidateContextId(id));
-  std::lock_guard<std::mutex> lock(LockFor(id));
+  std::unique_lock<std::mutex> lock(LockFor(id));
   SQZ_ASSIGN_OR_RETURN(ContextRecord r, GetWritable(id));
   if (r.model_fingerprint == fingerprint) return OkStatus();
   std::string what;
@@ -591,7 +609,10 @@ Status ContextStore::MarkStaleImpl(const std::string& id, uint64_t fingerprint,
   rocksdb::WriteBatch batch;
   DeleteBlobRanges(id, &batch);
   batch.Put(records_, id, EncodeRecord(r));
-  return FromRocks(db_->Write(Synced(), &batch), "marking context " + id + " stale");
+  SQZ_RETURN_IF_ERROR(FromRocks(db_->Write(Synced(), &batch), "marking context " + id + " stale"));
+  lock.unlock();
+  ReclaimSpace(id);
+  return OkStatus();
 }
 
 // ---- Listing and recovery -----------------------------------------------------------------------

@@ -172,6 +172,8 @@ class ContextStore {
   Status WriteRecord(ContextRecord record, bool sync);
   void DeleteBlobRanges(const std::string& id, rocksdb::WriteBatch* batch);
   Status DeleteLocked(const std::string& id);
+  // Compacts the context's kv/index key ranges so that deleted blobs free their disk space.
+  void ReclaimSpace(const std::string& id);
   Status Crash(CrashPoint point, const std::string& id) const;
   Status MarkStaleImpl(const std::string& id, uint64_t fingerprint, const ModelIdentity* current);
   // Writes a sealed blob (header + payload) whose payload checksum is `checksum`.

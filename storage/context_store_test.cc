@@ -226,6 +226,24 @@ TEST_CASE("deletion removes everything; a crash at any step never resurrects the
   }
 }
 
+TEST_CASE("deleting or re-queueing a context frees its disk space") {
+  TempDir dir;
+  auto store = OpenOrDie(dir.path);
+  const std::vector<int32_t> tokens(1000, 1);
+  const ContextSnapshot snap = MakeSnapshot(30, 1000, 2, 2, 64);
+  const int64_t one = SnapshotBytes(snap);
+  for (const char* id : {"a", "b", "c"}) StoreReady(store.get(), id, snap, tokens);
+  const int64_t full = store->DiskBytes();
+  CHECK(full >= 3 * one);
+  REQUIRE(store->Delete("b").ok());
+  CHECK(store->DiskBytes() <= full - one);
+  REQUIRE(store->MarkStale("c", 7).ok());
+  CHECK(store->DiskBytes() <= full - 2 * one);
+  REQUIRE(store->Delete("a").ok());
+  REQUIRE(store->Delete("c").ok());
+  CHECK(store->DiskBytes() < one / 10);
+}
+
 TEST_CASE("writes to a deleted context fail instead of resurrecting it") {
   TempDir dir;
   auto store = OpenOrDie(dir.path);
