@@ -120,7 +120,8 @@ class ContextStore {
   StatusOr<ContextSnapshot> LoadSnapshot(const ContextRecord& record) const;
   StatusOr<ContextSnapshot> LoadSnapshot(const std::string& id) const;
 
-  // Removes everything stored for the context. NOT_FOUND when there is no record.
+  // Removes everything stored for the context (the protocol above), then compacts its key ranges
+  // so that its blob files are freed on disk. NOT_FOUND when there is no record.
   Status Delete(const std::string& id);
 
   // The context's KV was built with another model: in one synced write, its blobs are removed and
