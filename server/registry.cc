@@ -139,6 +139,10 @@ void Registry::SubmitIngestion(const std::shared_ptr<Entry>& e, std::vector<int3
     std::lock_guard<std::mutex> lock(mu_);
     e->abandon = std::make_shared<std::atomic<bool>>(false);
     e->ingest_start = std::chrono::steady_clock::now();
+    // The record names the model of its latest ingestion, finished or not: a FAILED record then
+    // says which model it failed with, and Acquire retries it when the serving model changes.
+    e->record.model = options_.model;
+    e->record.model_fingerprint = options_.model.Hash();
     req.context_id = e->record.id;
     req.options = e->record.options;
     req.abandoned = e->abandon;
@@ -391,33 +395,41 @@ StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::strin
   idle_cv_.wait(lock, [&] { return !e->loading; });
   if (e->deleting) return NotFound(id);
   const ContextRecord& r = e->record;
-  if (r.state == ContextState::kFailed) {
+  const bool other_model = r.model_fingerprint != options_.model.Hash();
+  if (r.state == ContextState::kFailed && !other_model) {
     return FailedPreconditionError("context " + id + " FAILED: " + r.error);
   }
-  if (r.state != ContextState::kReady) {
+  if (r.state != ContextState::kReady && r.state != ContextState::kFailed) {
     return FailedPreconditionError("context " + id + " is not ready yet (state " +
                                    std::string(ContextStateName(r.state)) + ", " +
                                    std::to_string(static_cast<int>(r.progress * 100)) + "%)");
   }
-  if (r.model_fingerprint != options_.model.Hash()) {
-    // Built for another model: its KV is meaningless here. Rebuild from the stored tokens.
+  if (other_model) {
+    // Built for another model (its KV is meaningless here), or failed with another model (e.g.
+    // one too short for it; this one may hold it): rebuild from the stored tokens.
+    const bool failed = r.state == ContextState::kFailed;
     const std::string change = DescribeIdentityChange(r.model, options_.model);
+    const std::string what = failed ? "failed with another model (" + change + "; " + r.error + ")"
+                                    : "was built for another model (" + change + ")";
     e->record.state = ContextState::kQueued;
     e->record.progress = 0.0;
     e->record.error.clear();
+    e->record.model = options_.model;
+    e->record.model_fingerprint = options_.model.Hash();
+    const ContextRecord queued = e->record;
     NotifyLocked(e, false);
     lock.unlock();
     if (metrics_.reingestions) metrics_.reingestions->Inc();
-    spdlog::info("context {} was built for another model ({}); re-ingesting it", id, change);
+    spdlog::info("context {} {}; re-ingesting it", id, what);
     auto tokens = store_->LoadTokens(id);
     if (!tokens.ok()) {
       Fail(e, "cannot re-ingest for the current model: " + tokens.status().message());
     } else {
-      (void)store_->UpdateRecord(e->record, /*sync=*/true);
+      (void)store_->UpdateRecord(queued, /*sync=*/true);
       SubmitIngestion(e, std::move(tokens).value());
     }
-    return FailedPreconditionError("context " + id + " was built for another model (" + change +
-                                   ") and is being re-ingested; retry when it is READY again");
+    return FailedPreconditionError("context " + id + " " + what +
+                                   " and is being re-ingested; retry when it is READY again");
   }
   if (!e->resident) {
     // Load outside the lock; other requests for this context wait for it (loading).

@@ -6,7 +6,8 @@
 // tokens to the engine; the engine reports PREFILLING / CLUSTERING / CALIBRATING progress and the
 // built snapshot; the registry's thread ("registry-persist") writes the blobs and commits READY,
 // then keeps the snapshot resident. On start, contexts caught mid-ingestion are re-ingested from
-// their tokens; contexts built for another model (fingerprint) are re-ingested when next used.
+// their tokens; contexts built for another model (fingerprint), or FAILED with another model (a
+// record names the model of its latest ingestion), are re-ingested when next used.
 //
 // Residency: READY snapshots stay in memory while they fit resident_budget_bytes; least recently
 // used, unpinned, idle contexts are evicted and loaded again from the store on use. A blob that
@@ -105,7 +106,9 @@ class Registry {
   void Delete(const std::string& id, const std::string& owner, std::function<void(Status)> done);
 
   // For Generate: FAILED_PRECONDITION unless READY (naming the state, or the failure), NOT_FOUND
-  // as for Get, RESOURCE_EXHAUSTED when it cannot be made resident within the budget.
+  // as for Get, RESOURCE_EXHAUSTED when it cannot be made resident within the budget. A READY or
+  // FAILED context whose record names another model starts re-ingesting from its tokens and
+  // answers FAILED_PRECONDITION saying so (what changed, and "being re-ingested").
   StatusOr<ContextLease> Acquire(const std::string& id, const std::string& owner);
 
   // Calls `on_update` with the current view now and after every change, until it returns false or

@@ -9,10 +9,14 @@ and with A again. Each time a context is first used under a model it was not bui
 answers FAILED_PRECONDITION saying it was built for another model (what changed) and is being
 re-ingested; the context goes back through ingestion to READY, and then generates exactly the
 tokens of a clean run of that model, and its stored snapshot is byte-identical to the clean run's.
-A kill (SIGKILL) during such a re-ingestion is resumed at the next start. The server never
-crashes on the way.
+A kill (SIGKILL) during such a re-ingestion is resumed at the next start. Then
+  D: a generated model too short for one of the contexts: its re-ingestion ends FAILED with the
+     reason (positions beyond max_position_embeddings), the other context is served; and A once
+     more: the context that failed with D is retried with A (a record names the model of its
+     latest ingestion) and served with A's clean tokens again, not left FAILED for good.
+The server never crashes on the way.
 
-Environment: see durability_lib.py (SQZ_MAKE_TINY_MODEL for model C).
+Environment: see durability_lib.py (SQZ_MAKE_TINY_MODEL for models C and D).
 """
 
 import json
@@ -58,13 +62,23 @@ def make_model_b(out):
     return out
 
 
-def make_model_c(out):
+def make_tiny_model(out, *args):
     tool = dl.env_path("SQZ_MAKE_TINY_MODEL")
-    r = subprocess.run([tool, "--out", out, "--vocab", "512", "--layers", "3", "--hidden", "48",
-                        "--heads", "6", "--kv-heads", "2", "--max-positions", "1024",
-                        "--seed", "11"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([tool, "--out", out, "--vocab", "512", *args], capture_output=True,
+                       text=True, timeout=120)
     check(r.returncode == 0, f"sqz-make-tiny-model failed: {r.stdout}{r.stderr}")
     return out
+
+
+def wait_failed(client, cid, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        c = client.get(cid)
+        if c.state == dl.FAILED:
+            return c
+        check(c.state != dl.READY, f"{cid}: READY, expected FAILED")
+        time.sleep(0.05)
+    raise Failure(f"{cid}: not FAILED after {timeout} s")
 
 
 def clean_run(model, pool, prompt):
@@ -89,16 +103,18 @@ def clean_run(model, pool, prompt):
     return ref
 
 
-def expect_reingestion(client, cid, prompt, what_changed):
-    """First use under another model: FAILED_PRECONDITION naming the change."""
+def expect_reingestion(client, cid, prompt, what_changed, failed=False):
+    """First use under another model: FAILED_PRECONDITION naming the change. `failed`: the
+    context had FAILED with the other model."""
     _, err = dl.rpc_code(client.generate, cid, prompt, dl.DENSE, MAX_TOKENS)
     check(err is not None, f"{cid}: Generate under another model succeeded; expected "
           "FAILED_PRECONDITION")
     check(err.code() == grpc.StatusCode.FAILED_PRECONDITION,
           f"{cid}: Generate under another model: {err.code()} {err.details()}")
     msg = err.details()
-    check("built for another model" in msg and "re-ingested" in msg and what_changed in msg,
-          f"{cid}: unclear message: {msg!r} (expected 'built for another model', "
+    said = "failed with another model" if failed else "built for another model"
+    check(said in msg and "re-ingested" in msg and what_changed in msg,
+          f"{cid}: unclear message: {msg!r} (expected '{said}', "
           f"'{what_changed}', 're-ingested')")
     return msg
 
@@ -137,7 +153,12 @@ def main():
     tmp = tempfile.TemporaryDirectory(prefix="sqz-stale-")
     model_a = dl.STORIES
     model_b = make_model_b(os.path.join(tmp.name, "stories260K-b"))
-    model_c = make_model_c(os.path.join(tmp.name, "tiny-c"))
+    model_c = make_tiny_model(os.path.join(tmp.name, "tiny-c"), "--layers", "3", "--hidden", "48",
+                              "--heads", "6", "--kv-heads", "2", "--max-positions", "1024",
+                              "--seed", "11")
+    # D: too short for stale-a (180 tokens), long enough for stale-b (129).
+    model_d = make_tiny_model(os.path.join(tmp.name, "tiny-d"), "--layers", "2",
+                              "--max-positions", "160", "--seed", "12")
     refs = {m: clean_run(m, pool, prompt) for m in (model_a, model_b, model_c)}
     for cid in pool:
         check(refs[model_a][cid]["snapshot_digest"] != refs[model_b][cid]["snapshot_digest"],
@@ -203,6 +224,34 @@ def main():
         client.close()
         check(server.terminate() == 0, "C did not stop cleanly:\n" + server.tail())
         check_disk(data, refs[model_c], "C")
+
+        # D cannot hold stale-a: its re-ingestion FAILS with the reason, stale-b is served.
+        server = dl.Server(model_d, data).start()
+        client = dl.Client(server.address)
+        for cid in pool:
+            expect_reingestion(client, cid, prompt, "config differs")
+        failed = wait_failed(client, "stale-a")
+        check("max_position_embeddings 160" in failed.error, f"unclear error: {failed.error!r}")
+        _, err = dl.rpc_code(client.generate, "stale-a", prompt, dl.DENSE, MAX_TOKENS)
+        check(err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION and
+              "FAILED" in err.details(), f"stale-a FAILED under D, but Generate gave {err}")
+        client.wait_ready("stale-b")
+        check(len(client.generate("stale-b", prompt, dl.SQUEEZED_MODE, MAX_TOKENS)) == MAX_TOKENS,
+              "stale-b under D")
+        client.close()
+        check(server.terminate() == 0, "D did not stop cleanly:\n" + server.tail())
+
+        # A once more: what failed with D is retried with A (it still has its tokens) and served.
+        server = dl.Server(model_a, data).start()
+        client = dl.Client(server.address)
+        msg = expect_reingestion(client, "stale-a", prompt, "config differs", failed=True)
+        print(f"A after D, first use: FAILED_PRECONDITION {msg[:120]!r}...", flush=True)
+        expect_reingestion(client, "stale-b", prompt, "config differs")
+        for cid in pool:
+            expect_served_as(client, cid, prompt, refs[model_a], "A after D")
+        client.close()
+        check(server.terminate() == 0, "A (after D) did not stop cleanly:\n" + server.tail())
+        check_disk(data, refs[model_a], "A after D")
     except Exception:
         if server is not None:
             print("---- squeezed log (tail) ----\n" + server.tail(60), file=sys.stderr)
@@ -211,7 +260,7 @@ def main():
         if server is not None:
             server.kill()
         tmp.cleanup()
-    print(f"stale model test: A -> B -> (kill) B -> A -> C in {time.time() - t_start:.1f} s\nOK")
+    print(f"stale model test: A -> B -> (kill) B -> A -> C -> D -> A in {time.time() - t_start:.1f} s\nOK")
 
 
 if __name__ == "__main__":
