@@ -192,12 +192,19 @@ Status ContextStore::CreateRecord(const ContextRecord& record, std::span<const i
                                 std::to_string(tokens.size()) + " tokens given");
   }
   SQZ_RETURN_IF_ERROR(ValidateModel(record));
+  const std::string digest = TokenDigest(tokens);
+  if (!record.content_digest.empty() && record.content_digest != digest) {
+    return InvalidArgumentError("context " + record.id + ": content_digest " +
+                                record.content_digest + " is not the digest of the tokens given (" +
+                                digest + ")");
+  }
   std::lock_guard<std::mutex> lock(LockFor(record.id));
   std::string existing;
   const auto got = db_->Get(rocksdb::ReadOptions(), records_, record.id, &existing);
   if (got.ok()) return AlreadyExistsError("context " + record.id + " already exists");
   if (!got.IsNotFound()) return FromRocks(got, "registering context " + record.id);
   ContextRecord r = record;
+  r.content_digest = digest;
   r.state = ContextState::kQueued;
   r.manifest.clear();
   r.stored_bytes = 0;
@@ -295,6 +302,14 @@ StatusOr<std::vector<int32_t>> ContextStore::LoadTokens(const std::string& id) c
   }
   std::vector<int32_t> tokens(bytes.size() / sizeof(int32_t));
   std::memcpy(tokens.data(), bytes.data(), bytes.size());
+  // Re-ingestion must not build a context from other tokens than were registered.
+  SQZ_ASSIGN_OR_RETURN(ContextRecord r, GetRecord(id));
+  if (r.token_count != static_cast<int64_t>(tokens.size()) ||
+      r.content_digest != TokenDigest(tokens)) {
+    return DataLossError("tokens of context " + id + " do not match its record (" +
+                         std::to_string(tokens.size()) + " tokens stored, " +
+                         std::to_string(r.token_count) + " registered, or another digest)");
+  }
   return tokens;
 }
 

@@ -80,9 +80,10 @@ class ContextStore {
   ContextStore& operator=(const ContextStore&) = delete;
 
   // ---- Records and tokens -----------------------------------------------------------------------
-  // Writes the record (its state forced to QUEUED, manifest cleared) and the tokens in one synced
-  // batch. ALREADY_EXISTS when a record with this id exists; INVALID_ARGUMENT for a bad id or a
-  // token_count different from tokens.size().
+  // Writes the record (its state forced to QUEUED, manifest cleared, content_digest set to
+  // TokenDigest(tokens)) and the tokens in one synced batch. ALREADY_EXISTS when a record with this
+  // id exists; INVALID_ARGUMENT for a bad id, a token_count different from tokens.size(), or a
+  // content_digest given that is not the tokens' digest.
   Status CreateRecord(const ContextRecord& record, std::span<const int32_t> tokens);
   StatusOr<ContextRecord> GetRecord(const std::string& id) const;  // NOT_FOUND
   // Overwrites the stored record's mutable fields (progress, labels, pinned, error, options,
@@ -93,7 +94,9 @@ class ContextStore {
   // Sets state, progress and error of the stored record (same rules as UpdateRecord).
   Status UpdateState(const std::string& id, ContextState state, double progress,
                      const std::string& error, bool sync);
-  StatusOr<std::vector<int32_t>> LoadTokens(const std::string& id) const;  // NOT_FOUND
+  // The registered token ids, checked against the record's token_count and content_digest:
+  // NOT_FOUND, or DATA_LOSS when they do not match.
+  StatusOr<std::vector<int32_t>> LoadTokens(const std::string& id) const;
 
   // ---- Blobs ------------------------------------------------------------------------------------
   // Seals and writes one blob (unsynced) and returns its manifest entry. kMeta blobs take

@@ -473,7 +473,11 @@ TEST_CASE("bad ids and missing contexts get clear errors") {
   r.token_count = 3;
   CHECK(store->CreateRecord(r, tokens).code() == StatusCode::kInvalidArgument);
   r.token_count = 2;
+  r.content_digest = TokenDigest(std::vector<int32_t>{2, 1});
+  CHECK(Contains(store->CreateRecord(r, tokens).message(), "is not the digest of the tokens"));
+  r.content_digest.clear();  // filled in by CreateRecord
   REQUIRE(store->CreateRecord(r, tokens).ok());
+  CHECK(store->GetRecord("c")->content_digest == TokenDigest(tokens));
   CHECK(store->LoadSnapshot("c").status().code() == StatusCode::kFailedPrecondition);
   CHECK(Contains(store->LoadSnapshot("c").status().message(), "QUEUED, not READY"));
   CHECK(store->CommitReady(r).code() == StatusCode::kInvalidArgument);  // no manifest
@@ -554,6 +558,31 @@ TEST_CASE("blobs round-trip and any corruption of a stored value is DATA_LOSS na
     CHECK(Contains(got.status().message(), "context ctx layer 5 kv head 2 kv blob"));
     CHECK(Contains(got.status().message(), c.expect));
   }
+}
+
+TEST_CASE("stored tokens that do not match their record are DATA_LOSS") {
+  TempDir dir;
+  const std::vector<int32_t> tokens = {5, 6, 7};
+  { REQUIRE(OpenOrDie(dir.path)->CreateRecord(Record("t", tokens), tokens).ok()); }
+  for (const std::vector<int32_t>& other :
+       {std::vector<int32_t>{5, 6, 8}, std::vector<int32_t>{5, 6}, std::vector<int32_t>{}}) {
+    {
+      RawDb raw(dir.path);
+      REQUIRE(raw.db
+                  ->Put(rocksdb::WriteOptions(), raw.cf[2], "t",
+                        rocksdb::Slice(reinterpret_cast<const char*>(other.data()),
+                                       other.size() * sizeof(int32_t)))
+                  .ok());
+    }
+    auto got = OpenOrDie(dir.path)->LoadTokens("t");
+    CHECK(got.status().code() == StatusCode::kDataLoss);
+    CHECK(Contains(got.status().message(), "tokens of context t do not match its record"));
+  }
+  {
+    RawDb raw(dir.path);
+    REQUIRE(raw.db->Put(rocksdb::WriteOptions(), raw.cf[2], "t", "12345").ok());
+  }
+  CHECK(Contains(OpenOrDie(dir.path)->LoadTokens("t").status().message(), "truncated (5 bytes)"));
 }
 
 TEST_CASE("a blob that no longer matches the manifest is DATA_LOSS on load") {
