@@ -292,8 +292,9 @@ class GenerateTest(ServerWithContexts):
 class ConcurrencyTest(ServerWithContexts):
     def requests(self):
         """32 greedy requests: over 3 contexts (DENSE, SQUEEZED at three budgets, the server's
-        default) and without a context; prompts of 1 to ~100 tokens, completions of 1 to 40."""
-        long_prompt = " " + " ".join(STORIES[1].split()[:70])  # ~100 tokens: several blocks
+        default, some with the threshold policy or the hierarchical lookup) and without a context;
+        prompts of 2 to 147 tokens (several 64-token selection blocks), completions of 1 to 40."""
+        long_prompt = " " + " ".join(STORIES[1].split()[:70])  # 147 tokens
         modes = [(Attn.DENSE, 0.0), (Attn.SQUEEZED, 0.125), (Attn.SQUEEZED, 0.25),
                  (Attn.SQUEEZED, 0.5), (Attn.MODE_UNSPECIFIED, 0.0)]
         out = []
@@ -306,6 +307,11 @@ class ConcurrencyTest(ServerWithContexts):
                 mode, budget = modes[i % len(modes)]
                 out.append(gen_request(self.names[i % 3], text=prompt, max_tokens=n, mode=mode,
                                        budget=budget))
+                if i % 10 == 1:
+                    out[-1].attention.policy = Attn.THRESHOLD
+                    out[-1].attention.target_sparsity = 0.7
+                elif i % 10 == 6:
+                    out[-1].attention.hierarchical = True
         return out
 
     def test_32_concurrent_equal_one_at_a_time(self):
@@ -611,7 +617,9 @@ class ShutdownRestartTest(unittest.TestCase):
     def test_sigterm_during_8_streams_then_restart_serves_the_same_contexts(self):
         data = tempfile.TemporaryDirectory(prefix="squeezed-restart-")
         self.addCleanup(data.cleanup)
-        server = start_server(f"server: {{drain_timeout_s: {self.DRAIN_S}}}\n",
+        # Ingestion 4 tokens per step: the third context is likely still ingesting at SIGTERM.
+        server = start_server(f"server: {{drain_timeout_s: {self.DRAIN_S}}}\n"
+                              "engine: {scheduler: {ingest_chunk_tokens: 4}}\n",
                               args=["--data-dir", data.name])
         self.addCleanup(server.kill)
         client = Client(server.address)
@@ -652,6 +660,8 @@ class ShutdownRestartTest(unittest.TestCase):
             t.start()
         for e in started:
             self.assertTrue(e.wait(30))
+        late_ids = tokenize(client, " ".join(STORIES), add_bos=True)[:480]
+        late = register(client, "late-doc", ids=late_ids)
         sigterm_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         # While draining, health says NOT_SERVING and new requests are refused.
@@ -699,6 +709,17 @@ class ShutdownRestartTest(unittest.TestCase):
                 self.assertEqual(getattr(now, field), getattr(c, field), field)
         for k, r in answer_reqs.items():
             self.assertEqual(generate(client, r).ids, answers[k], k)
+        # Registered just before SIGTERM (acknowledged, so durable): READY after the restart,
+        # whether its ingestion finished before the exit or resumed from the stored tokens.
+        self.assertEqual(watch_until_ready(client, late.name)[-1][0], ctx_pb.READY)
+        now = client.ctx.GetContext(ctx_pb.GetContextRequest(name=late.name), timeout=10)
+        self.assertEqual((now.token_count, now.content_digest),
+                         (len(late_ids), late.content_digest))
+        self.assertEqual(len(generate(client, gen_request(late.name, text=" The", max_tokens=8))
+                             .ids), 8)
+        print(f"  context registered at SIGTERM: {ctx_pb.ContextState.Name(late.state)} when "
+              f"acknowledged; {'resumed' if 'resumed' in again.output() else 'finished'} "
+              f"({again.output().split('registry: ')[-1].splitlines()[0]})", file=sys.stderr)
         self.assertEqual(again.terminate(), 0)
 
 
