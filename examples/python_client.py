@@ -49,12 +49,18 @@ def main():
         print(f"registered {context.name}: {context.token_count} tokens")
 
         # 2. Follow the ingestion; the stream ends once the context is READY (or FAILED).
+        # On a terminal the progress line is redrawn in place; otherwise one line per state.
+        last_state = None
         for update in contexts.WatchContext(ctx_pb.WatchContextRequest(name=context.name),
                                             metadata=metadata, timeout=600):
-            print(f"  {ctx_pb.ContextState.Name(update.state):<12} {update.progress:5.0%}",
-                  flush=True)
+            line = f"  {ctx_pb.ContextState.Name(update.state):<12} {update.progress:5.0%}"
+            if sys.stdout.isatty():
+                print("\r" + line, end="\n" if update.state == ctx_pb.READY else "", flush=True)
+            elif update.state != last_state:
+                print(line, flush=True)
+            last_state = update.state
             if update.state == ctx_pb.FAILED:
-                sys.exit(f"ingestion failed: {update.error}")
+                sys.exit(f"\ningestion failed: {update.error}")
 
         # 3. Stream an answer over the context (greedy; SQUEEZED attention by default).
         request = gen_pb.GenerateRequest(
