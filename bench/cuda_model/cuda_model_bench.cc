@@ -26,6 +26,7 @@
 
 #include "engine/cuda/cuda_backend.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/model_ops.h"
 
 namespace {
@@ -89,9 +90,8 @@ double CopyBandwidth() {
   CHECK_CUDA(cudaMalloc(&src, bytes));
   CHECK_CUDA(cudaMalloc(&dst, bytes));
   CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(src), bytes / 2, 1.0f, 1, nullptr));
-  const double ms = TimeEvents(10, [&] {
-    CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
-  });
+  const double ms = TimeEvents(
+      10, [&] { CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice)); });
   cudaFree(src);
   cudaFree(dst);
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
@@ -119,6 +119,78 @@ double GemmRate() {
   cudaFree(out);
   cudaFree(ws);
   return 2.0 * m * n * k / (ms * 1e-3) / 1e12;
+}
+
+// Decode's linear layers at one row: our Gemv against cuBLASLt, per Llama-3-8B shape, with weight
+// copies rotated so that nothing is served from L2. Returns the Gemv time of one decode step's
+// linear layers (layers x (qkv + o + gate_up + down) + LM head), in ms.
+double LinearBreakdown(int64_t layers, double bw) {
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+    int per_step;  // occurrences per decode step per layer (LM head: once per step)
+  };
+  const Shape shapes[] = {{"qkv", 6144, 4096, 1},
+                          {"o", 4096, 4096, 1},
+                          {"gate_up", 28672, 4096, 1},
+                          {"down", 4096, 14336, 1},
+                          {"lm_head (fp32 out)", 128256, 4096, 0}};
+  auto gemm = sqz::cuda::Gemm::Create();
+  CHECK_OK(gemm.status());
+  void* ws = nullptr;
+  CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
+  double step_ms = 0;
+  std::printf("\n%-20s %7s %6s %12s %9s %12s %9s\n", "linear, m = 1", "n", "k", "Gemv us", "GB/s",
+              "cuBLASLt us", "GB/s");
+  for (const Shape& s : shapes) {
+    const size_t wbytes = static_cast<size_t>(s.n) * s.k * 2;
+    const int copies = static_cast<int>(std::max<size_t>(2, (size_t{512} << 20) / wbytes + 1));
+    bf16 *w = nullptr, *a = nullptr;
+    void* out = nullptr;
+    CHECK_CUDA(cudaMalloc(&w, wbytes * copies));
+    CHECK_CUDA(cudaMalloc(&a, s.k * 2));
+    CHECK_CUDA(cudaMalloc(&out, s.n * 4));
+    CHECK_OK(
+        sqz::cuda::FillUniform(w, static_cast<int64_t>(wbytes / 2) * copies, 0.02f, 5, nullptr));
+    CHECK_OK(sqz::cuda::FillUniform(a, s.k, 1.0f, 6, nullptr));
+    const bool fp32 = s.per_step == 0;
+    int i = 0;
+    const double ours = TimeEvents(20, [&] {
+      const bf16* wi = w + (i++ % copies) * (wbytes / 2);
+      if (fp32) {
+        CHECK_OK(
+            sqz::cuda::Gemv<float>(a, wi, nullptr, 1, s.n, s.k, static_cast<float*>(out), nullptr));
+      } else {
+        CHECK_OK(
+            sqz::cuda::Gemv<bf16>(a, wi, nullptr, 1, s.n, s.k, static_cast<bf16*>(out), nullptr));
+      }
+    });
+    const double lt = TimeEvents(20, [&] {
+      const bf16* wi = w + (i++ % copies) * (wbytes / 2);
+      if (fp32) {
+        CHECK_OK((*gemm)->MatMulTransB<float>(a, wi, nullptr, 1, s.n, s.k, static_cast<float*>(out),
+                                              ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes,
+                                              nullptr));
+      } else {
+        CHECK_OK((*gemm)->MatMulTransB<bf16>(a, wi, nullptr, 1, s.n, s.k, static_cast<bf16*>(out),
+                                             ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes,
+                                             nullptr));
+      }
+    });
+    std::printf("%-20s %7lld %6lld %12.1f %9.0f %12.1f %9.0f\n", s.name,
+                static_cast<long long>(s.n), static_cast<long long>(s.k), ours * 1e3,
+                wbytes / (ours * 1e-3) / 1e9, lt * 1e3, wbytes / (lt * 1e-3) / 1e9);
+    step_ms += (s.per_step ? layers : 1) * ours;
+    cudaFree(w);
+    cudaFree(a);
+    cudaFree(out);
+  }
+  cudaFree(ws);
+  std::printf(
+      "one decode step's linear layers through Gemv: %.3f ms (weights at %.0f GB/s "
+      "copy bandwidth alone: see the floor below)\n",
+      step_ms, bw);
+  return step_ms;
 }
 
 sqz::ModelConfig Llama3_8B(int64_t layers) {
@@ -172,9 +244,12 @@ int main(int argc, char** argv) {
               prop.totalGlobalMem / double(1 << 30));
   const double bw = CopyBandwidth();
   const double gemm_tflops = GemmRate();
-  std::printf("ceilings: copy %.0f GB/s (read + write), cuBLASLt bf16 GEMM 8192x14336x4096 %.0f "
-              "TFLOP/s\n",
-              bw, gemm_tflops);
+  std::printf(
+      "ceilings: copy %.0f GB/s (read + write), cuBLASLt bf16 GEMM 8192x14336x4096 %.0f "
+      "TFLOP/s\n",
+      bw, gemm_tflops);
+
+  const double linear_ms = LinearBreakdown(layers, bw);
 
   const sqz::ModelConfig c = Llama3_8B(layers);
   sqz::CudaBackendOptions o;
@@ -189,11 +264,11 @@ int main(int argc, char** argv) {
   sqz::CudaBackend& b = **backend_or;
   const auto t_create1 = Clock::now();
   const double embed_bytes = 2.0 * c.vocab * c.hidden;
-  std::printf("model: Llama-3-8B shape, %lld layers, random bf16 weights %.2f GB made on the GPU in "
-              "%.2f s; KV pool %.2f GB (%lld blocks)\n",
-              static_cast<long long>(layers), b.weight_bytes() / 1e9,
-              Seconds(t_create0, t_create1), b.kv_pool_bytes() / 1e9,
-              static_cast<long long>(o.kv_blocks));
+  std::printf(
+      "model: Llama-3-8B shape, %lld layers, random bf16 weights %.2f GB made on the GPU in "
+      "%.2f s; KV pool %.2f GB (%lld blocks)\n",
+      static_cast<long long>(layers), b.weight_bytes() / 1e9, Seconds(t_create0, t_create1),
+      b.kv_pool_bytes() / 1e9, static_cast<long long>(o.kv_blocks));
 
   // ---- Prefill `context` tokens in chunks.
   const auto prompt = RandomTokens(context, c.vocab, 1);
@@ -227,13 +302,13 @@ int main(int argc, char** argv) {
   const double attn_flops =
       static_cast<double>(layers) * c.q_heads * c.head_dim * 2.0 * double(context) * context;
   const double prefill_tflops = (linear_flops + attn_flops) / prefill_s / 1e12;
-  std::printf("\nprefill %lld tokens in chunks of %lld: %.3f s, %.0f tokens/s, %.0f TFLOP/s "
-              "(linear %.0f%% + attention %.0f%% of the FLOPs) = %.1f%% of the measured GEMM "
-              "rate\n",
-              static_cast<long long>(context), static_cast<long long>(chunk), prefill_s,
-              context / prefill_s, prefill_tflops,
-              100 * linear_flops / (linear_flops + attn_flops),
-              100 * attn_flops / (linear_flops + attn_flops), 100 * prefill_tflops / gemm_tflops);
+  std::printf(
+      "\nprefill %lld tokens in chunks of %lld: %.3f s, %.0f tokens/s, %.0f TFLOP/s "
+      "(linear %.0f%% + attention %.0f%% of the FLOPs) = %.1f%% of the measured GEMM "
+      "rate\n",
+      static_cast<long long>(context), static_cast<long long>(chunk), prefill_s,
+      context / prefill_s, prefill_tflops, 100 * linear_flops / (linear_flops + attn_flops),
+      100 * attn_flops / (linear_flops + attn_flops), 100 * prefill_tflops / gemm_tflops);
 
   // ---- Decode at batch 1 after the prefill.
   std::vector<double> step_ms;
@@ -253,10 +328,11 @@ int main(int argc, char** argv) {
   const double kv_bytes = static_cast<double>(layers) * kv_len * c.kv_dim() * 2 * 2;
   const double weight_read = b.weight_bytes() - embed_bytes;  // one embedding row per step
   const double floor_ms = (weight_read + kv_bytes) / (bw * 1e9) * 1e3;
-  std::printf("decode batch 1 at %lld cached tokens: median %.3f ms/step (%.1f tokens/s); floor "
-              "%.3f ms = (weights %.2f GB + KV %.2f GB) / %.0f GB/s; measured / floor = %.3f\n",
-              static_cast<long long>(context), decode_ms, 1e3 / decode_ms, floor_ms,
-              weight_read / 1e9, kv_bytes / 1e9, bw, decode_ms / floor_ms);
+  std::printf(
+      "decode batch 1 at %lld cached tokens: median %.3f ms/step (%.1f tokens/s); floor "
+      "%.3f ms = (weights %.2f GB + KV %.2f GB) / %.0f GB/s; measured / floor = %.3f\n",
+      static_cast<long long>(context), decode_ms, 1e3 / decode_ms, floor_ms, weight_read / 1e9,
+      kv_bytes / 1e9, bw, decode_ms / floor_ms);
   CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.
@@ -293,17 +369,19 @@ int main(int argc, char** argv) {
       }
     }
     const double bms = Median(ms);
-    const double bkv = static_cast<double>(layers) * batch * (batch_prompt + steps / 2.0) *
-                       c.kv_dim() * 2 * 2;
+    const double bkv =
+        static_cast<double>(layers) * batch * (batch_prompt + steps / 2.0) * c.kv_dim() * 2 * 2;
     const double bfloor = (weight_read + bkv) / (bw * 1e9) * 1e3;
-    std::printf("decode batch %lld (prompts of %lld, prefilled in %.2f s): median %.3f ms/step, "
-                "%.0f tokens/s; floor %.3f ms, measured / floor = %.3f\n",
-                static_cast<long long>(batch), static_cast<long long>(batch_prompt),
-                batch_prefill_s, bms, batch * 1e3 / bms, bfloor, bms / bfloor);
+    std::printf(
+        "decode batch %lld (prompts of %lld, prefilled in %.2f s): median %.3f ms/step, "
+        "%.0f tokens/s; floor %.3f ms, measured / floor = %.3f\n",
+        static_cast<long long>(batch), static_cast<long long>(batch_prompt), batch_prefill_s, bms,
+        batch * 1e3 / bms, bfloor, bms / bfloor);
   }
-  std::printf("\nsummary: layers %lld | prefill %.0f tok/s (%.1f%% of GEMM rate) | decode b1 "
-              "%.3f ms (%.3fx floor)\n",
-              static_cast<long long>(layers), context / prefill_s,
-              100 * prefill_tflops / gemm_tflops, decode_ms, decode_ms / floor_ms);
+  std::printf(
+      "\nsummary: layers %lld | prefill %.0f tok/s (%.1f%% of GEMM rate) | decode b1 "
+      "%.3f ms (%.3fx floor; its linear layers alone %.3f ms)\n",
+      static_cast<long long>(layers), context / prefill_s, 100 * prefill_tflops / gemm_tflops,
+      decode_ms, decode_ms / floor_ms, linear_ms);
   return 0;
 }

@@ -16,6 +16,7 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/prefill_attention.h"
 
@@ -26,8 +27,7 @@ class CudaBackend::Impl {
  public:
   virtual ~Impl() = default;
   // Runs the step described by `layout` (made by PagedSequences::Prepare for `batch`).
-  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch,
-                     float* logits) = 0;
+  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits) = 0;
   // Tokens [begin, begin + n) of the sequence whose block table is `blocks`, at `layer`.
   virtual Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
                         float* k, float* v) = 0;
@@ -52,9 +52,7 @@ float ToFloatHost(T x) {
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Adds `what` in front of a failed status's message.
-Status Annotate(const Status& s, const std::string& what) {
-  return s.WithContext(what);
-}
+Status Annotate(const Status& s, const std::string& what) { return s.WithContext(what); }
 
 template <typename T>
 class ForwardImpl final : public CudaBackend::Impl {
@@ -217,9 +215,9 @@ Status ForwardImpl<T>::AllocateBuffers() {
                            "CudaBackend: zeroing the KV pool");
   std::vector<float> inv(c_.head_dim / 2);
   cpu::RopeInvFreq(c_.rope, c_.head_dim, inv.data());
-  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(inv_freq_, inv.data(), inv.size() * 4,
-                                           cudaMemcpyHostToDevice, stream_),
-                           "CudaBackend: RoPE frequencies");
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(inv_freq_, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice, stream_),
+      "CudaBackend: RoPE frequencies");
   SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CudaBackend: setup");
   return OkStatus();
 }
@@ -230,6 +228,8 @@ Status ForwardImpl<T>::Linear(const T* a, const T* w, const T* bias, int64_t m, 
   if constexpr (std::is_same_v<T, float>) {
     return cuda::MatMulTransBF32(a, w, bias, m, n, k, out, stream_);
   } else {
+    // Few rows (decode): the memory-bound GEMV streams the weights faster than cuBLASLt.
+    if (cuda::GemvSupported(a, w, m, k)) return cuda::Gemv<bf16>(a, w, bias, m, n, k, out, stream_);
     return gemm_->MatMulTransB<bf16>(a, w, bias, m, n, k, out, gemm_ws_, gemm_ws_bytes_, stream_);
   }
 }
@@ -240,6 +240,10 @@ Status ForwardImpl<T>::LmHead(const T* a, int64_t m, float* out) {
     return cuda::MatMulTransBF32(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
                                  stream_);
   } else {
+    if (cuda::GemvSupported(a, weights_->lm_head(), m, c_.hidden)) {
+      return cuda::Gemv<float>(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
+                               stream_);
+    }
     return gemm_->MatMulTransB<float>(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
                                       gemm_ws_, gemm_ws_bytes_, stream_);
   }
@@ -342,8 +346,8 @@ Status ForwardImpl<T>::CaptureQ(const StepLayout& L, int layer) {
     host_stage_.resize(item.n * q_dim);
     SQZ_CUDA_RETURN_IF_ERROR(
         cudaMemcpy2DAsync(host_stage_.data(), q_dim * sizeof(T), qkv_ + item.row0 * qkv_dim_,
-                          qkv_dim_ * sizeof(T), q_dim * sizeof(T), item.n,
-                          cudaMemcpyDeviceToHost, stream_),
+                          qkv_dim_ * sizeof(T), q_dim * sizeof(T), item.n, cudaMemcpyDeviceToHost,
+                          stream_),
         "CudaBackend: q capture");
     SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CudaBackend: q capture");
     float* dst = item.q_out + layer * item.n * q_dim;
@@ -357,9 +361,9 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
   const int64_t R = L.rows, H = c_.hidden, I = c_.intermediate;
   const int kvh = static_cast<int>(c_.kv_heads), d = static_cast<int>(c_.head_dim);
   std::memcpy(pinned_.get(), L.ints.data(), L.ints.size() * 4);
-  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_, pinned_.get(), L.ints.size() * 4,
-                                           cudaMemcpyHostToDevice, stream_),
-                           "CudaBackend: step metadata");
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(meta_, pinned_.get(), L.ints.size() * 4, cudaMemcpyHostToDevice, stream_),
+      "CudaBackend: step metadata");
   const int32_t* positions = meta_ + L.off_positions;
   bool capture = false;
   for (const StepLayout::Item& item : L.items) capture = capture || item.q_out != nullptr;
@@ -372,11 +376,8 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
                                    xn_, stream_);
     if (s.ok()) s = Linear(xn_, w.wqkv, w.bqkv, R, qkv_dim_, H, qkv_);
     if (s.ok()) {
-      s = cuda::ApplyRope<T>(qkv_, positions, R, c_.q_heads, d, qkv_dim_, inv_freq_, stream_);
-    }
-    if (s.ok()) {
-      s = cuda::ApplyRope<T>(qkv_ + c_.q_dim(), positions, R, kvh, d, qkv_dim_, inv_freq_,
-                             stream_);
+      // q heads and k heads are adjacent in a qkv row: one launch rotates both.
+      s = cuda::ApplyRope<T>(qkv_, positions, R, c_.q_heads + kvh, d, qkv_dim_, inv_freq_, stream_);
     }
     if (s.ok()) {
       s = cuda::WritePagedKv<T>(qkv_, qkv_dim_, c_.q_dim(), c_.q_dim() + kv_dim_,
@@ -396,13 +397,13 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
   if (logits != nullptr) {
     for (int64_t r0 = 0; r0 < L.out_rows; r0 += logit_rows_) {
       const int64_t n = std::min(logit_rows_, L.out_rows - r0);
-      SQZ_RETURN_IF_ERROR(Annotate(cuda::GatherRmsNorm<T>(x_, meta_ + L.off_logit_rows + r0,
-                                                          weights_->final_norm(), n, H, c_.rms_eps,
-                                                          xn_, stream_),
-                                   "CudaBackend: final norm"));
+      SQZ_RETURN_IF_ERROR(
+          Annotate(cuda::GatherRmsNorm<T>(x_, meta_ + L.off_logit_rows + r0, weights_->final_norm(),
+                                          n, H, c_.rms_eps, xn_, stream_),
+                   "CudaBackend: final norm"));
       SQZ_RETURN_IF_ERROR(Annotate(LmHead(xn_, n, logits_), "CudaBackend: LM head"));
-      SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits + r0 * c_.vocab, logits_,
-                                               n * c_.vocab * 4, cudaMemcpyDeviceToHost, stream_),
+      SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits + r0 * c_.vocab, logits_, n * c_.vocab * 4,
+                                               cudaMemcpyDeviceToHost, stream_),
                                "CudaBackend: logits to host");
     }
   }
@@ -421,20 +422,20 @@ Status ForwardImpl<T>::ReadKv(const std::vector<int32_t>& blocks, int layer, int
   SQZ_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(meta_, pinned_.get(), table * 4, cudaMemcpyHostToDevice, stream_),
       "ReadKv: block table");
-  SQZ_RETURN_IF_ERROR(Annotate(
-      cuda::GatherPagedKv<T>(PoolK(layer), PoolV(layer), meta_, count,
-                             static_cast<int>(c_.kv_heads), static_cast<int>(c_.head_dim), kbuf_,
-                             vbuf_, stream_),
-      "ReadKv"));
+  SQZ_RETURN_IF_ERROR(
+      Annotate(cuda::GatherPagedKv<T>(PoolK(layer), PoolV(layer), meta_, count,
+                                      static_cast<int>(c_.kv_heads), static_cast<int>(c_.head_dim),
+                                      kbuf_, vbuf_, stream_),
+               "ReadKv"));
   host_stage_.resize(2 * n * kv_dim_);
-  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_stage_.data(), kbuf_ + skip * kv_dim_,
-                                           n * kv_dim_ * sizeof(T), cudaMemcpyDeviceToHost,
-                                           stream_),
-                           "ReadKv: keys");
-  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_stage_.data() + n * kv_dim_,
-                                           vbuf_ + skip * kv_dim_, n * kv_dim_ * sizeof(T),
-                                           cudaMemcpyDeviceToHost, stream_),
-                           "ReadKv: values");
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(host_stage_.data(), kbuf_ + skip * kv_dim_, n * kv_dim_ * sizeof(T),
+                      cudaMemcpyDeviceToHost, stream_),
+      "ReadKv: keys");
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(host_stage_.data() + n * kv_dim_, vbuf_ + skip * kv_dim_,
+                      n * kv_dim_ * sizeof(T), cudaMemcpyDeviceToHost, stream_),
+      "ReadKv: values");
   SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "ReadKv");
   for (int64_t i = 0; i < n * kv_dim_; ++i) {
     k[i] = ToFloatHost(host_stage_[i]);
@@ -447,10 +448,7 @@ Status ForwardImpl<T>::ReadKv(const std::vector<int32_t>& blocks, int layer, int
 
 CudaBackend::CudaBackend(const ModelConfig& config, const CudaBackendOptions& options,
                          std::unique_ptr<Impl> impl)
-    : config_(config),
-      options_(options),
-      sequences_(options.kv_blocks),
-      impl_(std::move(impl)) {}
+    : config_(config), options_(options), sequences_(options.kv_blocks), impl_(std::move(impl)) {}
 
 CudaBackend::~CudaBackend() = default;
 

@@ -37,13 +37,13 @@ bool CudaAvailable(std::string* why) {
   return true;
 }
 
-#define REQUIRE_CUDA_OR_SKIP()        \
-  do {                                \
-    std::string why_;                 \
-    if (!CudaAvailable(&why_)) {      \
-      WARN("skipped: " << why_);      \
-      return;                         \
-    }                                 \
+#define REQUIRE_CUDA_OR_SKIP()   \
+  do {                           \
+    std::string why_;            \
+    if (!CudaAvailable(&why_)) { \
+      WARN("skipped: " << why_); \
+      return;                    \
+    }                            \
   } while (0)
 
 std::string SharedDir() {
@@ -350,8 +350,8 @@ TEST_CASE("CudaBackend::CreateRandom builds a model on the GPU, reproducibly") {
     StepInput in{s, toks, nullptr, true};
     REQUIRE((*b)->Forward({&in, 1}, l.data()).ok());
     CHECK((*b)->weight_bytes() > 0);
-    CHECK((*b)->kv_pool_bytes() == 2ull * c.layers * 16 * 16 * c.kv_dim() *
-                                       (dtype == CudaDType::kF32 ? 4 : 2));
+    CHECK((*b)->kv_pool_bytes() ==
+          2ull * c.layers * 16 * 16 * c.kv_dim() * (dtype == CudaDType::kF32 ? 4 : 2));
     return l;
   };
   for (CudaDType dtype : {CudaDType::kF32, CudaDType::kBf16}) {
@@ -403,8 +403,8 @@ TEST_CASE("CudaBackend on stories260K: fp32 reproduces the golden greedy ids, bf
   const SeqId sg = bf->AddSequence().value(), sc = cpu->AddSequence().value();
   const int64_t prefill = 200;
   std::vector<float> lg(prefill * vocab), lc(prefill * vocab);
-  StepInput ig{sg, {ids.data(), prefill}, nullptr, true}, ic{sc, {ids.data(), prefill}, nullptr,
-                                                             true};
+  StepInput ig{sg, {ids.data(), prefill}, nullptr, true},
+      ic{sc, {ids.data(), prefill}, nullptr, true};
   REQUIRE(bf->Forward({&ig, 1}, lg.data()).ok());
   REQUIRE(cpu->Forward({&ic, 1}, lc.data()).ok());
   const double prefill_err = RelL2(lg, lc);

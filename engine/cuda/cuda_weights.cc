@@ -30,9 +30,9 @@ Status Put(const T* dst, const std::vector<float>& src, std::vector<T>& staging,
     for (size_t i = 0; i < src.size(); ++i) staging[i] = FromFloatHost<T>(src[i]);
     host = staging.data();
   }
-  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpy(const_cast<T*>(dst), host, src.size() * sizeof(T),
-                                      cudaMemcpyHostToDevice),
-                           "CudaWeights: upload of " + what);
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(const_cast<T*>(dst), host, src.size() * sizeof(T), cudaMemcpyHostToDevice),
+      "CudaWeights: upload of " + what);
   return OkStatus();
 }
 
@@ -65,15 +65,17 @@ Status CudaWeights<T>::Allocate(const ModelConfig& c, bool separate_lm_head) {
   }
   SQZ_ASSIGN_OR_RETURN(memory_, DeviceMemory::Allocate(offset, "model weights"));
   const char* base = memory_.get<char>();
-  auto at = [&](size_t o) { return o == SIZE_MAX ? nullptr : reinterpret_cast<const T*>(base + o); };
+  auto at = [&](size_t o) {
+    return o == SIZE_MAX ? nullptr : reinterpret_cast<const T*>(base + o);
+  };
   embedding_ = at(emb);
   final_norm_ = at(fnorm);
   lm_head_ = at(lm);
   layers_.resize(c.layers);
   for (int64_t i = 0; i < c.layers; ++i) {
-    layers_[i] = CudaLayerWeights<T>{at(lo[i].attn_norm), at(lo[i].wqkv),     at(lo[i].bqkv),
-                                     at(lo[i].wo),        at(lo[i].ffn_norm), at(lo[i].w_gate_up),
-                                     at(lo[i].w_down)};
+    layers_[i] =
+        CudaLayerWeights<T>{at(lo[i].attn_norm), at(lo[i].wqkv),      at(lo[i].bqkv),  at(lo[i].wo),
+                            at(lo[i].ffn_norm),  at(lo[i].w_gate_up), at(lo[i].w_down)};
   }
   return OkStatus();
 }
@@ -105,8 +107,7 @@ StatusOr<std::unique_ptr<CudaWeights<T>>> CudaWeights<T>::Upload(const Model& mo
     SQZ_RETURN_IF_ERROR(Put(dst.wo, src.wo, staging, l + "wo"));
     SQZ_RETURN_IF_ERROR(Put(dst.ffn_norm, src.ffn_norm, staging, l + "ffn_norm"));
     SQZ_RETURN_IF_ERROR(Put(dst.w_gate_up, src.w_gate, staging, l + "w_gate"));
-    SQZ_RETURN_IF_ERROR(
-        Put(dst.w_gate_up + c.intermediate * h, src.w_up, staging, l + "w_up"));
+    SQZ_RETURN_IF_ERROR(Put(dst.w_gate_up + c.intermediate * h, src.w_up, staging, l + "w_up"));
     SQZ_RETURN_IF_ERROR(Put(dst.w_down, src.w_down, staging, l + "w_down"));
   }
   return out;

@@ -182,10 +182,9 @@ Status PagedSequences::Prepare(std::span<const StepInput> batch, const StepLimit
     ints[L.off_own_len + d] = static_cast<int32_t>(item.cached + 1);
     ints[L.off_indptr + d] = static_cast<int32_t>(item.table);
   }
-  ints[L.off_indptr + L.decode_items] =
-      static_cast<int32_t>(L.decode_items > 0 ? L.items[L.decode_items - 1].table +
-                                                    L.items[L.decode_items - 1].blocks
-                                              : 0);
+  ints[L.off_indptr + L.decode_items] = static_cast<int32_t>(
+      L.decode_items > 0 ? L.items[L.decode_items - 1].table + L.items[L.decode_items - 1].blocks
+                         : 0);
   // Logit rows in the caller's batch order.
   L.item_of_batch.resize(batch.size());
   for (size_t j = 0; j < L.items.size(); ++j) {

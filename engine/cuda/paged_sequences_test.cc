@@ -191,8 +191,7 @@ TEST_CASE("PagedSequences: random steps keep block tables disjoint and slots con
       // The slot is where the row's position lands through its own block table.
       const int32_t pos = L.ints[L.off_positions + r];
       const int32_t table = L.ints[L.off_row_table + r];
-      CHECK(L.ints[L.off_slots + r] ==
-            L.ints[L.off_block_ids + table + pos / 16] * 16 + pos % 16);
+      CHECK(L.ints[L.off_slots + r] == L.ints[L.off_block_ids + table + pos / 16] * 16 + pos % 16);
       CHECK(L.ints[L.off_row_keys + r] == pos + 1);
     }
     std::set<int32_t> owned;

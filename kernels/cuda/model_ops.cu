@@ -216,8 +216,9 @@ __global__ void FillUniformKernel(T* __restrict__ x, int64_t n, float scale, uin
   const int64_t groups = (n + 3) / 4;
   for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Philox4 r = Philox4x32(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0x5eedu,
-                                 0u, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+    const Philox4 r =
+        Philox4x32(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0x5eedu, 0u,
+                   static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t idx = g * 4 + i;
@@ -301,8 +302,9 @@ Status WritePagedKv(const T* src, int64_t src_row_stride, int64_t k_offset, int6
   const int64_t width = static_cast<int64_t>(kv_heads) * head_dim;
   if (k_offset < 0 || v_offset < 0 || k_offset + width > src_row_stride ||
       v_offset + width > src_row_stride) {
-    return ArgError(kOp, "k or v columns [offset, offset + kv_heads * head_dim) exceed the row of " +
-                             std::to_string(src_row_stride));
+    return ArgError(kOp,
+                    "k or v columns [offset, offset + kv_heads * head_dim) exceed the row of " +
+                        std::to_string(src_row_stride));
   }
   if (n == 0) return OkStatus();
   if (!src || !slots || !pool_k || !pool_v) return ArgError(kOp, "null pointer");
@@ -333,8 +335,8 @@ Status PagedAttentionSimple(const PagedAttentionParams<T>& p, T* out, int64_t ou
   if (p.rows < 0) return ArgError(kOp, "rows must be >= 0");
   if (p.q_heads <= 0 || p.kv_heads <= 0 || p.q_heads % p.kv_heads != 0) {
     return ArgError(kOp, "kv_heads (" + std::to_string(p.kv_heads) +
-                             ") must be positive and divide q_heads (" +
-                             std::to_string(p.q_heads) + ")");
+                             ") must be positive and divide q_heads (" + std::to_string(p.q_heads) +
+                             ")");
   }
   if (p.head_dim <= 0 || p.head_dim > 256) return ArgError(kOp, "head_dim must be in [1, 256]");
   if (!(p.scale > 0.0f)) return ArgError(kOp, "scale must be > 0");
@@ -399,21 +401,21 @@ Status FillConstant(T* x, int64_t n, float value, cudaStream_t stream) {
   return LaunchStatus(kOp);
 }
 
-#define SQZ_INSTANTIATE_MODEL_OPS(T)                                                             \
-  template Status EmbedToFloat<T>(const int32_t*, const T*, int64_t, int64_t, int64_t, float*,   \
-                                  cudaStream_t);                                                 \
-  template Status AddRmsNorm<T>(float*, const T*, const T*, int64_t, int64_t, float, T*,         \
-                                cudaStream_t);                                                   \
-  template Status GatherRmsNorm<T>(const float*, const int32_t*, const T*, int64_t, int64_t,     \
-                                   float, T*, cudaStream_t);                                     \
-  template Status AddToFloat<T>(float*, const T*, int64_t, cudaStream_t);                        \
-  template Status WritePagedKv<T>(const T*, int64_t, int64_t, int64_t, const int32_t*, int64_t,  \
-                                  int, int, T*, T*, cudaStream_t);                               \
+#define SQZ_INSTANTIATE_MODEL_OPS(T)                                                              \
+  template Status EmbedToFloat<T>(const int32_t*, const T*, int64_t, int64_t, int64_t, float*,    \
+                                  cudaStream_t);                                                  \
+  template Status AddRmsNorm<T>(float*, const T*, const T*, int64_t, int64_t, float, T*,          \
+                                cudaStream_t);                                                    \
+  template Status GatherRmsNorm<T>(const float*, const int32_t*, const T*, int64_t, int64_t,      \
+                                   float, T*, cudaStream_t);                                      \
+  template Status AddToFloat<T>(float*, const T*, int64_t, cudaStream_t);                         \
+  template Status WritePagedKv<T>(const T*, int64_t, int64_t, int64_t, const int32_t*, int64_t,   \
+                                  int, int, T*, T*, cudaStream_t);                                \
   template Status GatherPagedKv<T>(const T*, const T*, const int32_t*, int64_t, int, int, T*, T*, \
-                                   cudaStream_t);                                                \
-  template Status PagedAttentionSimple<T>(const PagedAttentionParams<T>&, T*, int64_t,           \
-                                          cudaStream_t);                                         \
-  template Status FillUniform<T>(T*, int64_t, float, uint64_t, cudaStream_t);                    \
+                                   cudaStream_t);                                                 \
+  template Status PagedAttentionSimple<T>(const PagedAttentionParams<T>&, T*, int64_t,            \
+                                          cudaStream_t);                                          \
+  template Status FillUniform<T>(T*, int64_t, float, uint64_t, cudaStream_t);                     \
   template Status FillConstant<T>(T*, int64_t, float, cudaStream_t);
 
 SQZ_INSTANTIATE_MODEL_OPS(float)

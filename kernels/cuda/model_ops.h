@@ -50,7 +50,8 @@ Status AddToFloat(float* x, const T* delta, int64_t n, cudaStream_t stream);
 // Writes the keys and values of n tokens into the paged pool: token t's key of kv head h is
 // src[t * src_row_stride + k_offset + h * head_dim + :head_dim] (value at v_offset likewise), and
 // goes to block slots[t] / kPageSize, slot slots[t] % kPageSize. src: [n][>= src_row_stride],
-// slots: [n] int32 (distinct; slots[t] / kPageSize < pool blocks), pool_k, pool_v: the layout above.
+// slots: [n] int32 (distinct; slots[t] / kPageSize < pool blocks), pool_k, pool_v: the layout
+// above.
 template <typename T>
 Status WritePagedKv(const T* src, int64_t src_row_stride, int64_t k_offset, int64_t v_offset,
                     const int32_t* slots, int64_t n, int kv_heads, int head_dim, T* pool_k,

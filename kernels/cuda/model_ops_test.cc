@@ -82,15 +82,14 @@ TEMPLATE_TEST_CASE("AddRmsNorm and GatherRmsNorm match the CPU RMSNorm", "[cuda]
 
       DeviceBuffer<float> x(x0);
       DeviceBuffer<TestType> delta(Make<TestType>(delta_f)), w(Make<TestType>(w_f)), y(n * d);
-      REQUIRE(AddRmsNorm<TestType>(x.get(), delta.get(), w.get(), n, d, 1e-5f, y.get(), nullptr)
-                  .ok());
+      REQUIRE(
+          AddRmsNorm<TestType>(x.get(), delta.get(), w.get(), n, d, 1e-5f, y.get(), nullptr).ok());
       CHECK(x.Download() == x1);  // one fp32 add, exactly as on the CPU
       CHECK(RelativeL2(testing::ToFloat(y.Download()), want) < kTol<TestType>);
 
       // Without delta: x unchanged.
       DeviceBuffer<TestType> y2(n * d);
-      REQUIRE(
-          AddRmsNorm<TestType>(x.get(), nullptr, w.get(), n, d, 1e-5f, y2.get(), nullptr).ok());
+      REQUIRE(AddRmsNorm<TestType>(x.get(), nullptr, w.get(), n, d, 1e-5f, y2.get(), nullptr).ok());
       CHECK(x.Download() == x1);
       CHECK(RelativeL2(testing::ToFloat(y2.Download()), want) < kTol<TestType>);
 
@@ -147,8 +146,8 @@ PagedLayout MakeLayout(const std::vector<int64_t>& lens, uint32_t seed) {
   return p;
 }
 
-TEMPLATE_TEST_CASE("WritePagedKv and GatherPagedKv place and return every element", "[cuda]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("WritePagedKv and GatherPagedKv place and return every element", "[cuda]", float,
+                   bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   uint32_t seed = 300;
   for (int kvh : {1, 3, 8}) {
@@ -202,8 +201,8 @@ TEMPLATE_TEST_CASE("WritePagedKv and GatherPagedKv place and return every elemen
   CHECK(s.message().find("exceed the row of 10") != std::string::npos);
 }
 
-TEMPLATE_TEST_CASE("PagedAttentionSimple matches causal CPU attention, row by row", "[cuda]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("PagedAttentionSimple matches causal CPU attention, row by row", "[cuda]", float,
+                   bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   uint32_t seed = 500;
   struct Shape {
@@ -316,9 +315,9 @@ TEST_CASE("MatMulTransBF32 matches the CPU product and is batch invariant", "[cu
         INFO("m " << m << " n " << n << " k " << k);
         CHECK(RelativeL2(got, want) < 1e-5);
         // The last row alone: the same bits.
-        REQUIRE(MatMulTransBF32(a.get() + (m - 1) * k, w.get(), b.get(), 1, n, k, out1.get(),
-                                nullptr)
-                    .ok());
+        REQUIRE(
+            MatMulTransBF32(a.get() + (m - 1) * k, w.get(), b.get(), 1, n, k, out1.get(), nullptr)
+                .ok());
         const auto got1 = out1.Download();
         CHECK(std::equal(got1.begin(), got1.end(), got.end() - n));
       }
