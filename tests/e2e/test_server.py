@@ -494,6 +494,31 @@ class BadInputTest(unittest.TestCase):
                                rf"sampling.max_tokens must be in \[1, 300\], got {n}$",
                                gen_request(text="Hi", max_tokens=n))
 
+    def test_attention_options_out_of_range(self):
+        for field, value, pattern in (
+                ("kv_budget", 1.5, r"^attention.kv_budget must be in \(0, 1\], got 1.5$"),
+                ("target_sparsity", 0.25,
+                 r"^attention.target_sparsity must be in \[0.5, 0.95\], got 0.25$"),
+                ("prefill_block_size", 5000,
+                 r"^attention.prefill_block_size must be in \[1, 4096\], got 5000$")):
+            with self.subTest(field=field):
+                req = gen_request("contexts/doc-a", text="Hi", mode=Attn.SQUEEZED)
+                setattr(req.attention, field, value)
+                self.gen_fails(Code.INVALID_ARGUMENT, pattern, req)
+
+    def test_squeeze_options_out_of_range(self):
+        for field, value, pattern in (
+                ("centroid_fraction", 0.75,
+                 r"^squeeze_options.centroid_fraction must be in \(0, 0.5\], got 0.75$"),
+                ("observation_window", 5000,
+                 r"^squeeze_options.observation_window must be in \[1, 4096\], got 5000$"),
+                ("kmeans_iterations", 301,
+                 r"^squeeze_options.kmeans_iterations must be in \[1, 300\], got 301$")):
+            with self.subTest(field=field):
+                options = opt_pb.SqueezeOptions(**{field: value})
+                self.assertFails(Code.INVALID_ARGUMENT, pattern, register, self.alice, "opt-doc",
+                                 text=STORIES[2], squeeze_options=options)
+
     def test_invalid_utf8(self):
         bad = b"Lily \xc3\x28 ran"
         self.gen_fails(Code.INVALID_ARGUMENT,
