@@ -88,8 +88,9 @@ class ContextStore {
   StatusOr<ContextRecord> GetRecord(const std::string& id) const;  // NOT_FOUND
   // Overwrites the stored record's mutable fields (progress, labels, pinned, error, options,
   // model...) keeping its state machine honest: NOT_FOUND when absent; FAILED_PRECONDITION when it
-  // is DELETING, or when record.state is READY (only CommitReady makes a context READY) or DELETING
-  // (only Delete). sync=false is fine for frequent progress updates.
+  // is DELETING, when record.state is READY but the stored one is not (only CommitReady makes a
+  // context READY), or when record.state is DELETING (only Delete); INVALID_ARGUMENT for a progress
+  // outside [0, 1]. sync=false is fine for frequent progress updates.
   Status UpdateRecord(const ContextRecord& record, bool sync);
   // Sets state, progress and error of the stored record (same rules as UpdateRecord).
   Status UpdateState(const std::string& id, ContextState state, double progress,
@@ -99,8 +100,9 @@ class ContextStore {
   StatusOr<std::vector<int32_t>> LoadTokens(const std::string& id) const;
 
   // ---- Blobs ------------------------------------------------------------------------------------
-  // Seals and writes one blob (unsynced) and returns its manifest entry. kMeta blobs take
-  // layer = head = 0. NOT_FOUND when the context has no record.
+  // Seals and writes one blob and returns its manifest entry. Not durable until CommitReady (by
+  // default not even in the WAL). kMeta blobs take layer = head = 0. NOT_FOUND when the context
+  // has no record; FAILED_PRECONDITION when it is DELETING.
   StatusOr<BlobEntry> PutBlob(const std::string& id, int32_t layer, int32_t head, BlobKind kind,
                               std::string payload);
   // Reads one blob and verifies its header and checksum: DATA_LOSS naming the context, layer, head
