@@ -10,6 +10,9 @@
 #include <thread>
 
 #include "engine/model/cpu_backend.h"
+#if SQZ_WITH_CUDA_BACKEND
+#include "engine/cuda/cuda_backend.h"
+#endif
 
 namespace sqz {
 namespace {
@@ -159,16 +162,30 @@ Status Daemon::LoadAndServe() {
   const auto t0 = std::chrono::steady_clock::now();
   SQZ_ASSIGN_OR_RETURN(model_, LoadModel(c.engine.model.path));
   const ModelConfig& mc = model_.model->config;
-  if (c.engine.model.backend != "cpu") {
-    return UnimplementedError("engine.model.backend '" + c.engine.model.backend +
-                              "' is not available in this build yet; use cpu");
+  // KV pool blocks from the memory budget: 16 tokens x layers x kv_dim x (K and V) x element size.
+  auto kv_blocks = [&](int64_t element_bytes) {
+    const int64_t block_bytes = kKvBlockTokens * mc.layers * mc.kv_dim() * 2 * element_bytes;
+    return std::max<int64_t>(1, (c.engine.memory.kv_pool_mb << 20) / block_bytes);
+  };
+  int64_t blocks = 0;
+  if (c.engine.model.backend == "cuda") {
+#if SQZ_WITH_CUDA_BACKEND
+    CudaBackendOptions bo;
+    bo.kv_blocks = blocks = kv_blocks(2);  // bf16
+    SQZ_ASSIGN_OR_RETURN(auto backend, CudaBackend::Create(*model_.model, bo));
+    backend_ = std::move(backend);
+    state_.devices = {"cuda: bf16 weights and KV (fixed contexts are served by the cpu backend "
+                      "until Squeezed Attention runs on the GPU)"};
+#else
+    return UnimplementedError("engine.model.backend 'cuda': this build has no CUDA backend "
+                              "(configure with nvcc present, or -DSQZ_CUDA=ON)");
+#endif
+  } else {
+    CpuBackendOptions bo;
+    bo.kv_blocks = blocks = kv_blocks(sizeof(float));
+    SQZ_ASSIGN_OR_RETURN(auto backend, CpuBackend::Create(*model_.model, bo));
+    backend_ = std::move(backend);
   }
-  const int64_t block_bytes =
-      kKvBlockTokens * mc.layers * mc.kv_dim() * 2 * static_cast<int64_t>(sizeof(float));
-  CpuBackendOptions bo;
-  bo.kv_blocks = std::max<int64_t>(1, (c.engine.memory.kv_pool_mb << 20) / block_bytes);
-  SQZ_ASSIGN_OR_RETURN(auto backend, CpuBackend::Create(*model_.model, bo));
-  backend_ = std::move(backend);
   EngineLimits limits;
   limits.scheduler = c.engine.scheduler;
   limits.max_new_tokens = c.server.limits.max_new_tokens;
@@ -189,7 +206,7 @@ Status Daemon::LoadAndServe() {
   spdlog::info("model {} loaded ({}, {} layers, fingerprint {}) in {:.1f} s; KV pool {} blocks; "
                "ready", model_.name, model_.format, mc.layers, FingerprintHex(model_.fingerprint),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-               bo.kv_blocks);
+               blocks);
   return OkStatus();
 }
 
