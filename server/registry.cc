@@ -258,7 +258,7 @@ bool Registry::MakeRoomLocked(int64_t bytes, const Entry* keep) {
     spdlog::info("evicted context {} from memory", victim->first);
     it = lru_.rbegin();  // the list changed: restart from the least recent
   }
-  if (metrics_.resident_bytes) metrics_.resident_bytes->Set(static_cast<double>(resident_bytes_));
+  PublishResidencyLocked();
   return resident_bytes_ + bytes <= options_.resident_budget_bytes;
 }
 
@@ -269,6 +269,10 @@ void Registry::SetResidentLocked(const std::shared_ptr<Entry>& e,
   resident_bytes_ += e->resident_bytes;
   lru_.remove(e->record.id);
   lru_.push_front(e->record.id);
+  PublishResidencyLocked();
+}
+
+void Registry::PublishResidencyLocked() {
   if (metrics_.resident_bytes) metrics_.resident_bytes->Set(static_cast<double>(resident_bytes_));
   if (metrics_.resident_contexts) metrics_.resident_contexts->Set(static_cast<double>(lru_.size()));
 }
@@ -371,8 +375,9 @@ void Registry::Delete(const std::string& id, const std::string& owner,
       resident_bytes_ -= e->resident_bytes;
       lru_.remove(id);
       e->resident.reset();
+      e->resident_bytes = 0;
     }
-    if (metrics_.resident_bytes) metrics_.resident_bytes->Set(static_cast<double>(resident_bytes_));
+    PublishResidencyLocked();
     if (s.ok() || s.code() == StatusCode::kNotFound) {
       entries_.erase(id);
       NotifyLocked(e, /*deleted=*/true);

@@ -129,6 +129,8 @@ class Registry {
   // Makes room for `bytes` by evicting LRU idle unpinned contexts; false when impossible.
   bool MakeRoomLocked(int64_t bytes, const Entry* keep);
   void SetResidentLocked(const std::shared_ptr<Entry>& e, std::shared_ptr<const ContextSnapshot> s);
+  // Sets the resident bytes and resident contexts gauges after any change of lru_.
+  void PublishResidencyLocked();
   void NotifyLocked(const std::shared_ptr<Entry>& e, bool deleted);
   ContextView ViewLocked(const Entry& e) const;
   void Post(std::function<void()> task);

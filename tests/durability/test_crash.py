@@ -268,10 +268,12 @@ def main():
     data = os.path.join(tmp.name, "data")
     server = None
     on_disk = {}  # what the last kill left, dumped before the restart
+    restart_s = []  # process start to "ready", per start
     try:
         for it in range(ITERATIONS + 1):
             t0 = time.time()
             server = dl.Server(dl.STORIES, data).start()
+            restart_s.append(time.time() - t0)
             client = dl.Client(server.address)
             if it == ITERATIONS:
                 # The last restart: everything reaches READY; then a clean stop.
@@ -333,7 +335,9 @@ def main():
             server.kill()
         tmp.cleanup()
     total = time.time() - t_start
-    print(f"crash test: {ITERATIONS} SIGKILLs, seed {SEED}, {total:.1f} s in all; {stats}")
+    print(f"crash test: {ITERATIONS} SIGKILLs, seed {SEED}, {total:.1f} s in all; start to ready "
+          f"{min(restart_s):.2f} .. {max(restart_s):.2f} s (mean "
+          f"{sum(restart_s) / len(restart_s):.2f}); {stats}")
     check(stats["creates_acked"] > 0 and stats["deletes_acked"] > 0,
           "the workload acknowledged no registration or no deletion")
     check(stats["ready_on_disk_checked"] > 0, "no READY snapshot was compared on disk")
