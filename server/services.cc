@@ -191,6 +191,13 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
   job.sampling = std::move(sampling).value();
   job.logprobs = req->sampling().logprobs();
   const int64_t model_len = s.model->model->config.max_positions;
+  if (!req->sampling().has_max_tokens()) {
+    // The default never pushes a request past the model's length: it shrinks to what fits.
+    const int64_t room = model_len - context_tokens - static_cast<int64_t>(job.prompt.size());
+    if (room >= 1 && room < job.sampling.max_tokens) {
+      job.sampling.max_tokens = static_cast<int32_t>(room);
+    }
+  }
   const int64_t total = context_tokens + static_cast<int64_t>(job.prompt.size()) +
                         job.sampling.max_tokens;
   if (total > model_len) {
