@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <utility>
 
 namespace sqz {
 
@@ -14,6 +15,7 @@ struct Registry::Entry {
   int64_t in_flight = 0;
   bool loading = false;
   bool deleting = false;
+  std::function<void(Status)> delete_done;  // a Delete waiting for in_flight == 0 and !loading
   std::shared_ptr<std::atomic<bool>> abandon;  // set to stop an ingestion in progress
   std::chrono::steady_clock::time_point ingest_start;
   std::map<int64_t, Watcher> watchers;
@@ -363,12 +365,17 @@ void Registry::Delete(const std::string& id, const std::string& owner,
     e = it->second;
     e->deleting = true;  // no new leases; progress and persistence stop
     if (e->abandon) e->abandon->store(true);
+    e->delete_done = std::move(done);
+    StartDeleteIfIdleLocked(e);
   }
-  Post([this, e, id, done = std::move(done)] {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      idle_cv_.wait(lock, [&] { return e->in_flight == 0 && !e->loading; });
-    }
+}
+
+void Registry::StartDeleteIfIdleLocked(const std::shared_ptr<Entry>& e) {
+  if (!e->deleting || !e->delete_done || e->in_flight > 0 || e->loading) return;
+  // The registry thread never waits for requests in flight: the deletion is posted when the last
+  // lease goes, so persistence and other deletions go on meanwhile.
+  Post([this, e, done = std::exchange(e->delete_done, nullptr)] {
+    const std::string id = e->record.id;  // never changes
     const Status s = store_->Delete(id);
     std::lock_guard<std::mutex> lock(mu_);
     if (e->resident) {
@@ -445,6 +452,7 @@ StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::strin
     lock.lock();
     e->loading = false;
     idle_cv_.notify_all();
+    StartDeleteIfIdleLocked(e);  // a Delete that came during the load (this request still runs)
     if (!snap.ok()) {
       // Never serve what failed verification: rebuild from the tokens.
       const std::string why = snap.status().ToString();
@@ -490,6 +498,7 @@ StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::strin
     std::lock_guard<std::mutex> lock(mu_);
     --e->in_flight;
     idle_cv_.notify_all();
+    StartDeleteIfIdleLocked(e);
   });
   return lease;
 }

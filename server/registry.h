@@ -15,7 +15,8 @@
 //
 // Ownership and threads: borrows the store, the engine and the metrics (they outlive it). Public
 // methods are thread-safe; per-context operations are serialised by mu_. Delete runs on the
-// registry thread and completes through a callback, so no gRPC handler blocks on it.
+// registry thread once the context's requests in flight are done and completes through a
+// callback, so neither a gRPC handler nor the registry thread blocks on it.
 #pragma once
 
 #include <condition_variable>
@@ -101,7 +102,8 @@ class Registry {
   };
   StatusOr<Page> List(int64_t page_size, const std::string& page_token,
                       std::optional<ContextState> state, const std::string& owner) const;
-  // Stops new requests, waits for those in flight, removes everything; `done` runs on the registry
+  // Stops new requests; once those in flight are done (their last lease released), removes
+  // everything on the registry thread, which never waits for them. `done` runs on the registry
   // thread (or inline for an immediate error).
   void Delete(const std::string& id, const std::string& owner, std::function<void(Status)> done);
 
@@ -131,6 +133,8 @@ class Registry {
   void SetResidentLocked(const std::shared_ptr<Entry>& e, std::shared_ptr<const ContextSnapshot> s);
   // Sets the resident bytes and resident contexts gauges after any change of lru_.
   void PublishResidencyLocked();
+  // Posts the pending deletion of `e` once it has no requests in flight and no load running.
+  void StartDeleteIfIdleLocked(const std::shared_ptr<Entry>& e);
   void NotifyLocked(const std::shared_ptr<Entry>& e, bool deleted);
   ContextView ViewLocked(const Entry& e) const;
   void Post(std::function<void()> task);
