@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Sets up the Hugging Face oracle for tests/gguf/hf_parity.py on a CPU-only Debian 12 machine:
-# Debian's python3-torch (1.13.1, CPU) plus a virtual environment that sees it
-# (--system-site-packages) with transformers, tokenizers and gguf from PyPI, pinned below.
+# Debian's python3-torch (1.13.1, CPU) and libopenblas0-pthread, plus a virtual environment that
+# sees torch (--system-site-packages) with transformers, tokenizers, gguf, accelerate and jinja2
+# from PyPI, pinned below. The venv gets a .gitignore of its own ('*'), so git leaves it alone.
 #
 # Too heavy for CI (torch is ~900 MB), so none of this is in requirements-test.txt; hf_parity.py is
 # run by hand (docs/benchmarks/gguf.md says how and records its results).
 #
 # Usage: tests/gguf/hf_parity_setup.sh
-# Environment: SQZ_HF_VENV (default <repo>/.venv-hf). Installing python3-torch needs root (or a
-# machine where it is installed already).
+# Environment: SQZ_HF_VENV (default <repo>/.venv-hf). The two apt-get installs need root (or a
+# machine where the packages are installed already). About 2 minutes and ~1 GB the first time.
 # Idempotent: when everything is present it only checks the versions and returns. Prints the
 # venv's python as the last line of stdout; exit status 1 with a message on failure.
 set -euo pipefail
