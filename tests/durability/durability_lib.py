@@ -111,9 +111,9 @@ class Client:
     def close(self):
         self.channel.close()
 
-    def create(self, cid, tokens, timeout=RPC_TIMEOUT):
+    def create(self, cid, tokens, pin=False, timeout=RPC_TIMEOUT):
         return self.ctx.CreateContext(ctx_pb.CreateContextRequest(
-            context_id=cid, token_ids=ctx_pb.TokenIds(ids=tokens)), timeout=timeout)
+            context_id=cid, token_ids=ctx_pb.TokenIds(ids=tokens), pin=pin), timeout=timeout)
 
     def get(self, cid, timeout=RPC_TIMEOUT):
         return self.ctx.GetContext(ctx_pb.GetContextRequest(name="contexts/" + cid),

@@ -17,6 +17,8 @@ stored bytes, greedy tokens in DENSE and SQUEEZED mode, and the digest of its st
     the context is whole or absent.
 
 Some iterations kill the server shortly after a restart, while it resumes interrupted ingestions.
+One context of each client is pinned (loaded at every start). A reader issues long queries over
+every context meanwhile, so that deletions wait for queries in flight when the kill comes.
 
 Environment: see durability_lib.py; SQZ_CRASH_SEED and SQZ_CRASH_ITERATIONS override the defaults.
 """
@@ -50,6 +52,11 @@ def make_pool(rng):
     return pool
 
 
+def pinned(cid):
+    """The first context of each worker is pinned: a restart loads it before serving."""
+    return "-0-" in cid
+
+
 class Failure(AssertionError):
     pass
 
@@ -67,7 +74,7 @@ def clean_reference(pool, prompt):
         client = dl.Client(server.address)
         try:
             for cid, tokens in pool.items():
-                client.create(cid, tokens)
+                client.create(cid, tokens, pin=pinned(cid))
             ref = {}
             for cid in pool:
                 c = client.wait_ready(cid)
@@ -135,7 +142,7 @@ def worker(client, ids, pool, ref, prompt, tracker, rng, killed, stats, errors):
             state = tracker.get(cid)
             if state == "absent":
                 tracker.set(cid, "unknown")
-                _, err = dl.rpc_code(client.create, cid, pool[cid])
+                _, err = dl.rpc_code(client.create, cid, pool[cid], pinned(cid))
                 if err is None:
                     tracker.set(cid, "present")
                     stats["creates_acked"] += 1
@@ -243,7 +250,7 @@ def verify_restarted(client, dump, pool, ref, prompt, tracker, stats):
             check(tokens == ref[cid][mode], f"{cid}: after restart Generate gave {tokens}, the "
                   f"clean run {ref[cid][mode]}")
         # A client retrying its registration after the crash gets the same context back.
-        again = client.create(cid, pool[cid])
+        again = client.create(cid, pool[cid], pin=pinned(cid))
         check(again.state == dl.READY, f"{cid}: CreateContext again gave state {again.state}")
         tracker.set(cid, "present")
 
@@ -261,7 +268,7 @@ def main():
     stats = {k: 0 for k in ("creates_acked", "deletes_acked", "generate_ok",
                             "generate_refused_not_ready", "ready_on_disk_checked",
                             "unfinished_on_disk", "resumed", "unknown_at_kill", "early_kills",
-                            "long_generate_ok")}
+                            "long_generate_ok", "deletions_finished_at_start")}
     tracker = Tracker(pool)
     ids = list(pool)
     tmp = tempfile.TemporaryDirectory(prefix="sqz-crash-")
@@ -287,6 +294,9 @@ def main():
                 print(f"final: {len(final)} contexts READY and identical to the clean run",
                       flush=True)
                 break
+            for line in server.log:
+                if "finished the deletion of context" in line:
+                    stats["deletions_finished_at_start"] += 1
             killed = threading.Event()
             early = rng.random() < 0.25
             if early:
