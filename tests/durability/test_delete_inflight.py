@@ -1,7 +1,7 @@
 """A deletion that waits for a query in flight holds up nothing else.
 
 DeleteContext waits for the context's queries in flight before it removes anything. Meanwhile
-(the query is a long greedy stream over a generated tiny model with 4096 positions):
+(the query is a long greedy stream over a generated tiny model with 8192 positions):
   * the context is gone for everyone else: GetContext and Generate answer NOT_FOUND;
   * another context registered now is persisted and becomes READY, and another idle context is
     deleted at once: the registry's thread is not blocked by the waiting deletion (it was: every
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import durability_lib as dl  # noqa: E402
 
 grpc = dl.grpc
-LONG_TOKENS = 3900  # a few seconds of decoding here; the checks below take well under a second
+LONG_TOKENS = 8000  # several seconds of decoding here; the checks below take well under one
 
 
 class Failure(AssertionError):
@@ -73,11 +73,12 @@ def main():
     tmp = tempfile.TemporaryDirectory(prefix="sqz-delete-inflight-")
     model = os.path.join(tmp.name, "tiny-long")
     r = subprocess.run([dl.env_path("SQZ_MAKE_TINY_MODEL"), "--out", model, "--vocab", "512",
-                        "--layers", "2", "--max-positions", "4096", "--seed", "21"],
+                        "--layers", "2", "--max-positions", "8192", "--seed", "21"],
                        capture_output=True, text=True, timeout=120)
     check(r.returncode == 0, f"sqz-make-tiny-model failed: {r.stdout}{r.stderr}")
     data = os.path.join(tmp.name, "data")
-    server = dl.Server(model, data).start()
+    extra = ["--set", f"server.limits.max_new_tokens={LONG_TOKENS}"]
+    server = dl.Server(model, data, extra=extra).start()
     client = dl.Client(server.address)
     query = None
     try:
@@ -136,7 +137,7 @@ def main():
 
         server.kill()
         client.close()
-        server = dl.Server(model, data).start()
+        server = dl.Server(model, data, extra=extra).start()
         client = dl.Client(server.address)
         listed = client.list_all()
         check(set(listed) == {"fresh"} and listed["fresh"].state == dl.READY,
