@@ -100,7 +100,9 @@ def concurrent_queries(client, ids, prompt, server, rounds=3, max_tokens=64):
             raise errors[0]
         m = server.metrics()
         check(m[RESIDENT_BYTES] <= BUDGET, f"resident {m[RESIDENT_BYTES]} bytes over budget")
-    check(outcome["ok"] >= rounds * 2, f"concurrent queries: {outcome}")
+    # Two fit at once, so at least one query per round runs (two, unless a lease of the previous
+    # round is still being released).
+    check(outcome["ok"] >= rounds, f"concurrent queries: {outcome}")
     return outcome
 
 

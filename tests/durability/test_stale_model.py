@@ -260,7 +260,8 @@ def main():
         if server is not None:
             server.kill()
         tmp.cleanup()
-    print(f"stale model test: A -> B -> (kill) B -> A -> C -> D -> A in {time.time() - t_start:.1f} s\nOK")
+    print(f"stale model test: A -> B -> (kill) B -> A -> C -> D -> A in "
+          f"{time.time() - t_start:.1f} s\nOK")
 
 
 if __name__ == "__main__":
