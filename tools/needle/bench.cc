@@ -58,6 +58,10 @@ StatusOr<std::vector<NeedleTrial>> RunNeedleBenchmark(Backend& backend, const To
     return InvalidArgumentError("needle: depths must be >= 1, got " +
                                 std::to_string(options.depths));
   }
+  if (options.first_depth < 0 || options.first_depth >= options.depths) {
+    return InvalidArgumentError("needle: first_depth must be in [0, depths), got " +
+                                std::to_string(options.first_depth));
+  }
   if (options.max_tokens < 1) {
     return InvalidArgumentError("needle: max_tokens must be >= 1, got " +
                                 std::to_string(options.max_tokens));
@@ -70,7 +74,7 @@ StatusOr<std::vector<NeedleTrial>> RunNeedleBenchmark(Backend& backend, const To
   const int64_t max_positions = backend.config().max_positions;
   std::vector<NeedleTrial> trials;
   for (int64_t length : options.lengths) {
-    for (int64_t d = 0; d < options.depths; ++d) {
+    for (int64_t d = options.first_depth; d < options.depths; ++d) {
       NeedleTrial t;
       t.length = length;
       const uint64_t trial_seed =

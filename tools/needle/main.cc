@@ -2,11 +2,12 @@
 // from the model cache) on the CPU backend.
 //
 //   sqz-needle [--model PATH] [--lengths 1k,2k,4k,8k] [--depths 10] [--seed 1] [--max-tokens 12]
-//              [--threads N] [--log FILE]
+//              [--first-depth I] [--threads N] [--log FILE]
 //       Needle in a haystack: per length and depth one prefill + BuildSnapshot, then dense and
 //       squeezed (KV budgets 0.5 / 0.25 / 0.125, flat and hierarchical) answer from the same
 //       snapshot; prints markdown tables (accuracy, keys read, speed, misses). --log appends one
-//       tab-separated line per trial and mode as they finish.
+//       tab-separated line per trial and mode as they finish; --first-depth I
+//       skips depth indices below I (resuming a run: the same trials, seeded by depth index).
 //   sqz-needle --qa [--document tools/demo/sample_document.md] [--questions
 //   tools/demo/questions.json]
 //              [--max-tokens 48] [--threads N]
@@ -80,6 +81,7 @@ Status RunBench(tools::Flags& flags, const LoadedModel& lm, Backend& backend) {
   NeedleOptions opts;
   SQZ_ASSIGN_OR_RETURN(opts.lengths, ParseLengths(flags.Get("lengths", "1k,2k,4k,8k")));
   SQZ_ASSIGN_OR_RETURN(opts.depths, flags.Int("depths", 10));
+  SQZ_ASSIGN_OR_RETURN(opts.first_depth, flags.Int("first-depth", 0));
   SQZ_ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 1));
   opts.seed = static_cast<uint64_t>(seed);
   SQZ_ASSIGN_OR_RETURN(int64_t max_tokens, flags.Int("max-tokens", 12));

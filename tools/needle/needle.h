@@ -139,6 +139,9 @@ struct NeedleTrial;
 struct NeedleOptions {
   std::vector<int64_t> lengths = {1024, 2048, 4096, 8192};  // target context tokens
   int64_t depths = 10;                                      // needle depths per length
+  // Runs only depth indices >= first_depth (resuming an interrupted run: trials are seeded by
+  // (seed, length, depth index), so the skipped ones need not be recomputed).
+  int64_t first_depth = 0;
   uint64_t seed = 1;
   int32_t max_tokens = 12;  // answer tokens
   std::string system = std::string(kDefaultSystem);

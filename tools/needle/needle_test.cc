@@ -311,6 +311,12 @@ TEST_CASE("benchmark refuses bad options") {
   o.depths = 0;
   expect(o, "depths must be >= 1");
   o = {};
+  o.first_depth = 10;
+  expect(o, "first_depth must be in [0, depths)");
+  o = {};
+  o.first_depth = -1;
+  expect(o, "first_depth must be in [0, depths)");
+  o = {};
   o.max_tokens = 0;
   expect(o, "max_tokens must be >= 1");
   o = {};
