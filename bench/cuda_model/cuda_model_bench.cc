@@ -4,8 +4,10 @@
 //   * prefill of a `context`-token sequence in chunks: tokens/s and its FLOP rate as a share of
 //     the measured GEMM rate;
 //   * decode at batch 1 after that prefill: median step time against the memory floor
-//     (weights read by a step + the sequence's KV bytes, over the copy bandwidth);
-//   * decode throughput at batch `batch` (each sequence with a `batch_prompt`-token prompt).
+//     (weights read by a step + the sequence's KV bytes, over the copy bandwidth), kernel by
+//     kernel, replaying CUDA graphs, and with greedy sampling on the device;
+//   * decode throughput at batch `batch` (each sequence with a `batch_prompt`-token prompt), with
+//     logits to the host and with greedy sampling on the device.
 // Usage: sqz_cuda_model_bench [--layers 32] [--context 32768] [--chunk 4096] [--steps 64]
 //                             [--batch 64] [--batch-prompt 512]
 // Shapes are Llama-3-8B's (hidden 4096, 32 q / 8 kv heads, d 128, intermediate 14336, vocab
@@ -255,7 +257,8 @@ int main(int argc, char** argv) {
   sqz::CudaBackendOptions o;
   o.dtype = sqz::CudaDType::kBf16;
   const int64_t tokens_needed =
-      std::max(context + steps + 16, batch * (batch_prompt + steps + 16)) + 64 * 16;
+      std::max(context + 3 * (steps + 3) + 16, batch * (batch_prompt + 2 * (steps + 3) + 16)) +
+      64 * 16;
   o.kv_blocks = (tokens_needed + 15) / 16;
   o.max_step_tokens = std::max<int64_t>(chunk, batch);
   const auto t_create0 = Clock::now();
@@ -310,29 +313,56 @@ int main(int argc, char** argv) {
       context / prefill_s, prefill_tflops, 100 * linear_flops / (linear_flops + attn_flops),
       100 * attn_flops / (linear_flops + attn_flops), 100 * prefill_tflops / gemm_tflops);
 
-  // ---- Decode at batch 1 after the prefill.
-  std::vector<double> step_ms;
+  // ---- Decode at batch 1 after the prefill, three ways in turn (each `steps` steps, the sequence
+  // growing by `steps` tokens per way): kernel by kernel with the logits copied to the host (the
+  // old path), replaying CUDA graphs with the logits copied, and graphs + greedy sampling on the
+  // device (ForwardSample: only the token id reaches the host).
+  struct Way {
+    const char* name;
+    bool graphs, sample;
+    double ms = 0;
+  };
+  std::vector<Way> ways = {{"eager, logits to host", false, false},
+                           {"CUDA graph, logits to host", true, false},
+                           {"CUDA graph, greedy on device", true, true}};
   int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
                                       logits.begin());
-  for (int64_t s = 0; s < steps + 3; ++s) {
-    sqz::StepInput in{seq, {&next, 1}};
-    const auto a = Clock::now();
-    CHECK_OK(b.Forward({&in, 1}, logits.data()));
-    const double ms = Seconds(a, Clock::now()) * 1e3;
-    if (s >= 3) step_ms.push_back(ms);  // first steps: cuBLASLt plans for m = 1
-    next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
-                                logits.begin());
+  const sqz::TokenSampling greedy;  // temperature 0
+  for (Way& way : ways) {
+    b.set_cuda_graphs(way.graphs);
+    std::vector<double> step_ms;
+    for (int64_t s = 0; s < steps + 3; ++s) {
+      sqz::StepInput in{seq, {&next, 1}};
+      const auto a = Clock::now();
+      if (way.sample) {
+        CHECK_OK(b.ForwardSample({&in, 1}, {&greedy, 1}, &next));
+      } else {
+        CHECK_OK(b.Forward({&in, 1}, logits.data()));
+        next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
+                                    logits.begin());
+      }
+      const double ms = Seconds(a, Clock::now()) * 1e3;
+      if (s >= 3) step_ms.push_back(ms);  // first steps: cuBLASLt plans, graph capture
+    }
+    way.ms = Median(step_ms);
   }
-  const double decode_ms = Median(step_ms);
-  const double kv_len = static_cast<double>(context) + steps / 2.0;
+  const double decode_ms = ways.back().ms;
+  const double kv_len = static_cast<double>(context) + 1.5 * steps;
   const double kv_bytes = static_cast<double>(layers) * kv_len * c.kv_dim() * 2 * 2;
   const double weight_read = b.weight_bytes() - embed_bytes;  // one embedding row per step
   const double floor_ms = (weight_read + kv_bytes) / (bw * 1e9) * 1e3;
   std::printf(
-      "decode batch 1 at %lld cached tokens: median %.3f ms/step (%.1f tokens/s); floor "
-      "%.3f ms = (weights %.2f GB + KV %.2f GB) / %.0f GB/s; measured / floor = %.3f\n",
-      static_cast<long long>(context), decode_ms, 1e3 / decode_ms, floor_ms, weight_read / 1e9,
-      kv_bytes / 1e9, bw, decode_ms / floor_ms);
+      "decode batch 1 at %lld cached tokens: floor %.3f ms = (weights %.2f GB + KV %.2f GB) / "
+      "%.0f GB/s; graphs captured %lld, replayed %lld%s%s\n",
+      static_cast<long long>(context), floor_ms, weight_read / 1e9, kv_bytes / 1e9, bw,
+      static_cast<long long>(b.graph_stats().captured),
+      static_cast<long long>(b.graph_stats().replays),
+      b.graph_stats().capture_error.empty() ? "" : "; capture failed: ",
+      b.graph_stats().capture_error.c_str());
+  for (const Way& way : ways) {
+    std::printf("  %-30s median %.3f ms/step (%.1f tokens/s), measured / floor = %.3f\n", way.name,
+                way.ms, 1e3 / way.ms, way.ms / floor_ms);
+  }
   CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.
@@ -369,14 +399,26 @@ int main(int argc, char** argv) {
       }
     }
     const double bms = Median(ms);
+    std::vector<sqz::TokenSampling> greedy_rows(batch);
+    std::vector<double> ms_sample;
+    for (int64_t s = 0; s < steps + 3; ++s) {
+      std::vector<sqz::StepInput> ins;
+      for (int64_t i = 0; i < batch; ++i) ins.push_back({seqs[i], {&toks[i], 1}});
+      const auto a = Clock::now();
+      CHECK_OK(b.ForwardSample(ins, greedy_rows, toks.data()));
+      if (s >= 3) ms_sample.push_back(Seconds(a, Clock::now()) * 1e3);
+    }
+    const double bms_sample = Median(ms_sample);
     const double bkv =
-        static_cast<double>(layers) * batch * (batch_prompt + steps / 2.0) * c.kv_dim() * 2 * 2;
+        static_cast<double>(layers) * batch * (batch_prompt + steps) * c.kv_dim() * 2 * 2;
     const double bfloor = (weight_read + bkv) / (bw * 1e9) * 1e3;
     std::printf(
         "decode batch %lld (prompts of %lld, prefilled in %.2f s): median %.3f ms/step, "
-        "%.0f tokens/s; floor %.3f ms, measured / floor = %.3f\n",
+        "%.0f tokens/s (logits to host); %.3f ms/step, %.0f tokens/s (greedy on device); floor "
+        "%.3f ms, measured / floor = %.3f / %.3f\n",
         static_cast<long long>(batch), static_cast<long long>(batch_prompt), batch_prefill_s, bms,
-        batch * 1e3 / bms, bfloor, bms / bfloor);
+        batch * 1e3 / bms, bms_sample, batch * 1e3 / bms_sample, bfloor, bms / bfloor,
+        bms_sample / bfloor);
   }
   std::printf(
       "\nsummary: layers %lld | prefill %.0f tok/s (%.1f%% of GEMM rate) | decode b1 "

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "engine/cuda/cuda_weights.h"
 #include "engine/cuda/device_memory.h"
+#include "engine/cuda/device_sampler.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/decode_attention.h"
@@ -26,14 +28,19 @@ namespace sqz {
 class CudaBackend::Impl {
  public:
   virtual ~Impl() = default;
-  // Runs the step described by `layout` (made by PagedSequences::Prepare for `batch`).
-  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits) = 0;
+  // Runs the step described by `layout` (made by PagedSequences::Prepare for `batch`). Writes the
+  // logit rows to `logits` (host) if not null, or, if `tokens` is not null, one token per logit row
+  // chosen on the device as sampling[row] says (sampling.size() == layout.out_rows).
+  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits,
+                     std::span<const TokenSampling> sampling, int32_t* tokens) = 0;
   // Tokens [begin, begin + n) of the sequence whose block table is `blocks`, at `layer`.
   virtual Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
                         float* k, float* v) = 0;
   virtual size_t weight_bytes() const = 0;
   virtual size_t kv_pool_bytes() const = 0;
   virtual cudaStream_t stream() const = 0;
+  virtual CudaBackend::GraphStats graph_stats() const = 0;
+  virtual void set_cuda_graphs(bool on) = 0;
 };
 
 namespace {
@@ -50,6 +57,37 @@ float ToFloatHost(T x) {
 }
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The key count decode attention is planned for: the step's longest sequence rounded up to one of
+// 8 steps per power of two (at least one 64-key tile). Planning for a bucket instead of the exact
+// count lets a CUDA graph serve many steps; the eager path uses the same bucket, so graphs change
+// no result. Keys past a sequence's own count are never read.
+int64_t DecodeKeysBucket(int64_t keys) {
+  if (keys <= 64) return 64;
+  int64_t pow2 = 1;
+  while (pow2 * 2 <= keys) pow2 *= 2;
+  const int64_t step = std::max<int64_t>(64, pow2 / 8);
+  return (keys + step - 1) / step * step;
+}
+
+// An instantiated CUDA graph; destroyed with its owner.
+class GraphExec {
+ public:
+  GraphExec() = default;
+  GraphExec(const GraphExec&) = delete;
+  GraphExec& operator=(const GraphExec&) = delete;
+  ~GraphExec() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+  }
+  cudaGraphExec_t get() const { return exec_; }
+  void reset(cudaGraphExec_t exec) {
+    if (exec_) cudaGraphExecDestroy(exec_);
+    exec_ = exec;
+  }
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+};
 
 // Adds `what` in front of a failed status's message.
 Status Annotate(const Status& s, const std::string& what) { return s.WithContext(what); }
@@ -68,28 +106,48 @@ class ForwardImpl final : public CudaBackend::Impl {
     }
   }
 
-  Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits) override;
+  Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits,
+             std::span<const TokenSampling> sampling, int32_t* tokens) override;
   Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n, float* k,
                 float* v) override;
   size_t weight_bytes() const override { return weights_->bytes(); }
   size_t kv_pool_bytes() const override { return pool_.bytes(); }
   cudaStream_t stream() const override { return stream_; }
+  CudaBackend::GraphStats graph_stats() const override { return graph_stats_; }
+  void set_cuda_graphs(bool on) override { graphs_on_ = on; }
 
  private:
+  // A decode shape's graph: captured the second time the shape is seen (the first eager run loads
+  // the kernels and lets cuBLASLt choose), replayed after that.
+  struct DecodeGraph {
+    std::vector<int64_t> signature;  // the layout fields the captured launches depend on
+    int64_t seen = 0;
+    GraphExec exec;
+  };
   ForwardImpl(const ModelConfig& config, const CudaBackendOptions& options)
       : c_(config),
         o_(options),
         kv_dim_(config.kv_dim()),
         qkv_dim_(config.q_dim() + 2 * config.kv_dim()),
         max_seq_(std::min(config.max_positions, options.kv_blocks * kKvBlockTokens)),
-        logit_rows_(std::clamp<int64_t>(options.max_logit_rows, 1, options.max_step_tokens)) {}
+        logit_rows_(std::clamp<int64_t>(options.max_logit_rows, 1, options.max_step_tokens)),
+        graphs_on_(options.cuda_graphs) {}
 
   Status AllocateBuffers();
   // out[m][n] = a[m][k] w[n][k]^T (+ bias), in T.
   Status Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n, int64_t k, T* out);
   // The LM head: fp32 output.
   Status LmHead(const T* a, int64_t m, float* out);
-  Status Attention(const StepLayout& L, int layer);
+  Status Attention(const StepLayout& L, int layer, int64_t decode_keys);
+  // Enqueues the embedding and every layer (the residual stream ends in x_), with q capture when
+  // `capture`. decode_keys: DecodeKeysBucket of the step.
+  Status Body(const StepLayout& L, int64_t decode_keys, bool capture);
+  // Enqueues the final norm and the LM head of logit rows [r0, r0 + n) into logits_ (n <=
+  // logit_rows_).
+  Status Head(const StepLayout& L, int64_t r0, int64_t n);
+  // Replays (capturing it first if due) the graph of a decode step's Body + Head. Sets *ran to
+  // whether it did; false means the caller runs the step eagerly.
+  Status RunGraph(const StepLayout& L, int64_t decode_keys, bool* ran);
   Status CaptureQ(const StepLayout& L, int layer);
   T* PoolK(int layer) const {
     return pool_.get<T>() + static_cast<int64_t>(layer) * pool_layer_elems_;
@@ -132,6 +190,10 @@ class ForwardImpl final : public CudaBackend::Impl {
   void* gemm_ws_ = nullptr;
   size_t gemm_ws_bytes_ = 0;
   std::vector<T> host_stage_;  // q capture and ReadKv (grown on use; never in a plain decode)
+  std::unique_ptr<DeviceSampler> sampler_;                     // [logit_rows_] rows per pass
+  std::map<std::pair<int64_t, int64_t>, DecodeGraph> graphs_;  // by (batch, decode-key bucket)
+  CudaBackend::GraphStats graph_stats_;
+  bool graphs_on_;  // o_.cuda_graphs, or as set_cuda_graphs last said
 };
 
 template <typename T>
@@ -148,12 +210,22 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
   if constexpr (std::is_same_v<T, bf16>) {
     SQZ_ASSIGN_OR_RETURN(impl->gemm_, cuda::Gemm::Create());
   }
+  const int64_t weight_bytes = config.ParameterCount() * static_cast<int64_t>(sizeof(T));
+  if (options.weights_budget_bytes > 0 && weight_bytes > options.weights_budget_bytes) {
+    return ResourceExhaustedError("CudaBackend: the weights need " + std::to_string(weight_bytes) +
+                                  " bytes (" + std::to_string(config.ParameterCount()) +
+                                  " parameters in " + (std::is_same_v<T, float> ? "fp32" : "bf16") +
+                                  "), above weights_budget_bytes " +
+                                  std::to_string(options.weights_budget_bytes));
+  }
   if (model) {
     SQZ_ASSIGN_OR_RETURN(impl->weights_, CudaWeights<T>::Upload(*model));
   } else {
     SQZ_ASSIGN_OR_RETURN(impl->weights_, CudaWeights<T>::Random(config, seed, impl->stream_));
   }
   SQZ_RETURN_IF_ERROR(impl->AllocateBuffers());
+  SQZ_ASSIGN_OR_RETURN(impl->sampler_, DeviceSampler::Create(impl->logit_rows_, config.vocab,
+                                                             options.max_penalty_tokens));
   return impl;
 }
 
@@ -250,7 +322,7 @@ Status ForwardImpl<T>::LmHead(const T* a, int64_t m, float* out) {
 }
 
 template <typename T>
-Status ForwardImpl<T>::Attention(const StepLayout& L, int layer) {
+Status ForwardImpl<T>::Attention(const StepLayout& L, int layer, int64_t decode_keys) {
   const int d = static_cast<int>(c_.head_dim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const int32_t* block_ids = meta_ + L.off_block_ids;
@@ -291,14 +363,14 @@ Status ForwardImpl<T>::Attention(const StepLayout& L, int layer) {
       p.block_ids = block_ids;
       p.pool_k = PoolK(layer);
       p.pool_v = PoolV(layer);
-      p.max_kv_len = L.max_decode_keys;
+      p.max_kv_len = decode_keys;
       cuda::DecodePlan plan = cuda::PlanDecodeAttention(p, num_sms_);
       if (plan.workspace_bytes > decode_ws_bytes_) {
         // Fewer, longer chunks so that the partials fit the workspace.
         const size_t per_chunk = static_cast<size_t>(p.batch) * p.n_q_heads * (4 * d + 8);
         const int64_t max_chunks =
             std::max<int64_t>(1, (static_cast<int64_t>(decode_ws_bytes_) - 512) / per_chunk);
-        const int64_t chunk = (L.max_decode_keys + max_chunks - 1) / max_chunks;
+        const int64_t chunk = (decode_keys + max_chunks - 1) / max_chunks;
         plan = cuda::PlanDecodeAttention(p, num_sms_, chunk);
       }
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, attn_, nullptr, decode_ws_,
@@ -357,17 +429,10 @@ Status ForwardImpl<T>::CaptureQ(const StepLayout& L, int layer) {
 }
 
 template <typename T>
-Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch, float* logits) {
+Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool capture) {
   const int64_t R = L.rows, H = c_.hidden, I = c_.intermediate;
   const int kvh = static_cast<int>(c_.kv_heads), d = static_cast<int>(c_.head_dim);
-  std::memcpy(pinned_.get(), L.ints.data(), L.ints.size() * 4);
-  SQZ_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(meta_, pinned_.get(), L.ints.size() * 4, cudaMemcpyHostToDevice, stream_),
-      "CudaBackend: step metadata");
   const int32_t* positions = meta_ + L.off_positions;
-  bool capture = false;
-  for (const StepLayout::Item& item : L.items) capture = capture || item.q_out != nullptr;
-
   SQZ_RETURN_IF_ERROR(
       cuda::EmbedToFloat<T>(meta_ + L.off_ids, weights_->embedding(), R, c_.vocab, H, x_, stream_));
   for (int layer = 0; layer < c_.layers; ++layer) {
@@ -385,7 +450,7 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
                                 stream_);
     }
     if (s.ok() && capture) s = CaptureQ(L, layer);
-    if (s.ok()) s = Attention(L, layer);
+    if (s.ok()) s = Attention(L, layer, decode_keys);
     if (s.ok()) s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_);
     if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_);
     if (s.ok()) s = Linear(xn_, w.w_gate_up, nullptr, R, 2 * I, H, gate_up_);
@@ -393,18 +458,97 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
     if (s.ok()) s = Linear(act_, w.w_down, nullptr, R, H, I, tmp_);
     if (!s.ok()) return Annotate(s, "CudaBackend: layer " + std::to_string(layer));
   }
-  SQZ_RETURN_IF_ERROR(Annotate(cuda::AddToFloat<T>(x_, tmp_, R * H, stream_), "CudaBackend"));
-  if (logits != nullptr) {
+  return Annotate(cuda::AddToFloat<T>(x_, tmp_, R * H, stream_), "CudaBackend");
+}
+
+template <typename T>
+Status ForwardImpl<T>::Head(const StepLayout& L, int64_t r0, int64_t n) {
+  SQZ_RETURN_IF_ERROR(
+      Annotate(cuda::GatherRmsNorm<T>(x_, meta_ + L.off_logit_rows + r0, weights_->final_norm(), n,
+                                      c_.hidden, c_.rms_eps, xn_, stream_),
+               "CudaBackend: final norm"));
+  return Annotate(LmHead(xn_, n, logits_), "CudaBackend: LM head");
+}
+
+template <typename T>
+Status ForwardImpl<T>::RunGraph(const StepLayout& L, int64_t decode_keys, bool* ran) {
+  *ran = false;
+  const std::vector<int64_t> signature = {L.rows,         L.out_rows,      L.decode_items,
+                                          L.off_ids,      L.off_positions, L.off_slots,
+                                          L.off_row_keys, L.off_row_table, L.off_logit_rows,
+                                          L.off_own_len,  L.off_indptr,    L.off_block_ids};
+  DecodeGraph& g = graphs_[{static_cast<int64_t>(L.items.size()), decode_keys}];
+  if (g.signature != signature) {  // a new shape (or, defensively, one laid out otherwise)
+    g.signature = signature;
+    g.seen = 0;
+    g.exec.reset(nullptr);
+  }
+  if (g.exec.get() == nullptr) {
+    if (++g.seen < 2) return OkStatus();  // the first time runs eagerly
+    SQZ_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed),
+                             "CudaBackend: graph capture");
+    Status s = Body(L, decode_keys, /*capture=*/false);
+    if (s.ok()) s = Head(L, 0, L.out_rows);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    if (s.ok()) s = cuda::CudaStatus(end, "CudaBackend: graph capture");
+    cudaGraphExec_t exec = nullptr;
+    if (s.ok()) {
+      s = cuda::CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "CudaBackend: graph instantiate");
+    }
+    if (graph) cudaGraphDestroy(graph);
+    if (!s.ok()) {
+      // Run this and every later step eagerly (graph_stats says why); the step itself is fine.
+      cudaGetLastError();
+      graphs_on_ = false;
+      graph_stats_.capture_error = s.ToString();
+      return OkStatus();
+    }
+    g.exec.reset(exec);
+    ++graph_stats_.captured;
+  }
+  SQZ_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g.exec.get(), stream_), "CudaBackend: graph launch");
+  ++graph_stats_.replays;
+  *ran = true;
+  return OkStatus();
+}
+
+template <typename T>
+Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch, float* logits,
+                           std::span<const TokenSampling> sampling, int32_t* tokens) {
+  std::memcpy(pinned_.get(), L.ints.data(), L.ints.size() * 4);
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(meta_, pinned_.get(), L.ints.size() * 4, cudaMemcpyHostToDevice, stream_),
+      "CudaBackend: step metadata");
+  bool capture = false;
+  for (const StepLayout::Item& item : L.items) capture = capture || item.q_out != nullptr;
+  const bool want_rows = logits != nullptr || tokens != nullptr;
+  // Whether one Head pass covers every logit row (then it may belong to the graph).
+  const bool one_pass = want_rows && L.out_rows <= logit_rows_;
+  const int64_t decode_keys = DecodeKeysBucket(L.max_decode_keys);
+  bool graphed = false;
+  if (graphs_on_ && one_pass && !capture &&
+      L.decode_items == static_cast<int64_t>(L.items.size()) &&
+      L.decode_items <= o_.graph_max_batch) {
+    SQZ_RETURN_IF_ERROR(RunGraph(L, decode_keys, &graphed));
+  }
+  if (!graphed) {
+    SQZ_RETURN_IF_ERROR(Body(L, decode_keys, capture));
+    if (one_pass) SQZ_RETURN_IF_ERROR(Head(L, 0, L.out_rows));
+  }
+  if (want_rows) {
     for (int64_t r0 = 0; r0 < L.out_rows; r0 += logit_rows_) {
       const int64_t n = std::min(logit_rows_, L.out_rows - r0);
-      SQZ_RETURN_IF_ERROR(
-          Annotate(cuda::GatherRmsNorm<T>(x_, meta_ + L.off_logit_rows + r0, weights_->final_norm(),
-                                          n, H, c_.rms_eps, xn_, stream_),
-                   "CudaBackend: final norm"));
-      SQZ_RETURN_IF_ERROR(Annotate(LmHead(xn_, n, logits_), "CudaBackend: LM head"));
-      SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits + r0 * c_.vocab, logits_, n * c_.vocab * 4,
-                                               cudaMemcpyDeviceToHost, stream_),
-                               "CudaBackend: logits to host");
+      if (!one_pass) SQZ_RETURN_IF_ERROR(Head(L, r0, n));
+      if (tokens != nullptr) {
+        SQZ_RETURN_IF_ERROR(Annotate(
+            sampler_->Sample(logits_, n, c_.vocab, sampling.subspan(r0, n), tokens + r0, stream_),
+            "CudaBackend"));
+      } else {
+        SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits + r0 * c_.vocab, logits_, n * c_.vocab * 4,
+                                                 cudaMemcpyDeviceToHost, stream_),
+                                 "CudaBackend: logits to host");
+      }
     }
   }
   SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CudaBackend: step");
@@ -486,6 +630,18 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::CreateImpl(const ModelConfig
     return InvalidArgumentError("CudaBackendOptions.decode_workspace_bytes must be >= 4096, got " +
                                 std::to_string(options.decode_workspace_bytes));
   }
+  if (options.weights_budget_bytes < 0) {
+    return InvalidArgumentError("CudaBackendOptions.weights_budget_bytes must be >= 0, got " +
+                                std::to_string(options.weights_budget_bytes));
+  }
+  if (options.graph_max_batch < 1 || options.graph_max_batch > 256) {
+    return InvalidArgumentError("CudaBackendOptions.graph_max_batch must be in [1, 256], got " +
+                                std::to_string(options.graph_max_batch));
+  }
+  if (options.max_penalty_tokens < 0 || options.max_penalty_tokens > INT32_MAX) {
+    return InvalidArgumentError("CudaBackendOptions.max_penalty_tokens must be in [0, 2^31), got " +
+                                std::to_string(options.max_penalty_tokens));
+  }
   if (config.head_dim > 256) {
     return UnimplementedError("CudaBackend: head_dim " + std::to_string(config.head_dim) +
                               " is above the compiled maximum 256");
@@ -527,10 +683,44 @@ Status CudaBackend::Forward(std::span<const StepInput> batch, float* logits) {
   const StepLimits limits{config_.vocab, config_.max_positions, options_.max_step_tokens};
   SQZ_RETURN_IF_ERROR(sequences_.Prepare(batch, limits, &layout_));
   if (batch.empty()) return OkStatus();
-  SQZ_RETURN_IF_ERROR(impl_->Run(layout_, batch, logits));
+  SQZ_RETURN_IF_ERROR(impl_->Run(layout_, batch, logits, {}, nullptr));
   sequences_.Advance(layout_, batch);
   return OkStatus();
 }
+
+Status CudaBackend::ForwardSample(std::span<const StepInput> batch,
+                                  std::span<const TokenSampling> sampling, int32_t* tokens) {
+  if (sampling.size() != batch.size()) {
+    return InvalidArgumentError("ForwardSample: " + std::to_string(sampling.size()) +
+                                " sampling entries for a batch of " + std::to_string(batch.size()));
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i].all_logits) {
+      return InvalidArgumentError("ForwardSample: batch[" + std::to_string(i) +
+                                  "].all_logits must be false (one token per sequence)");
+    }
+    SQZ_RETURN_IF_ERROR(DeviceSampler::Validate(sampling[i], i));
+  }
+  if (batch.empty()) return OkStatus();
+  if (tokens == nullptr) return InvalidArgumentError("ForwardSample: null tokens");
+  // Checked before any block is taken, so that the refusal leaves every sequence unchanged.
+  const int64_t penalised = DeviceSampler::PenaltyTokensBound(sampling);
+  if (penalised > options_.max_penalty_tokens) {
+    return ResourceExhaustedError("ForwardSample: " + std::to_string(penalised) +
+                                  " penalised tokens (prompt and generated, with repeats) exceed "
+                                  "max_penalty_tokens " +
+                                  std::to_string(options_.max_penalty_tokens));
+  }
+  const StepLimits limits{config_.vocab, config_.max_positions, options_.max_step_tokens};
+  SQZ_RETURN_IF_ERROR(sequences_.Prepare(batch, limits, &layout_));
+  SQZ_RETURN_IF_ERROR(impl_->Run(layout_, batch, nullptr, sampling, tokens));
+  sequences_.Advance(layout_, batch);
+  return OkStatus();
+}
+
+CudaBackend::GraphStats CudaBackend::graph_stats() const { return impl_->graph_stats(); }
+
+void CudaBackend::set_cuda_graphs(bool on) { impl_->set_cuda_graphs(on); }
 
 Status CudaBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
   const std::vector<int32_t>* blocks = sequences_.Blocks(seq);

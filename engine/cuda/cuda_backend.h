@@ -15,9 +15,19 @@
 // Deviations from the Backend guarantees (backend.h):
 //   * fixed contexts: a StepInput with a context is UNIMPLEMENTED for now (the GPU squeezed path
 //     is a later issue);
-//   * bf16 mode is not bit-for-bit batch or chunk invariant: cuBLASLt may pick another algorithm
-//     for another row count, and decode and prefill attention sum in different orders. Results
-//     agree to bf16 rounding; the fp32 mode keeps both invariances.
+//   * batch invariance in bf16: a request's logits DO depend on the batch it runs in, at the
+//     level of bf16 rounding, not bit for bit. Three causes: (1) the linear layers run a GEMV for
+//     steps of at most 8 rows and cuBLASLt above, and cuBLASLt picks its algorithm (tile shape,
+//     split-K) by the row count, so the sum order of a row changes with the step's size; (2) the
+//     split of decode attention (chunks per sequence) is planned from the batch size and the
+//     longest sequence of the step; (3) a prefill chunk's attention sums in another order than
+//     decode attention, so chunking changes results too. What holds (tested on the GPU by
+//     cuda_backend_graph_test): the same step shape gives bit-identical results (every kernel
+//     is deterministic; CUDA graphs change nothing), and a request's logits alone and in mixed
+//     batches of 1-20 sequences agree within 1e-2 relative L2 (measured: see
+//     docs/benchmarks/cuda.md). Greedy decoding can therefore diverge between batch
+//     compositions at near-ties of the top two logits. The fp32 mode is bit-for-bit batch and
+//     chunk invariant.
 //
 // Memory: everything is allocated in Create (weights, KV pool, per-step buffers for up to
 // max_step_tokens tokens, workspaces, pinned staging); Forward, ReadKv and the sequence calls
@@ -32,6 +42,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "engine/cuda/paged_sequences.h"
 #include "engine/model/backend.h"
@@ -57,6 +68,20 @@ struct CudaBackendOptions {
   int64_t max_logit_rows = 256;
   // Split-K workspace of decode attention; a step whose plan needs more uses longer chunks.
   int64_t decode_workspace_bytes = 64 << 20;
+  // Upper bound on the device bytes of the weights (parameters x element size); 0: no bound.
+  // Create fails with RESOURCE_EXHAUSTED naming both numbers when the model needs more.
+  int64_t weights_budget_bytes = 0;
+  // CUDA graphs for decode steps: a step whose items all carry one new token (no q capture, logits
+  // or tokens wanted, at most graph_max_batch sequences) replays a graph captured the second time
+  // its shape is seen. The shape is (batch size, decode-key bucket); buckets are 8 per power of two
+  // of the longest sequence's key count, so a growing sequence meets a new graph every ~12% of its
+  // length. Graphs replay the very kernels and parameters of the eager path: results are
+  // bit-identical with graphs on or off. Off: every step is launched kernel by kernel.
+  bool cuda_graphs = true;
+  int64_t graph_max_batch = 16;  // in [1, 256]: graphs of larger batches gain little
+  // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
+  // over all its sequences: a device buffer of 8 bytes each.
+  int64_t max_penalty_tokens = 1 << 20;
   int device = 0;  // CUDA device ordinal
 };
 
@@ -85,8 +110,22 @@ class CudaBackend : public Backend {
   // See Backend::Forward; also UNIMPLEMENTED for a context and INVALID_ARGUMENT for more than
   // max_step_tokens tokens. INTERNAL when a kernel fails (the step's sequences keep their lengths).
   Status Forward(std::span<const StepInput> batch, float* logits) override;
+  // Samples on the device (DeviceSampler): only the chosen token ids reach the host.
+  bool SamplesInBackend() const override { return true; }
+  Status ForwardSample(std::span<const StepInput> batch, std::span<const TokenSampling> sampling,
+                       int32_t* tokens) override;
   Status ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) override;
   KvPoolStats Stats() const override;
+
+  struct GraphStats {
+    int64_t captured = 0;       // graphs captured (one per decode shape seen twice)
+    int64_t replays = 0;        // steps run by replaying a graph
+    std::string capture_error;  // why capture failed (graphs are then off for good), or ""
+  };
+  GraphStats graph_stats() const;
+  // Turns decode-step graphs on or off from the next step on (benchmarks compare both on one
+  // backend); starts as options.cuda_graphs.
+  void set_cuda_graphs(bool on);
 
   // Device bytes of the weights and of the KV pool (K and V, all layers).
   size_t weight_bytes() const;

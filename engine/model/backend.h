@@ -42,6 +42,24 @@ struct StepInput {
   float* q_out = nullptr;
 };
 
+// How ForwardSample picks one sequence's next token (the meaning of each field is that of
+// SamplingParams in sampler.h). Greedy (temperature 0) picks exactly the token Sampler picks from
+// the same logits, penalties included; a draw (temperature > 0) is seeded by (seed, counter) and
+// reproducible, but its random stream is the backend's own, not Sampler's.
+struct TokenSampling {
+  float temperature = 0.0f;  // 0: greedy
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;  // over prompt and generated tokens
+  float presence_penalty = 0.0f;    // over generated tokens
+  float frequency_penalty = 0.0f;   // over generated tokens
+  uint64_t seed = 0;
+  uint64_t counter = 0;                // draw number within the request (e.g. tokens so far)
+  std::span<const int32_t> prompt;     // borrowed for the call
+  std::span<const int32_t> generated;  // borrowed for the call
+};
+
 struct KvPoolStats {
   int64_t block_tokens = kKvBlockTokens;
   int64_t total_blocks = 0;
@@ -70,6 +88,18 @@ class Backend {
   // OUT_OF_RANGE (position beyond max_positions), RESOURCE_EXHAUSTED (not enough free KV blocks
   // for the step).
   virtual Status Forward(std::span<const StepInput> batch, float* logits) = 0;
+
+  // Whether ForwardSample is implemented (the token is chosen where the logits are, so they never
+  // travel to the caller).
+  virtual bool SamplesInBackend() const { return false; }
+  // Runs Forward and picks the next token of every batch entry from its last row's logits:
+  // tokens[i] for batch[i] (sampling[i] says how). all_logits must be false. Errors as Forward,
+  // plus INVALID_ARGUMENT for sampling parameters outside SamplingParams' ranges or a sampling
+  // list of another size than the batch; UNIMPLEMENTED where SamplesInBackend() is false.
+  virtual Status ForwardSample(std::span<const StepInput> batch,
+                               std::span<const TokenSampling> sampling, int32_t* tokens) {
+    return UnimplementedError("this backend does not sample; use Forward and a Sampler");
+  }
 
   // Copies the post-RoPE keys and the values of own tokens [begin, begin + n) of `seq` at `layer`.
   // k, v: [n][kv_heads][head_dim] each. NOT_FOUND (unknown seq), INVALID_ARGUMENT (layer),
