@@ -50,6 +50,13 @@ std::vector<Field> Fields(DaemonConfig& c) {
       {"engine.model.path", K::kString, &e.model.path},
       {"engine.model.backend", K::kEnum, &e.model.backend, 0, 0, {"cpu", "cuda"}},
       {"engine.model.threads", K::kInt, &e.model.threads, 0, 1024},
+      {"engine.model.cuda.dtype", K::kEnum, &e.model.cuda.dtype, 0, 0, {"bf16", "fp32"}},
+      {"engine.model.cuda.device", K::kInt, &e.model.cuda.device, 0, 1023},
+      {"engine.model.cuda.weights_mb", K::kInt, &e.model.cuda.weights_mb, 0, 1 << 24},
+      {"engine.model.cuda.workspace_mb", K::kInt, &e.model.cuda.workspace_mb, 1, 1 << 16},
+      {"engine.model.cuda.max_step_tokens", K::kInt, &e.model.cuda.max_step_tokens, 1, 65535},
+      {"engine.model.cuda.graphs", K::kBool, &e.model.cuda.graphs},
+      {"engine.model.cuda.graph_max_batch", K::kInt, &e.model.cuda.graph_max_batch, 1, 256},
       {"engine.memory.kv_pool_mb", K::kInt, &e.memory.kv_pool_mb, 1, 1 << 24},
       {"engine.memory.resident_contexts_mb", K::kInt, &e.memory.resident_contexts_mb, 1, 1 << 24},
       {"engine.scheduler.max_batch_tokens", K::kInt, &e.scheduler.max_batch_tokens, 1, 1 << 20},
@@ -218,6 +225,14 @@ void Validate(const DaemonConfig& c, std::vector<std::string>& errors) {
     errors.push_back("engine.squeeze.coarse_fraction: must be below centroid_fraction (" +
                      FormatNumber(q.centroid_fraction) + "), got " +
                      FormatNumber(q.coarse_fraction));
+  }
+  const auto& cuda = c.engine.model.cuda;
+  if (c.engine.model.backend == "cuda" &&
+      cuda.max_step_tokens < c.engine.scheduler.max_batch_tokens) {
+    errors.push_back("engine.model.cuda.max_step_tokens: must be >= "
+                     "engine.scheduler.max_batch_tokens (" +
+                     std::to_string(c.engine.scheduler.max_batch_tokens) +
+                     ") with the cuda backend, got " + std::to_string(cuda.max_step_tokens));
   }
   if (c.engine.model.path.empty()) errors.push_back("engine.model.path: must be set");
   if (c.storage.path.empty()) errors.push_back("storage.path: must be set");

@@ -124,6 +124,96 @@ engine: {model: {path: m}, squeeze: {coarse_fraction: 0.1, centroid_fraction: 0.
   CHECK(missing.status().message().find("/nonexistent/squeezed.yaml") != std::string::npos);
 }
 
+TEST_CASE("cuda backend options: defaults, values, overrides and key-path errors") {
+  auto d = ParseDaemonConfig("");
+  REQUIRE(d.ok());
+  const CudaOptions& def = d->engine.model.cuda;
+  CHECK(def.dtype == "bf16");
+  CHECK(def.device == 0);
+  CHECK(def.weights_mb == 0);
+  CHECK(def.workspace_mb == 64);
+  CHECK(def.max_step_tokens == 4096);
+  CHECK(def.graphs);
+  CHECK(def.graph_max_batch == 16);
+  CHECK(DaemonConfigToYaml(*d).find("graph_max_batch: 16") != std::string::npos);
+
+  auto c = ParseDaemonConfig(R"(
+engine:
+  model:
+    backend: cuda
+    cuda: {dtype: fp32, device: 1, weights_mb: 20000, workspace_mb: 128, graphs: false}
+  memory: {kv_pool_mb: 8192}
+)",
+                             {{"engine.model.cuda.graph_max_batch", "3"},
+                              {"engine.model.cuda.max_step_tokens", "1024"}});
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  const CudaOptions& o = c->engine.model.cuda;
+  CHECK(o.dtype == "fp32");
+  CHECK(o.device == 1);
+  CHECK(o.weights_mb == 20000);
+  CHECK(o.workspace_mb == 128);
+  CHECK_FALSE(o.graphs);
+  CHECK(o.graph_max_batch == 3);
+  CHECK(o.max_step_tokens == 1024);
+  CHECK(c->engine.memory.kv_pool_mb == 8192);
+  // The printed configuration parses back to the same options.
+  auto again = ParseDaemonConfig(DaemonConfigToYaml(*c));
+  REQUIRE(again.ok());
+  CHECK(DaemonConfigToYaml(*again) == DaemonConfigToYaml(*c));
+
+  auto bad = ParseDaemonConfig(R"(
+engine:
+  model:
+    backend: cuda
+    cuda:
+      dtype: fp16
+      device: -1
+      weights_mb: -5
+      workspace_mb: 0
+      max_step_tokens: 70000
+      graphs: sometimes
+      graph_max_batch: 512
+      streams: 2
+)");
+  REQUIRE_FALSE(bad.ok());
+  const std::string& m = bad.status().message();
+  INFO(m);
+  CHECK(m.find("8 configuration errors") != std::string::npos);
+  CHECK(m.find("engine.model.cuda.dtype: must be one of [bf16, fp32], got 'fp16'") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.cuda.device: must be in [0, 1023], got -1") != std::string::npos);
+  CHECK(m.find("engine.model.cuda.weights_mb: must be in [0, 16777216], got -5") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.cuda.workspace_mb: must be in [1, 65536], got 0") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.cuda.max_step_tokens: must be in [1, 65535], got 70000") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.cuda.graphs: must be true or false, got 'sometimes'") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.cuda.graph_max_batch: must be in [1, 256], got 512") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.cuda.streams: unknown key") != std::string::npos);
+
+  // Steps of the scheduler must fit the GPU's step buffers, with the cuda backend only.
+  const std::string steps = R"(
+engine:
+  model: {backend: BACKEND, cuda: {max_step_tokens: 256}}
+  scheduler: {max_batch_tokens: 512}
+)";
+  auto with_backend = [&](const std::string& b) {
+    std::string y = steps;
+    y.replace(y.find("BACKEND"), 7, b);
+    return ParseDaemonConfig(y);
+  };
+  auto cuda = with_backend("cuda");
+  REQUIRE_FALSE(cuda.ok());
+  CHECK(cuda.status().message().find(
+            "engine.model.cuda.max_step_tokens: must be >= engine.scheduler.max_batch_tokens "
+            "(512) with the cuda backend, got 256") != std::string::npos);
+  CHECK(with_backend("cpu").ok());
+}
+
 TEST_CASE("ExpandPath expands ~ and environment variables") {
   setenv("SQZ_TEST_VAR", "/tmp/x", 1);
   CHECK(ExpandPath("${SQZ_TEST_VAR}/m.gguf") == "/tmp/x/m.gguf");

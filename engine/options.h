@@ -7,6 +7,30 @@
 
 namespace sqz {
 
+// Options of the cuda backend (engine/cuda/cuda_backend.h, CudaBackendOptions); ignored by cpu.
+// Its KV pool is sized by engine.memory.kv_pool_mb (2 bytes per element in bf16, 4 in fp32).
+struct CudaOptions {
+  // Element type of weights, activations and KV pool: "bf16" (serving) or "fp32" (exactness
+  // checks: twice the memory, slow reference kernels).
+  std::string dtype = "bf16";
+  // CUDA device ordinal.
+  int64_t device = 0;
+  // Upper bound on the weights' device memory, MiB; 0 = no bound. A model above it fails at load
+  // with RESOURCE_EXHAUSTED instead of crowding out the KV pool.
+  int64_t weights_mb = 0;
+  // Split-K workspace of decode attention, MiB. Less forces longer chunks (less parallelism) on
+  // long contexts at large batches.
+  int64_t workspace_mb = 64;
+  // Tokens one engine step may carry on the GPU: sizes the activation buffers (about
+  // max_step_tokens x (hidden + 3 x intermediate) elements). Must be >= engine.scheduler.
+  // max_batch_tokens.
+  int64_t max_step_tokens = 4096;
+  // CUDA graphs for decode steps of up to graph_max_batch requests: fewer launch gaps per token,
+  // a little memory per captured shape; results are the same with graphs off.
+  bool graphs = true;
+  int64_t graph_max_batch = 16;
+};
+
 struct ModelOptions {
   // Hugging Face directory or .gguf file. Default: the embedded default model in the model cache.
   std::string path = "~/.cache/squeeze/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -14,6 +38,7 @@ struct ModelOptions {
   std::string backend = "cpu";
   // CPU threads for the cpu backend; 0 = all cores.
   int64_t threads = 0;
+  CudaOptions cuda;
 };
 
 struct MemoryOptions {

@@ -170,12 +170,22 @@ Status Daemon::LoadAndServe() {
   int64_t blocks = 0;
   if (c.engine.model.backend == "cuda") {
 #if SQZ_WITH_CUDA_BACKEND
+    const CudaOptions& co = c.engine.model.cuda;
+    const bool fp32 = co.dtype == "fp32";
     CudaBackendOptions bo;
-    bo.kv_blocks = blocks = kv_blocks(2);  // bf16
+    bo.dtype = fp32 ? CudaDType::kF32 : CudaDType::kBf16;
+    bo.kv_blocks = blocks = kv_blocks(fp32 ? 4 : 2);
+    bo.device = static_cast<int>(co.device);
+    bo.weights_budget_bytes = co.weights_mb << 20;
+    bo.decode_workspace_bytes = co.workspace_mb << 20;
+    bo.max_step_tokens = co.max_step_tokens;
+    bo.cuda_graphs = co.graphs;
+    bo.graph_max_batch = co.graph_max_batch;
     SQZ_ASSIGN_OR_RETURN(auto backend, CudaBackend::Create(*model_.model, bo));
     backend_ = std::move(backend);
-    state_.devices = {"cuda: bf16 weights and KV (fixed contexts are served by the cpu backend "
-                      "until Squeezed Attention runs on the GPU)"};
+    state_.devices = {"cuda:" + std::to_string(co.device) + ": " + co.dtype +
+                      " weights and KV (fixed contexts are served by the cpu backend until "
+                      "Squeezed Attention runs on the GPU)"};
 #else
     return UnimplementedError("engine.model.backend 'cuda': this build has no CUDA backend "
                               "(configure with nvcc present, or -DSQZ_CUDA=ON)");
