@@ -1,39 +1,41 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (device tool): correctness first (the host-side sequence table, the
-# new kernels of kernels/cuda/model_ops against the CPU, the CUDA backend against the CPU backend
-# and stories260K's golden ids), then the whole-model benchmark, then memcheck of the new kernels.
-# Expects .cudabackend-bundle/ (bench/cuda_model/make_bundle.sh) and writes logs under $OUT.
+# One call on the GPU machine (device tool), in the order that matters if time runs out:
+#   1. correctness: the host-side sequence table, DeviceSampler vs the CPU Sampler, CUDA graphs /
+#      ForwardSample / bf16 batch (in)variance, the backend vs the CPU backend and stories260K;
+#   2. parity with Hugging Face transformers (tests/hf_parity_cuda/hf_parity_cuda.py: random
+#      2-layer Llama-3-8B, Llama-2-7B and Qwen2-7B shapes, 512 positions);
+#   3. the whole-model benchmark (Llama-3-8B shape, `layers` layers);
+#   4. compute-sanitizer memcheck of the DeviceSampler greedy/penalty case.
+# Expects the bundle of make_bundle.sh ($B, default .cudab-bundle); logs go under $OUT.
 # Usage: bash bench/cuda_model/run_device.sh [layers (default 32)]
 set -u
 layers="${1:-32}"
 OUT="${OUT:-/tmp/sqz-out}"
+B="${B:-.cudab-bundle}"
 mkdir -p "$OUT"
-B=.cudabackend-bundle
 export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export SQZ_SHARED_DIR="$PWD/$B/shared"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
-  --format=csv > "$OUT/nvidia-smi.csv" 2>&1
-cat "$OUT/nvidia-smi.csv"
-ops='Gemv*,EmbedToFloat*,AddRmsNorm*,AddToFloat*,WritePagedKv*,PagedAttentionSimple*,MatMulTransBF32*,FillUniform*'
-echo "== cuda_paged_sequences_test"
-timeout 30 "$B/cuda_paged_sequences_test" > "$OUT/paged.log" 2>&1; echo "exit $?"
-tail -2 "$OUT/paged.log"
-echo "== kernels_cuda_test (model_ops)"
-timeout 90 "$B/kernels_cuda_test" "$ops" > "$OUT/ops.log" 2>&1; echo "exit $?"
-grep -B3 -A12 "FAILED" "$OUT/ops.log" | head -60; tail -2 "$OUT/ops.log"
-echo "== cuda_backend_test"
-timeout 120 "$B/cuda_backend_test" --durations yes > "$OUT/backend.log" 2>&1; echo "exit $?"
-grep -A2 "warning:" "$OUT/backend.log" | grep -vE "^--|warning:" | head -20
-grep -B4 -A14 "FAILED" "$OUT/backend.log" | head -80; grep -E "s: CudaBackend" "$OUT/backend.log"
-tail -2 "$OUT/backend.log"
-echo "== sqz_cuda_model_bench --layers $layers"
-timeout 150 "$B/sqz_cuda_model_bench" --layers "$layers" > "$OUT/bench.log" 2>&1
-rc=$?; echo "exit $rc"; cat "$OUT/bench.log"
-if [[ $rc -ne 0 && "$layers" != 2 ]]; then
-  echo "== sqz_cuda_model_bench --layers 2 (fallback)"
-  timeout 60 "$B/sqz_cuda_model_bench" --layers 2 > "$OUT/bench2.log" 2>&1; echo "exit $?"
-  cat "$OUT/bench2.log"
-fi
-echo "== memcheck (model_ops tests)"
-timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/kernels_cuda_test" "$ops" \
-  > "$OUT/memcheck.log" 2>&1; echo "exit $?"; tail -3 "$OUT/memcheck.log"
+  --format=csv,noheader 2>&1 | tee "$OUT/nvidia-smi.csv"
+for t in cuda_paged_sequences_test cuda_device_sampler_test cuda_backend_graph_test \
+  cuda_backend_test; do
+  stamp "== $t"
+  timeout 30 "$B/$t" --durations yes > "$OUT/$t.log" 2>&1; echo "exit $?"
+  grep -A3 "warning:" "$OUT/$t.log" | grep -vE "^--|warning:|^$" | head -12
+  grep -B4 -A14 "FAILED" "$OUT/$t.log" | head -60
+  tail -2 "$OUT/$t.log" | head -1
+done
+stamp "== HF parity"
+timeout 100 python3 tests/hf_parity_cuda/hf_parity_cuda.py --tool "$B/sqz-hf-logits" \
+  --tool-timeout 60 --out-json "$OUT/parity.json" > "$OUT/parity.log" 2>&1; echo "exit $?"
+grep -vE "^\s+File|^\s+\^" "$OUT/parity.log" | tail -40
+stamp "== sqz_cuda_model_bench --layers $layers"
+timeout 45 "$B/sqz_cuda_model_bench" --layers "$layers" > "$OUT/bench.log" 2>&1; echo "exit $?"
+grep -vE "^(qkv|o |gate_up|down|lm_head|linear)" "$OUT/bench.log" | tail -14
+stamp "== memcheck (DeviceSampler greedy + penalties)"
+timeout 20 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/cuda_device_sampler_test" \
+  "DeviceSampler greedy*" > "$OUT/memcheck.log" 2>&1; echo "exit $?"; tail -2 "$OUT/memcheck.log"
+stamp "done"

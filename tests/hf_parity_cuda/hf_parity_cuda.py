@@ -257,7 +257,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--tiny", action="store_true", help="toy sizes of the same structures")
     ap.add_argument("--workdir", default="", help="where checkpoints go (default: a temp dir, "
-                    "/dev/shm when present)")
+                    "in /dev/shm when it has 8 GB free)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--tool-timeout", type=float, default=300)
     ap.add_argument("--out-json", default="")
@@ -266,7 +266,9 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"device {args.device}")
-    base = args.workdir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+    base = args.workdir or None
+    if not base and os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 8e9:
+        base = "/dev/shm"  # memory-backed: the multi-GB checkpoints are written and read fast
     work = tempfile.mkdtemp(prefix="sqz-hf-parity-", dir=base)
     all_results, failed = {}, False
     try:
