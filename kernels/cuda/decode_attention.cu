@@ -258,10 +258,27 @@ template <int D>
 constexpr size_t MmaSmemBytes() {
   return (static_cast<size_t>(kMmaStages) * 2 * kMmaKeys + 16) * (D + kPad) *
              sizeof(__nv_bfloat16) +
-         4 * kMaxG * 2 * sizeof(float);
+         4 * kMaxG * 2 * sizeof(float) + kMmaStages * kMmaKeys * sizeof(int32_t) +
+         2 * sizeof(int32_t);
 }
 
-template <int D, typename TOut>
+// Sparse contexts: the context row of selected key j (ContextSegments). Searches the segments
+// [lo, hi) of one list for the first whose end exceeds j; lo must hold j or precede it.
+__device__ __forceinline__ int FindSegment(const int2* seg, int lo, int hi, int64_t j) {
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (seg[mid].x > j) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+// kSparse: the context part of the key sequence is the segment list of (r, kv head) (the rows of
+// each tile are looked up one tile ahead into rows_s); otherwise all ctx_len[r] rows in order.
+template <int D, typename TOut, bool kSparse>
 __global__ void __launch_bounds__(kThreads)
     DecodeMmaChunkKernel(DecodeAttentionParams p, int64_t chunk_len, int num_chunks,
                          float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
@@ -273,13 +290,23 @@ __global__ void __launch_bounds__(kThreads)
   auto* kv_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);       // [kMmaStages][2][kMmaKeys][kRow]
   __nv_bfloat16* q_s = kv_s + kMmaStages * 2 * kMmaKeys * kRow;  // [16][kRow]
   auto* ml_s = reinterpret_cast<float*>(q_s + 16 * kRow);        // [4 warps][kMaxG][2]
+  auto* rows_s = reinterpret_cast<int32_t*>(ml_s + 4 * kMaxG * 2);  // [kMmaStages][kMmaKeys]
+  int32_t* cursor_s = rows_s + kMmaStages * kMmaKeys;               // [2] by tile parity
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
   const int chunk = blockIdx.x, kv_head = blockIdx.y, r = blockIdx.z;
   const int group = p.n_q_heads / p.n_kv_heads;
 
-  const int64_t len_ctx = p.ctx_len ? p.ctx_len[r] : 0;
+  // ctx_rows: rows of the context per kv head; len_ctx: context keys attended (all rows, or the
+  // selected ones of this kv head).
+  const int64_t ctx_rows = p.ctx_len ? p.ctx_len[r] : 0;
+  const int64_t sel_index = static_cast<int64_t>(r) * p.n_kv_heads + kv_head;
+  const int64_t len_ctx =
+      kSparse ? (ctx_rows > 0 ? max(0, p.sparse.selected_len[sel_index]) : 0) : ctx_rows;
+  const int2* segs = kSparse ? p.sparse.segments + sel_index * p.sparse.max_segments : nullptr;
+  const int n_segs =
+      kSparse ? min(max(p.sparse.num_segments[sel_index], 0), p.sparse.max_segments) : 0;
   const int64_t len_own = p.own_len ? p.own_len[r] : 0;
   const int64_t total =
       min(static_cast<long long>(len_ctx + len_own), static_cast<long long>(p.max_kv_len));
@@ -289,6 +316,32 @@ __global__ void __launch_bounds__(kThreads)
   const __nv_bfloat16* ctx_k = len_ctx > 0 ? p.ctx_k[r] : nullptr;
   const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
   const int32_t* blocks = len_own > 0 ? p.block_ids + p.block_indptr[r] : nullptr;
+
+  // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages]. Thread t < 64
+  // finds key j0 + t, searching from the segment of the tile's first key (cursor_s[tile & 1], left
+  // by the previous tile's call; key j0 + t lies at most t + 1 segments further); the thread of the
+  // last key leaves its segment for the next tile. Tile 0 searches the whole list.
+  auto find_rows = [&](int tile) {
+    if (!kSparse || tid >= kMmaKeys) return;
+    const int64_t j = start + static_cast<int64_t>(tile) * kMmaKeys + tid;
+    if (j >= min(end, len_ctx)) return;
+    const int lo = tile == 0 ? 0 : cursor_s[tile & 1];
+    const int hi = tile == 0 ? n_segs : min(n_segs, lo + tid + 2);
+    const int s = FindSegment(segs, lo, hi, j);
+    int64_t row = s < n_segs ? j + segs[s].y : 0;
+    row = row < 0 ? 0 : (row >= ctx_rows ? ctx_rows - 1 : row);
+    rows_s[(tile % kMmaStages) * kMmaKeys + tid] = static_cast<int32_t>(row);
+    if (tid == kMmaKeys - 1) cursor_s[(tile + 1) & 1] = min(s, max(n_segs - 1, 0));
+  };
+  if (kSparse) {
+    // Tile 0 first: tiles 1 .. kMmaStages - 1 start from its cursor.
+    find_rows(0);
+    __syncthreads();
+    for (int t = 1; t < kMmaStages && t < n_tiles; ++t) {
+      find_rows(t);
+      __syncthreads();
+    }
+  }
 
   // Q rows: the group's heads, zero below.
   for (int c = tid; c < 16 * kChunks; c += kThreads) {
@@ -303,7 +356,7 @@ __global__ void __launch_bounds__(kThreads)
     __nv_bfloat16* k_dst = kv_s + (stage * 2) * kMmaKeys * kRow;
     __nv_bfloat16* v_dst = k_dst + kMmaKeys * kRow;
     const int64_t j0 = start + static_cast<int64_t>(tile) * kMmaKeys;
-    if (j0 + kMmaKeys <= end && j0 + kMmaKeys <= len_ctx) {
+    if (!kSparse && j0 + kMmaKeys <= end && j0 + kMmaKeys <= len_ctx) {
       // Common case: a full tile inside the contiguous context; no per-row address logic.
       const __nv_bfloat16* kb = ctx_k + (kv_head * len_ctx + j0) * D;
       const __nv_bfloat16* vb = ctx_v + (kv_head * len_ctx + j0) * D;
@@ -323,7 +376,8 @@ __global__ void __launch_bounds__(kThreads)
       const __nv_bfloat16* vs = p.q;
       if (valid) {
         if (j < len_ctx) {
-          const int64_t off = (kv_head * len_ctx + j) * D + col;
+          const int64_t ctx_row = kSparse ? rows_s[(tile % kMmaStages) * kMmaKeys + row] : j;
+          const int64_t off = (kv_head * ctx_rows + ctx_row) * D + col;
           ks = ctx_k + off;
           vs = ctx_v + off;
         } else {
@@ -359,6 +413,9 @@ __global__ void __launch_bounds__(kThreads)
       const int pre = ti + kMmaStages - 1;
       if (pre < n_tiles) load_tile(pre, pre % kMmaStages);
       internal::CpAsyncCommit();
+      // rows_s[(pre + 1) % kMmaStages] held tile ti's rows, issued two iterations ago; the
+      // barrier at the top of the next iteration publishes the new ones before their load.
+      if (kSparse && pre + 1 < n_tiles) find_rows(pre + 1);
     }
     if (ti == 0) {
 #pragma unroll
@@ -512,7 +569,9 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
                     cpu::AttentionPartial* stats, void* workspace, cudaStream_t stream) {
   constexpr bool kMma = UsesMma(D);
   constexpr size_t kSmem = kMma ? MmaSmemBytes<D>() : ChunkSmemBytes<D>();
-  auto* kernel = kMma ? DecodeMmaChunkKernel<(kMma ? D : 32), TOut> : DecodeChunkKernel<D, TOut>;
+  auto* kernel = !kMma                    ? DecodeChunkKernel<D, TOut>
+                 : p.sparse.segments != nullptr ? DecodeMmaChunkKernel<(kMma ? D : 32), TOut, true>
+                                                : DecodeMmaChunkKernel<(kMma ? D : 32), TOut, false>;
   SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 static_cast<int>(kSmem)),
                            "DecodeAttention: cudaFuncSetAttribute");
@@ -627,6 +686,18 @@ Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, T
   }
   if (p.own_len && (!Aligned16(p.pool_k) || !Aligned16(p.pool_v))) {
     return ArgError(kOp, "pool_k and pool_v must be 16-byte aligned");
+  }
+  if (p.sparse.segments) {
+    if (!p.ctx_len || !p.sparse.num_segments || !p.sparse.selected_len ||
+        p.sparse.max_segments <= 0) {
+      return ArgError(kOp,
+                      "a sparse context needs ctx_len, num_segments, selected_len and "
+                      "max_segments > 0");
+    }
+    if (!UsesMma(p.head_dim)) {
+      return UnsupportedError(kOp, "a sparse context needs head_dim 32, 64, 96 or 128, not " +
+                                       std::to_string(p.head_dim));
+    }
   }
   switch (p.head_dim) {
     case 8:

@@ -23,7 +23,9 @@
 //   DecodeAttention(params, plan, out, stats, workspace, plan.workspace_bytes, stream);
 // head_dim must be one of kDecodeHeadDims (compiled instances); others are UNIMPLEMENTED. Head
 // dims 32, 64, 96 and 128 run on tensor cores (bf16 probabilities in P V, as in prefill); 8, 16
-// and 48 on a CUDA-core kernel with fp32 probabilities.
+// and 48 on a CUDA-core kernel with fp32 probabilities. A sparse context (params.sparse) needs a
+// tensor-core head dim: each chunk walks the segment list one 64-key tile ahead of its loads, so a
+// gathered row is still one contiguous 2 * head_dim byte read.
 // Memory: every pointer is device memory owned by the caller; K/V base pointers (ctx_k[r],
 // ctx_v[r], pool_k, pool_v) must be 16-byte aligned. Thread safety: stateless.
 #pragma once
@@ -44,6 +46,20 @@ inline constexpr int kPageSize = 16;
 inline constexpr std::array<int, 7> kDecodeHeadDims = {8, 16, 32, 48, 64, 96, 128};
 inline constexpr int kDecodeMaxGroup = 8;  // n_q_heads / n_kv_heads at most this
 inline constexpr int kDecodeTile = 64;     // chunk lengths are multiples of this
+
+// A per-(request, kv head) list of context row ranges, all in device memory. For request r and
+// kv head h (i = r * n_kv_heads + h) the selected keys are numbered 0 .. selected_len[i] - 1;
+// segment s of that list (s < num_segments[i]) holds keys [end_{s-1}, end_s) (end_{-1} = 0) at
+// context rows key + row_delta_s, where (end_s, row_delta_s) = segments[i * max_segments + s].
+// Rows index the context of r as laid out in DecodeAttentionParams (rows of kv head h start at
+// (h * ctx_len[r]) * head_dim). Keys past the last segment's end are not attended; rows outside
+// [0, ctx_len[r]) are clamped into it (never read out of bounds).
+struct ContextSegments {
+  const int2* segments = nullptr;       // [batch][n_kv_heads][max_segments] (end, row_delta)
+  const int32_t* num_segments = nullptr;  // [batch][n_kv_heads]
+  const int32_t* selected_len = nullptr;  // [batch][n_kv_heads] == end of the last segment
+  int32_t max_segments = 0;
+};
 
 struct DecodeAttentionParams {
   int batch = 0;
@@ -68,9 +84,14 @@ struct DecodeAttentionParams {
   const int32_t* block_ids = nullptr;
   const __nv_bfloat16* pool_k = nullptr;
   const __nv_bfloat16* pool_v = nullptr;
-  // Host-side upper bound of ctx_len[r] + own_len[r] over all r: sizes the split. Keys beyond it
-  // are not read (a wrong bound gives wrong results, never out-of-bounds reads of K/V).
+  // Host-side upper bound of ctx_len[r] + own_len[r] over all r (sparse: of
+  // sparse.selected_len[r][h] + own_len[r]): sizes the split. Keys beyond it are not read (a wrong
+  // bound gives wrong results, never out-of-bounds reads of K/V).
   int64_t max_kv_len = 0;
+  // Sparse fixed context (Squeezed Attention; squeeze_select.h fills it on the device): when
+  // sparse.segments is set, request r, kv head h attends to only the context rows its segment list
+  // names, in list order, instead of all ctx_len[r] rows. See ContextSegments.
+  ContextSegments sparse;
 };
 
 // How the keys are split; made on the host, no device access.

@@ -1,0 +1,248 @@
+"""Kernel benchmark of Squeezed Attention on the GPU (issue 9, item 2), one process.
+
+Allocates clustered random contexts with torch, calls our kernels through the C ABI of
+libsqz_squeeze_bench.so (ctypes) and times, with CUDA events on the default stream (L2 flushed
+before every repetition, median of the repetitions):
+  dense   our DecodeAttention over the whole context
+  sdpa    torch scaled_dot_product_attention (GQA through enable_gqa)
+  select  SqueezeSelect alone (centroid scores, normaliser, budget cut, segment lists)
+  attn    sparse DecodeAttention alone over the selected segments
+  sqz     select + attn back to back
+plus the device-to-device copy bandwidth measured in the same run, and the squeezed memory floor:
+(centroid bytes + selected K/V bytes, every request counted) / copy bandwidth.
+
+Keys are clustered realistically: per kv head, k = 5% of the body cluster centres (random
+directions, norm key_norm), each body key a centre plus Gaussian noise, laid out in cluster order
+(sizes vary, every cluster non-empty); a centroid is the mean of its members. Queries sit near a
+few centres, so attention (and the selection) concentrates as in trained models.
+
+Usage: python3 bench.py LIB [--quick]
+"""
+import ctypes
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+SINK, WINDOW = 4, 100
+CENTROID_FRACTION = 0.05
+BUDGET = 0.125
+KEY_NORM, KEY_NOISE = 8.0, 0.45  # noise per coordinate: KEY_NOISE * KEY_NORM / sqrt(d)
+
+
+def load(lib_path):
+    lib = ctypes.CDLL(lib_path)
+    vp, i32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32)
+    lib.sqzb_create.restype = vp
+    lib.sqzb_create.argtypes = [ctypes.c_int] * 9 + [vp] * 3 + [vp, vp, vp, ctypes.c_float,
+                                                                ctypes.c_int]
+    lib.sqzb_last_error.restype = ctypes.c_char_p
+    for name in ("sqzb_select",):
+        getattr(lib, name).argtypes = [vp]
+    for name in ("sqzb_sparse_attention", "sqzb_squeezed", "sqzb_dense"):
+        getattr(lib, name).argtypes = [vp, vp]
+    lib.sqzb_selected.argtypes = [vp, i32p, i32p]
+    lib.sqzb_destroy.argtypes = [vp]
+    return lib
+
+
+def check(lib, rc):
+    if rc != 0:
+        raise RuntimeError(lib.sqzb_last_error().decode())
+
+
+class Timer:
+    """Median of CUDA-event times (ms) with the L2 flushed before every repetition."""
+
+    def __init__(self):
+        self.flush = torch.empty(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+
+    def __call__(self, fn, reps=15, warmup=3):
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            self.flush.zero_()
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        return statistics.median(times)
+
+
+def copy_bandwidth(timer):
+    """Device-to-device copy of 4 GiB: bytes read + written over the median time (GB/s)."""
+    n = 4 * 1024**3
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src), reps=10)
+    del src, dst
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def make_context(hkv, d, n_tokens, gen):
+    """Returns k, v [hkv][n][d] bf16, centroids [hkv][kc][d] bf16, counts/offsets int32, the
+    generating centres (fp32) and the largest cluster."""
+    body = n_tokens - SINK - WINDOW
+    kc = max(1, round(CENTROID_FRACTION * body))
+    k = torch.empty(hkv, n_tokens, d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn(hkv, n_tokens, d, dtype=torch.bfloat16, device="cuda", generator=gen)
+    cents = torch.empty(hkv, kc, d, dtype=torch.bfloat16, device="cuda")
+    counts = torch.empty(hkv, kc, dtype=torch.int32, device="cuda")
+    offsets = torch.zeros(hkv, kc + 1, dtype=torch.int32, device="cuda")
+    centres_all = []
+    noise = KEY_NOISE * KEY_NORM / math.sqrt(d)
+    largest = 1
+    for h in range(hkv):
+        centres = torch.randn(kc, d, device="cuda", generator=gen)
+        centres = centres / centres.norm(dim=1, keepdim=True) * KEY_NORM
+        # Every cluster non-empty; the rest of the keys assigned with skewed popularity.
+        weights = torch.rand(kc, device="cuda", generator=gen) ** 2 + 0.05
+        extra = torch.multinomial(weights, body - kc, replacement=True, generator=gen)
+        assign = torch.cat([torch.arange(kc, device="cuda"), extra]).sort().values
+        cnt = torch.bincount(assign, minlength=kc)
+        largest = max(largest, int(cnt.max()))
+        keys = centres[assign] + noise * torch.randn(body, d, device="cuda", generator=gen)
+        mean = torch.zeros(kc, d, device="cuda").index_add_(0, assign, keys) / cnt[:, None]
+        k[h, SINK:SINK + body] = keys.to(torch.bfloat16)
+        other = torch.randn(SINK + WINDOW, d, device="cuda", generator=gen) * (KEY_NORM /
+                                                                                math.sqrt(d))
+        k[h, :SINK] = other[:SINK].to(torch.bfloat16)
+        k[h, SINK + body:] = other[SINK:].to(torch.bfloat16)
+        cents[h] = mean.to(torch.bfloat16)
+        counts[h] = cnt.to(torch.int32)
+        offsets[h, 1:] = torch.cumsum(cnt, 0).to(torch.int32)
+        centres_all.append(centres)
+        del keys, mean, extra, assign
+    return k, v, cents, counts, offsets, torch.stack(centres_all), largest, kc
+
+
+def make_queries(batch, hq, hkv, d, centres, gen):
+    """Each query head near a mix of 3 random centres of its kv head."""
+    g = hq // hkv
+    kc = centres.shape[1]
+    q = torch.empty(batch, hq, d, device="cuda")
+    for b in range(batch):
+        for h in range(hq):
+            idx = torch.randint(0, kc, (3,), device="cuda", generator=gen)
+            mix = centres[h // g][idx].sum(0) / 3.0
+            q[b, h] = mix + 0.3 * KEY_NORM / math.sqrt(d) * torch.randn(d, device="cuda",
+                                                                       generator=gen)
+    return q.to(torch.bfloat16)
+
+
+def rel_l2(a, b):
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run_case(lib, timer, bw, sms, name, hq, hkv, d, n_tokens, batch, gen, reps):
+    k, v, cents, counts, offsets, centres, largest, kc = make_context(hkv, d, n_tokens, gen)
+    q = make_queries(batch, hq, hkv, d, centres, gen)
+    h = lib.sqzb_create(batch, hq, hkv, d, n_tokens, SINK, WINDOW, kc, largest, k.data_ptr(),
+                        v.data_ptr(), cents.data_ptr(), counts.data_ptr(), offsets.data_ptr(),
+                        q.data_ptr(), BUDGET, sms)
+    if not h:
+        raise RuntimeError(lib.sqzb_last_error().decode())
+    try:
+        out_dense = torch.empty(batch, hq, d, dtype=torch.bfloat16, device="cuda")
+        out_sqz = torch.empty_like(out_dense)
+        check(lib, lib.sqzb_dense(h, out_dense.data_ptr()))
+        check(lib, lib.sqzb_squeezed(h, out_sqz.data_ptr()))
+        torch.cuda.synchronize()
+        sel = (ctypes.c_int32 * (batch * hkv))()
+        plan = (ctypes.c_int32 * 5)()
+        check(lib, lib.sqzb_selected(h, sel, plan))
+        selected = sum(sel)  # keys over all (request, kv head), sink and window included
+        # SDPA: [B, H, 1, d] against [B, Hkv, n, d] (the context shared by the batch: expand).
+        qs = q.view(batch, hq, 1, d)
+        ks = k.unsqueeze(0).expand(batch, -1, -1, -1)
+        vs = v.unsqueeze(0).expand(batch, -1, -1, -1)
+
+        def sdpa():
+            return F.scaled_dot_product_attention(qs, ks, vs, enable_gqa=hq != hkv)
+
+        sdpa_err, t_sdpa = None, None
+        try:
+            ref = sdpa()
+            sdpa_err = rel_l2(out_dense, ref.view(batch, hq, d))
+            sqz_vs_sdpa = rel_l2(out_sqz, ref.view(batch, hq, d))
+            del ref
+            t_sdpa = timer(sdpa, reps=reps)
+        except Exception as e:  # a shape or a size SDPA refuses
+            sqz_vs_sdpa = rel_l2(out_sqz, out_dense)
+            print(f"  sdpa {name}: {type(e).__name__}: {str(e).splitlines()[0][:120]}",
+                  file=sys.stderr)
+        t_dense = timer(lambda: check(lib, lib.sqzb_dense(h, out_dense.data_ptr())), reps=reps)
+        t_sel = timer(lambda: check(lib, lib.sqzb_select(h)), reps=reps)
+        t_attn = timer(lambda: check(lib, lib.sqzb_sparse_attention(h, out_sqz.data_ptr())),
+                       reps=reps)
+        t_sqz = timer(lambda: check(lib, lib.sqzb_squeezed(h, out_sqz.data_ptr())), reps=reps)
+        row = 2 * d * 2  # K and V bytes per key
+        cent_bytes = batch * hkv * kc * d * 2  # read once per request
+        sel_bytes = selected * row
+        dense_bytes = batch * hkv * n_tokens * row
+        floor_ms = (cent_bytes + sel_bytes) / (bw * 1e9) * 1e3
+        dense_floor_ms = dense_bytes / (bw * 1e9) * 1e3
+        res = dict(name=name, n=n_tokens, batch=batch, dense=t_dense, sdpa=t_sdpa, select=t_sel,
+                   attn=t_attn, sqz=t_sqz, floor=floor_ms, dense_floor=dense_floor_ms,
+                   share=selected / (batch * hkv * n_tokens), err_dense_sdpa=sdpa_err,
+                   err_sqz=sqz_vs_sdpa, plan=list(plan), kc=kc)
+        return res
+    finally:
+        lib.sqzb_destroy(h)
+        del k, v, cents, counts, offsets, centres, q
+        torch.cuda.empty_cache()
+
+
+def fmt(x, scale=1e3):
+    return "n/a" if x is None else f"{x * scale:.1f}"
+
+
+def main():
+    lib = load(sys.argv[1])
+    quick = "--quick" in sys.argv
+    torch.manual_seed(0)
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(1234)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"device: {torch.cuda.get_device_name(0)}, {sms} SMs, torch {torch.__version__}")
+    timer = Timer()
+    bw = copy_bandwidth(timer)
+    print(f"copy bandwidth (read + write): {bw:.0f} GB/s")
+    models = [("llama3-8b", 32, 8, 128), ("llama2-7b", 32, 32, 128)]
+    lengths = [32768, 131072, 524288] if not quick else [32768]
+    rows = []
+    t0 = time.time()
+    for name, hq, hkv, d in models:
+        for n in lengths:
+            for batch in (1, 16):
+                reps = 15 if n * batch * hkv <= 131072 * 16 * 8 else 7
+                r = run_case(lib, timer, bw, sms, name, hq, hkv, d, n, batch, gen, reps)
+                rows.append(r)
+                print(f"  done {name} n={n} batch={batch} ({time.time() - t0:.0f} s): "
+                      f"plans {r['plan']} kc={r['kc']} share={r['share']:.3f} "
+                      f"err dense/sdpa={r['err_dense_sdpa']} sqz/ref={r['err_sqz']:.3f}",
+                      flush=True)
+    print()
+    print("| model | context | batch | dense us | SDPA us | select us | attn us | squeezed us |"
+          " x dense | x SDPA | keys read | floor us | sqz / floor | dense / its floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        sp_dense = r["dense"] / r["sqz"]
+        sp_sdpa = "n/a" if r["sdpa"] is None else f"{r['sdpa'] / r['sqz']:.2f}"
+        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {fmt(r['dense'])} | "
+              f"{fmt(r['sdpa'])} | {fmt(r['select'])} | {fmt(r['attn'])} | {fmt(r['sqz'])} | "
+              f"{sp_dense:.2f} | {sp_sdpa} | {r['share']:.3f} | {fmt(r['floor'])} | "
+              f"{r['sqz'] / r['floor']:.2f} | {r['dense'] / r['dense_floor']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

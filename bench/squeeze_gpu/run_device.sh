@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (device tool): correctness first (the query-time Squeezed Attention
+# tests, then the dense kernel tests that share decode_attention.cu), then the benchmark.
+# Expects .sqzgpu-bundle/ (bench/squeeze_gpu/make_bundle.sh); logs under $OUT.
+# Usage: bash bench/squeeze_gpu/run_device.sh [tests|bench|all] [bench args...]
+set -u
+what="${1:-all}"
+shift || true
+OUT="${OUT:-/tmp/sqz-out}"
+mkdir -p "$OUT"
+B=.sqzgpu-bundle
+export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
+  --format=csv > "$OUT/nvidia-smi.csv" 2>&1
+cat "$OUT/nvidia-smi.csv"
+if [[ "$what" == all || "$what" == tests ]]; then
+  echo "== kernels_cuda_squeeze_query_test"
+  timeout 100 "$B/kernels_cuda_squeeze_query_test" --durations yes > "$OUT/test_query.log" 2>&1
+  echo "exit $?"; grep -E "passed|failed|FAILED|skipped" "$OUT/test_query.log" | tail -5
+  grep -B5 -A30 "FAILED" "$OUT/test_query.log" | head -120
+  echo "== kernels_cuda_test [decode]"
+  timeout 40 "$B/kernels_cuda_test" "*DecodeAttention*" > "$OUT/test_dense.log" 2>&1
+  echo "exit $?"; grep -E "passed|failed|FAILED" "$OUT/test_dense.log" | tail -3
+  grep -B5 -A25 "FAILED" "$OUT/test_dense.log" | head -60
+fi
+if [[ "$what" == all || "$what" == bench ]]; then
+  echo "== bench"
+  PYTHONUNBUFFERED=1 timeout 180 python3 bench/squeeze_gpu/bench.py "$B/libsqz_squeeze_bench.so" "$@" \
+    > "$OUT/bench.log" 2> "$OUT/bench.err"
+  echo "exit $?"; cat "$OUT/bench.log"; tail -20 "$OUT/bench.err"
+fi

@@ -1,0 +1,148 @@
+// Test helpers shared by squeeze_select_test.cc and sparse_decode_test.cc: seeded random contexts
+// with a centroid index (sink | clustered body | window, as squeeze_select.h lays them out), their
+// host copies for the CPU references, and device copies with a SqueezeLayerView.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "engine/squeeze/snapshot.h"
+#include "kernels/cuda/squeeze_select.h"
+#include "kernels/cuda/test_util.h"
+
+namespace sqz::cuda::testing {
+
+// One context (one layer): per kv head a HeadIndex (centroids, counts, offsets, coarse level; the
+// KV fields stay empty) plus K/V rows [hkv][n_tokens][d]. All values are bf16-representable, so
+// host and device see the same numbers.
+struct HostContext {
+  int hkv = 0, d = 0;
+  int32_t sink = 0, window = 0, body = 0, k = 0, k1 = 0;
+  int32_t largest = 0;  // largest cluster
+  std::vector<HeadIndex> heads;
+  std::vector<float> keys, values;  // [hkv][n_tokens][d]
+  int32_t n_tokens() const { return sink + body + window; }
+};
+
+// k clusters of 1 .. max_size members per head; k1 coarse groups (0: none) over a random
+// assignment of fine clusters (every group non-empty); centroids normal(0, spread).
+inline HostContext MakeContext(int hkv, int d, int32_t k, int32_t k1, int32_t sink, int32_t window,
+                               uint32_t seed, int32_t max_size = 40, float spread = 2.0f,
+                               bool with_kv = true) {
+  HostContext c;
+  c.hkv = hkv;
+  c.d = d;
+  c.sink = sink;
+  c.window = window;
+  c.k = k;
+  c.k1 = k1;
+  std::mt19937 rng(seed);
+  // Cluster sizes are shared by the heads' body length: draw one body length, then split it per
+  // head differently.
+  std::uniform_int_distribution<int32_t> size_dist(1, max_size);
+  int32_t body = 0;
+  std::vector<int32_t> base_sizes(k);
+  for (auto& s : base_sizes) body += (s = size_dist(rng));
+  c.body = body;
+  for (int h = 0; h < hkv; ++h) {
+    HeadIndex idx;
+    std::vector<int32_t> sizes = base_sizes;
+    std::shuffle(sizes.begin(), sizes.end(), rng);  // same body, different cluster sizes per head
+    idx.counts = sizes;
+    idx.offsets.assign(k + 1, 0);
+    for (int32_t i = 0; i < k; ++i) idx.offsets[i + 1] = idx.offsets[i] + sizes[i];
+    c.largest = std::max(c.largest, *std::max_element(sizes.begin(), sizes.end()));
+    idx.centroids = RoundBf16(RandomFloats(size_t(k) * d, seed * 131u + h * 7u + 1u, spread));
+    if (k1 > 0) {
+      std::vector<int32_t> parent(k);
+      for (int32_t i = 0; i < k; ++i) parent[i] = i < k1 ? i : int32_t(rng() % k1);
+      std::shuffle(parent.begin(), parent.end(), rng);
+      idx.coarse_offsets.assign(k1 + 1, 0);
+      for (int32_t i = 0; i < k; ++i) ++idx.coarse_offsets[parent[i] + 1];
+      for (int32_t j = 0; j < k1; ++j) idx.coarse_offsets[j + 1] += idx.coarse_offsets[j];
+      idx.coarse_members.assign(k, 0);
+      std::vector<int32_t> fill(idx.coarse_offsets.begin(), idx.coarse_offsets.end() - 1);
+      for (int32_t i = 0; i < k; ++i) idx.coarse_members[fill[parent[i]]++] = i;
+      idx.coarse_centroids =
+          RoundBf16(RandomFloats(size_t(k1) * d, seed * 977u + h * 13u + 5u, spread));
+    }
+    c.heads.push_back(std::move(idx));
+  }
+  if (with_kv) {
+    const size_t n = size_t(hkv) * c.n_tokens() * d;
+    c.keys = RoundBf16(RandomFloats(n, seed * 31u + 3u, 1.0f));
+    c.values = RoundBf16(RandomFloats(n, seed * 37u + 4u, 1.0f));
+  }
+  return c;
+}
+
+// Device copy of a HostContext; View() describes it for SqueezeSelect.
+struct DeviceContext {
+  explicit DeviceContext(const HostContext& c) {
+    std::vector<float> cent, coarse_cent;
+    std::vector<int32_t> counts, offsets, coarse_offsets, members;
+    for (const HeadIndex& h : c.heads) {
+      cent.insert(cent.end(), h.centroids.begin(), h.centroids.end());
+      counts.insert(counts.end(), h.counts.begin(), h.counts.end());
+      offsets.insert(offsets.end(), h.offsets.begin(), h.offsets.end());
+      coarse_cent.insert(coarse_cent.end(), h.coarse_centroids.begin(), h.coarse_centroids.end());
+      coarse_offsets.insert(coarse_offsets.end(), h.coarse_offsets.begin(),
+                            h.coarse_offsets.end());
+      members.insert(members.end(), h.coarse_members.begin(), h.coarse_members.end());
+    }
+    auto bf = [](const std::vector<float>& x) {
+      return std::make_unique<DeviceBuffer<__nv_bfloat16>>(ToBf16(x.empty() ? std::vector<float>{0}
+                                                                             : x));
+    };
+    auto ints = [](const std::vector<int32_t>& x) {
+      return std::make_unique<DeviceBuffer<int32_t>>(x.empty() ? std::vector<int32_t>{0} : x);
+    };
+    centroids = bf(cent);
+    coarse_centroids = bf(coarse_cent);
+    this->counts = ints(counts);
+    this->offsets = ints(offsets);
+    this->coarse_offsets = ints(coarse_offsets);
+    coarse_members = ints(members);
+    keys = bf(c.keys);
+    values = bf(c.values);
+    view.n_tokens = c.n_tokens();
+    view.sink_len = c.sink;
+    view.window_len = c.window;
+    view.num_clusters = c.k;
+    view.num_coarse = c.k1;
+    view.centroids = centroids->get();
+    view.counts = this->counts->get();
+    view.offsets = this->offsets->get();
+    view.coarse_centroids = c.k1 > 0 ? coarse_centroids->get() : nullptr;
+    view.coarse_offsets = c.k1 > 0 ? this->coarse_offsets->get() : nullptr;
+    view.coarse_members = c.k1 > 0 ? coarse_members->get() : nullptr;
+  }
+  std::unique_ptr<DeviceBuffer<__nv_bfloat16>> centroids, coarse_centroids, keys, values;
+  std::unique_ptr<DeviceBuffer<int32_t>> counts, offsets, coarse_offsets, coarse_members;
+  SqueezeLayerView view;
+};
+
+// Rows of one (request, kv head) named by its segment list, in list order; false when the list is
+// malformed (ends not increasing, rows out of [0, n_tokens), or the last end != selected_len).
+inline bool ExpandSegments(const int2* segs, int32_t num_segments, int32_t selected_len,
+                           int32_t n_tokens, std::vector<int32_t>* rows) {
+  rows->clear();
+  int32_t begin = 0;
+  for (int32_t s = 0; s < num_segments; ++s) {
+    const int32_t end = segs[s].x, delta = segs[s].y;
+    if (end <= begin) return false;
+    for (int32_t j = begin; j < end; ++j) {
+      const int32_t row = j + delta;
+      if (row < 0 || row >= n_tokens) return false;
+      rows->push_back(row);
+    }
+    begin = end;
+  }
+  return begin == selected_len;
+}
+
+}  // namespace sqz::cuda::testing

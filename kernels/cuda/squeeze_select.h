@@ -1,0 +1,148 @@
+// Squeezed Attention on the GPU, query time: centroid lookup and cluster selection for a batch of
+// decode requests (one query token each), batched over requests and KV heads, with no host
+// synchronisation (every launch is asynchronous on one stream, so the whole call can be captured
+// in a CUDA graph). Requests may use different contexts. The result is, per (request, kv head), a
+// list of context row segments (decode_attention.h, ContextSegments) that DecodeAttention then
+// attends to in place of the full context.
+//
+// Semantics (oracle: engine/squeeze/selection.h, SelectClusters, on the same data): for request r,
+// kv head h with the g = n_q_heads / n_kv_heads query heads j of its group,
+//   s_j[c] = scale * q_j . C[c],  p_j[c] = exp(s_j[c] - m_j) / sum_c' N[c'] exp(s_j[c'] - m_j),
+//   p[c] = max_j p_j[c] (kMax) or mean_j p_j[c] (kMean);
+// budget policy: clusters in order of p descending (ties: lower position first, as the CPU's
+// stable sort) are taken while the keys taken so far are < ceil(kv_budget * B); threshold policy:
+// clusters with p[c] > T. Hierarchical: the same over the coarse centroids (weights = keys under
+// each group, budget = coarse_coverage) first, then over the fine clusters of the kept groups only
+// (in coarse-group order), whose normaliser also holds the mass of the groups not kept.
+//
+// Context layout on the device (per layer; the caller owns every buffer):
+//   K, V: [n_kv_heads][n_tokens][head_dim] bf16 with rows sink (S) | body in cluster order (B) |
+//   window (W). Dense attention over these rows equals dense attention over the original order
+//   (keys carry their RoPE), so DecodeAttention without segments is the dense baseline.
+//   SqueezeLayerView below: the index. Centroids are bf16: they are read once per lookup, so at
+//   5% centroids they cost 2.5% of a dense KV read instead of 5% in fp32; the scores are fp32.
+//
+// The selection always includes the sink and the window. Segments are in row order (sink, selected
+// clusters by ascending id, window) with adjacent ranges coalesced; selected_len counts the keys.
+//
+// Implementation: (1) a scoring kernel, one block per (request, chunk of 256 centroids, kv head),
+// requests fastest so that requests sharing a context read its centroids once from L2, leaves
+// scores and per-chunk (max, sum N exp(s - max)) in the workspace; (2) a select kernel, one block
+// per (request, kv head), combines the chunks into the exact normaliser, forms p, finds the budget
+// cut by a radix search over the 32-bit keys (float bits of p, weights = cluster sizes) with ties
+// broken by position through a block scan, and writes the segment list with a second block scan.
+// Hierarchical lookups run (1) and (2) on the coarse level first, then score only the fine
+// centroids under kept groups.
+//
+// Usage: plan on the host (sizes only), provide the workspace and outputs, launch:
+//   SqueezeSelectPlan plan = PlanSqueezeSelect(params);
+//   SqueezeSelect(params, plan, out, workspace, plan.workspace_bytes, stream);
+//   DecodeAttention(... with .sparse = out.segments view, .max_kv_len = SqueezeMaxSelectedKeys +
+//   own tokens ...).
+// Thread safety: stateless; kernels own no memory.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/status.h"
+#include "kernels/cuda/decode_attention.h"
+
+namespace sqz::cuda {
+
+inline constexpr int kSqueezeMaxGroup = 8;  // n_q_heads / n_kv_heads at most this
+
+enum class SqueezePolicy : int32_t {
+  kBudget = 0,     // highest-p clusters until kv_budget * B keys
+  kThreshold = 1,  // p > threshold
+};
+enum class SqueezeReduce : int32_t {
+  kMax = 0,   // max of p over the query heads of a group
+  kMean = 1,  // mean over the group
+};
+
+// One context's index for one layer, as the device reads it. A plain struct of device pointers
+// and sizes; arrays of it live in device memory (one entry per request; requests over the same
+// context may point at the same buffers). Rows and offsets are per kv head h:
+struct SqueezeLayerView {
+  int32_t n_tokens = 0;      // rows per kv head of K/V: S + B + W
+  int32_t sink_len = 0;      // S
+  int32_t window_len = 0;    // W
+  int32_t num_clusters = 0;  // k >= 1
+  int32_t num_coarse = 0;    // k1 (0: no coarse level)
+  const __nv_bfloat16* centroids = nullptr;         // [n_kv_heads][k][head_dim]
+  const int32_t* counts = nullptr;                  // [n_kv_heads][k] members, >= 1
+  const int32_t* offsets = nullptr;                 // [n_kv_heads][k + 1] body rows, CSR, [k] = B
+  const __nv_bfloat16* coarse_centroids = nullptr;  // [n_kv_heads][k1][head_dim]
+  const int32_t* coarse_offsets = nullptr;          // [n_kv_heads][k1 + 1] CSR into members
+  const int32_t* coarse_members = nullptr;          // [n_kv_heads][k] fine ids by coarse group
+};
+
+struct SqueezeSelectParams {
+  int batch = 0;
+  int n_q_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;     // 64 or 128 (compiled instances); others are UNIMPLEMENTED
+  float scale = 0.0f;   // usually 1 / sqrt(head_dim)
+  // q: request r, head h at q + r * q_stride + h * head_dim ([batch][>= n_q_heads * head_dim]).
+  const __nv_bfloat16* q = nullptr;
+  int64_t q_stride = 0;
+  const SqueezeLayerView* views = nullptr;  // [batch], device memory
+  SqueezePolicy policy = SqueezePolicy::kBudget;
+  SqueezeReduce reduce = SqueezeReduce::kMax;
+  // Budget policy: kv_budget in [0, 1]; threshold policy: threshold (finite). per_request_value
+  // (device [batch], optional) overrides it per request (budgets there are clamped to [0, 1]).
+  float kv_budget = 0.125f;
+  float threshold = 0.0f;
+  const float* per_request_value = nullptr;
+  // Hierarchical lookup (views need a coarse level; a request whose view has none runs flat):
+  // coarse groups are kept by the budget rule until they cover coarse_coverage * B keys (the CPU's
+  // min(1, coarse_expansion * coarse_keep)), in (0, 1].
+  bool hierarchical = false;
+  float coarse_coverage = 0.25f;
+  // Host-side bounds over all requests: num_clusters <= max_clusters, num_coarse <= max_coarse.
+  // Larger device values are read only up to the bound (wrong results, never out-of-bounds reads).
+  int32_t max_clusters = 0;
+  int32_t max_coarse = 0;
+};
+
+// Sizes made on the host from the params alone (no device access).
+struct SqueezeSelectPlan {
+  int fine_chunks = 0;      // scoring blocks per (request, kv head) on the fine level
+  int coarse_chunks = 0;    // ... on the coarse level (0 when flat)
+  int32_t max_segments = 0;  // segment capacity per (request, kv head) the outputs must have
+  size_t workspace_bytes = 0;
+};
+
+SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& params);
+
+// Outputs, device memory owned by the caller ([batch][n_kv_heads] each; segments
+// [batch][n_kv_heads][plan.max_segments]); body_selected (optional) receives the selected body
+// keys (selected_len - S - W).
+struct SqueezeSelection {
+  int2* segments = nullptr;
+  int32_t* num_segments = nullptr;
+  int32_t* selected_len = nullptr;
+  int32_t* body_selected = nullptr;
+};
+
+// The selection as DecodeAttentionParams::sparse reads it.
+inline ContextSegments AsContextSegments(const SqueezeSelection& sel,
+                                         const SqueezeSelectPlan& plan) {
+  return ContextSegments{sel.segments, sel.num_segments, sel.selected_len, plan.max_segments};
+}
+
+// Runs the lookup. workspace: >= plan.workspace_bytes device bytes, 16-byte aligned.
+Status SqueezeSelect(const SqueezeSelectParams& params, const SqueezeSelectPlan& plan,
+                     const SqueezeSelection& out, void* workspace, size_t workspace_bytes,
+                     cudaStream_t stream);
+
+// Host-side bound of selected_len for a context of body_len keys (sizes DecodeAttention's split):
+// budget policy S + W + min(B, ceil(kv_budget * B) + largest_cluster - 1); threshold S + W + B.
+int64_t SqueezeMaxSelectedKeys(SqueezePolicy policy, double kv_budget, int64_t sink_len,
+                               int64_t body_len, int64_t window_len, int64_t largest_cluster);
+
+}  // namespace sqz::cuda

@@ -1,0 +1,384 @@
+#include "kernels/cuda/squeeze_select.h"
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "engine/squeeze/selection.h"
+#include "kernels/cuda/sparse_decode_test_util.h"
+#include "kernels/cuda/test_util.h"
+
+namespace sqz::cuda {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::DeviceContext;
+using testing::HostContext;
+using testing::MakeContext;
+
+struct Case {
+  int hq = 4, hkv = 1, d = 128;
+  SqueezePolicy policy = SqueezePolicy::kBudget;
+  SqueezeReduce reduce = SqueezeReduce::kMax;
+  bool hierarchical = false;
+  float value = 0.125f;  // budget (threshold cases compute theirs from the CPU's p)
+};
+
+// Runs SqueezeSelect over `ctx` (request r uses contexts[ctx_of[r]]) and compares every
+// (request, kv head) with SelectClusters on the same data.
+void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
+                   const std::vector<int>& ctx_of, uint32_t seed) {
+  const int batch = static_cast<int>(ctx_of.size());
+  const int g = cs.hq / cs.hkv;
+  const int d = cs.d;
+  INFO("hq=" << cs.hq << " hkv=" << cs.hkv << " d=" << d << " policy=" << int(cs.policy)
+             << " reduce=" << int(cs.reduce) << " hier=" << cs.hierarchical
+             << " value=" << cs.value);
+  std::vector<std::unique_ptr<DeviceContext>> dev;
+  for (const HostContext& c : contexts) dev.push_back(std::make_unique<DeviceContext>(c));
+  std::vector<SqueezeLayerView> views;
+  int32_t max_k = 1, max_k1 = 1;
+  for (int r = 0; r < batch; ++r) {
+    views.push_back(dev[ctx_of[r]]->view);
+    max_k = std::max(max_k, contexts[ctx_of[r]].k);
+    max_k1 = std::max(max_k1, contexts[ctx_of[r]].k1);
+  }
+  const std::vector<float> q =
+      testing::RoundBf16(testing::RandomFloats(size_t(batch) * cs.hq * d, seed, 1.0f));
+
+  SelectionParams cpu;
+  cpu.policy = cs.policy == SqueezePolicy::kBudget ? SelectionPolicy::kBudget
+                                                   : SelectionPolicy::kThreshold;
+  cpu.reduce = cs.reduce == SqueezeReduce::kMax ? GqaReduce::kMax : GqaReduce::kMean;
+  cpu.hierarchical = cs.hierarchical;
+  cpu.coarse_expansion = 2.0;
+  cpu.coarse_keep = 0.125;  // coverage 0.25
+  SelectionScratch scratch;
+
+  // Per-request values: budgets as given; thresholds between two adjacent p of head 0 (flat p),
+  // a quarter of the way down.
+  std::vector<float> values(batch, cs.value);
+  if (cs.policy == SqueezePolicy::kThreshold) {
+    for (int r = 0; r < batch; ++r) {
+      const HeadIndex& idx = contexts[ctx_of[r]].heads[0];
+      std::vector<float> pr(idx.counts.size());
+      ClusterProbabilities(idx, d, q.data() + size_t(r) * cs.hq * d, 1, 0, g, cpu.reduce,
+                           pr.data(), &scratch);
+      std::sort(pr.begin(), pr.end(), std::greater<float>());
+      const size_t at = pr.size() / 4;
+      values[r] = at + 1 < pr.size() ? 0.5f * (pr[at] + pr[at + 1]) : 0.5f * pr[0];
+    }
+  }
+
+  SqueezeSelectParams p;
+  p.batch = batch;
+  p.n_q_heads = cs.hq;
+  p.n_kv_heads = cs.hkv;
+  p.head_dim = d;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  DeviceBuffer<__nv_bfloat16> dq(testing::ToBf16(q));
+  DeviceBuffer<SqueezeLayerView> dviews(views);
+  DeviceBuffer<float> dvalues(values);
+  p.q = dq.get();
+  p.q_stride = cs.hq * d;
+  p.views = dviews.get();
+  p.policy = cs.policy;
+  p.reduce = cs.reduce;
+  p.kv_budget = cs.value;
+  p.per_request_value = dvalues.get();
+  p.hierarchical = cs.hierarchical;
+  p.coarse_coverage = 0.25f;
+  p.max_clusters = max_k;
+  p.max_coarse = max_k1;
+  const SqueezeSelectPlan plan = PlanSqueezeSelect(p);
+  DeviceBuffer<char> ws(plan.workspace_bytes);
+  const size_t units = size_t(batch) * cs.hkv;
+  DeviceBuffer<int2> segs(units * plan.max_segments);
+  DeviceBuffer<int32_t> nseg(units), sel_len(units), body_sel(units);
+  const SqueezeSelection out{segs.get(), nseg.get(), sel_len.get(), body_sel.get()};
+  const Status s = SqueezeSelect(p, plan, out, ws.get(), ws.size(), nullptr);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  const auto h_segs = segs.Download();
+  const auto h_nseg = nseg.Download();
+  const auto h_len = sel_len.Download();
+  const auto h_body = body_sel.Download();
+
+  int total_diff = 0;
+  for (int r = 0; r < batch; ++r) {
+    const HostContext& c = contexts[ctx_of[r]];
+    cpu.kv_budget = values[r];
+    cpu.threshold = values[r];
+    for (int h = 0; h < cs.hkv; ++h) {
+      INFO("request " << r << " (context " << ctx_of[r] << ", k=" << c.k << ", k1=" << c.k1
+                      << ") kv head " << h);
+      const HeadIndex& idx = c.heads[h];
+      const size_t u = size_t(r) * cs.hkv + h;
+      std::vector<int32_t> rows;
+      REQUIRE(h_nseg[u] <= plan.max_segments);
+      REQUIRE(testing::ExpandSegments(h_segs.data() + u * plan.max_segments, h_nseg[u], h_len[u],
+                                      c.n_tokens(), &rows));
+      // Rows: each at most once; sink and window all there; whole clusters.
+      std::vector<char> mask(c.n_tokens(), 0);
+      for (int32_t row : rows) {
+        REQUIRE(mask[row] == 0);
+        mask[row] = 1;
+      }
+      for (int32_t i = 0; i < c.sink; ++i) REQUIRE(mask[i] == 1);
+      for (int32_t i = c.sink + c.body; i < c.n_tokens(); ++i) REQUIRE(mask[i] == 1);
+      // Rows appear in ascending order (sink, clusters by id, window).
+      REQUIRE(std::is_sorted(rows.begin(), rows.end()));
+      std::set<int32_t> got;
+      int64_t got_keys = 0;
+      for (int32_t cl = 0; cl < c.k; ++cl) {
+        const int32_t first = c.sink + idx.offsets[cl], last = c.sink + idx.offsets[cl + 1];
+        for (int32_t i = first; i < last; ++i) REQUIRE(mask[i] == mask[first]);
+        if (mask[first]) {
+          got.insert(cl);
+          got_keys += idx.counts[cl];
+        }
+      }
+      REQUIRE(h_body[u] == got_keys);
+      REQUIRE(h_len[u] == got_keys + c.sink + c.window);
+      // Segments coalesce: no two consecutive segments are adjacent in rows.
+      const int2* sg = h_segs.data() + u * plan.max_segments;
+      for (int32_t i = 1; i < h_nseg[u]; ++i) {
+        const int32_t prev_last_row = sg[i - 1].x - 1 + sg[i - 1].y;
+        const int32_t first_row = sg[i - 1].x + sg[i].y;
+        REQUIRE(first_row > prev_last_row + 1);
+      }
+
+      SelectionResult want;
+      SelectClusters(idx, d, q.data() + (size_t(r) * cs.hq + size_t(h) * g) * d, 1, 0, g, cpu,
+                     &scratch, &want);
+      const std::set<int32_t> want_set(want.clusters.begin(), want.clusters.end());
+      std::vector<int32_t> diff;
+      std::set_symmetric_difference(got.begin(), got.end(), want_set.begin(), want_set.end(),
+                                    std::back_inserter(diff));
+      if (diff.empty()) {
+        REQUIRE(got_keys == want.selected_keys);
+        continue;
+      }
+      // Ties aside: a flat lookup may differ only on clusters whose p is within rounding of the
+      // cut (the smallest p taken by the CPU) or of the threshold.
+      INFO("clusters differing from the CPU: " << diff.size());
+      total_diff += static_cast<int>(diff.size());
+      if (cs.hierarchical) {
+        REQUIRE(diff.size() <= 2);
+        continue;
+      }
+      std::vector<float> pr(c.k);
+      ClusterProbabilities(idx, d, q.data() + (size_t(r) * cs.hq + size_t(h) * g) * d, 1, 0, g,
+                           cpu.reduce, pr.data(), &scratch);
+      float cut = values[r];
+      if (cs.policy == SqueezePolicy::kBudget) {
+        cut = INFINITY;
+        for (int32_t cl : want.clusters) cut = std::min(cut, pr[cl]);
+      }
+      for (int32_t cl : diff) {
+        INFO("cluster " << cl << " p=" << pr[cl] << " cut=" << cut);
+        REQUIRE(std::fabs(pr[cl] - cut) <= 1e-4f * cut + 1e-30f);
+      }
+    }
+  }
+  // Near-ties are rare on random data: most heads must match exactly.
+  REQUIRE(total_diff <= std::max<int>(2, batch * cs.hkv / 4));
+}
+
+TEST_CASE("SqueezeSelect matches SelectClusters over shapes, policies and GQA", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 100;
+  for (int d : {64, 128}) {
+    for (auto [hq, hkv] : {std::pair{2, 2}, std::pair{8, 2}, std::pair{16, 2}}) {
+      for (auto policy : {SqueezePolicy::kBudget, SqueezePolicy::kThreshold}) {
+        for (auto reduce : {SqueezeReduce::kMax, SqueezeReduce::kMean}) {
+          // A batch over contexts of k = 1000, 127, 3 and 1 clusters; request 4 shares context 0.
+          std::vector<HostContext> ctx;
+          ctx.push_back(MakeContext(hkv, d, 1000, 0, 4, 7, seed++, 40, 2.0f, false));
+          ctx.push_back(MakeContext(hkv, d, 127, 0, 0, 3, seed++, 40, 2.0f, false));
+          ctx.push_back(MakeContext(hkv, d, 3, 0, 4, 0, seed++, 40, 2.0f, false));
+          ctx.push_back(MakeContext(hkv, d, 1, 0, 1, 1, seed++, 40, 2.0f, false));
+          Case cs;
+          cs.hq = hq;
+          cs.hkv = hkv;
+          cs.d = d;
+          cs.policy = policy;
+          cs.reduce = reduce;
+          RunAndCompare(cs, ctx, {0, 1, 2, 3, 0}, seed++);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("SqueezeSelect budgets 0, 1 and in between, and budgets per request", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 300;
+  for (float budget : {0.0f, 0.03125f, 0.5f, 1.0f}) {
+    std::vector<HostContext> ctx;
+    ctx.push_back(MakeContext(8, 128, 1000, 0, 4, 100, seed++, 40, 2.0f, false));
+    ctx.push_back(MakeContext(8, 128, 129, 0, 4, 100, seed++, 40, 2.0f, false));
+    Case cs;
+    cs.hq = 32;
+    cs.hkv = 8;
+    cs.value = budget;
+    RunAndCompare(cs, ctx, {0, 1}, seed++);
+  }
+}
+
+TEST_CASE("SqueezeSelect hierarchical lookup matches SelectClusters", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 500;
+  for (int d : {64, 128}) {
+    for (auto policy : {SqueezePolicy::kBudget, SqueezePolicy::kThreshold}) {
+      for (auto reduce : {SqueezeReduce::kMax, SqueezeReduce::kMean}) {
+        std::vector<HostContext> ctx;
+        ctx.push_back(MakeContext(2, d, 1000, 20, 4, 7, seed++, 40, 2.0f, false));
+        ctx.push_back(MakeContext(2, d, 127, 5, 4, 7, seed++, 40, 2.0f, false));
+        ctx.push_back(MakeContext(2, d, 3, 1, 4, 7, seed++, 40, 2.0f, false));
+        ctx.push_back(MakeContext(2, d, 300, 0, 4, 7, seed++, 40, 2.0f, false));  // runs flat
+        Case cs;
+        cs.hq = 8;
+        cs.hkv = 2;
+        cs.d = d;
+        cs.policy = policy;
+        cs.reduce = reduce;
+        cs.hierarchical = true;
+        RunAndCompare(cs, ctx, {0, 1, 2, 3}, seed++);
+      }
+    }
+  }
+}
+
+TEST_CASE("SqueezeMaxSelectedKeys bounds the selection", "[squeeze_select]") {
+  // S + W + min(B, ceil(budget * B) + largest - 1).
+  CHECK(SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, 0.125, 4, 1000, 100, 40) ==
+        4 + 100 + 125 + 39);
+  CHECK(SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, 1.0, 4, 1000, 100, 40) == 1104);
+  CHECK(SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, 0.0, 4, 1000, 100, 40) == 4 + 100 + 39);
+  CHECK(SqueezeMaxSelectedKeys(SqueezePolicy::kThreshold, 0.1, 4, 1000, 100, 40) == 1104);
+}
+
+// Argument checks run on the host before any launch: they need no GPU.
+TEST_CASE("SqueezeSelect rejects bad shapes and out-of-range settings", "[squeeze_select]") {
+  alignas(16) static char fake[64];
+  auto* any = reinterpret_cast<void*>(fake);
+  SqueezeSelectParams p;
+  p.batch = 2;
+  p.n_q_heads = 32;
+  p.n_kv_heads = 8;
+  p.head_dim = 128;
+  p.scale = 0.088f;
+  p.q = static_cast<const __nv_bfloat16*>(any);
+  p.q_stride = 32 * 128;
+  p.views = static_cast<const SqueezeLayerView*>(any);
+  p.max_clusters = 100;
+  p.max_coarse = 10;
+  SqueezeSelection out{static_cast<int2*>(any), static_cast<int32_t*>(any),
+                       static_cast<int32_t*>(any), nullptr};
+  auto run = [&](const SqueezeSelectParams& q, size_t ws_bytes = size_t{1} << 40) {
+    const SqueezeSelectPlan plan = PlanSqueezeSelect(q);
+    return SqueezeSelect(q, plan, out, any, std::min(ws_bytes, plan.workspace_bytes), nullptr);
+  };
+  auto expect = [&](const SqueezeSelectParams& q, StatusCode code, const std::string& words) {
+    const Status s = run(q);
+    INFO(s.ToString());
+    CHECK(s.code() == code);
+    CHECK(s.message().find("SqueezeSelect") != std::string::npos);
+    CHECK(s.message().find(words) != std::string::npos);
+  };
+  SqueezeSelectParams q = p;
+  q.kv_budget = 1.5f;
+  expect(q, StatusCode::kInvalidArgument, "kv_budget");
+  q.kv_budget = -0.1f;
+  expect(q, StatusCode::kInvalidArgument, "kv_budget");
+  q.kv_budget = NAN;
+  expect(q, StatusCode::kInvalidArgument, "kv_budget");
+  q = p;
+  q.policy = SqueezePolicy::kThreshold;
+  q.threshold = INFINITY;
+  expect(q, StatusCode::kInvalidArgument, "threshold");
+  q = p;
+  q.head_dim = 96;
+  q.q_stride = 32 * 96;
+  expect(q, StatusCode::kUnimplemented, "head_dim 96");
+  q = p;
+  q.n_kv_heads = 2;  // group of 16
+  expect(q, StatusCode::kUnimplemented, "exceeds");
+  q = p;
+  q.n_kv_heads = 5;
+  expect(q, StatusCode::kInvalidArgument, "divide");
+  q = p;
+  q.batch = -1;
+  expect(q, StatusCode::kInvalidArgument, "batch");
+  q = p;
+  q.scale = 0.0f;
+  expect(q, StatusCode::kInvalidArgument, "scale");
+  q = p;
+  q.q_stride = 10;
+  expect(q, StatusCode::kInvalidArgument, "q_stride");
+  q = p;
+  q.max_clusters = 0;
+  expect(q, StatusCode::kInvalidArgument, "max_clusters");
+  q = p;
+  q.hierarchical = true;
+  q.max_coarse = 0;
+  expect(q, StatusCode::kInvalidArgument, "max_coarse");
+  q = p;
+  q.hierarchical = true;
+  q.coarse_coverage = 0.0f;
+  expect(q, StatusCode::kInvalidArgument, "coarse_coverage");
+  q = p;
+  q.q = nullptr;
+  expect(q, StatusCode::kInvalidArgument, "null q");
+  {
+    const SqueezeSelectPlan plan = PlanSqueezeSelect(p);
+    // Too small a workspace.
+    Status s = SqueezeSelect(p, plan, out, any, plan.workspace_bytes - 1, nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("workspace") != std::string::npos);
+    // A plan made for other params.
+    SqueezeSelectParams other = p;
+    other.max_clusters = 1000;
+    s = SqueezeSelect(p, PlanSqueezeSelect(other), out, any, size_t{1} << 40, nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("plan") != std::string::npos);
+    // Missing outputs.
+    SqueezeSelection none = out;
+    none.selected_len = nullptr;
+    s = SqueezeSelect(p, plan, none, any, plan.workspace_bytes, nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("null output") != std::string::npos);
+  }
+  // An empty batch is fine and launches nothing.
+  q = p;
+  q.batch = 0;
+  CHECK(run(q).ok());
+}
+
+TEST_CASE("PlanSqueezeSelect sizes chunks, segments and the workspace", "[squeeze_select]") {
+  SqueezeSelectParams p;
+  p.batch = 3;
+  p.n_q_heads = 32;
+  p.n_kv_heads = 8;
+  p.head_dim = 128;
+  p.max_clusters = 1000;
+  SqueezeSelectPlan plan = PlanSqueezeSelect(p);
+  CHECK(plan.fine_chunks == 4);
+  CHECK(plan.coarse_chunks == 0);
+  CHECK(plan.max_segments == 501);
+  // Scores alone: 3 * 8 * 4 * 1000 floats.
+  CHECK(plan.workspace_bytes >= size_t{3} * 8 * 4 * 1000 * 4);
+  p.hierarchical = true;
+  p.max_coarse = 257;
+  SqueezeSelectPlan hier = PlanSqueezeSelect(p);
+  CHECK(hier.coarse_chunks == 2);
+  CHECK(hier.workspace_bytes > plan.workspace_bytes);
+  p.max_clusters = 1;
+  CHECK(PlanSqueezeSelect(p).max_segments == 2);  // sink | cluster 0 | window: two runs at most
+}
+
+}  // namespace
+}  // namespace sqz::cuda
