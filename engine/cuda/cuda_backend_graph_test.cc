@@ -69,7 +69,7 @@ std::unique_ptr<CudaBackend> Make(const Model& m, CudaDType dtype, bool graphs,
   CudaBackendOptions o;
   o.dtype = dtype;
   o.kv_blocks = 1024;
-  o.max_step_tokens = 1024;
+  o.max_step_tokens = 4096;  // the batch-invariance case prefills 20 prompts in one step
   o.max_logit_rows = 64;
   o.cuda_graphs = graphs;
   o.graph_max_batch = graph_max_batch;

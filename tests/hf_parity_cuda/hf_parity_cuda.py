@@ -30,6 +30,8 @@ import time
 import traceback
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
 import torch
 import transformers
 from safetensors.torch import save_file
@@ -100,7 +102,7 @@ def expected_inv_freq(cfg):
     return inv
 
 
-def hf_config(arch, cfg):
+def hf_config(arch, cfg, attn):
     """A transformers config object for `cfg` (works with transformers 4.x and 5.x)."""
     cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
     kwargs = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type",
@@ -111,11 +113,8 @@ def hf_config(arch, cfg):
         if cfg.get("rope_scaling"):
             rp.update(cfg["rope_scaling"])
         hc.rope_parameters = rp
-    for key in ("_attn_implementation", "attn_implementation"):
-        try:
-            setattr(hc, key, "eager")
-        except Exception:  # noqa: BLE001 - read-only on some versions
-            pass
+    if attn:
+        hc._attn_implementation = attn
     return hc
 
 
@@ -126,9 +125,9 @@ def find_inv_freq(model):
     return None
 
 
-def build_model(arch, cfg, device, seed):
+def build_model(arch, cfg, device, seed, attn):
     torch.manual_seed(seed)
-    hc = hf_config(arch, cfg)
+    hc = hf_config(arch, cfg, attn)
     cls = transformers.LlamaForCausalLM if arch == "llama" else transformers.Qwen2ForCausalLM
     if device != "cpu" and hasattr(torch, "device") and hasattr(torch.device, "__enter__"):
         with torch.device(device):
@@ -151,6 +150,7 @@ def build_model(arch, cfg, device, seed):
         if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=0):
             raise RuntimeError(f"transformers' RoPE frequencies differ from the config's "
                                f"(got {got[:4]}..., want {want[:4]}...)")
+        log(f"  transformers' RoPE frequencies match config.json ({len(want)} values)")
     else:
         log("  note: no inv_freq buffer found; RoPE settings not cross-checked")
     return model.to(torch.bfloat16)
@@ -202,7 +202,8 @@ def run_shape(name, args, work):
         fields.update(TINY[name])
     cfg = published_config(arch, fields, args.layers)
     t0 = time.time()
-    model = build_model(arch, cfg, args.device, args.seed)
+    model = build_model(arch, cfg, args.device, args.seed, args.attn)
+    log(f"  transformers attention: {getattr(model.config, '_attn_implementation', '?')}")
     path = os.path.join(work, name)
     save_checkpoint(model, cfg, path)
     size = os.path.getsize(os.path.join(path, "model.safetensors"))
@@ -216,12 +217,27 @@ def run_shape(name, args, work):
     hf_bf16 = logits_of(model, ids, args.device)
     model = model.float()  # the bf16-rounded weights, computed in fp32: the reference
     ref = logits_of(model, ids, args.device)
+    # The reference must be causal: changing the second half of the ids leaves the first half's
+    # logits unchanged.
+    half = len(ids) // 2
+    other = ids.copy()
+    other[half:] = (other[half:] + 1) % cfg["vocab_size"]
+    moved = np.abs(logits_of(model, other, args.device)[:half] - ref[:half]).max()
+    log(f"  transformers causality: first-half logits move by {moved:.3g} when the second half "
+        f"changes ({'causal' if moved <= 1e-4 * np.abs(ref).max() else 'NOT CAUSAL'})")
     del model
     if args.device != "cpu":
         torch.cuda.empty_cache()
     log(f"  transformers bf16 + fp32 forward: {time.time() - t0:.1f} s")
 
     results = {"transformers bf16": compare(hf_bf16, ref)}
+    numpy_ref = None
+    if args.numpy_ref > 0:
+        t1 = time.time()
+        import reference_llama  # tests/model: an independent numpy forward pass
+        numpy_ref = reference_llama.forward(path, [int(t) for t in ids[:args.numpy_ref]])
+        log(f"  numpy reference ({args.numpy_ref} positions): {time.time() - t1:.1f} s")
+        results["transformers fp32 vs numpy"] = compare(ref[:args.numpy_ref], numpy_ref)
     t0 = time.time()
     prefix = os.path.join(path, "ours")
     cmd = [args.tool, "--model", path, "--ids", ids_path, "--out", prefix, "--backend",
@@ -237,6 +253,12 @@ def run_shape(name, args, work):
         ours = np.fromfile(f"{prefix}.{run}.f32", dtype=np.float32)
         ours = ours.reshape(len(ids), cfg["vocab_size"])
         results[f"ours {args.backend} {run}"] = compare(ours, ref)
+        rel = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        at = sorted({i for i in (0, 1, 63, 255, args.prefill - 1, args.prefill, len(ids) - 1)
+                     if 0 <= i < len(ids)})
+        log(f"  ours {run}: rel L2 at positions " + ", ".join(f"{i}: {rel[i]:.2e}" for i in at))
+        if numpy_ref is not None:
+            results[f"ours {run} vs numpy"] = compare(ours[:args.numpy_ref], numpy_ref)
     log(f"  ours: {time.time() - t0:.1f} s")
     if not args.keep:
         shutil.rmtree(path, ignore_errors=True)
@@ -261,6 +283,10 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--tool-timeout", type=float, default=300)
     ap.add_argument("--out-json", default="")
+    ap.add_argument("--attn", default="", help="transformers attention implementation (eager, "
+                    "sdpa; default: the library's default)")
+    ap.add_argument("--numpy-ref", type=int, default=0,
+                    help="also run tests/model/reference_llama.py on this many first positions")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -284,16 +310,16 @@ def main():
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    log(f"\n{'model':<10} {'run':<18} {'max relL2':>10} {'median':>9} {'argmax':>9}  verdict")
+    log(f"\n{'model':<10} {'run':<27} {'max relL2':>10} {'median':>9} {'argmax':>9}  verdict")
     for name, res in all_results.items():
         if "error" in res:
             log(f"{name:<10} ERROR: {res['error']}")
             continue
         for run, m in res.items():
-            baseline = run.startswith("transformers")
+            baseline = run.startswith("transformers") or run.endswith("numpy")
             verdict = "baseline" if baseline else ("PASS" if passes(m) else "FAIL")
             failed = failed or verdict == "FAIL"
-            log(f"{name:<10} {run:<18} {m['max_rel_l2']:>10.2e} {m['median_rel_l2']:>9.2e} "
+            log(f"{name:<10} {run:<27} {m['max_rel_l2']:>10.2e} {m['median_rel_l2']:>9.2e} "
                 f"{m['argmax_agree']:>4}/{m['positions']:<4}  {verdict}")
             if m["flip_gaps_in_std"]:
                 log(f"{'':<10} flips at top-2 gaps of "
