@@ -118,6 +118,24 @@ def hf_config(arch, cfg, attn):
     return hc
 
 
+def rope_buffers(model):
+    """fp32 copies of the RoPE inverse-frequency buffers, by (module, buffer name)."""
+    saved = []
+    for module in model.modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if name.endswith("inv_freq") and buf is not None:
+                saved.append((module, name, buf.detach().float().clone()))
+    return saved
+
+
+def restore_rope(saved):
+    """Module.to(dtype) also rounds the non-persistent inv_freq buffers (to bf16: RoPE angles off
+    by up to position x 2^-9 radians). transformers computes them in fp32 and loading a checkpoint
+    keeps them so; put the fp32 values back after every cast."""
+    for module, name, value in saved:
+        module._buffers[name] = value.to(module._buffers[name].device)
+
+
 def find_inv_freq(model):
     for name, buf in model.named_buffers():
         if name.endswith("inv_freq"):
@@ -153,7 +171,10 @@ def build_model(arch, cfg, device, seed, attn):
         log(f"  transformers' RoPE frequencies match config.json ({len(want)} values)")
     else:
         log("  note: no inv_freq buffer found; RoPE settings not cross-checked")
-    return model.to(torch.bfloat16)
+    saved = rope_buffers(model)
+    model = model.to(torch.bfloat16)
+    restore_rope(saved)
+    return model, saved
 
 
 def save_checkpoint(model, cfg, path):
@@ -202,7 +223,7 @@ def run_shape(name, args, work):
         fields.update(TINY[name])
     cfg = published_config(arch, fields, args.layers)
     t0 = time.time()
-    model = build_model(arch, cfg, args.device, args.seed, args.attn)
+    model, rope_fp32 = build_model(arch, cfg, args.device, args.seed, args.attn)
     log(f"  transformers attention: {getattr(model.config, '_attn_implementation', '?')}")
     path = os.path.join(work, name)
     save_checkpoint(model, cfg, path)
@@ -216,6 +237,7 @@ def run_shape(name, args, work):
     t0 = time.time()
     hf_bf16 = logits_of(model, ids, args.device)
     model = model.float()  # the bf16-rounded weights, computed in fp32: the reference
+    restore_rope(rope_fp32)
     ref = logits_of(model, ids, args.device)
     # The reference must be causal: changing the second half of the ids leaves the first half's
     # logits unchanged.
