@@ -1,0 +1,157 @@
+"""Tests of the longctx task generator (train/tasks.py) and training sequences (train/data.py).
+
+Run by CTest with the project's venv (numpy, sentencepiece): python tests/longctx/test_tasks.py
+Exit status 77 (skipped) when sentencepiece or the committed tokenizer model is missing.
+"""
+
+import os
+import random
+import re
+import sys
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "train"))
+SPM = os.path.join(ROOT, "models", "longctx", "tokenizer.model")
+
+try:
+    import sentencepiece  # noqa: F401
+    import numpy  # noqa: F401
+except ImportError as e:  # pragma: no cover - environment
+    print(f"skipped: {e}")
+    sys.exit(77)
+if not os.path.exists(SPM):
+    print(f"skipped: {SPM} is missing")
+    sys.exit(77)
+
+import data  # noqa: E402
+import tasks  # noqa: E402
+
+ENC = data.Encoder(SPM)
+NAMES = set(tasks.FIRST_NAMES + tasks.LAST_NAMES + tasks.CITIES)
+WORDS = set(tasks.COLOURS + tasks.LANDMARKS)
+
+
+class GeneratorTest(unittest.TestCase):
+    def test_same_seed_same_document_and_seeds_differ(self):
+        for seed in (0, 1, 12345, tasks.HELDOUT_SEED_BASE + 3):
+            a = tasks.generate(seed, 2000, count_tokens=ENC.count)
+            b = tasks.generate(seed, 2000, count_tokens=ENC.count)
+            self.assertEqual(a.text, b.text)
+            self.assertEqual([q.question for q in a.questions], [q.question for q in b.questions])
+        texts = {tasks.generate(s, 1000).text for s in range(20)}
+        self.assertEqual(len(texts), 20)
+
+    def test_every_answer_is_stated_by_exactly_one_sentence(self):
+        kinds = set()
+        for seed in range(150):
+            length = (129, 1000, 3000)[seed % 3]
+            doc = tasks.generate(seed, length, n_questions=8, count_tokens=ENC.count)
+            self.assertTrue(doc.questions, f"seed {seed}: no questions")
+            for q in doc.questions:
+                kinds.add(q.kind)
+                if q.kind == "twohop":
+                    rel, fact = doc.facts[q.facts[0]], doc.facts[q.facts[1]]
+                    self.assertEqual(tasks.matching_facts(doc, rel.entity, "next_to"),
+                                     [rel.sentence])
+                    self.assertIn(rel.value, doc.sentences[rel.sentence])
+                    # The other place of the relation is in no other relation either.
+                    self.assertEqual(sum(rel.value in s and ("next to" in s.lower() or
+                                                             "neighbour" in s)
+                                         for s in doc.sentences), 1)
+                else:
+                    fact = doc.facts[q.facts[0]]
+                self.assertEqual(tasks.matching_facts(doc, fact.entity, fact.attribute),
+                                 [fact.sentence], f"seed {seed}: {q}")
+                self.assertEqual(fact.value, q.answer)
+                self.assertTrue(doc.sentences[fact.sentence].rstrip(".").endswith(q.answer) or
+                                " long ago" in doc.sentences[fact.sentence])
+                self.assertGreaterEqual(q.depth, 0.0)
+                self.assertLessEqual(q.depth, 1.0)
+        self.assertEqual(kinds, {"single", "needle", "twohop"})
+
+    def test_near_miss_distractors_share_colour_or_landmark(self):
+        doc = tasks.generate(5, 4000, kind="facts", count_tokens=ENC.count)
+        places = {f.entity for f in doc.facts if f.attribute == "passcode"}
+        colours = [p.split()[0] for p in places]
+        self.assertLess(len(set(colours)), len(colours))  # some colour is shared
+
+    def test_needle_documents_hold_one_fact(self):
+        for seed in range(10):
+            doc = tasks.generate(seed, 900, kind="needle", count_tokens=ENC.count)
+            self.assertEqual(len(doc.facts), 1)
+            self.assertEqual([q.kind for q in doc.questions], ["needle"])
+
+    def test_filler_names_no_entity_and_holds_no_digit(self):
+        r = random.Random(3)
+        for _ in range(2000):
+            s = tasks.filler_sentence(r)
+            self.assertIsNone(re.search(r"\d", s), s)
+            words = set(re.findall(r"[A-Za-z]+", s))
+            self.assertFalse(words & (NAMES | WORDS), s)
+
+    def test_length_is_filled_but_never_exceeded(self):
+        for seed, target in [(1, 64), (2, 127), (3, 1024), (4, 4096), (5, 16384)]:
+            doc = tasks.generate(seed, target, count_tokens=ENC.count)
+            ids = data.context_ids(ENC, doc)
+            self.assertLessEqual(len(ids), target)
+            self.assertGreater(len(ids), target - 40, f"target {target}: {len(ids)}")
+
+    def test_sentence_by_sentence_encoding_equals_encoding_the_text(self):
+        for seed in range(5):
+            doc = tasks.generate(seed, 1500, count_tokens=ENC.count)
+            self.assertEqual(data.context_ids(ENC, doc)[1:], ENC.sp.encode(doc.text))
+            q = doc.questions[0]
+            joined = doc.text + " " + tasks.query_text(q.question) + " " + q.answer
+            self.assertEqual(ENC.sp.encode(joined),
+                             ENC.sp.encode(doc.text) + ENC(tasks.query_text(q.question)) +
+                             ENC(q.answer))
+
+    def test_heldout_seeds_are_disjoint_from_training_seeds(self):
+        for base in (0, 1, 2, 99):
+            for step in (0, 1, 5000, 10**6):
+                for slot in (0, 7, 255):
+                    self.assertLess(tasks.train_seed(base, step, slot), tasks.HELDOUT_SEED_BASE)
+        for length in (1024, 16384, 32768):
+            for i in (0, 15, 1000):
+                self.assertGreaterEqual(tasks.heldout_seed(length, i), tasks.HELDOUT_SEED_BASE)
+
+    def test_bad_arguments_raise(self):
+        with self.assertRaisesRegex(ValueError, "target_tokens must be >= 64"):
+            tasks.generate(1, 63)
+        with self.assertRaisesRegex(ValueError, "n_questions must be >= 1"):
+            tasks.generate(1, 500, n_questions=0)
+        with self.assertRaisesRegex(ValueError, "kind must be"):
+            tasks.generate(1, 500, kind="haystack")
+
+
+class SequenceTest(unittest.TestCase):
+    def test_sequence_layout_and_masks(self):
+        for seed, length in [(1, 256), (2, 1024), (3, 4096)]:
+            ids, ans, valid = data.build_sequence(ENC, seed, length)
+            self.assertEqual(ids.shape, (length,))
+            self.assertEqual(ids[0], data.BOS)
+            self.assertTrue(ans.any())
+            self.assertFalse(ans[~valid].any())
+            # Targets of the answer mask: answer pieces and </s>, in runs that end with </s>.
+            targets = ids[1:][ans[:-1]]
+            self.assertIn(data.EOS, targets.tolist())
+            doc = tasks.generate(seed, length - data.qa_count(length) * data.QA_RESERVE,
+                                 n_questions=data.qa_count(length), count_tokens=ENC.count,
+                                 kind="needle" if random.Random(seed ^ 0x5EED).random() < 0.1
+                                 else "facts", twohop_share=0.1)
+            answers = ENC.sp.decode(targets.tolist()).split()
+            expected = [q.answer for q in doc.questions][:len(answers)]
+            self.assertEqual(answers, expected)
+
+    def test_batches_are_a_function_of_the_step(self):
+        data.init_worker(SPM)
+        a = data.make_batch((1, 17, 512, 3))
+        b = data.make_batch((1, 17, 512, 3))
+        c = data.make_batch((1, 18, 512, 3))
+        self.assertTrue((a[1] == b[1]).all())
+        self.assertFalse((a[1] == c[1]).all())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,112 @@
+"""Training sequences and held-out evaluation items built from train/tasks.py with the trained
+SentencePiece model. Pure functions of their seeds: a step's batch is the same on every run.
+
+Sequence layout (length L exactly, token ids):
+    <s> document  [Question: q1 Answer:] a1 </s>  [Question: q2 Answer:] a2 </s> ...  </s> pad
+Each piece is encoded on its own (SentencePiece splits on spaces, so this equals encoding the joined
+text; tests check it). ans_mask marks positions whose next token is an answer token or the </s>
+after it; valid marks positions whose next token is not padding.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+import tasks
+
+BOS, EOS = 1, 2
+QA_RESERVE = 28          # tokens kept after the document per question (question + answer + </s>)
+EVAL_QUERY_RESERVE = 64  # evaluation: context = length - this, so query + answer fit the length
+
+
+class Encoder:
+    """SentencePiece encoder with a per-sentence cache (filler sentences repeat often)."""
+
+    def __init__(self, model_file: str):
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        self.cache: Dict[str, List[int]] = {}
+
+    def __call__(self, text: str) -> List[int]:
+        ids = self.cache.get(text)
+        if ids is None:
+            ids = self.sp.encode(text)
+            if len(self.cache) < 200_000:
+                self.cache[text] = ids
+        return ids
+
+    def count(self, text: str) -> int:
+        return len(self(text))
+
+    def decode(self, ids: List[int]) -> str:
+        return self.sp.decode(ids)
+
+
+def qa_count(length: int) -> int:
+    return max(4, min(32, length // 256))
+
+
+def context_ids(enc: Encoder, doc: tasks.Document) -> List[int]:
+    ids = [BOS]
+    for s in doc.sentences:
+        ids.extend(enc(s))
+    return ids
+
+
+def build_sequence(enc: Encoder, doc_seed: int, length: int,
+                   needle_share: float = 0.1, twohop_share: float = 0.1
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training sequence: ids [L] int64, ans_mask [L] bool, valid [L] bool."""
+    n_qa = qa_count(length)
+    kind = "needle" if random.Random(doc_seed ^ 0x5EED).random() < needle_share else "facts"
+    doc = tasks.generate(doc_seed, length - n_qa * QA_RESERVE, n_questions=n_qa,
+                         count_tokens=enc.count, kind=kind, twohop_share=twohop_share)
+    ids = context_ids(enc, doc)
+    ans = [False] * len(ids)
+    for q in doc.questions:
+        qi = enc(tasks.query_text(q.question))
+        ai = enc(q.answer) + [EOS]
+        if len(ids) + len(qi) + len(ai) > length:
+            break
+        ids.extend(qi)
+        ans.extend([False] * len(qi))
+        ans[-1] = True  # the last query token predicts the first answer token
+        ids.extend(ai)
+        ans.extend([True] * (len(ai) - 1) + [False])  # the last </s> predicts the next question
+    n = len(ids)
+    valid = [True] * (n - 1) + [False] * (length - n + 1)
+    ids.extend([EOS] * (length - n))
+    ans.extend([False] * (length - n))
+    return (np.asarray(ids, dtype=np.int64), np.asarray(ans, dtype=bool),
+            np.asarray(valid, dtype=bool))
+
+
+_ENC = None
+
+
+def init_worker(model_file: str) -> None:
+    global _ENC
+    _ENC = Encoder(model_file)
+
+
+def make_batch(spec: Tuple[int, int, int, int]) -> Tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """spec = (base_seed, step, length, batch) -> (step, ids [B, L], ans_mask, valid)."""
+    base_seed, step, length, batch = spec
+    rows = [build_sequence(_ENC, tasks.train_seed(base_seed, step, b), length)
+            for b in range(batch)]
+    return (step, np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
+            np.stack([r[2] for r in rows]))
+
+
+def eval_items(enc: Encoder, length: int, n_docs: int, n_questions: int
+               ) -> List[Tuple[tasks.Document, List[int]]]:
+    """Held-out documents whose context (<s> + document) is at most length - 64 tokens."""
+    out = []
+    for i in range(n_docs):
+        doc = tasks.generate(tasks.heldout_seed(length, i), length - EVAL_QUERY_RESERVE,
+                             n_questions=n_questions, count_tokens=enc.count)
+        out.append((doc, context_ids(enc, doc)))
+    return out

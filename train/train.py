@@ -1,0 +1,438 @@
+"""Trains the longctx retrieval Llama, exports it as a Hugging Face directory and evaluates it.
+
+One command does everything the GPU machine is asked for (see train/README.md):
+  1. reproducibility check: two short runs from the same seed must give identical losses and
+     weights (deterministic kernels, data a pure function of the step);
+  2. a throughput probe at every curriculum length (on a throwaway copy of the model) that sizes
+     the number of steps to the wall-clock budget, unless --steps is given;
+  3. training: AdamW, bf16 autocast, loss on answer tokens plus a small LM loss, a length
+     curriculum 512 -> 16384 tokens, batches made by worker processes; a checkpoint
+     (model, optimizer, step) every --ckpt-every seconds, --resume continues from it;
+  4. export: config.json, model.safetensors (bf16), tokenizer files, generation_config.json;
+  5. dense exact-match evaluation of the exported weights (fp32) on held-out documents.
+
+Usage: python train/train.py --tokenizer DIR --out DIR [--seed 1] [--steps N | --train-seconds S]
+The same seed and --steps give the same model (the step count chosen by the probe is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from typing import Dict, List, Optional
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import data  # noqa: E402
+import tasks  # noqa: E402
+from model import Config, Llama, flops_per_token, num_params  # noqa: E402
+
+# (share of the steps at which a phase starts, its longest length). Steps draw a shorter length of
+# an earlier phase 30% of the time, so short contexts are not forgotten.
+PHASES = [(0.00, 256), (0.12, 512), (0.22, 1024), (0.32, 2048), (0.42, 4096), (0.54, 8192),
+          (0.68, 16384)]
+
+
+def log(msg: str, fh=None) -> None:
+    print(msg, flush=True)
+    if fh is not None:
+        fh.write(msg + "\n")
+        fh.flush()
+
+
+def set_determinism(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def phases_for(max_len: int):
+    return [(f, L) for f, L in PHASES if L <= max_len]
+
+
+def length_at(step: int, total: int, seed: int, max_len: int) -> int:
+    ph = phases_for(max_len)
+    frac = step / max(1, total)
+    k = max(i for i, (f, _) in enumerate(ph) if frac >= f)
+    r = random.Random(seed * 7919 + step)
+    if k > 0 and r.random() < 0.3:
+        return ph[r.randrange(k)][1]
+    return ph[k][1]
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def make_optimizer(model: Llama, lr: float, wd: float) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def train_step(model: Llama, opt, batch, device, lm_weight: float, lr: float, autocast: bool):
+    _, ids, ans, valid = batch
+    ids = torch.from_numpy(ids).to(device, non_blocking=True)
+    ans = torch.from_numpy(ans).to(device, non_blocking=True)
+    valid = torch.from_numpy(valid).to(device, non_blocking=True)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    ctx = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast
+           else torch.autocast(device_type="cpu", enabled=False))
+    with ctx:
+        h, _ = model(ids, hidden_only=True)
+    targets = ids[:, 1:]
+    h = h[:, :-1]
+    ans_m, valid_m = ans[:, :-1], valid[:, :-1]
+    with ctx:
+        logits_a = model.logits(h[ans_m])
+    loss_a = F.cross_entropy(logits_a.float(), targets[ans_m])
+    acc_a = (logits_a.argmax(-1) == targets[ans_m]).float().mean()
+    loss = loss_a
+    loss_lm = torch.zeros((), device=device)
+    if lm_weight > 0:
+        with ctx:
+            logits = model.logits(h[valid_m])
+        loss_lm = F.cross_entropy(logits.float(), targets[valid_m])
+        loss = loss + lm_weight * loss_lm
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss_a.detach(), loss_lm.detach(), acc_a.detach()
+
+
+class Batches:
+    """Batches of steps [first, last) from worker processes, in step order, `ahead` in flight."""
+
+    def __init__(self, pool, specs: List[tuple], ahead: int):
+        self.pool, self.specs, self.ahead = pool, specs, ahead
+        self.pending: Dict[int, object] = {}
+        self.next_submit = 0
+
+    def __iter__(self):
+        for i in range(len(self.specs)):
+            while self.next_submit < len(self.specs) and self.next_submit < i + self.ahead:
+                self.pending[self.next_submit] = self.pool.apply_async(
+                    data.make_batch, (self.specs[self.next_submit],))
+                self.next_submit += 1
+            yield self.pending.pop(i).get()
+
+
+def weights_digest(model: Llama) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def short_run(cfg: Config, args, pool, device, seed: int, steps: int, length: int):
+    set_determinism(seed)
+    model = Llama(cfg)
+    model.init_weights(seed)
+    model.to(device)
+    opt = make_optimizer(model, args.lr, args.weight_decay)
+    batch = max(1, args.repro_tokens // length)
+    losses = []
+    for b in Batches(pool, [(seed, s, length, batch) for s in range(steps)], 8):
+        la, ll, _ = train_step(model, opt, b, device, args.lm_weight,
+                               lr_at(b[0], steps, args.lr, 5), device.type == "cuda")
+        losses.append(float(la) + args.lm_weight * float(ll))
+    return losses, weights_digest(model)
+
+
+def probe_step_seconds(cfg: Config, args, pool, device, lengths: List[int]) -> Dict[int, float]:
+    """Median seconds per training step at each length, on a throwaway model."""
+    model = Llama(cfg)
+    model.init_weights(12345)
+    model.to(device)
+    opt = make_optimizer(model, args.lr, args.weight_decay)
+    out = {}
+    for L in lengths:
+        specs = [(99991, s, L, max(1, args.tokens_per_step // L)) for s in range(4)]
+        times = []
+        for b in Batches(pool, specs, 4):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            train_step(model, opt, b, device, args.lm_weight, 1e-4, device.type == "cuda")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[L] = sorted(times[1:])[len(times[1:]) // 2]
+    del model, opt
+    return out
+
+
+def expected_seconds(total: int, step_s: Dict[int, float], seed: int, max_len: int) -> float:
+    return sum(step_s[length_at(s, total, seed, max_len)] for s in range(total))
+
+
+def export(model: Llama, cfg: Config, tok_dir: str, out_dir: str) -> None:
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {k: v.detach().to(torch.bfloat16).cpu().contiguous()
+               for k, v in model.state_dict().items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg.hf_dict("bfloat16"), f, indent=2)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}, f,
+                  indent=2)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok_dir, name), os.path.join(out_dir, name))
+
+
+def load_exported(path: str, device) -> Llama:
+    from safetensors.torch import load_file
+    cfg = Config.from_hf(os.path.join(path, "config.json"))
+    model = Llama(cfg)
+    sd = {k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
+    model.load_state_dict(sd)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def answer(model: Llama, past, start: int, query: List[int], device, max_tokens: int = 8
+           ) -> List[int]:
+    """Greedy answer ids (</s> excluded) to `query` after the cached context."""
+    ids = torch.tensor([query], device=device)
+    out: List[int] = []
+    pos = start
+    for _ in range(max_tokens):
+        logits, new = model(ids, start=pos, past=past)
+        past = [(torch.cat([p[0], n[0]], 2), torch.cat([p[1], n[1]], 2))
+                for p, n in zip(past, new)]
+        pos += ids.shape[1]
+        nxt = int(logits[0, -1].argmax())
+        if nxt == data.EOS:
+            break
+        out.append(nxt)
+        ids = torch.tensor([[nxt]], device=device)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: Llama, enc: data.Encoder, lengths: List[int], n_docs: int,
+             n_questions: int, device, fh=None) -> Dict[str, dict]:
+    results = {}
+    for L in lengths:
+        per_kind: Dict[str, List[int]] = {}
+        t0 = time.perf_counter()
+        misses = []
+        for doc, ctx in data.eval_items(enc, L, n_docs, n_questions):
+            _, past = model(torch.tensor([ctx], device=device))
+            for q in doc.questions:
+                got = enc.decode(answer(model, past, len(ctx),
+                                        enc(tasks.query_text(q.question)), device)).strip()
+                ok = got == q.answer
+                per_kind.setdefault(q.kind, [0, 0])
+                per_kind[q.kind][0] += int(ok)
+                per_kind[q.kind][1] += 1
+                if not ok and len(misses) < 5:
+                    misses.append(f"{q.question} -> {got!r} (want {q.answer})")
+        retrieval = [sum(per_kind.get(k, [0, 0])[i] for k in ("single", "needle"))
+                     for i in (0, 1)]
+        results[str(L)] = {"per_kind": per_kind, "retrieval": retrieval,
+                           "seconds": time.perf_counter() - t0}
+        log(f"eval L={L}: " + ", ".join(f"{k} {c}/{n}" for k, (c, n) in sorted(per_kind.items()))
+            + f" ({time.perf_counter() - t0:.1f}s)", fh)
+        for m in misses:
+            log(f"  miss: {m}", fh)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="train the longctx retrieval Llama")
+    ap.add_argument("--tokenizer", required=True, help="dir with tokenizer.model/.json")
+    ap.add_argument("--out", required=True, help="output dir (HF export, logs)")
+    ap.add_argument("--ckpt-dir", default=None, help="checkpoint dir (default OUT/ckpt)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=0, help="0: sized by the probe")
+    ap.add_argument("--train-seconds", type=float, default=300,
+                    help="training time the probe sizes --steps to")
+    ap.add_argument("--deadline-seconds", type=float, default=0,
+                    help="whole-script limit: training stops early so that export and "
+                         "evaluation finish before it (0: none)")
+    ap.add_argument("--reserve-seconds", type=float, default=45,
+                    help="time kept for export and evaluation under the deadline")
+    ap.add_argument("--max-len", type=int, default=16384)
+    ap.add_argument("--tokens-per-step", type=int, default=65536)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--lm-weight", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=40)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--ckpt-every", type=float, default=60)
+    ap.add_argument("--repro-steps", type=int, default=30)
+    ap.add_argument("--repro-tokens", type=int, default=16384)
+    ap.add_argument("--eval-lengths", default="1024,4096,16384")
+    ap.add_argument("--eval-docs", type=int, default=16)
+    ap.add_argument("--eval-questions", type=int, default=8)
+    ap.add_argument("--tiny", action="store_true", help="toy model for a CPU smoke test")
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_dir = args.ckpt_dir or os.path.join(args.out, "ckpt")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    fh = open(os.path.join(args.out, "train_log.txt"), "a")
+    cfg = Config(max_position_embeddings=args.max_len)
+    if args.tiny:
+        cfg = dataclasses.replace(cfg, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=1, head_dim=32)
+    spm_file = os.path.join(args.tokenizer, "tokenizer.model")
+    # Workers fork before CUDA is initialised; they only run numpy and SentencePiece.
+    pool = mp.get_context("fork").Pool(args.workers, initializer=data.init_worker,
+                                       initargs=(spm_file,))
+    log(f"torch {torch.__version__} device {device} "
+        f"{torch.cuda.get_device_name() if device.type == 'cuda' else ''}", fh)
+    log(f"config {json.dumps(dataclasses.asdict(cfg))}", fh)
+    log(f"args {json.dumps(vars(args))}", fh)
+    lengths = [L for _, L in phases_for(args.max_len)]
+    t_start = time.perf_counter()
+
+    # 1. Reproducibility.
+    if args.repro_steps > 0:
+        try:
+            L = min(1024, args.max_len)
+            a = short_run(cfg, args, pool, device, args.seed + 1000, args.repro_steps, L)
+            b = short_run(cfg, args, pool, device, args.seed + 1000, args.repro_steps, L)
+            same = a == b
+            log(f"repro: {args.repro_steps} steps at L={L} twice: losses identical "
+                f"{a[0] == b[0]}, weights {a[1]} vs {b[1]}: {'SAME' if same else 'DIFFERENT'}; "
+                f"losses {a[0][0]:.4f} -> {a[0][-1]:.4f} ({time.perf_counter() - t_start:.1f}s)",
+                fh)
+        except Exception:  # noqa: BLE001 - the check must not cost the training run
+            log("repro check FAILED with an exception:\n" + traceback.format_exc(), fh)
+
+    # 2. Steps.
+    total = args.steps
+    if total <= 0:
+        step_s = probe_step_seconds(cfg, args, pool, device, lengths)
+        for L in lengths:
+            B = max(1, args.tokens_per_step // L)
+            tps = B * L / step_s[L]
+            log(f"probe L={L:6d} B={B:4d}: {step_s[L] * 1e3:8.1f} ms/step, "
+                f"{tps / 1e3:8.1f}K tok/s, "
+                f"{tps * flops_per_token(cfg, L) / 1e12:6.1f} TFLOP/s (model FLOPs)", fh)
+        total = 10
+        while expected_seconds(total + 10, step_s, args.seed, args.max_len) < args.train_seconds:
+            total += 10
+        log(f"steps {total}: expected "
+            f"{expected_seconds(total, step_s, args.seed, args.max_len):.0f}s "
+            f"(rerun with --steps {total} to reproduce)", fh)
+
+    # 3. Train.
+    set_determinism(args.seed)
+    model = Llama(cfg)
+    model.init_weights(args.seed)
+    model.to(device)
+    log(f"parameters {num_params(model)}", fh)
+    opt = make_optimizer(model, args.lr, args.weight_decay)
+    first = 0
+    ckpt_path = os.path.join(ckpt_dir, "ckpt.pt")
+    if args.resume and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        first, total = ck["step"], ck["total"]
+        log(f"resumed at step {first} of {total}", fh)
+    specs = [(args.seed, s, L, max(1, args.tokens_per_step // L))
+             for s in range(first, total) for L in [length_at(s, total, args.seed, args.max_len)]]
+    t0 = last_ckpt = time.perf_counter()
+    tokens = 0
+    flops = 0.0
+    stopped_early = False
+    acc_la = acc_ll = acc_acc = 0.0
+    n_acc = 0
+    try:
+        for b in Batches(pool, specs, 16):
+            step = b[0]
+            L = b[1].shape[1]
+            la, ll, acc = train_step(model, opt, b, device, args.lm_weight,
+                                     lr_at(step, total, args.lr, args.warmup), device.type == "cuda")
+            tokens += b[1].size
+            flops += b[1].size * flops_per_token(cfg, L)
+            acc_la, acc_ll, acc_acc, n_acc = acc_la + float(la), acc_ll + float(ll), \
+                acc_acc + float(acc), n_acc + 1
+            if (step + 1) % 20 == 0 or step + 1 == total:
+                el = time.perf_counter() - t0
+                log(f"step {step + 1:5d}/{total} L={L:6d} loss_ans {acc_la / n_acc:.4f} "
+                    f"loss_lm {acc_ll / n_acc:.3f} ans_acc {acc_acc / n_acc:.3f} "
+                    f"lr {lr_at(step, total, args.lr, args.warmup):.2e} {el:6.1f}s "
+                    f"{tokens / el / 1e3:7.1f}K tok/s {flops / el / 1e12:5.1f} TFLOP/s", fh)
+                acc_la = acc_ll = acc_acc = 0.0
+                n_acc = 0
+            now = time.perf_counter()
+            if now - last_ckpt > args.ckpt_every or step + 1 == total:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                            "total": total, "cfg": dataclasses.asdict(cfg)}, ckpt_path)
+                last_ckpt = now
+            over = args.deadline_seconds > 0 and \
+                now - t_start > args.deadline_seconds - args.reserve_seconds
+            if over and step + 1 < total:
+                log(f"STOPPED EARLY at step {step + 1} of {total}: deadline "
+                    f"{args.deadline_seconds:.0f}s minus {args.reserve_seconds:.0f}s "
+                    f"(the model is not the --steps {total} one)", fh)
+                stopped_early = True
+                break
+    except Exception:  # noqa: BLE001 - keep what was trained: export and evaluate it
+        log("training FAILED with an exception:\n" + traceback.format_exc(), fh)
+        stopped_early = True
+    pool.terminate()
+    log(f"trained {time.perf_counter() - t0:.1f}s, {tokens / 1e6:.1f}M tokens"
+        f"{' (stopped early)' if stopped_early else ''}", fh)
+
+    # 4. Export, 5. evaluate the exported (bf16-rounded) weights in fp32.
+    hf_dir = os.path.join(args.out, "longctx")
+    export(model, cfg, args.tokenizer, hf_dir)
+    log(f"exported {hf_dir}: digest {weights_digest(model)}", fh)
+    del model, opt
+    ev = load_exported(hf_dir, device)
+    enc = data.Encoder(spm_file)
+    res = evaluate(ev, enc, [int(x) for x in args.eval_lengths.split(",")], args.eval_docs,
+                   args.eval_questions, device, fh)
+    with open(os.path.join(args.out, "eval.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    log("| length | single+needle | two-hop | seconds |", fh)
+    log("| --- | --- | --- | --- |", fh)
+    for L, r in res.items():
+        c, n = r["retrieval"]
+        th = r["per_kind"].get("twohop", [0, 0])
+        log(f"| {L} | {c}/{n} ({100 * c / max(1, n):.1f}%) | {th[0]}/{th[1]} | "
+            f"{r['seconds']:.1f} |", fh)
+    log(f"total {time.perf_counter() - t_start:.1f}s", fh)
+
+
+if __name__ == "__main__":
+    main()
