@@ -1,0 +1,135 @@
+// sqz-longctx-eval: exact-match accuracy of the longctx model, dense against Squeezed Attention
+// (KV budgets 0.5 / 0.25 / 0.125 / 0.0625, flat and hierarchical) on the CPU backend.
+//
+//   sqz-longctx-eval --eval-set FILE.jsonl [--model models/longctx] [--lengths 1k,16k]
+//                    [--docs N] [--max-tokens 8] [--threads N] [--log FILE]
+//
+// FILE.jsonl comes from train/eval_set.py. --lengths keeps only documents of those nominal
+// lengths, --docs the first N documents of each length. Progress goes to stderr, one line per
+// document; --log appends one tab-separated line per (question, mode) as documents finish. The
+// markdown report goes to stdout. Exit status 0 on success (any accuracy), 1 on an error.
+#include <omp.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "engine/model/cpu_backend.h"
+#include "engine/runtime/loaded_model.h"
+#include "tools/generate/flags.h"
+#include "tools/longctx_eval/longctx_eval.h"
+
+namespace sqz::longctx {
+namespace {
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFoundError("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string OneLine(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\t') c = ' ';
+  }
+  return s;
+}
+
+Status Run(tools::Flags& flags) {
+  SQZ_ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
+  if (threads < 0) return InvalidArgumentError("--threads must be >= 0");
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  const std::string model_path =
+      flags.Get("model", std::string(SQZ_SOURCE_DIR) + "/models/longctx");
+  const std::string set_path = flags.Get("eval-set");
+  if (set_path.empty()) return InvalidArgumentError("--eval-set FILE.jsonl is required");
+  std::set<int64_t> lengths;
+  if (const std::string l = flags.Get("lengths"); !l.empty()) {
+    SQZ_ASSIGN_OR_RETURN(auto parsed, needle::ParseLengths(l));
+    lengths.insert(parsed.begin(), parsed.end());
+  }
+  SQZ_ASSIGN_OR_RETURN(int64_t max_docs, flags.Int("docs", 0));
+  SQZ_ASSIGN_OR_RETURN(int64_t max_tokens, flags.Int("max-tokens", 8));
+  const std::string log_path = flags.Get("log");
+  SQZ_RETURN_IF_ERROR(flags.CheckAllUsed());
+
+  SQZ_ASSIGN_OR_RETURN(std::string text, ReadFile(set_path));
+  SQZ_ASSIGN_OR_RETURN(auto all, ParseEvalSet(text));
+  std::vector<EvalDocument> docs;
+  std::map<int64_t, int64_t> taken;
+  for (EvalDocument& d : all) {
+    if (!lengths.empty() && !lengths.count(d.length)) continue;
+    if (max_docs > 0 && taken[d.length] >= max_docs) continue;
+    taken[d.length] += 1;
+    docs.push_back(std::move(d));
+  }
+  if (docs.empty()) return InvalidArgumentError("no documents of the requested lengths");
+
+  SQZ_ASSIGN_OR_RETURN(LoadedModel lm, LoadModel(model_path));
+  CpuBackendOptions bo;
+  bo.kv_blocks = (lm.model->config.max_positions + kKvBlockTokens - 1) / kKvBlockTokens + 1;
+  SQZ_ASSIGN_OR_RETURN(auto backend, CpuBackend::Create(*lm.model, bo));
+  std::fprintf(stderr, "model %s, %zu documents, %d OpenMP threads\n", model_path.c_str(),
+               docs.size(), omp_get_max_threads());
+
+  std::FILE* log = nullptr;
+  if (!log_path.empty()) {
+    log = std::fopen(log_path.c_str(), "a");
+    if (log == nullptr) return InvalidArgumentError("cannot open --log " + log_path);
+  }
+  EvalOptions opts;
+  opts.max_tokens = static_cast<int32_t>(max_tokens);
+  opts.on_document = [&](const EvalDocument& d, const DocumentResult& r) {
+    std::vector<int64_t> ok(opts.modes.size(), 0);
+    for (const QuestionResult& q : r.questions) {
+      for (size_t m = 0; m < q.correct.size(); ++m) ok[m] += q.correct[m] ? 1 : 0;
+    }
+    std::string per_mode;
+    for (size_t m = 0; m < ok.size(); ++m) {
+      per_mode += " " + opts.modes[m].name + "=" + std::to_string(ok[m]);
+    }
+    std::fprintf(stderr,
+                 "length %lld seed %llu (%lld tokens): prefill %.1f s, snapshot %.2f s,"
+                 " %zu questions, correct:%s\n",
+                 static_cast<long long>(d.length), static_cast<unsigned long long>(d.seed),
+                 static_cast<long long>(r.context_tokens), r.prefill_s, r.build_s,
+                 r.questions.size(), per_mode.c_str());
+    if (log == nullptr) return;
+    for (const QuestionResult& q : r.questions) {
+      const EvalQuestion& eq = d.questions[q.question];
+      for (size_t m = 0; m < q.answers.size(); ++m) {
+        std::fprintf(log, "%lld\t%llu\t%lld\t%s\t%.3f\t%s\t%s\t%s\t%d\t%.3f\t%s\n",
+                     static_cast<long long>(d.length), static_cast<unsigned long long>(d.seed),
+                     static_cast<long long>(r.context_tokens), eq.kind.c_str(), eq.depth,
+                     opts.modes[m].name.c_str(), OneLine(eq.question).c_str(), eq.answer.c_str(),
+                     q.correct[m] ? 1 : 0, q.answers[m].context_keys_read,
+                     OneLine(q.answers[m].text).c_str());
+      }
+    }
+    std::fflush(log);
+  };
+  auto results = EvaluateAll(*backend, *lm.tokenizer, docs, opts);
+  if (log != nullptr) std::fclose(log);
+  if (!results.ok()) return results.status();
+  std::printf("%s", FormatReport(docs, *results, opts.modes).c_str());
+  return OkStatus();
+}
+
+}  // namespace
+}  // namespace sqz::longctx
+
+int main(int argc, char** argv) {
+  sqz::tools::Flags flags({});
+  sqz::Status s = flags.Parse(argc, argv);
+  if (s.ok()) s = sqz::longctx::Run(flags);
+  if (!s.ok()) {
+    std::fprintf(stderr, "sqz-longctx-eval: %s\n", s.message().c_str());
+    return 1;
+  }
+  return 0;
+}
