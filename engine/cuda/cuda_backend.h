@@ -24,14 +24,19 @@
 //     decode attention, so chunking changes results too. What holds (tested on the GPU by
 //     cuda_backend_graph_test): the same step shape gives bit-identical results (every kernel
 //     is deterministic; CUDA graphs change nothing), and a request's logits alone and in mixed
-//     batches of 1-20 sequences agree within 1e-2 relative L2 (measured: see
-//     docs/benchmarks/cuda.md). Greedy decoding can therefore diverge between batch
+//     batches of 1-20 sequences agree within 1e-2 relative L2. Measured on the H200
+//     (docs/benchmarks/cuda.md): bit-identical beside 2 other requests (the decode steps of 3
+//     rows stay on the GEMV, whose rows are independent, the attention split did not change, and
+//     cuBLASLt chose alike for the 300- and 339-row prefill), 4.9e-3 beside 8 or 19 (cuBLASLt
+//     at 9+ rows). Greedy decoding can therefore diverge between batch
 //     compositions at near-ties of the top two logits. The fp32 mode is bit-for-bit batch and
 //     chunk invariant.
 //
 // Memory: everything is allocated in Create (weights, KV pool, per-step buffers for up to
 // max_step_tokens tokens, workspaces, pinned staging); Forward, ReadKv and the sequence calls
-// allocate no device memory. A step with more than max_step_tokens tokens is INVALID_ARGUMENT.
+// allocate no device memory (the first capture of a decode shape's CUDA graph takes driver memory
+// for the graph once; replays take none). A step with more than max_step_tokens tokens is
+// INVALID_ARGUMENT.
 // Ownership: owns its device memory, CUDA stream and cuBLASLt handle; Create borrows the Model
 // only while copying it (the backend keeps a copy of its config, not the Model).
 // Thread safety: not thread-safe (see Backend); use from one thread. Forward synchronises its
