@@ -5,7 +5,7 @@
 // run (the ceiling of the assignment GEMM). Checks the outputs' invariants before printing.
 //
 // Usage: sqz_kmeans_gpu_bench [--layers L] [--kv-heads H] [--q-heads Q] [--head-dim D]
-//          [--tokens N] [--iterations I] [--reps R] [--f32]
+//          [--tokens N] [--iterations I] [--tolerance T] [--reps R] [--f32]
 //        sqz_kmeans_gpu_bench --cpu-head [--tokens N] [--head-dim D] [--iterations I]
 //          (the CPU reference on one head of the same shape; needs no GPU)
 #include <cuda_bf16.h>
@@ -64,6 +64,7 @@ struct Args {
   int layers = 32, kv_heads = 8, q_heads = 32, head_dim = 128;
   int64_t tokens = 131072;
   int iterations = 20, reps = 2;
+  double tolerance = 1e-3;  // early stop (0: always run `iterations`)
   bool f32 = false, cpu_head = false;
   int components = 1024;  // mixture components per head
 };
@@ -130,7 +131,9 @@ __global__ void GenQueriesKernel(int64_t total, int d, int q_heads, int kv_heads
   }
 }
 
-unsigned Blocks(int64_t n) { return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 132 * 32)); }
+unsigned Blocks(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 132 * 32));
+}
 
 // cuBLASLt bf16 GEMM rate (TFLOP/s) at 8192^3: median of 10 timed launches after warm-up.
 double GemmTflops() {
@@ -138,8 +141,8 @@ double GemmTflops() {
   CHECK_OK(gemm.status());
   const int64_t s = 8192;
   Mem a(s * s * 2), b(s * s * 2), c(s * s * 2), ws(sqz::cuda::Gemm::kRecommendedWorkspaceBytes);
-  GenKvKernel<bf16><<<Blocks(s * s), 256>>>(s * s, 128, 1, s * s / 128, 4, a.as<bf16>(),
-                                            b.as<bf16>());
+  GenKvKernel<bf16>
+      <<<Blocks(s * s), 256>>>(s * s, 128, 1, s * s / 128, 4, a.as<bf16>(), b.as<bf16>());
   CHECK_CUDA(cudaGetLastError());
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
@@ -147,9 +150,9 @@ double GemmTflops() {
   std::vector<float> ms;
   for (int i = 0; i < 13; ++i) {
     cudaEventRecord(e0);
-    CHECK_OK((*gemm)->MatMulTransB<bf16>(a.as<bf16>(), b.as<bf16>(), nullptr, s, s, s,
-                                         c.as<bf16>(), ws.ptr,
-                                         sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
+    CHECK_OK((*gemm)->MatMulTransB<bf16>(a.as<bf16>(), b.as<bf16>(), nullptr, s, s, s, c.as<bf16>(),
+                                         ws.ptr, sqz::cuda::Gemm::kRecommendedWorkspaceBytes,
+                                         nullptr));
     cudaEventRecord(e1);
     CHECK_CUDA(cudaEventSynchronize(e1));
     float t = 0;
@@ -179,8 +182,10 @@ int CpuHead(const Args& a) {
   auto r = sqz::SphericalKMeans(x.data(), body, d, o);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK_OK(r.status());
-  std::printf("cpu one head: n=%lld d=%lld k=%lld iterations=%d seconds=%.2f (%.3f s/iteration incl. seeding)\n",
-              (long long)body, (long long)d, (long long)o.k, r->iterations, s, s / r->iterations);
+  std::printf(
+      "cpu one head: n=%lld d=%lld k=%lld iterations=%d seconds=%.2f (%.3f s/iteration incl. "
+      "seeding)\n",
+      (long long)body, (long long)d, (long long)o.k, r->iterations, s, s / r->iterations);
   return 0;
 }
 
@@ -195,15 +200,30 @@ Args Parse(int argc, char** argv) {
       }
       return std::atoll(argv[++i]);
     };
-    if (f == "--layers") a.layers = static_cast<int>(next());
-    else if (f == "--kv-heads") a.kv_heads = static_cast<int>(next());
-    else if (f == "--q-heads") a.q_heads = static_cast<int>(next());
-    else if (f == "--head-dim") a.head_dim = static_cast<int>(next());
-    else if (f == "--tokens") a.tokens = next();
-    else if (f == "--iterations") a.iterations = static_cast<int>(next());
-    else if (f == "--reps") a.reps = static_cast<int>(next());
-    else if (f == "--f32") a.f32 = true;
-    else if (f == "--cpu-head") a.cpu_head = true;
+    if (f == "--layers")
+      a.layers = static_cast<int>(next());
+    else if (f == "--kv-heads")
+      a.kv_heads = static_cast<int>(next());
+    else if (f == "--q-heads")
+      a.q_heads = static_cast<int>(next());
+    else if (f == "--head-dim")
+      a.head_dim = static_cast<int>(next());
+    else if (f == "--tokens")
+      a.tokens = next();
+    else if (f == "--iterations")
+      a.iterations = static_cast<int>(next());
+    else if (f == "--reps")
+      a.reps = static_cast<int>(next());
+    else if (f == "--tolerance") {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "--tolerance needs a value\n");
+        std::exit(2);
+      }
+      a.tolerance = std::atof(argv[++i]);
+    } else if (f == "--f32")
+      a.f32 = true;
+    else if (f == "--cpu-head")
+      a.cpu_head = true;
     else {
       std::fprintf(stderr, "unknown flag %s\n", f.c_str());
       std::exit(2);
@@ -241,7 +261,8 @@ int main(int argc, char** argv) {
   Mem keys(kv_elems * elem), values(kv_elems * elem), wq(q_elems * 4);
   if (a.f32) {
     GenKvKernel<float><<<Blocks(kv_elems), 256>>>(kv_elems, s.head_dim, s.kv_heads, s.n_tokens,
-                                                  a.components, keys.as<float>(), values.as<float>());
+                                                  a.components, keys.as<float>(),
+                                                  values.as<float>());
   } else {
     GenKvKernel<bf16><<<Blocks(kv_elems), 256>>>(kv_elems, s.head_dim, s.kv_heads, s.n_tokens,
                                                  a.components, keys.as<bf16>(), values.as<bf16>());
@@ -272,29 +293,31 @@ int main(int argc, char** argv) {
   out.iterations = iters.as<int32_t>();
   sqz::cuda::KMeansParams params;
   params.max_iterations = a.iterations;
-  std::printf("shape: %d layers x %d kv heads (%d q heads), d=%lld, %lld tokens (body %lld), "
-              "k=%lld, k1=%lld, %s KV, workspace %.2f GB\n",
-              s.layers, s.kv_heads, s.q_heads, (long long)d, (long long)s.n_tokens,
-              (long long)body, (long long)s.k, (long long)s.k1, a.f32 ? "fp32" : "bf16",
-              *ws_bytes / 1e9);
+  params.tolerance = a.tolerance;
+  std::printf(
+      "shape: %d layers x %d kv heads (%d q heads), d=%lld, %lld tokens (body %lld), "
+      "k=%lld, k1=%lld, %s KV, workspace %.2f GB\n",
+      s.layers, s.kv_heads, s.q_heads, (long long)d, (long long)s.n_tokens, (long long)body,
+      (long long)s.k, (long long)s.k1, a.f32 ? "fp32" : "bf16", *ws_bytes / 1e9);
 
   std::vector<sqz::cuda::IngestTimings> runs;
   for (int r = 0; r < a.reps; ++r) {
     sqz::cuda::IngestTimings t;
     const auto t0 = std::chrono::steady_clock::now();
-    CHECK_OK(sqz::cuda::IngestContext(s, params, keys.ptr, values.ptr,
-                                      a.f32 ? sqz::cuda::PointType::kF32
-                                            : sqz::cuda::PointType::kBf16,
-                                      wq.as<float>(), out, ws.ptr, *ws_bytes, nullptr, &t));
+    CHECK_OK(
+        sqz::cuda::IngestContext(s, params, keys.ptr, values.ptr,
+                                 a.f32 ? sqz::cuda::PointType::kF32 : sqz::cuda::PointType::kBf16,
+                                 wq.as<float>(), out, ws.ptr, *ws_bytes, nullptr, &t));
     CHECK_CUDA(cudaDeviceSynchronize());
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("run %d: total %.1f ms (wall %.1f ms): normalize %.1f seed %.1f assign %.1f "
-                "update %.1f means %.1f | relayout %.1f coarse %.1f calibrate %.1f | "
-                "iterations %d\n",
-                r, t.total_ms, wall * 1e3, t.fine.normalize_ms, t.fine.seed_ms, t.fine.assign_ms,
-                t.fine.update_ms, t.fine.final_ms, t.relayout_ms, t.coarse_ms, t.calibrate_ms,
-                t.fine.loop_iterations);
+    std::printf(
+        "run %d: total %.1f ms (wall %.1f ms): normalize %.1f seed %.1f assign %.1f "
+        "update %.1f means %.1f | relayout %.1f coarse %.1f calibrate %.1f | "
+        "iterations %d\n",
+        r, t.total_ms, wall * 1e3, t.fine.normalize_ms, t.fine.seed_ms, t.fine.assign_ms,
+        t.fine.update_ms, t.fine.final_ms, t.relayout_ms, t.coarse_ms, t.calibrate_ms,
+        t.fine.loop_iterations);
     runs.push_back(t);
   }
 
@@ -339,14 +362,16 @@ int main(int argc, char** argv) {
   std::printf("| coarse level | %.1f |\n", t.coarse_ms);
   std::printf("| calibration | %.1f |\n", t.calibrate_ms);
   std::printf("| **total** | **%.1f** |\n", t.total_ms);
-  std::printf("\nassignment: %.1f TFLOP per iteration, %.0f TFLOP/s achieved = %.0f%% of the "
-              "measured cuBLASLt bf16 GEMM rate (%.0f TFLOP/s at 8192^3); floor for %d iterations "
-              "at that rate %.0f ms\n",
-              flop_iter / 1e12, assign_tflops, 100.0 * assign_tflops / gemm_tflops, gemm_tflops, it,
-              flop_iter * it / (gemm_tflops * 1e12) * 1e3);
-  std::printf("bytes per iteration: unit keys %.2f GB read by the assignment (+ centroids %.2f GB "
-              "per head tile pass, from L2) and again by the update\n",
-              xn_bytes / 1e9, static_cast<double>(heads) * s.k * d * 2 / 1e9);
+  std::printf(
+      "\nassignment: %.1f TFLOP per iteration, %.0f TFLOP/s achieved = %.0f%% of the "
+      "measured cuBLASLt bf16 GEMM rate (%.0f TFLOP/s at 8192^3); floor for %d iterations "
+      "at that rate %.0f ms\n",
+      flop_iter / 1e12, assign_tflops, 100.0 * assign_tflops / gemm_tflops, gemm_tflops, it,
+      flop_iter * it / (gemm_tflops * 1e12) * 1e3);
+  std::printf(
+      "bytes per iteration: unit keys %.2f GB read by the assignment (+ centroids %.2f GB "
+      "per head tile pass, from L2) and again by the update\n",
+      xn_bytes / 1e9, static_cast<double>(heads) * s.k * d * 2 / 1e9);
   std::printf("goal <= 5000 ms: %s\n", t.total_ms <= 5000.0f ? "met" : "MISSED");
   return bad == 0 ? 0 : 1;
 }

@@ -1,9 +1,10 @@
 // BuildSnapshotOnDevice: the GPU counterpart of BuildSnapshot (engine/squeeze/index_builder.h).
-// Uploads a captured context, runs the whole ingestion on the device (kernels/cuda/squeeze_ingest.h:
-// batched k-means of all (layer, kv head) bodies, cluster-ordered re-layout, coarse level,
-// calibration histograms), and brings back a host ContextSnapshot of the same structure as the
-// CPU's, so the CPU engine, storage and ValidateSnapshot take it unchanged. The thresholds are the
-// quantiles of the device histograms, computed here exactly as the CPU's Calibrate does.
+// Uploads a captured context, runs the whole ingestion on the device
+// (kernels/cuda/squeeze_ingest.h: batched k-means of all (layer, kv head) bodies, cluster-ordered
+// re-layout, coarse level, calibration histograms), and brings back a host ContextSnapshot of the
+// same structure as the CPU's, so the CPU engine, storage and ValidateSnapshot take it unchanged.
+// The thresholds are the quantiles of the device histograms, computed here exactly as the CPU's
+// Calibrate does.
 //
 // Differences from BuildSnapshot (same data, same seed): the seeding (batched D^2 sampling instead
 // of greedy k-means++, see kernels/cuda/kmeans.h) and bf16 cosine scores in the assignment, so

@@ -26,7 +26,8 @@ double HeadObjective(const ContextSnapshot& s, const HeadIndex& x) {
       const float* key = x.body_k.data() + r * d;
       double dot = 0, kk = 0, cc = 0;
       for (int64_t j = 0; j < d; ++j) {
-        dot += double(key[j]) * cen[j], kk += double(key[j]) * key[j], cc += double(cen[j]) * cen[j];
+        dot += double(key[j]) * cen[j], kk += double(key[j]) * key[j],
+            cc += double(cen[j]) * cen[j];
       }
       total += kk > 0 && cc > 0 ? 1.0 - dot / std::sqrt(kk * cc) : 1.0;
     }

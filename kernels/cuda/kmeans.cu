@@ -1,5 +1,3 @@
-#include "kernels/cuda/kmeans.h"
-
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -11,6 +9,7 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kmeans.h"
 #include "kernels/cuda/kmeans_internal.cuh"
 #include "kernels/cuda/philox.h"
 #include "kernels/cuda/ptx.cuh"
@@ -146,8 +145,8 @@ __global__ void __launch_bounds__(kAssignWarps * 32, 2) AssignKernel(AssignArgs 
 #pragma unroll
         for (int nb = 0; nb < 4; ++nb) {
           uint32_t b[4];
-          internal::LdMatrixX4(b, st + (ng * 32 + nb * 8 + (lane % 8)) * kS + ks2 * 32 +
-                                      (lane / 8) * 8);
+          internal::LdMatrixX4(
+              b, st + (ng * 32 + nb * 8 + (lane % 8)) * kS + ks2 * 32 + (lane / 8) * 8);
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt) {
             internal::MmaBf16(acc[mt][nb], a[mt][2 * ks2], b[0], b[1]);
@@ -259,7 +258,8 @@ __global__ void FillFloatKernel(float* x, int64_t total, float value) {
 }
 
 // Sort keys of one seeding round: (head, tier, -log(u) / D(x)), value = point id. Tier 0: D > 0;
-// 1: D = 0 and not yet a seed (duplicates of seeds, taken only when nothing else is left); 2: seeds.
+// 1: D = 0 and not yet a seed (duplicates of seeds, taken only when nothing else is left); 2:
+// seeds.
 constexpr int kSeedHeadShift = 34;
 
 __global__ void SeedKeysKernel(const float* dist, const int32_t* chosen, int64_t n, int64_t total,
@@ -267,9 +267,9 @@ __global__ void SeedKeysKernel(const float* dist, const int32_t* chosen, int64_t
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < total;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t h = p / n, i = p % n;
-    const Philox4 r = Philox4x32(static_cast<uint32_t>(i), static_cast<uint32_t>(h), round,
-                                 0x6b6d65u, static_cast<uint32_t>(seed),
-                                 static_cast<uint32_t>(seed >> 32));
+    const Philox4 r =
+        Philox4x32(static_cast<uint32_t>(i), static_cast<uint32_t>(h), round, 0x6b6d65u,
+                   static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
     const float u = (static_cast<float>(r.v[0] >> 8) + 1.0f) * 0x1.0p-24f;  // (0, 1]
     uint64_t tier, bits;
     if (chosen[p]) {
@@ -346,14 +346,15 @@ __global__ void __launch_bounds__(kPotentialThreads)
 }
 
 // Per head: the candidate with the lowest potential (first on ties) moves to sorted position 0.
-__global__ void GreedyPickKernel(const float* partial, int blocks, int trials, int heads,
-                                 int64_t n, int32_t* sorted_vals) {
+__global__ void GreedyPickKernel(const float* partial, int blocks, int trials, int heads, int64_t n,
+                                 int32_t* sorted_vals) {
   for (int h = blockIdx.x * blockDim.x + threadIdx.x; h < heads; h += gridDim.x * blockDim.x) {
     int best = 0;
     double best_total = 0.0;
     for (int t = 0; t < trials; ++t) {
       double total = 0.0;
-      for (int b = 0; b < blocks; ++b) total += partial[(static_cast<int64_t>(h) * blocks + b) * kMaxTrials + t];
+      for (int b = 0; b < blocks; ++b)
+        total += partial[(static_cast<int64_t>(h) * blocks + b) * kMaxTrials + t];
       if (t == 0 || total < best_total) best_total = total, best = t;
     }
     int32_t* v = sorted_vals + static_cast<int64_t>(h) * n;
@@ -453,8 +454,8 @@ __global__ void LoopKeysKernel(const int32_t* assign, const int32_t* prev, const
 
 // Local CSR offsets [heads][k+1] from the sorted keys (head * k + cluster): every key value in
 // (keys[p-1], keys[p]] starts at position p.
-__global__ void CsrKernel(const uint32_t* keys, int64_t total, int64_t n, int64_t k,
-                          int64_t n_keys, int32_t* offsets) {
+__global__ void CsrKernel(const uint32_t* keys, int64_t total, int64_t n, int64_t k, int64_t n_keys,
+                          int32_t* offsets) {
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p <= total;
        p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t lo = p == 0 ? 0 : static_cast<int64_t>(keys[p - 1]) + 1;
@@ -470,9 +471,9 @@ __global__ void CsrKernel(const uint32_t* keys, int64_t total, int64_t n, int64_
 // New unit direction of every cluster of the active heads: normalised sum of its unit members
 // (in CSR order); a cluster whose members cancel out keeps its direction. Warp per cluster.
 template <int D>
-__global__ void UpdateDirectionsKernel(const bf16* xn, const int32_t* order,
-                                       const int32_t* offsets, const int32_t* active, int64_t n,
-                                       int64_t k, int64_t total, bf16* cn) {
+__global__ void UpdateDirectionsKernel(const bf16* xn, const int32_t* order, const int32_t* offsets,
+                                       const int32_t* active, int64_t n, int64_t k, int64_t total,
+                                       bf16* cn) {
   constexpr int kE = D / 32;
   const int lane = threadIdx.x % 32;
   for (int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < total;
@@ -498,8 +499,8 @@ __global__ void UpdateDirectionsKernel(const bf16* xn, const int32_t* order,
 }
 
 // Early stop per head; counts the heads still running into *n_active.
-__global__ void StopKernel(const int32_t* changed, int32_t* active, int32_t* iterations,
-                           int heads, int32_t iteration, double limit, int32_t* n_active) {
+__global__ void StopKernel(const int32_t* changed, int32_t* active, int32_t* iterations, int heads,
+                           int32_t iteration, double limit, int32_t* n_active) {
   for (int h = blockIdx.x * blockDim.x + threadIdx.x; h < heads; h += gridDim.x * blockDim.x) {
     if (active[h] == 0) continue;
     if (iterations != nullptr) iterations[h] = iteration + 1;
@@ -566,9 +567,9 @@ struct Layout {
 
 StatusOr<Layout> MakeLayout(const KMeansShape& s) {
   if (s.heads < 1 || s.n < 1 || s.k < 1 || s.k > s.n) {
-    return ArgError(kOp, "needs heads >= 1, n >= 1 and 1 <= k <= n, got heads=" +
-                             std::to_string(s.heads) + " n=" + std::to_string(s.n) +
-                             " k=" + std::to_string(s.k));
+    return ArgError(
+        kOp, "needs heads >= 1, n >= 1 and 1 <= k <= n, got heads=" + std::to_string(s.heads) +
+                 " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k));
   }
   if (s.d != 64 && s.d != 128) {
     return UnsupportedError(kOp, "head_dim " + std::to_string(s.d) + " is not compiled (64, 128)");
@@ -577,16 +578,14 @@ StatusOr<Layout> MakeLayout(const KMeansShape& s) {
   if (total >= (int64_t{1} << 31)) return ArgError(kOp, "heads * n must be < 2^31");
   size_t cub64 = 0, cub32 = 0;
   SQZ_CUDA_RETURN_IF_ERROR(
-      cub::DeviceRadixSort::SortPairs(nullptr, cub64, static_cast<const uint64_t*>(nullptr),
-                                      static_cast<uint64_t*>(nullptr),
-                                      static_cast<const int32_t*>(nullptr),
-                                      static_cast<int32_t*>(nullptr), total, 0, 64),
+      cub::DeviceRadixSort::SortPairs(
+          nullptr, cub64, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+          static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), total, 0, 64),
       kOp);
   SQZ_CUDA_RETURN_IF_ERROR(
-      cub::DeviceRadixSort::SortPairs(nullptr, cub32, static_cast<const uint32_t*>(nullptr),
-                                      static_cast<uint32_t*>(nullptr),
-                                      static_cast<const int32_t*>(nullptr),
-                                      static_cast<int32_t*>(nullptr), total, 0, 32),
+      cub::DeviceRadixSort::SortPairs(
+          nullptr, cub32, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
+          static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), total, 0, 32),
       kOp);
   Layout l{};
   size_t at = 0;
@@ -615,10 +614,12 @@ StatusOr<Layout> MakeLayout(const KMeansShape& s) {
 class Events {
  public:
   explicit Events(bool on) : on_(on) {
-    if (on_) for (cudaEvent_t& e : e_) cudaEventCreate(&e);
+    if (on_)
+      for (cudaEvent_t& e : e_) cudaEventCreate(&e);
   }
   ~Events() {
-    if (on_) for (cudaEvent_t e : e_) cudaEventDestroy(e);
+    if (on_)
+      for (cudaEvent_t e : e_) cudaEventDestroy(e);
   }
   Events(const Events&) = delete;
   Events& operator=(const Events&) = delete;
@@ -692,8 +693,8 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
     SQZ_CUDA_RETURN_IF_ERROR(
         cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, static_cast<const uint64_t*>(keys_a),
-                                        static_cast<uint64_t*>(keys_b), vals_in, vals_tmp, total,
-                                        0, seed_end_bit, stream),
+                                        static_cast<uint64_t*>(keys_b), vals_in, vals_tmp, total, 0,
+                                        seed_end_bit, stream),
         kOp);
     const int cands = static_cast<int>(std::min<int64_t>(trials, n - base));
     if (greedy && r > 0 && cands > 1) {
@@ -701,7 +702,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
           xn, sim, vals_tmp, n, cands, partial);
       SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
       GreedyPickKernel<<<GridFor(s.heads, 128), 128, 0, stream>>>(partial, potential_blocks, cands,
-                                                                   s.heads, n, vals_tmp);
+                                                                  s.heads, n, vals_tmp);
       SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
     }
     SeedPickKernel<D><<<GridFor(s.heads * m * 32, kThreads), kThreads, 0, stream>>>(
@@ -728,8 +729,8 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
                                            cudaMemcpyHostToDevice, stream),
                            kOp);
   if (out.iterations != nullptr) {
-    SQZ_CUDA_RETURN_IF_ERROR(
-        cudaMemsetAsync(out.iterations, 0, s.heads * sizeof(int32_t), stream), kOp);
+    SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out.iterations, 0, s.heads * sizeof(int32_t), stream),
+                             kOp);
   }
   if (out.reseeded != nullptr) {
     SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out.reseeded, 0, s.heads * sizeof(int64_t), stream),
@@ -742,8 +743,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     SQZ_CUDA_RETURN_IF_ERROR(
         cudaMemsetAsync(out.counts, 0, static_cast<size_t>(s.heads) * k * sizeof(int32_t), stream),
         kOp);
-    SQZ_CUDA_RETURN_IF_ERROR(
-        cudaMemsetAsync(changed, 0, s.heads * sizeof(int32_t), stream), kOp);
+    SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(changed, 0, s.heads * sizeof(int32_t), stream), kOp);
     SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(n_active, 0, sizeof(int32_t), stream), kOp);
     ev.Mark(3, stream);
     AssignArgs args{};
@@ -759,13 +759,12 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     args.counts = out.counts;
     SQZ_RETURN_IF_ERROR(Assign<AssignMode::kAssign>(D, args, s.heads, stream));
     ev.Mark(4, stream);
-    ReseedKernel<<<s.heads, kReseedThreads, 0, stream>>>(out.assignment, sim, out.counts, active,
-                                                         n, k, out.reseeded);
+    ReseedKernel<<<s.heads, kReseedThreads, 0, stream>>>(out.assignment, sim, out.counts, active, n,
+                                                         k, out.reseeded);
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
     const dim3 key_grid(GridFor(n, kThreads), s.heads);
-    LoopKeysKernel<<<key_grid, kThreads, 0, stream>>>(out.assignment, prev, active, n, k,
-                                                      static_cast<uint32_t*>(keys_a), vals_in,
-                                                      changed);
+    LoopKeysKernel<<<key_grid, kThreads, 0, stream>>>(
+        out.assignment, prev, active, n, k, static_cast<uint32_t*>(keys_a), vals_in, changed);
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
     SQZ_CUDA_RETURN_IF_ERROR(
         cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, static_cast<const uint32_t*>(keys_a),
@@ -780,8 +779,8 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     UpdateDirectionsKernel<D><<<GridFor(clusters * 32, kThreads), kThreads, 0, stream>>>(
         xn, out.order, out.offsets, active, n, k, clusters, cn);
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
-    StopKernel<<<GridFor(s.heads, kThreads), kThreads, 0, stream>>>(
-        changed, active, out.iterations, s.heads, it, limit, n_active);
+    StopKernel<<<GridFor(s.heads, kThreads), kThreads, 0, stream>>>(changed, active, out.iterations,
+                                                                    s.heads, it, limit, n_active);
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
     ev.Mark(5, stream);
     ++loops;
@@ -818,9 +817,9 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
 
 }  // namespace
 
-Status NearestCentroids(const __nv_bfloat16* points, const __nv_bfloat16* centroids,
-                        int32_t heads, int64_t n, int64_t k, int32_t d, int32_t* assignment,
-                        float* similarity, cudaStream_t stream) {
+Status NearestCentroids(const __nv_bfloat16* points, const __nv_bfloat16* centroids, int32_t heads,
+                        int64_t n, int64_t k, int32_t d, int32_t* assignment, float* similarity,
+                        cudaStream_t stream) {
   constexpr char kNearestOp[] = "NearestCentroids";
   if (heads < 1 || n < 1 || k < 1) {
     return ArgError(kNearestOp, "needs heads, n, k >= 1");
@@ -871,7 +870,8 @@ Status BatchedSphericalKMeans(const KMeansShape& shape, const KMeansParams& para
     return ArgError(kOp, "workspace must be 256-byte aligned");
   }
   char* ws = static_cast<char*>(workspace);
-  if (shape.d == 128) return RunKMeans<128>(shape, params, points, weights, out, ws, l, stream, stats);
+  if (shape.d == 128)
+    return RunKMeans<128>(shape, params, points, weights, out, ws, l, stream, stats);
   return RunKMeans<64>(shape, params, points, weights, out, ws, l, stream, stats);
 }
 

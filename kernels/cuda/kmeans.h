@@ -76,9 +76,9 @@ struct KMeansParams {
 struct KMeansOutputs {
   int32_t* assignment = nullptr;  // [heads][n] cluster of each point
   int32_t* order = nullptr;       // [heads][n] point ids by cluster; original order within one
-  int32_t* offsets = nullptr;     // [heads][k+1] CSR into order: cluster c = order[off[c]..off[c+1])
-  int32_t* counts = nullptr;      // [heads][k] members per cluster, all >= 1
-  float* centroids = nullptr;     // [heads][k][d] mean of the raw members (weighted if weights)
+  int32_t* offsets = nullptr;  // [heads][k+1] CSR into order: cluster c = order[off[c]..off[c+1])
+  int32_t* counts = nullptr;   // [heads][k] members per cluster, all >= 1
+  float* centroids = nullptr;  // [heads][k][d] mean of the raw members (weighted if weights)
   int32_t* iterations = nullptr;  // optional [heads] Lloyd iterations run by each head
   int64_t* reseeded = nullptr;    // optional [heads] empty clusters re-seeded over all iterations
 };
@@ -112,8 +112,8 @@ Status BatchedSphericalKMeans(const KMeansShape& shape, const KMeansParams& para
 // (lowest id on ties; bf16 products, fp32 accumulation). points: [heads][n][d] and centroids:
 // [heads][k][d] unit rows in bf16, 16-byte aligned; assignment, similarity: [heads][n].
 // INVALID_ARGUMENT for bad sizes or pointers, UNIMPLEMENTED for d other than 64 or 128.
-Status NearestCentroids(const __nv_bfloat16* points, const __nv_bfloat16* centroids,
-                        int32_t heads, int64_t n, int64_t k, int32_t d, int32_t* assignment,
-                        float* similarity, cudaStream_t stream);
+Status NearestCentroids(const __nv_bfloat16* points, const __nv_bfloat16* centroids, int32_t heads,
+                        int64_t n, int64_t k, int32_t d, int32_t* assignment, float* similarity,
+                        cudaStream_t stream);
 
 }  // namespace sqz::cuda

@@ -1,5 +1,3 @@
-#include "kernels/cuda/squeeze_ingest.h"
-
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -9,6 +7,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kmeans_internal.cuh"
+#include "kernels/cuda/squeeze_ingest.h"
 
 namespace sqz::cuda {
 namespace {
@@ -102,8 +101,8 @@ __global__ void __launch_bounds__(kCalibThreads)
                     int kv_heads, int q_heads, int64_t window, int64_t k, int tokens_per_block,
                     uint64_t* hist) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* q_s = reinterpret_cast<float*>(smem_raw);                              // [32][D]
-  uint32_t* hist_s = reinterpret_cast<uint32_t*>(q_s + kCalibMaxQ * D);         // [2][bins]
+  float* q_s = reinterpret_cast<float*>(smem_raw);                       // [32][D]
+  uint32_t* hist_s = reinterpret_cast<uint32_t*>(q_s + kCalibMaxQ * D);  // [2][bins]
   __shared__ float red_f[kCalibWarps][kCalibMaxQ];
   __shared__ double red_d[kCalibWarps][kCalibMaxQ];
   __shared__ float m_s[kCalibMaxQ];
@@ -212,10 +211,10 @@ Status LaunchCalibrate(const IngestShape& s, const float* window_q, const float*
   const int g = s.q_heads / s.kv_heads;
   const int tokens_per_block = std::max(1, kCalibMaxQ / g);
   const size_t smem = CalibrationSmemBytes<D>();
-  SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(CalibrateKernel<D>,
-                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                static_cast<int>(smem)),
-                           kOp);
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(CalibrateKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)),
+      kOp);
   const dim3 grid(static_cast<unsigned>((s.window_len + tokens_per_block - 1) / tokens_per_block),
                   static_cast<unsigned>(s.layers * s.kv_heads));
   CalibrateKernel<D><<<grid, kCalibThreads, smem, stream>>>(window_q, ct, counts, s.layers,
@@ -246,8 +245,8 @@ StatusOr<Layout> MakeLayout(const IngestShape& s) {
     return UnsupportedError(kOp, "GQA groups of more than 32 query heads are not compiled");
   }
   if (s.head_dim != 64 && s.head_dim != 128) {
-    return UnsupportedError(kOp, "head_dim " + std::to_string(s.head_dim) +
-                                     " is not compiled (64, 128)");
+    return UnsupportedError(
+        kOp, "head_dim " + std::to_string(s.head_dim) + " is not compiled (64, 128)");
   }
   if (s.n_tokens < 1 || s.sink_len < 0 || s.window_len < 0 || BodyLen(s) < 0) {
     return ArgError(kOp, "needs n_tokens >= 1 and 0 <= sink_len + window_len <= n_tokens");
@@ -341,8 +340,8 @@ Status IngestContext(const IngestShape& s, const KMeansParams& params, const voi
   }
   if (workspace == nullptr || workspace_bytes < l.total ||
       reinterpret_cast<uintptr_t>(workspace) % kAlign != 0) {
-    return ArgError(kOp, "workspace must be 256-byte aligned and hold " + std::to_string(l.total) +
-                             " bytes");
+    return ArgError(
+        kOp, "workspace must be 256-byte aligned and hold " + std::to_string(l.total) + " bytes");
   }
   char* ws = static_cast<char*>(workspace);
   const int d = s.head_dim;
@@ -410,12 +409,11 @@ Status IngestContext(const IngestShape& s, const KMeansParams& params, const voi
   if (body > 0 && s.window_len > 0) {
     float* ct = reinterpret_cast<float*>(ws + l.ct);
     const int64_t total = static_cast<int64_t>(heads) * s.k * d;
-    TransposeKernel<<<GridFor(total, kThreads), kThreads, 0, stream>>>(out.centroids, s.k, d,
-                                                                       total, ct);
+    TransposeKernel<<<GridFor(total, kThreads), kThreads, 0, stream>>>(out.centroids, s.k, d, total,
+                                                                       ct);
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
     if (d == 128) {
-      SQZ_RETURN_IF_ERROR(
-          LaunchCalibrate<128>(s, window_q, ct, out.counts, out.histogram, stream));
+      SQZ_RETURN_IF_ERROR(LaunchCalibrate<128>(s, window_q, ct, out.counts, out.histogram, stream));
     } else {
       SQZ_RETURN_IF_ERROR(LaunchCalibrate<64>(s, window_q, ct, out.counts, out.histogram, stream));
     }

@@ -44,12 +44,12 @@ struct IngestShape {
 
 // Device outputs, owned by the caller; k1-sized ones only when shape.k1 > 0.
 struct IngestOutputs {
-  void* k_out = nullptr;           // [heads][N][d] input type: sink | body in cluster order | window
-  void* v_out = nullptr;           // [heads][N][d] the same row order as k_out
-  int32_t* positions = nullptr;    // [heads][B] context position of body row j (row S + j)
-  float* centroids = nullptr;      // [heads][k][d] mean of the raw member keys
-  int32_t* counts = nullptr;       // [heads][k]
-  int32_t* offsets = nullptr;      // [heads][k+1] CSR over body rows
+  void* k_out = nullptr;         // [heads][N][d] input type: sink | body in cluster order | window
+  void* v_out = nullptr;         // [heads][N][d] the same row order as k_out
+  int32_t* positions = nullptr;  // [heads][B] context position of body row j (row S + j)
+  float* centroids = nullptr;    // [heads][k][d] mean of the raw member keys
+  int32_t* counts = nullptr;     // [heads][k]
+  int32_t* offsets = nullptr;    // [heads][k+1] CSR over body rows
   float* coarse_centroids = nullptr;  // [heads][k1][d]
   int32_t* coarse_offsets = nullptr;  // [heads][k1+1] CSR into coarse_members
   int32_t* coarse_members = nullptr;  // [heads][k] fine ids grouped by coarse parent (id order)
@@ -66,7 +66,7 @@ struct IngestTimings {
   float coarse_ms = 0.0f;
   float calibrate_ms = 0.0f;
   float total_ms = 0.0f;
-  KMeansStats fine;             // breakdown of the fine k-means
+  KMeansStats fine;  // breakdown of the fine k-means
 };
 
 // INVALID_ARGUMENT / UNIMPLEMENTED for a shape IngestContext rejects.
