@@ -62,10 +62,6 @@ struct AssignArgs {
   float* dist;  // [heads][n] in/out: min(dist, 1 - best cosine)
 };
 
-__device__ __forceinline__ void TakeBest(float v, int32_t c, float& best, int32_t& idx) {
-  if (v > best) best = v, idx = c;
-}
-
 template <int D, AssignMode kMode>
 __global__ void __launch_bounds__(kAssignWarps * 32, 2) AssignKernel(AssignArgs args) {
   const int h = blockIdx.y;
@@ -154,18 +150,42 @@ __global__ void __launch_bounds__(kAssignWarps * 32, 2) AssignKernel(AssignArgs 
           }
         }
       }
+      // Epilogue: the block's 8 columns per row of this thread are first reduced to a maximum
+      // (one FMNMX each); the column is searched only when that maximum beats the running best,
+      // which becomes rare after the first tiles. Columns past kc exist only in the last tile.
+      const int64_t col0 = tile * kTileCols + ng * 32 + 2 * t;
+      if (tile == n_tiles - 1) {
 #pragma unroll
-      for (int nb = 0; nb < 4; ++nb) {
-        const int64_t col = tile * kTileCols + ng * 32 + nb * 8 + 2 * t;
+        for (int nb = 0; nb < 4; ++nb) {
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-          if (col < args.kc) {
-            TakeBest(acc[mt][nb][0], static_cast<int32_t>(col), best[mt][0], idx[mt][0]);
-            TakeBest(acc[mt][nb][2], static_cast<int32_t>(col), best[mt][1], idx[mt][1]);
+          for (int e = 0; e < 2; ++e) {
+            if (col0 + nb * 8 + e >= args.kc) {
+#pragma unroll
+              for (int mt = 0; mt < 2; ++mt) acc[mt][nb][e] = acc[mt][nb][e + 2] = -INFINITY;
+            }
           }
-          if (col + 1 < args.kc) {
-            TakeBest(acc[mt][nb][1], static_cast<int32_t>(col + 1), best[mt][0], idx[mt][0]);
-            TakeBest(acc[mt][nb][3], static_cast<int32_t>(col + 1), best[mt][1], idx[mt][1]);
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float m = acc[mt][0][2 * half];
+#pragma unroll
+          for (int nb = 0; nb < 4; ++nb) {
+            m = fmaxf(m, fmaxf(acc[mt][nb][2 * half], acc[mt][nb][2 * half + 1]));
+          }
+          if (m > best[mt][half]) {
+            int32_t j = -1;
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                if (j < 0 && acc[mt][nb][2 * half + e] == m) j = nb * 8 + e;
+              }
+            }
+            best[mt][half] = m;
+            idx[mt][half] = static_cast<int32_t>(col0 + j);
           }
         }
       }

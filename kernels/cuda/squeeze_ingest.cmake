@@ -16,7 +16,8 @@ sqz_add_library(sqz_squeeze_gpu
 
 # Tests need a GPU (they skip with a WARN without one) and use the CPU reference as the oracle.
 sqz_add_test(kernels_kmeans_test
-  SOURCES ${SQZ_INGEST_DIR}/kmeans_test.cc ${SQZ_INGEST_DIR}/test_util.cc
+  SOURCES ${SQZ_INGEST_DIR}/kmeans_test.cc ${SQZ_INGEST_DIR}/squeeze_ingest_test.cc
+          ${SQZ_INGEST_DIR}/test_util.cc
   DEPS sqz_kernels_squeeze_ingest sqz_squeeze TIMEOUT 600)
 sqz_add_test(squeeze_gpu_index_builder_test
   SOURCES ${PROJECT_SOURCE_DIR}/engine/squeeze_gpu/gpu_index_builder_test.cc

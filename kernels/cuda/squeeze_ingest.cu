@@ -50,6 +50,13 @@ __global__ void CountsToWeightsKernel(const int32_t* counts, int64_t total, floa
   }
 }
 
+__global__ void ToBf16Kernel(const float* x, int64_t total, bf16* out) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __float2bfloat16_rn(x[i]);
+  }
+}
+
 // ct[h][e][c] = centroids[h][c][e] (coalesced reads of a centroid column in calibration).
 __global__ void TransposeKernel(const float* centroids, int64_t k, int d, int64_t total,
                                 float* ct) {
@@ -404,6 +411,18 @@ Status IngestContext(const IngestShape& s, const KMeansParams& params, const voi
     ko.centroids = out.coarse_centroids;
     SQZ_RETURN_IF_ERROR(BatchedSphericalKMeans(CoarseShape(s), params, view, weights, ko,
                                                ws + l.coarse_ws, l.coarse_ws_bytes, stream));
+  }
+  if (body > 0 && out.centroids_bf16 != nullptr) {
+    const int64_t total = static_cast<int64_t>(heads) * s.k * d;
+    ToBf16Kernel<<<GridFor(total, kThreads), kThreads, 0, stream>>>(out.centroids, total,
+                                                                    out.centroids_bf16);
+    SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
+  }
+  if (s.k1 > 0 && out.coarse_centroids_bf16 != nullptr) {
+    const int64_t total = static_cast<int64_t>(heads) * s.k1 * d;
+    ToBf16Kernel<<<GridFor(total, kThreads), kThreads, 0, stream>>>(out.coarse_centroids, total,
+                                                                    out.coarse_centroids_bf16);
+    SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
   }
   clock.Mark(3);
   if (body > 0 && s.window_len > 0) {

@@ -12,6 +12,7 @@
 // Lloyd iteration of each k-means run and at the end when timings are asked for.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -53,6 +54,10 @@ struct IngestOutputs {
   float* coarse_centroids = nullptr;  // [heads][k1][d]
   int32_t* coarse_offsets = nullptr;  // [heads][k1+1] CSR into coarse_members
   int32_t* coarse_members = nullptr;  // [heads][k] fine ids grouped by coarse parent (id order)
+  // Optional bf16 copies (round to nearest) of the centroids, the form the query-time kernels read
+  // (squeeze_select.h, SqueezeLayerView): [heads][k][d] and [heads][k1][d].
+  __nv_bfloat16* centroids_bf16 = nullptr;
+  __nv_bfloat16* coarse_centroids_bf16 = nullptr;
   // [kNumGqaReduce = 2][layers][kCalibrationBins] summed cluster sizes per bin of the per-key
   // probability estimate of every (window query, cluster); reduce 0 = max over the group, 1 = mean.
   uint64_t* histogram = nullptr;
