@@ -18,6 +18,12 @@ if [[ "$what" == all || "$what" == tests ]]; then
   timeout 100 "$B/kernels_cuda_squeeze_query_test" --durations yes > "$OUT/test_query.log" 2>&1
   echo "exit $?"; grep -E "passed|failed|FAILED|skipped" "$OUT/test_query.log" | tail -5
   grep -B5 -A30 "FAILED" "$OUT/test_query.log" | head -120
+  echo "== memcheck (hand-made segment lists, budgets, hierarchical)"
+  timeout 80 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$B/kernels_cuda_squeeze_query_test" \
+    "Sparse DecodeAttention over hand-made*,SqueezeSelect budgets*,SqueezeSelect hierarchical*" \
+    > "$OUT/memcheck.log" 2>&1
+  echo "exit $?"; tail -3 "$OUT/memcheck.log"
   echo "== kernels_cuda_test [decode]"
   timeout 40 "$B/kernels_cuda_test" "*DecodeAttention*" > "$OUT/test_dense.log" 2>&1
   echo "exit $?"; grep -E "passed|failed|FAILED" "$OUT/test_dense.log" | tail -3
@@ -25,7 +31,13 @@ if [[ "$what" == all || "$what" == tests ]]; then
 fi
 if [[ "$what" == all || "$what" == bench ]]; then
   echo "== bench"
+  nvidia-smi dmon -s c -d 1 > "$OUT/clocks.log" 2>&1 &
+  dmon=$!
   PYTHONUNBUFFERED=1 timeout 180 python3 bench/squeeze_gpu/bench.py "$B/libsqz_squeeze_bench.so" "$@" \
     > "$OUT/bench.log" 2> "$OUT/bench.err"
-  echo "exit $?"; cat "$OUT/bench.log"; tail -20 "$OUT/bench.err"
+  echo "exit $?"; kill "$dmon" 2>/dev/null
+  cat "$OUT/bench.log"; grep -v UserWarning "$OUT/bench.err" | grep -v _warn_once | tail -20
+  echo "SM clocks during the bench (MHz, min / median / max):"
+  awk '$1 ~ /^[0-9]+$/ {print $3}' "$OUT/clocks.log" | sort -n | \
+    awk '{a[NR]=$1} END {if (NR) print a[1], a[int((NR+1)/2)], a[NR]}'
 fi

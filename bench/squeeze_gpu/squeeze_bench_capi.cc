@@ -2,7 +2,8 @@
 // the driver allocates contexts, indexes, queries and outputs with torch and passes raw device
 // pointers; this library plans, owns the small per-case buffers (views, segment lists,
 // workspaces) and launches SqueezeSelect, sparse DecodeAttention and dense DecodeAttention on the
-// legacy default stream (the driver times them with CUDA events on that stream).
+// stream the driver passes (torch's current stream; inside torch.cuda.graph capture that is the
+// capture stream, so the driver can time graph replays: no launch gaps from Python).
 //
 // Every request of a case reads the same context (the product's case: many queries over one
 // registered context); each request has its own query. No own tokens (own_len = 0): the benchmark
@@ -166,35 +167,35 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
 void sqzb_destroy(void* handle) { delete static_cast<Case*>(handle); }
 
 // The lookup alone (segments into the case's buffers).
-int sqzb_select(void* handle) {
+int sqzb_select(void* handle, void* stream) {
   Case* c = static_cast<Case*>(handle);
   const SqueezeSelection out{c->segments, c->num_segments, c->selected_len, c->body_selected};
   return Check(SqueezeSelect(c->select, c->select_plan, out, c->select_ws,
-                             c->select_plan.workspace_bytes, nullptr));
+                             c->select_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
 }
 
 // Sparse attention over the last selection; out: [batch][hq][d] bf16.
-int sqzb_sparse_attention(void* handle, void* out) {
+int sqzb_sparse_attention(void* handle, void* out, void* stream) {
   Case* c = static_cast<Case*>(handle);
   return Check(DecodeAttention<__nv_bfloat16>(c->sparse, c->sparse_plan,
                                               static_cast<__nv_bfloat16*>(out), nullptr,
                                               c->sparse_ws, c->sparse_plan.workspace_bytes,
-                                              nullptr));
+                                              static_cast<cudaStream_t>(stream)));
 }
 
 // Lookup then sparse attention, back to back.
-int sqzb_squeezed(void* handle, void* out) {
-  if (sqzb_select(handle) != 0) return -1;
-  return sqzb_sparse_attention(handle, out);
+int sqzb_squeezed(void* handle, void* out, void* stream) {
+  if (sqzb_select(handle, stream) != 0) return -1;
+  return sqzb_sparse_attention(handle, out, stream);
 }
 
 // Dense attention over the whole context; out: [batch][hq][d] bf16.
-int sqzb_dense(void* handle, void* out) {
+int sqzb_dense(void* handle, void* out, void* stream) {
   Case* c = static_cast<Case*>(handle);
   return Check(DecodeAttention<__nv_bfloat16>(c->dense, c->dense_plan,
                                               static_cast<__nv_bfloat16*>(out), nullptr,
                                               c->dense_ws, c->dense_plan.workspace_bytes,
-                                              nullptr));
+                                              static_cast<cudaStream_t>(stream)));
 }
 
 // Copies the selected key counts [batch][hkv] (sink and window included) to host memory

@@ -259,11 +259,12 @@ constexpr size_t MmaSmemBytes() {
   return (static_cast<size_t>(kMmaStages) * 2 * kMmaKeys + 16) * (D + kPad) *
              sizeof(__nv_bfloat16) +
          4 * kMaxG * 2 * sizeof(float) + kMmaStages * kMmaKeys * sizeof(int32_t) +
-         2 * sizeof(int32_t);
+         6 * sizeof(int32_t) + (kMmaKeys + 1) * sizeof(int2);
 }
 
 // Sparse contexts: the context row of selected key j (ContextSegments). Searches the segments
-// [lo, hi) of one list for the first whose end exceeds j; lo must hold j or precede it.
+// [lo, hi) of one list (global or shared memory) for the first whose end exceeds j; lo must hold
+// j or precede it.
 __device__ __forceinline__ int FindSegment(const int2* seg, int lo, int hi, int64_t j) {
   while (lo < hi) {
     const int mid = (lo + hi) >> 1;
@@ -291,7 +292,12 @@ __global__ void __launch_bounds__(kThreads)
   __nv_bfloat16* q_s = kv_s + kMmaStages * 2 * kMmaKeys * kRow;  // [16][kRow]
   auto* ml_s = reinterpret_cast<float*>(q_s + 16 * kRow);        // [4 warps][kMaxG][2]
   auto* rows_s = reinterpret_cast<int32_t*>(ml_s + 4 * kMaxG * 2);  // [kMmaStages][kMmaKeys]
-  int32_t* cursor_s = rows_s + kMmaStages * kMmaKeys;               // [2] by tile parity
+  // Sparse: cursor_s [2] by tile parity; win_s {first segment, count} of window_s; probe_s the
+  // two warps' ballots of the initial search.
+  int32_t* cursor_s = rows_s + kMmaStages * kMmaKeys;
+  int32_t* win_s = cursor_s + 2;
+  uint32_t* probe_s = reinterpret_cast<uint32_t*>(win_s + 2);
+  int2* window_s = reinterpret_cast<int2*>(probe_s + 2);  // [kMmaKeys + 1] segments
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
@@ -317,21 +323,72 @@ __global__ void __launch_bounds__(kThreads)
   const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
   const int32_t* blocks = len_own > 0 ? p.block_ids + p.block_indptr[r] : nullptr;
 
-  // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages]. Thread t < 64
-  // finds key j0 + t, searching from the segment of the tile's first key (cursor_s[tile & 1], left
-  // by the previous tile's call; key j0 + t lies at most t + 1 segments further); the thread of the
-  // last key leaves its segment for the next tile. Tile 0 searches the whole list.
+  // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages], by threads
+  // 0 .. 63 (warps 0 and 1; thread t takes key j0 + t; they synchronise among themselves with
+  // named barrier 1). The segments are read through window_s, a copy of up to 65 consecutive
+  // segments (usually hundreds of keys, many tiles): a tile's keys lie in segments lo .. lo + 64,
+  // lo = the segment of its first key, so the window is reloaded (one round trip, one load per
+  // thread) only when it does not reach the tile's last key. lo comes from the previous tile
+  // (cursor_s[tile & 1], the segment of its last key); tile 0 finds it by a 64-ary search over the
+  // segment ends (a round trip per 64x narrowing instead of one per halving).
   auto find_rows = [&](int tile) {
     if (!kSparse || tid >= kMmaKeys) return;
-    const int64_t j = start + static_cast<int64_t>(tile) * kMmaKeys + tid;
-    if (j >= min(end, len_ctx)) return;
-    const int lo = tile == 0 ? 0 : cursor_s[tile & 1];
-    const int hi = tile == 0 ? n_segs : min(n_segs, lo + tid + 2);
-    const int s = FindSegment(segs, lo, hi, j);
-    int64_t row = s < n_segs ? j + segs[s].y : 0;
+    const int64_t j0 = start + static_cast<int64_t>(tile) * kMmaKeys;
+    const int64_t lim = min(end, len_ctx);
+    // A tile without context keys needs no rows (and may follow a tile that left no cursor).
+    // Uniform over the 64 threads, as the barriers below need.
+    if (j0 >= lim || n_segs == 0) return;
+    int lo;
+    if (tile == 0) {
+      // The first segment whose end exceeds j0 (n_segs if none) is in [a, b]; each round probes
+      // 64 evenly spaced ends and keeps the stretch where they start to exceed j0.
+      int a = 0, b = n_segs;
+      while (a < b) {
+        const int step = (b - a + kMmaKeys - 1) / kMmaKeys;
+        const int q = min(a + (tid + 1) * step - 1, b - 1);
+        const unsigned ballot = __ballot_sync(0xffffffffu, segs[q].x > j0);
+        if (lane == 0) probe_s[warp] = ballot;
+        asm volatile("bar.sync 1, %0;\n" ::"n"(kMmaKeys));
+        const unsigned long long mask =
+            probe_s[0] | (static_cast<unsigned long long>(probe_s[1]) << 32);
+        asm volatile("bar.sync 1, %0;\n" ::"n"(kMmaKeys));  // probe_s is rewritten next round
+        if (mask == 0) {  // every probed end is <= j0, the last being b - 1's: the answer is b
+          a = b;
+          break;
+        }
+        const int t = __ffsll(static_cast<long long>(mask)) - 1;
+        const int qt = min(a + (t + 1) * step - 1, b - 1);
+        a = t == 0 ? a : min(a + t * step - 1, b - 1) + 1;
+        b = qt;
+      }
+      lo = min(a, n_segs - 1);
+    } else {
+      lo = min(max(cursor_s[tile & 1], 0), n_segs - 1);
+    }
+    int wlo = tile == 0 ? -1 : win_s[0], wn = tile == 0 ? 0 : win_s[1];
+    const int64_t last = min(j0 + kMmaKeys, lim) - 1;
+    const bool reload =
+        lo < wlo || lo >= wlo + wn || (wlo + wn < n_segs && window_s[wn - 1].x <= last);
+    if (reload) {
+      asm volatile("bar.sync 1, %0;\n" ::"n"(kMmaKeys));  // every thread is done with the old
+      wlo = lo;
+      wn = min(kMmaKeys + 1, n_segs - lo);
+      if (tid < wn) window_s[tid] = segs[lo + tid];
+      if (tid == 0 && kMmaKeys < wn) window_s[kMmaKeys] = segs[lo + kMmaKeys];
+      if (tid == 0) {
+        win_s[0] = wlo;
+        win_s[1] = wn;
+      }
+      asm volatile("bar.sync 1, %0;\n" ::"n"(kMmaKeys));
+    }
+    const int64_t j = j0 + tid;
+    if (j >= lim) return;
+    const int w = FindSegment(window_s, lo - wlo, wn, j);
+    const int s = wlo + w;
+    int64_t row = w < wn ? j + window_s[w].y : 0;  // w == wn: a malformed list
     row = row < 0 ? 0 : (row >= ctx_rows ? ctx_rows - 1 : row);
     rows_s[(tile % kMmaStages) * kMmaKeys + tid] = static_cast<int32_t>(row);
-    if (tid == kMmaKeys - 1) cursor_s[(tile + 1) & 1] = min(s, max(n_segs - 1, 0));
+    if (j == last) cursor_s[(tile + 1) & 1] = min(s, n_segs - 1);
   };
   if (kSparse) {
     // Tile 0 first: tiles 1 .. kMmaStages - 1 start from its cursor.
@@ -533,29 +590,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block per (request, query head): merges its chunks' partials (log-sum-exp rule).
+// One block per (request, query head): merges its chunks' partials (log-sum-exp rule). The
+// chunks' weights exp(m_c - m) l_c are formed in parallel (one thread per chunk) into w_s
+// (dynamic shared memory, num_chunks floats), so no thread walks the chunks' stats one load at a
+// time; the weighted sum per dim then issues its loads unrolled.
 template <typename TOut>
 __global__ void DecodeMergeKernel(int num_chunks, int d, const float* __restrict__ ws_o,
                                   const cpu::AttentionPartial* __restrict__ ws_stats,
                                   TOut* __restrict__ out,
                                   cpu::AttentionPartial* __restrict__ stats) {
+  extern __shared__ float w_s[];  // [num_chunks + 16], zero past num_chunks
+  __shared__ float red_s[32];
   const int64_t qh = blockIdx.x;
   const cpu::AttentionPartial* st = ws_stats + qh * num_chunks;
   float m = -INFINITY;
-  for (int c = 0; c < num_chunks; ++c) {
+  for (int c = threadIdx.x; c < num_chunks; c += blockDim.x) {
     if (st[c].l > 0.0f) m = fmaxf(m, st[c].m);
   }
+  m = internal::BlockMax(m, red_s);
   float total = 0.0f;
-  for (int c = 0; c < num_chunks; ++c) {
-    if (st[c].l > 0.0f) total += expf(st[c].m - m) * st[c].l;
+  for (int c = threadIdx.x; c < num_chunks + 16; c += blockDim.x) {
+    float w = 0.0f;
+    if (c < num_chunks) {
+      const cpu::AttentionPartial sc = st[c];
+      w = sc.l > 0.0f ? expf(sc.m - m) * sc.l : 0.0f;
+    }
+    w_s[c] = w;
+    total += w;
   }
+  total = internal::BlockSum(total, red_s);  // its barriers also publish w_s
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
   for (int dim = threadIdx.x; dim < d; dim += blockDim.x) {
     float acc = 0.0f;
-    for (int c = 0; c < num_chunks; ++c) {
-      if (st[c].l > 0.0f)
-        acc += expf(st[c].m - m) * st[c].l * ws_o[(qh * num_chunks + c) * d + dim];
-    }
+#pragma unroll 8
+    for (int c = 0; c < num_chunks; ++c) acc += w_s[c] * ws_o[(qh * num_chunks + c) * d + dim];
     out[qh * d + dim] = FromFloat<TOut>(acc * inv);
   }
   if (stats && threadIdx.x == 0) stats[qh] = {m, total};
@@ -588,8 +656,16 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
   SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: chunk kernel"));
   if (plan.num_chunks > 1) {
     const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.batch) * p.n_q_heads);
-    DecodeMergeKernel<TOut>
-        <<<blocks, 128, 0, stream>>>(plan.num_chunks, D, ws_o, ws_stats, out, stats);
+    // Weights of the chunks plus 16 zero floats: the unrolled sum may read a little past them.
+    const size_t merge_smem = (static_cast<size_t>(plan.num_chunks) + 16) * sizeof(float);
+    if (merge_smem > 48 * 1024) {  // only for tiny forced chunks over very long sequences
+      SQZ_CUDA_RETURN_IF_ERROR(
+          cudaFuncSetAttribute(DecodeMergeKernel<TOut>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(merge_smem)),
+          "DecodeAttention: merge kernel cudaFuncSetAttribute (too many chunks?)");
+    }
+    DecodeMergeKernel<TOut><<<blocks, 128, merge_smem, stream>>>(plan.num_chunks, D, ws_o,
+                                                                 ws_stats, out, stats);
     SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: merge kernel"));
   }
   return OkStatus();

@@ -186,8 +186,11 @@ TEST_CASE("Sparse DecodeAttention over hand-made segment lists matches the CPU o
   uint32_t seed = 700;
   for (int d : {64, 128}) {
     for (auto [hq, hkv] : {std::pair{3, 3}, std::pair{8, 2}, std::pair{32, 4}}) {
-      for (int64_t force_chunk : {int64_t{0}, int64_t{64}, int64_t{192}}) {
-        INFO("d=" << d << " hq=" << hq << " hkv=" << hkv << " force_chunk=" << force_chunk);
+      for (auto [force_chunk, max_run] :
+           {std::pair<int64_t, int>{0, 9}, {64, 9}, {192, 9}, {0, 1}, {320, 1}}) {
+        // max_run 1: one-row segments, so a 64-key tile spans 64 segments (the widest search).
+        INFO("d=" << d << " hq=" << hq << " hkv=" << hkv << " force_chunk=" << force_chunk
+                  << " max_run=" << max_run);
         std::vector<HostContext> ctx;
         ctx.push_back(MakeContext(hkv, d, 1, 0, 0, 0, seed++, 1));
         ctx.back().body = 1000;  // a plain context of 1000 rows (only K/V are used here)
@@ -199,9 +202,9 @@ TEST_CASE("Sparse DecodeAttention over hand-made segment lists matches the CPU o
         ctx.back().values = testing::RoundBf16(RandomFloats(size_t(hkv) * 129 * d, seed++));
         const std::vector<int> ctx_of = {0, 1, 0};
         const Problem pb = MakeProblem(hq, hkv, d, ctx_of, {0, 17, 33}, seed++);
-        // Segment lists: random runs of 1 .. 9 rows with gaps, in random order (the kernel takes
-        // them in list order); head 0 of request 1 selects nothing.
-        const int32_t max_segments = 200;
+        // Segment lists: random runs of 1 .. max_run rows with gaps, in random order (the kernel
+        // takes them in list order); head 0 of request 1 selects nothing.
+        const int32_t max_segments = 600;
         std::vector<int2> segs(ctx_of.size() * hkv * max_segments, int2{0, 0});
         std::vector<int32_t> nseg(ctx_of.size() * hkv), sel_len(ctx_of.size() * hkv);
         std::vector<std::vector<int32_t>> rows(ctx_of.size() * hkv);
@@ -212,9 +215,9 @@ TEST_CASE("Sparse DecodeAttention over hand-made segment lists matches the CPU o
             const size_t u = r * hkv + h;
             std::vector<std::pair<int32_t, int32_t>> runs;  // (first row, length)
             for (int32_t at = int32_t(rng() % 4); at < n_rows;) {
-              const int32_t len = std::min<int32_t>(1 + rng() % 9, n_rows - at);
-              if (rng() % 3 != 0) runs.push_back({at, len});
-              at += len + 1 + int32_t(rng() % 6);
+              const int32_t len = std::min<int32_t>(1 + rng() % max_run, n_rows - at);
+              if (max_run == 1 || rng() % 3 != 0) runs.push_back({at, len});
+              at += len + 1 + (max_run == 1 ? 0 : int32_t(rng() % 6));
             }
             std::shuffle(runs.begin(), runs.end(), rng);
             if (runs.size() > size_t(max_segments)) runs.resize(max_segments);

@@ -6,13 +6,14 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/ptx.cuh"
 
 namespace sqz::cuda {
 namespace {
 
-constexpr int kScoreThreads = 256;
+constexpr int kScoreThreads = 128;
 constexpr int kScoreChunk = 256;  // items (centroids) per scoring block
-constexpr int kSelectThreads = 1024;
+constexpr int kSelectThreads = 512;
 constexpr int kMaxG = kSqueezeMaxGroup;
 
 // Which index level a launch works on.
@@ -76,57 +77,66 @@ __device__ __forceinline__ int NumItems(const SqueezeLayerView& v, Level level, 
 __device__ __forceinline__ bool Hierarchical(const SqueezeLayerView& v, Level level) {
   return level == Level::kFine && v.num_coarse > 0;
 }
+// Body keys B of kv head h: n_tokens - S - W (offsets[h][k] by the view's contract).
+__device__ __forceinline__ int64_t body_of(const SqueezeLayerView& v, int h) {
+  return max(0, v.n_tokens - max(v.sink_len, 0) - max(v.window_len, 0));
+}
 
-// Scores one chunk of items for the g query heads of (request, kv head); leaves the scores and the
-// chunk's (max, sum of weight * exp(s - max)) per head. Items skipped (fine level: group not kept)
-// score -inf. grid: (batch, chunks, n_kv_heads); kScoreThreads threads; 8 lanes per item.
+// Scores one chunk of kScoreChunk items for the g query heads of (request, kv head) on tensor
+// cores, and leaves the scores (s = scale * q . c; -inf for items that are not candidates) and the
+// chunk's (max, sum of weight * exp(s - max)) per head. Items: the fine clusters (flat level), the
+// coarse groups (weights = keys under a group, also written to a.weights), or, under a
+// hierarchical lookup, positions in coarse_members (candidates: members of kept groups). The
+// block finds each row's centroid and weight, copies the rows and q (the group's heads as the
+// rows of an m16 tile, zero below) into shared memory with cp.async (all in flight at once), then
+// each warp computes S = Q C^T for 64 items with mma.m16n8k16 (bf16 in, fp32 accumulate).
+// grid: (batch, chunks, n_kv_heads), requests fastest (requests over one context share its
+// centroids through L2); kScoreThreads threads; ScoreSmemBytes<D>() dynamic shared memory.
 template <int D>
-__global__ void __launch_bounds__(kScoreThreads)
-    ScoreKernel(SqueezeSelectParams p, LevelArgs a) {
-  constexpr int kLanes = 8;                 // lanes per item, 16 bytes each per step
-  constexpr int kSteps = D / (8 * kLanes);  // 16-byte loads per lane per item
-  __shared__ __align__(16) float q_s[kMaxG * D];
-  __shared__ float s_s[kMaxG][kScoreChunk];
-  __shared__ float w_s[kScoreChunk];
+constexpr size_t ScoreSmemBytes() {
+  return static_cast<size_t>(kScoreChunk + 16) * (D + 8) * 2 + kMaxG * kScoreChunk * 4 +
+         kScoreChunk * 8;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kScoreThreads) ScoreKernel(SqueezeSelectParams p, LevelArgs a) {
+  constexpr int kRow = D + 8;  // bf16 per smem row (16 bytes of padding: conflict-free ldmatrix)
+  constexpr int kPieces = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* c_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kScoreChunk][kRow]
+  __nv_bfloat16* q_s = c_s + kScoreChunk * kRow;            // [16][kRow]
+  auto* s_s = reinterpret_cast<float*>(q_s + 16 * kRow);    // [kMaxG][kScoreChunk]
+  float* w_s = s_s + kMaxG * kScoreChunk;                   // [kScoreChunk] weights
+  auto* id_s = reinterpret_cast<int32_t*>(w_s + kScoreChunk);  // [kScoreChunk] row, -1: none
   const int r = blockIdx.x, chunk = blockIdx.y, h = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = p.n_q_heads / p.n_kv_heads;
   const SqueezeLayerView v = p.views[r];
   const int n = NumItems(v, a.level, a.max_items);
   const int k = max(0, min(v.num_clusters, p.max_clusters));
+  const bool coarse = a.level == Level::kCoarse;
   const bool hier = Hierarchical(v, a.level);
   const int k1 = hier ? max(0, min(v.num_coarse, a.max_coarse)) : 0;
   const int64_t unit = static_cast<int64_t>(r) * p.n_kv_heads + h;
-
-  for (int i = tid; i < g * D; i += kScoreThreads) {
-    const int j = i / D, dim = i % D;
-    q_s[i] = __bfloat162float(p.q[r * p.q_stride + (h * g + j) * D + dim]) * p.scale;
-  }
-  __syncthreads();
-
-  const __nv_bfloat16* cents =
-      a.level == Level::kCoarse ? v.coarse_centroids + static_cast<int64_t>(h) * v.num_coarse * D
-                                : v.centroids + static_cast<int64_t>(h) * v.num_clusters * D;
+  const int base = chunk * kScoreChunk;
   const int32_t* counts = v.counts + static_cast<int64_t>(h) * v.num_clusters;
-  const int32_t* coff = hier || a.level == Level::kCoarse
+  const int32_t* coff = hier || coarse
                             ? v.coarse_offsets + static_cast<int64_t>(h) * (v.num_coarse + 1)
                             : nullptr;
-  const int32_t* members = hier || a.level == Level::kCoarse
-                               ? v.coarse_members + static_cast<int64_t>(h) * v.num_clusters
-                               : nullptr;
+  const int32_t* members =
+      hier || coarse ? v.coarse_members + static_cast<int64_t>(h) * v.num_clusters : nullptr;
   const uint8_t* kept = hier ? a.coarse_flags + unit * a.max_coarse : nullptr;
+  const __nv_bfloat16* cents =
+      coarse ? v.coarse_centroids + static_cast<int64_t>(h) * v.num_coarse * D
+             : v.centroids + static_cast<int64_t>(h) * v.num_clusters * D;
 
-  // 4 items per warp step: lanes 8i .. 8i+7 share item i.
-  const int sub = lane / kLanes, sl = lane % kLanes;
-  const int base = chunk * kScoreChunk;
-  for (int it = warp * 4 + sub; it < kScoreChunk; it += (kScoreThreads / 32) * 4) {
+  // Rows: centroid and weight of each item of the chunk.
+  for (int it = tid; it < kScoreChunk; it += kScoreThreads) {
     const int item = base + it;
-    bool valid = item < n;
-    int id = item;
+    int id = item < n ? item : -1;
     float weight = 0.0f;
-    if (valid && hier) {
-      // Item = position in coarse_members; score it only when its coarse group is kept.
-      int lo = 0, hi = k1;  // first group whose end exceeds item
+    if (id >= 0 && hier) {
+      int lo = 0, hi = k1;  // the coarse group of position `item`: first whose end exceeds it
       while (lo < hi) {
         const int mid = (lo + hi) >> 1;
         if (coff[mid + 1] > item) {
@@ -135,96 +145,86 @@ __global__ void __launch_bounds__(kScoreThreads)
           lo = mid + 1;
         }
       }
-      valid = lo < k1 && kept[lo] != 0;
-      id = members[item];
-      valid = valid && id >= 0 && id < k;
+      id = lo < k1 && kept[lo] != 0 ? members[item] : -1;
+      if (id >= k) id = -1;
     }
-    if (valid) {
-      if (a.level == Level::kCoarse) {
-        // The item's 8 lanes agree on `valid`: shuffle within them only.
-        const unsigned lanes = 0xFFu << (sub * kLanes);
+    if (id >= 0) {
+      if (coarse) {
         int32_t sum = 0;
-        for (int m = coff[item] + sl; m < coff[item + 1]; m += kLanes) {
+        for (int m = coff[item]; m < coff[item + 1]; ++m) {
           const int c = members[m];
           sum += (c >= 0 && c < k) ? counts[c] : 0;
         }
-        for (int off = kLanes / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(lanes, sum, off);
         weight = static_cast<float>(sum);
-        if (sl == 0) a.weights[unit * a.max_items + item] = sum;
+        a.weights[unit * a.max_items + item] = sum;
       } else {
         weight = static_cast<float>(counts[id]);
       }
     }
-    float dot[kMaxG];
+    id_s[it] = id;
+    w_s[it] = weight;
+  }
+  __syncthreads();
+  for (int c = tid; c < kScoreChunk * kPieces; c += kScoreThreads) {
+    const int row = c / kPieces, col = (c % kPieces) * 8;
+    const int id = id_s[row];
+    internal::CpAsync16(c_s + row * kRow + col,
+                        id >= 0 ? cents + static_cast<int64_t>(id) * D + col : p.q, id >= 0);
+  }
+  for (int c = tid; c < 16 * kPieces; c += kScoreThreads) {
+    const int row = c / kPieces, col = (c % kPieces) * 8;
+    const bool valid = row < g;
+    internal::CpAsync16(q_s + row * kRow + col,
+                        valid ? p.q + r * p.q_stride + (h * g + row) * D + col : p.q, valid);
+  }
+  internal::CpAsyncCommit();
+  internal::CpAsyncWait<0>();
+  __syncthreads();
+
+  const int gr = lane >> 2, t4 = lane & 3;  // fragment row (query head) and column pair
+  uint32_t qf[D / 16][4];
 #pragma unroll
-    for (int j = 0; j < kMaxG; ++j) dot[j] = 0.0f;
-    if (valid) {
-      const __nv_bfloat16* row = cents + static_cast<int64_t>(id) * D;
+  for (int kc = 0; kc < D / 16; ++kc) {
+    internal::LdMatrixX4(qf[kc], q_s + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRow + kc * 16 +
+                                     (lane >> 4) * 8);
+  }
 #pragma unroll
-      for (int st = 0; st < kSteps; ++st) {
-        const int col = (st * kLanes + sl) * 8;
-        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + col));
-        const __nv_bfloat162* c2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-        float c[8];
+  for (int nt = 0; nt < kScoreChunk / (kScoreThreads / 32) / 8; ++nt) {  // this warp's items
+    const int c0 = warp * (kScoreChunk / (kScoreThreads / 32)) + nt * 8;
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = __bfloat1622float2(c2[e]);
-          c[2 * e] = f.x;
-          c[2 * e + 1] = f.y;
-        }
-#pragma unroll
-        for (int j = 0; j < kMaxG; ++j) {
-          if (j < g) {
-            const float4 qa = *reinterpret_cast<const float4*>(q_s + j * D + col);
-            const float4 qb = *reinterpret_cast<const float4*>(q_s + j * D + col + 4);
-            float d = dot[j];
-            d = fmaf(qa.x, c[0], d);
-            d = fmaf(qa.y, c[1], d);
-            d = fmaf(qa.z, c[2], d);
-            d = fmaf(qa.w, c[3], d);
-            d = fmaf(qb.x, c[4], d);
-            d = fmaf(qb.y, c[5], d);
-            d = fmaf(qb.z, c[6], d);
-            d = fmaf(qb.w, c[7], d);
-            dot[j] = d;
-          }
-        }
-      }
+    for (int kc = 0; kc < D / 16; kc += 2) {
+      uint32_t b[4];
+      internal::LdMatrixX4(b, c_s + (c0 + (lane & 7)) * kRow + kc * 16 + (lane >> 3) * 8);
+      internal::MmaBf16(s, qf[kc], b[0], b[1]);
+      internal::MmaBf16(s, qf[kc + 1], b[2], b[3]);
     }
+    if (gr < g) {
 #pragma unroll
-    for (int j = 0; j < kMaxG; ++j) {
-      if (j < g) {
-        float d = dot[j];
-        for (int off = kLanes / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-        dot[j] = d;
+      for (int e = 0; e < 2; ++e) {
+        const int it = c0 + 2 * t4 + e;
+        s_s[gr * kScoreChunk + it] = id_s[it] >= 0 ? s[e] * p.scale : -INFINITY;
       }
-    }
-    if (sl == 0) {
-      for (int j = 0; j < g; ++j) s_s[j][it] = valid ? dot[j] : -INFINITY;
-      w_s[it] = weight;
     }
   }
   __syncthreads();
-  // Scores out (coalesced), then warp j reduces head j of the chunk.
   for (int i = tid; i < g * kScoreChunk; i += kScoreThreads) {
     const int j = i / kScoreChunk, it = i % kScoreChunk;
-    if (base + it < a.max_items) {
-      a.scores[(unit * g + j) * a.max_items + base + it] = s_s[j][it];
-    }
+    if (base + it < a.max_items) a.scores[(unit * g + j) * a.max_items + base + it] = s_s[i];
   }
-  if (warp < g) {
+  for (int j = warp; j < g; j += kScoreThreads / 32) {
     float m = -INFINITY;
-    for (int it = lane; it < kScoreChunk; it += 32) m = fmaxf(m, s_s[warp][it]);
+    for (int it = lane; it < kScoreChunk; it += 32) m = fmaxf(m, s_s[j * kScoreChunk + it]);
     m = internal::WarpMax(m);
     float z = 0.0f;
     if (m > -INFINITY) {
       for (int it = lane; it < kScoreChunk; it += 32) {
-        const float s = s_s[warp][it];
-        if (s > -INFINITY) z += w_s[it] * expf(s - m);
+        const float sc = s_s[j * kScoreChunk + it];
+        if (sc > -INFINITY) z += w_s[it] * expf(sc - m);
       }
     }
     z = internal::WarpSum(z);
-    if (lane == 0) a.stats[(unit * g + warp) * a.chunks + chunk] = make_float2(m, z);
+    if (lane == 0) a.stats[(unit * g + j) * a.chunks + chunk] = make_float2(m, z);
   }
 }
 
@@ -263,10 +263,24 @@ __device__ __forceinline__ int2 BlockExclusiveScan2(int a, int b, int* ea, int* 
   return make_int2(ta, tb);
 }
 
+// Shared memory of SelectKernel for max_items items when they fit (fine and flat levels): keys
+// (4 bytes), weights (2 bytes; 0xFFFF: read the cluster size from global memory) and flags (1
+// byte) per item; 0 otherwise (everything stays in the workspace and global memory).
+constexpr size_t kSelectSmemLimit = 200 * 1024;
+size_t SelectSmemBytes(int max_items, bool coarse) {
+  const size_t bytes = static_cast<size_t>(max_items) * 7 + 32;
+  return coarse || bytes > kSelectSmemLimit ? 0 : bytes;
+}
+
 // One block per (request, kv head): exact normaliser, p, the selection, and (flat and fine
-// levels) the segment list. grid: (batch, n_kv_heads); kSelectThreads threads.
+// levels) the segment list. grid: (batch, n_kv_heads); kSelectThreads threads; dynamic shared
+// memory SelectSmemBytes. One block per head works through its items in passes, so each pass
+// issues kPer independent loads per thread before using them (the passes are latency-bound).
 __global__ void __launch_bounds__(kSelectThreads)
-    SelectKernel(SqueezeSelectParams p, LevelArgs a, SqueezeSelection out, int max_segments) {
+    SelectKernel(SqueezeSelectParams p, LevelArgs a, SqueezeSelection out, int max_segments,
+                 bool in_smem) {
+  extern __shared__ __align__(16) uint32_t dyn_s[];
+  constexpr int kPer = 4;
   __shared__ float m_s[kMaxG], inv_s[kMaxG];
   __shared__ uint32_t hist_s[256];  // weight per digit
   __shared__ uint32_t cnt_s[256];   // items per digit
@@ -279,16 +293,26 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int64_t unit = static_cast<int64_t>(r) * p.n_kv_heads + h;
   const int n = NumItems(v, a.level, a.max_items);
   const int k = max(0, min(v.num_clusters, p.max_clusters));
+  const bool coarse = a.level == Level::kCoarse;
   const bool hier = Hierarchical(v, a.level);
   const int k1 = hier ? max(0, min(v.num_coarse, a.max_coarse)) : 0;
   const int32_t* counts = v.counts + static_cast<int64_t>(h) * v.num_clusters;
   const int32_t* offsets = v.offsets + static_cast<int64_t>(h) * (v.num_clusters + 1);
   const int32_t* members =
       hier ? v.coarse_members + static_cast<int64_t>(h) * v.num_clusters : nullptr;
-  const int64_t body = k > 0 ? offsets[k] : 0;
+  const int32_t* cweights = coarse ? a.weights + unit * a.max_items : nullptr;
   const float* scores = a.scores + unit * g * a.max_items;
-  uint32_t* keys = a.keys + unit * a.max_items;
-  uint8_t* flags = a.flags + unit * a.max_items;
+  uint32_t* keys = in_smem ? dyn_s : a.keys + unit * a.max_items;
+  uint16_t* w16 = in_smem ? reinterpret_cast<uint16_t*>(dyn_s + a.max_items) : nullptr;
+  uint8_t* flags = in_smem ? reinterpret_cast<uint8_t*>(w16 + a.max_items)
+                           : a.flags + unit * a.max_items;
+  const int flag_limit = coarse ? n : k;  // ids that own a flag
+  // Weight (cluster size, or keys under a coarse group) of item i with id `id`.
+  auto weight = [&](int i, int id) -> uint32_t {
+    if (coarse) return static_cast<uint32_t>(cweights[i]);
+    if (w16 && w16[i] != 0xFFFFu) return w16[i];
+    return id >= 0 && id < k ? static_cast<uint32_t>(counts[id]) : 0u;
+  };
 
   // 1. Normaliser per head: the chunks, plus (fine level) the mass of coarse groups not kept.
   if (warp < g) {
@@ -305,7 +329,8 @@ __global__ void __launch_bounds__(kSelectThreads)
     double z = 0.0;
     if (m > -INFINITY) {
       for (int c = lane; c < a.chunks; c += 32) {
-        if (st[c].y > 0.0f) z += static_cast<double>(st[c].y) * exp(static_cast<double>(st[c].x - m));
+        const float2 sc = st[c];
+        if (sc.y > 0.0f) z += static_cast<double>(sc.y) * exp(static_cast<double>(sc.x - m));
       }
       for (int c = lane; c < k1; c += 32) {
         if (!kept[c]) z += static_cast<double>(cw[c]) * expf(cs[c] - m);
@@ -323,75 +348,115 @@ __global__ void __launch_bounds__(kSelectThreads)
 
   // 2. p per item -> key (0: not a candidate; else float bits of p + 1, monotone in p). The
   // threshold policy decides here; the budget policy histograms the top byte.
-  const bool budget = a.level == Level::kCoarse || p.policy == SqueezePolicy::kBudget;
+  const bool budget = coarse || p.policy == SqueezePolicy::kBudget;
   float value = p.per_request_value ? p.per_request_value[r]
                                     : (p.policy == SqueezePolicy::kBudget ? p.kv_budget
                                                                           : p.threshold);
-  if (a.level == Level::kCoarse) value = p.coarse_coverage;
+  if (coarse) value = p.coarse_coverage;
   const float group_scale = p.reduce == SqueezeReduce::kMean ? 1.0f / g : 1.0f;
-  uint32_t total_w = 0;
-  for (int i = tid; i < n; i += kSelectThreads) {
-    const bool cand = scores[i] > -INFINITY;  // scored (every head, or none)
-    float pr = 0.0f;
-    for (int j = 0; j < g; ++j) {
-      const float s = scores[j * a.max_items + i];
-      const float e = s > -INFINITY ? expf(s - m_s[j]) * inv_s[j] : 0.0f;
-      pr = p.reduce == SqueezeReduce::kMax ? (j == 0 ? e : fmaxf(pr, e)) : pr + e;
+  uint32_t total_w = 0, kmin = 0xFFFFFFFFu, kmax = 0;
+  for (int i0 = 0; i0 < n; i0 += kSelectThreads * kPer) {
+    float sc[kPer][kMaxG];
+    int id[kPer];
+    uint32_t w[kPer];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {  // loads first
+      const int i = i0 + e * kSelectThreads + tid;
+      const bool in = i < n;
+#pragma unroll
+      for (int j = 0; j < kMaxG; ++j) {
+        sc[e][j] = in && j < g ? scores[j * a.max_items + i] : -INFINITY;
+      }
+      id[e] = in ? (hier ? members[i] : i) : -1;
+      w[e] = in ? (coarse ? static_cast<uint32_t>(cweights[i])
+                          : (id[e] >= 0 && id[e] < k ? static_cast<uint32_t>(counts[id[e]]) : 0u))
+                : 0u;
     }
-    pr *= group_scale;
-    const int id = hier ? members[i] : i;
-    const uint32_t w = a.level == Level::kCoarse ? a.weights[unit * a.max_items + i]
-                                                 : (id >= 0 && id < k ? counts[id] : 0);
-    if (!budget) {
-      if (id >= 0 && id < k) flags[id] = cand && pr > value;
-      continue;
-    }
-    const uint32_t key = cand ? __float_as_uint(pr) + 1u : 0u;
-    keys[i] = key;
-    if (cand) {
-      total_w += w;
-      atomicAdd(&hist_s[key >> 24], w);
-      atomicAdd(&cnt_s[key >> 24], 1u);
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const int i = i0 + e * kSelectThreads + tid;
+      const bool cand = sc[e][0] > -INFINITY;  // scored (every head, or none)
+      float pr = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxG; ++j) {
+        if (j < g) {
+          const float ex = sc[e][j] > -INFINITY ? expf(sc[e][j] - m_s[j]) * inv_s[j] : 0.0f;
+          pr = p.reduce == SqueezeReduce::kMax ? (j == 0 ? ex : fmaxf(pr, ex)) : pr + ex;
+        }
+      }
+      pr *= group_scale;
+      if (!budget) {
+        if (id[e] >= 0 && id[e] < k) flags[id[e]] = cand && pr > value;
+        continue;
+      }
+      const uint32_t key = cand ? __float_as_uint(pr) + 1u : 0u;
+      if (i < n) {
+        keys[i] = key;
+        if (w16) w16[i] = static_cast<uint16_t>(min(w[e], 0xFFFFu));
+      }
+      if (cand) {
+        total_w += w[e];
+        kmin = min(kmin, key);
+        kmax = max(kmax, key);
+      }
     }
   }
 
   if (budget) {
-    // 3. The cut: the key x* of the last cluster taken, found a byte at a time from the top, and
-    // need_rem = the keys still wanted among clusters whose key equals x*.
+    // 3. The cut: the key x* of the last cluster taken, and need_rem = the keys still wanted
+    // among clusters whose key equals x*. Each pass splits the key range [lo, hi] that holds x*
+    // into at most 256 equal bins (a power-of-two width), histograms the weights of the keys in
+    // it, and keeps the bin where the weight from the top reaches need_rem. Keys are float bits
+    // (about log2 p), so the first pass spreads a context's p over many bins (few atomics
+    // collide); at most 4 passes.
     const float frac = fminf(fmaxf(value, 0.0f), 1.0f);
-    const int64_t need = static_cast<int64_t>(ceil(static_cast<double>(frac) * body));
-    // The candidates' total weight (exact, in integers).
-    uint32_t tw = total_w;
+    const int64_t need = static_cast<int64_t>(ceil(static_cast<double>(frac) * body_of(v, h)));
+    uint32_t tw = total_w;  // the candidates' total weight, exact; their key range
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) tw += __shfl_xor_sync(0xffffffffu, tw, off);
-    __syncthreads();  // also: the top-byte histogram is complete
-    if (lane == 0) scan_s[warp] = static_cast<int>(tw);
+    for (int off = 16; off > 0; off >>= 1) {
+      tw += __shfl_xor_sync(0xffffffffu, tw, off);
+      kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, off));
+      kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, off));
+    }
+    __shared__ uint32_t range_s[2][kSelectThreads / 32];
+    __syncthreads();  // also: the keys are complete
+    if (lane == 0) {
+      scan_s[warp] = static_cast<int>(tw);
+      range_s[0][warp] = kmin;
+      range_s[1][warp] = kmax;
+    }
     __syncthreads();
     int64_t all_w = 0;
-    for (int w = 0; w < (kSelectThreads >> 5); ++w) all_w += static_cast<uint32_t>(scan_s[w]);
+    uint32_t lo = 0xFFFFFFFFu, hi = 0;
+    for (int w = 0; w < (kSelectThreads >> 5); ++w) {
+      all_w += static_cast<uint32_t>(scan_s[w]);
+      lo = min(lo, range_s[0][w]);
+      hi = max(hi, range_s[1][w]);
+    }
     const bool take_all = all_w < need;
-    uint32_t prefix = 0, mask = 0, tied_items = 0;
+    uint32_t tied_items = 0;
     int64_t need_rem = need;
     if (!take_all && need > 0) {
-      for (int shift = 24; shift >= 0; shift -= 8) {
-        if (shift < 24) {
-          for (int i = tid; i < 256; i += kSelectThreads) hist_s[i] = cnt_s[i] = 0;
-          __syncthreads();
-          for (int i = tid; i < n; i += kSelectThreads) {
-            const uint32_t key = keys[i];
-            if (key != 0 && (key & mask) == prefix) {
-              const int id = hier ? members[i] : i;
-              const uint32_t w = a.level == Level::kCoarse ? a.weights[unit * a.max_items + i]
-                                                           : counts[id];
-              atomicAdd(&hist_s[(key >> shift) & 255u], w);
-              atomicAdd(&cnt_s[(key >> shift) & 255u], 1u);
-            }
+      tied_items = 2;  // unknown until a pass counts them
+      while (lo < hi) {
+        // Bins of 2^shift keys, the smallest power of two for which 256 bins cover [lo, hi].
+        int shift = 0;
+        while (((static_cast<uint64_t>(hi) - lo) >> shift) >= 256) ++shift;
+        const uint32_t width = 1u << shift;
+        for (int i = tid; i < 256; i += kSelectThreads) hist_s[i] = cnt_s[i] = 0;
+        __syncthreads();
+        for (int i = tid; i < n; i += kSelectThreads) {
+          const uint32_t key = keys[i];
+          if (key != 0 && key >= lo && key <= hi) {
+            const uint32_t bin = (key - lo) >> shift;
+            atomicAdd(&hist_s[bin], weight(i, hier ? members[i] : i));
+            atomicAdd(&cnt_s[bin], 1u);
           }
         }
         __syncthreads();
         if (warp == 0) {
-          // Lane l holds digits 255 - 8l .. 248 - 8l (descending); a warp scan gives the weight
-          // above each lane's run; the lane whose run crosses need_rem finds the digit.
+          // Lane l holds bins 255 - 8l .. 248 - 8l (descending); a warp scan gives the weight
+          // above each lane's run; the lane whose run crosses need_rem finds the bin.
           uint32_t run[8], sum = 0;
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
@@ -418,13 +483,18 @@ __global__ void __launch_bounds__(kSelectThreads)
           }
         }
         __syncthreads();
-        prefix |= cut_s[0] << shift;
-        mask |= 255u << shift;
+        const uint32_t bin = cut_s[0];
         need_rem -= cut_s[1];
         tied_items = cut_s[2];
-        __syncthreads();  // cut_s is rewritten by the next digit
+        lo += bin * width;
+        hi = static_cast<uint32_t>(
+            min(static_cast<uint64_t>(hi), static_cast<uint64_t>(lo) + width - 1));
+        __syncthreads();  // cut_s is rewritten by the next pass
+        if (tied_items == 1) break;  // one key left in [lo, hi]: it is x*
       }
     }
+    // x*: lo when the range closed; with one item left in [lo, hi], keys >= lo select the same.
+    const uint32_t prefix = lo;
     // 4. Flags by cluster id: keys above x*, and those equal to x* in position order while the
     // keys taken among them are < need_rem (a block scan, needed only for true ties).
     const bool scan_ties = !take_all && need > 0 && tied_items > 1;
@@ -433,7 +503,7 @@ __global__ void __launch_bounds__(kSelectThreads)
         const uint32_t key = keys[i];
         const int id = hier ? members[i] : i;
         const bool sel = take_all ? key != 0 : (need > 0 && key != 0 && key >= prefix);
-        if (id >= 0 && id < (a.level == Level::kCoarse ? n : k)) flags[id] = sel;
+        if (id >= 0 && id < flag_limit) flags[id] = sel;
       }
     }
     int carry = 0;
@@ -444,77 +514,68 @@ __global__ void __launch_bounds__(kSelectThreads)
       if (i < n) {
         key = keys[i];
         id = hier ? members[i] : i;
-        w = a.level == Level::kCoarse ? a.weights[unit * a.max_items + i]
-                                      : (id >= 0 && id < k ? counts[id] : 0);
+        if (key == prefix) w = weight(i, id);
       }
-      const bool tied = !take_all && need > 0 && key != 0 && key == prefix;
+      const bool tied = key != 0 && key == prefix;
       int before = 0, unused = 0;
       const int2 tot = BlockExclusiveScan2(tied ? static_cast<int>(w) : 0, 0, &before, &unused,
                                            scan_s);
-      bool sel;
-      if (take_all) {
-        sel = key != 0;
-      } else if (need <= 0) {
-        sel = false;
-      } else {
-        sel = key > prefix || (tied && carry + before < need_rem);
-      }
-      if (i < n && id >= 0 && id < (a.level == Level::kCoarse ? n : k)) flags[id] = sel;
+      const bool sel = key > prefix || (tied && carry + before < need_rem);
+      if (i < n && id >= 0 && id < flag_limit) flags[id] = sel;
       carry += tot.x;
     }
   }
-  if (a.level == Level::kCoarse) return;
+  if (coarse) return;
   __syncthreads();  // flags written by other threads of the block
 
-  // 5. Segments over positions -1 (sink), 0 .. k-1 (clusters), k (window), coalescing neighbours.
+  // 5. Segments over positions 0 (sink), 1 .. k (cluster pos - 1), k + 1 (window), coalescing
+  // neighbours. Each thread takes kSeg consecutive positions: counts its segment starts and rows
+  // (offsets loaded up front), one block scan places them, a second walk writes (row_delta at a
+  // start, end at an end).
+  constexpr int kSeg = 8;
   const int S = max(v.sink_len, 0), W = max(v.window_len, 0);
+  const int body = static_cast<int>(body_of(v, h));
   auto selected = [&](int pos) -> bool {
     if (pos <= 0) return pos == 0 && S > 0;
     if (pos == k + 1) return W > 0;
     if (pos > k + 1) return false;
     return flags[pos - 1] != 0;
   };
-  auto rows_of = [&](int pos) -> int {
-    return pos == 0 ? S : (pos == k + 1 ? W : offsets[pos] - offsets[pos - 1]);
-  };
-  auto row_start = [&](int pos) -> int {
-    return pos == 0 ? 0 : (pos == k + 1 ? S + static_cast<int>(body) : S + offsets[pos - 1]);
-  };
-  // Each thread takes kPer consecutive positions: counts its segment starts and rows, one block
-  // scan places them, a second walk writes (row_delta at a start, end at an end).
-  constexpr int kPer = 8;
   int2* segs = out.segments + unit * max_segments;
   int carry_seg = 0, carry_rows = 0;
-  for (int p0 = 0; p0 < k + 2; p0 += kSelectThreads * kPer) {
-    const int first = p0 + tid * kPer;
+  for (int p0 = 0; p0 < k + 2; p0 += kSelectThreads * kSeg) {
+    const int first = p0 + tid * kSeg;
+    // start[e]: first row of position first + e (and of first + kSeg, the end of the last).
+    int start_row[kSeg + 1];
+    bool sel[kSeg + 2];  // positions first - 1 .. first + kSeg
+#pragma unroll
+    for (int e = 0; e <= kSeg; ++e) {
+      const int pos = first + e;
+      start_row[e] = pos <= 0 ? 0 : (pos <= k ? S + offsets[pos - 1] : S + body + (pos > k + 1 ? W : 0));
+    }
+#pragma unroll
+    for (int e = 0; e < kSeg + 2; ++e) sel[e] = selected(first - 1 + e);
     int starts = 0, rows = 0;
-    bool prev = selected(first - 1);
-    for (int e = 0; e < kPer; ++e) {
-      const bool sel = selected(first + e);
-      if (sel) {
-        rows += rows_of(first + e);
-        starts += prev ? 0 : 1;
+#pragma unroll
+    for (int e = 0; e < kSeg; ++e) {
+      if (sel[e + 1]) {
+        rows += start_row[e + 1] - start_row[e];
+        starts += sel[e] ? 0 : 1;
       }
-      prev = sel;
     }
     int seg_before = 0, rows_before = 0;
     const int2 tot = BlockExclusiveScan2(starts, rows, &seg_before, &rows_before, scan_s);
     int seg = carry_seg + seg_before, key = carry_rows + rows_before;
-    prev = selected(first - 1);
-    for (int e = 0; e < kPer; ++e) {
-      const int pos = first + e;
-      const bool sel = selected(pos);
-      if (sel) {
-        if (!prev) {
-          if (seg < max_segments) reinterpret_cast<int*>(segs + seg)[1] = row_start(pos) - key;
+#pragma unroll
+    for (int e = 0; e < kSeg; ++e) {
+      if (sel[e + 1]) {
+        if (!sel[e]) {
+          if (seg < max_segments) reinterpret_cast<int*>(segs + seg)[1] = start_row[e] - key;
           ++seg;
         }
-        key += rows_of(pos);
-        if (!selected(pos + 1) && seg - 1 < max_segments) {
-          reinterpret_cast<int*>(segs + seg - 1)[0] = key;
-        }
+        key += start_row[e + 1] - start_row[e];
+        if (!sel[e + 2] && seg - 1 < max_segments) reinterpret_cast<int*>(segs + seg - 1)[0] = key;
       }
-      prev = sel;
     }
     carry_seg += tot.x;
     carry_rows += tot.y;
@@ -556,17 +617,31 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
   fine.max_coarse = p.hierarchical ? p.max_coarse : 0;
 
   const dim3 select_grid(p.batch, p.n_kv_heads);
+  constexpr size_t kSmem = ScoreSmemBytes<D>();
+  SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoreKernel<D>,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(kSmem)),
+                           "SqueezeSelect: cudaFuncSetAttribute");
   if (p.hierarchical) {
-    ScoreKernel<D><<<dim3(p.batch, plan.coarse_chunks, p.n_kv_heads), kScoreThreads, 0, stream>>>(
-        p, coarse);
+    ScoreKernel<D><<<dim3(p.batch, plan.coarse_chunks, p.n_kv_heads), kScoreThreads, kSmem,
+                     stream>>>(p, coarse);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: coarse scoring"));
-    SelectKernel<<<select_grid, kSelectThreads, 0, stream>>>(p, coarse, out, plan.max_segments);
+    SelectKernel<<<select_grid, kSelectThreads, 0, stream>>>(p, coarse, out, plan.max_segments,
+                                                             false);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: coarse selection"));
   }
-  ScoreKernel<D><<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, 0, stream>>>(
-      p, fine);
+  ScoreKernel<D><<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem,
+                   stream>>>(p, fine);
   SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: scoring"));
-  SelectKernel<<<select_grid, kSelectThreads, 0, stream>>>(p, fine, out, plan.max_segments);
+  const size_t smem = SelectSmemBytes(p.max_clusters, false);
+  if (smem > 0) {
+    SQZ_CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem)),
+        "SqueezeSelect: cudaFuncSetAttribute");
+  }
+  SelectKernel<<<select_grid, kSelectThreads, smem, stream>>>(p, fine, out, plan.max_segments,
+                                                              smem > 0);
   return LaunchStatus("SqueezeSelect: selection");
 }
 
@@ -644,6 +719,9 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
                              ", 16-byte aligned");
   }
   if (!p.q || !p.views) return ArgError(kOp, "null q or views");
+  if (!Aligned16(p.q) || p.q_stride % 8 != 0) {
+    return ArgError(kOp, "q must be 16-byte aligned with q_stride a multiple of 8");
+  }
   if (!out.segments || !out.num_segments || !out.selected_len) {
     return ArgError(kOp, "null output (segments, num_segments and selected_len are required)");
   }

@@ -26,11 +26,13 @@
 // clusters by ascending id, window) with adjacent ranges coalesced; selected_len counts the keys.
 //
 // Implementation: (1) a scoring kernel, one block per (request, chunk of 256 centroids, kv head),
-// requests fastest so that requests sharing a context read its centroids once from L2, leaves
-// scores and per-chunk (max, sum N exp(s - max)) in the workspace; (2) a select kernel, one block
-// per (request, kv head), combines the chunks into the exact normaliser, forms p, finds the budget
-// cut by a radix search over the 32-bit keys (float bits of p, weights = cluster sizes) with ties
-// broken by position through a block scan, and writes the segment list with a second block scan.
+// requests fastest so that requests sharing a context read its centroids once from L2 (tensor
+// cores: the group's query heads are the rows of an m16 tile), leaves scores and per-chunk
+// (max, sum N exp(s - max)) in the workspace; (2) a select kernel, one block per
+// (request, kv head), combines the chunks into the exact normaliser, forms p, finds the budget cut
+// by a range search over the 32-bit keys (float bits of p; 256 bins per pass, weights = cluster
+// sizes; keys in shared memory when they fit) with ties broken by position through a block scan,
+// and writes the segment list with a second block scan.
 // Hierarchical lookups run (1) and (2) on the coarse level first, then score only the fine
 // centroids under kept groups.
 //
@@ -87,7 +89,8 @@ struct SqueezeSelectParams {
   int n_kv_heads = 0;
   int head_dim = 0;     // 64 or 128 (compiled instances); others are UNIMPLEMENTED
   float scale = 0.0f;   // usually 1 / sqrt(head_dim)
-  // q: request r, head h at q + r * q_stride + h * head_dim ([batch][>= n_q_heads * head_dim]).
+  // q: request r, head h at q + r * q_stride + h * head_dim ([batch][>= n_q_heads * head_dim]);
+  // 16-byte aligned, q_stride a multiple of 8. The views' centroid arrays are 16-byte aligned.
   const __nv_bfloat16* q = nullptr;
   int64_t q_stride = 0;
   const SqueezeLayerView* views = nullptr;  // [batch], device memory

@@ -333,6 +333,9 @@ TEST_CASE("SqueezeSelect rejects bad shapes and out-of-range settings", "[squeez
   q = p;
   q.q = nullptr;
   expect(q, StatusCode::kInvalidArgument, "null q");
+  q = p;
+  q.q_stride = 32 * 128 + 4;
+  expect(q, StatusCode::kInvalidArgument, "multiple of 8");
   {
     const SqueezeSelectPlan plan = PlanSqueezeSelect(p);
     // Too small a workspace.
