@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (device tool): correctness first (the GPU k-means and snapshot tests
-# against the CPU reference, then small cases under compute-sanitizer memcheck), then the
+# against the CPU reference, then small cases under compute-sanitizer memcheck and racecheck), the
 # 8B-shaped 128K-token ingestion benchmark (early stop on, then always 20 iterations), then the
 # CPU reference on one head of that shape. Expects .kmeans-bundle/ (make_bundle.sh); logs in $OUT.
 # Usage: bash bench/kmeans_gpu/run_device.sh [diag]  (diag adds the seeding diagnostics)
@@ -25,8 +25,12 @@ if [[ "${1:-}" == diag ]]; then
 fi
 echo "== memcheck (small cases)"
 timeout 40 compute-sanitizer --tool memcheck --error-exitcode 9 "$B/kernels_kmeans_test" \
-  "*re-seeds*","*rejects*","*exact argmax*" > "$OUT/memcheck.log" 2>&1
+  "*re-seeds*","*rejects*","*lays out*" > "$OUT/memcheck.log" 2>&1
 echo "exit $?"; tail -2 "$OUT/memcheck.log"
+echo "== racecheck (re-seeding case)"
+timeout 30 compute-sanitizer --tool racecheck --error-exitcode 9 "$B/kernels_kmeans_test" \
+  "*re-seeds*" > "$OUT/racecheck.log" 2>&1
+echo "exit $?"; tail -2 "$OUT/racecheck.log"
 echo "== sqz_kmeans_gpu_bench (early stop)"
 timeout 60 "$B/sqz_kmeans_gpu_bench" > "$OUT/bench.log" 2>&1
 echo "exit $?"; cat "$OUT/bench.log"

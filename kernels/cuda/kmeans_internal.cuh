@@ -2,9 +2,12 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string_view>
 
+#include "common/status.h"
 #include "kernels/cuda/kmeans.h"
 
 namespace sqz::cuda::internal {
@@ -15,5 +18,31 @@ __device__ __forceinline__ const T* PointRow(const PointsView& v, int64_t h, int
   return static_cast<const T*>(v.data) + (h / v.heads_inner) * v.outer_stride +
          (h % v.heads_inner) * v.inner_stride + (v.row0 + i) * v.row_stride;
 }
+
+// What the fused assignment kernel (kmeans_assign.cu) writes per point: kAssign: the Lloyd step
+// (prev <- assign, assign, sim, counts += 1); kSeedDistance: dist = min(dist, 1 - best cosine);
+// kNearest: assign and sim only.
+enum class AssignMode { kAssign, kSeedDistance, kNearest };
+
+struct AssignArgs {
+  const __nv_bfloat16* xn;    // [heads][n][D] unit points
+  int64_t n;                  // points per head
+  const __nv_bfloat16* cent;  // centroid c of head h at cent + h * cent_head_stride + c * D
+  int64_t cent_head_stride;   // elements
+  int64_t kc;                 // centroids scored in this launch
+  const int32_t* active;      // [heads] 0 = skip the head; null = all heads
+  // kAssign:
+  int32_t* assign;  // [heads][n] in: previous assignment; out: new one
+  int32_t* prev;    // [heads][n] out: previous assignment
+  float* sim;       // [heads][n] out: cosine to the chosen centroid
+  int32_t* counts;  // [heads][kc] incremented per assigned point
+  // kSeedDistance:
+  float* dist;  // [heads][n] in/out: min(dist, 1 - best cosine)
+};
+
+// Launches the fused bf16 GEMM + argmax over every head (grid: points x heads). d: 64 or 128
+// (UNIMPLEMENTED otherwise); errors are named after op.
+Status LaunchAssignment(AssignMode mode, int d, const AssignArgs& args, int heads,
+                        cudaStream_t stream, std::string_view op);
 
 }  // namespace sqz::cuda::internal

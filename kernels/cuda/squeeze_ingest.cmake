@@ -4,7 +4,8 @@
 # kernels/cuda/CMakeLists.txt.
 set(SQZ_INGEST_DIR ${CMAKE_CURRENT_LIST_DIR})
 sqz_add_library(sqz_kernels_squeeze_ingest
-  SOURCES ${SQZ_INGEST_DIR}/kmeans.cu ${SQZ_INGEST_DIR}/squeeze_ingest.cu
+  SOURCES ${SQZ_INGEST_DIR}/kmeans.cu ${SQZ_INGEST_DIR}/kmeans_assign.cu
+          ${SQZ_INGEST_DIR}/squeeze_ingest.cu
   DEPS sqz_kernels_cuda CUDA::cudart)
 target_compile_options(sqz_kernels_squeeze_ingest PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-O3 -Xptxas=-warn-spills -lineinfo>)
