@@ -1,3 +1,5 @@
+#include "kernels/cuda/kmeans.h"
+
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -9,10 +11,8 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
-#include "kernels/cuda/kmeans.h"
 #include "kernels/cuda/kmeans_internal.cuh"
 #include "kernels/cuda/philox.h"
-#include "kernels/cuda/ptx.cuh"
 
 namespace sqz::cuda {
 namespace {

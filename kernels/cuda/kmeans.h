@@ -1,7 +1,8 @@
 // Batched spherical k-means on the GPU (ALGORITHM.md, offline step 3): `heads` independent problems
 // of n points of d dims each (one per (layer, kv head)), all clustered by the same launches.
 //
-// The same algorithm as the CPU reference (engine/squeeze/kmeans.h) except for the seeding:
+// The same algorithm as the CPU reference (engine/squeeze/kmeans.h), except for bf16 scores and,
+// for k > 256, the seeding:
 // - points are L2-normalised to bf16 once; assignment is cosine similarity against the unit
 //   centroid directions, computed as a bf16 tensor-core GEMM (mma.sync, fp32 accumulation) fused
 //   with the argmax: the n x k score matrix never reaches memory (FlashAttention's structure with a
@@ -12,9 +13,10 @@
 //   R = min(k, seed_rounds) rounds;
 //   round r draws its share of the k seeds as distinct points, weighted-without-replacement with
 //   weight D(x) = 1 - cos(x, nearest seed so far) (exponential keys -log(u) / D(x), the smallest
-//   win; round 0 is uniform). With R = k this is plain k-means++; the CPU reference's greedy
-//   trials are not done. Distances are updated by the fused assignment kernel against each round's
-//   new seeds only, so seeding costs about one Lloyd iteration plus R radix sorts.
+//   win; round 0 is uniform). With R = k this is plain k-means++, which the CPU also uses at such
+//   k; 32 rounds gave the same objective as R = k in docs/benchmarks/kmeans_gpu.md. Distances are
+//   updated by the fused assignment kernel (kmeans_assign.cu) against each round's new seeds
+//   only, so seeding costs about one Lloyd iteration plus R radix sorts.
 // - Lloyd iterations: assign, re-seed empty clusters (the point with the lowest cosine to its own
 //   centroid among clusters of two or more members, lowest index on ties, one cluster after the
 //   other in id order, as the CPU does), count changed assignments, stable radix sort of the
