@@ -1,3 +1,5 @@
+#include "kernels/cuda/squeeze_ingest.h"
+
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -7,7 +9,6 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kmeans_internal.cuh"
-#include "kernels/cuda/squeeze_ingest.h"
 
 namespace sqz::cuda {
 namespace {
