@@ -57,11 +57,11 @@ struct Case {
   int units = 0;
 
   ~Case() {
-    for (void* p : {static_cast<void*>(views), static_cast<void*>(ctx_len),
-                    static_cast<void*>(ctx_k), static_cast<void*>(ctx_v),
-                    static_cast<void*>(segments), static_cast<void*>(num_segments),
-                    static_cast<void*>(selected_len), static_cast<void*>(body_selected), select_ws,
-                    dense_ws, sparse_ws}) {
+    for (void* p :
+         {static_cast<void*>(views), static_cast<void*>(ctx_len), static_cast<void*>(ctx_k),
+          static_cast<void*>(ctx_v), static_cast<void*>(segments), static_cast<void*>(num_segments),
+          static_cast<void*>(selected_len), static_cast<void*>(body_selected), select_ws, dense_ws,
+          sparse_ws}) {
       if (p) cudaFree(p);
     }
   }
@@ -151,8 +151,8 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   dp.max_kv_len = n_tokens;
   c->dense_plan = PlanDecodeAttention(dp, num_sms);
   c->sparse = dp;
-  c->sparse.sparse = ContextSegments{c->segments, c->num_segments, c->selected_len,
-                                     c->select_plan.max_segments};
+  c->sparse.sparse =
+      ContextSegments{c->segments, c->num_segments, c->selected_len, c->select_plan.max_segments};
   const int64_t body = static_cast<int64_t>(n_tokens) - sink - window;
   c->sparse.max_kv_len = SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, kv_budget, sink, body,
                                                 window, largest_cluster);
@@ -177,10 +177,9 @@ int sqzb_select(void* handle, void* stream) {
 // Sparse attention over the last selection; out: [batch][hq][d] bf16.
 int sqzb_sparse_attention(void* handle, void* out, void* stream) {
   Case* c = static_cast<Case*>(handle);
-  return Check(DecodeAttention<__nv_bfloat16>(c->sparse, c->sparse_plan,
-                                              static_cast<__nv_bfloat16*>(out), nullptr,
-                                              c->sparse_ws, c->sparse_plan.workspace_bytes,
-                                              static_cast<cudaStream_t>(stream)));
+  return Check(DecodeAttention<__nv_bfloat16>(
+      c->sparse, c->sparse_plan, static_cast<__nv_bfloat16*>(out), nullptr, c->sparse_ws,
+      c->sparse_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
 }
 
 // Lookup then sparse attention, back to back.
@@ -192,10 +191,9 @@ int sqzb_squeezed(void* handle, void* out, void* stream) {
 // Dense attention over the whole context; out: [batch][hq][d] bf16.
 int sqzb_dense(void* handle, void* out, void* stream) {
   Case* c = static_cast<Case*>(handle);
-  return Check(DecodeAttention<__nv_bfloat16>(c->dense, c->dense_plan,
-                                              static_cast<__nv_bfloat16*>(out), nullptr,
-                                              c->dense_ws, c->dense_plan.workspace_bytes,
-                                              static_cast<cudaStream_t>(stream)));
+  return Check(DecodeAttention<__nv_bfloat16>(
+      c->dense, c->dense_plan, static_cast<__nv_bfloat16*>(out), nullptr, c->dense_ws,
+      c->dense_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
 }
 
 // Copies the selected key counts [batch][hkv] (sink and window included) to host memory

@@ -637,9 +637,10 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
                     cpu::AttentionPartial* stats, void* workspace, cudaStream_t stream) {
   constexpr bool kMma = UsesMma(D);
   constexpr size_t kSmem = kMma ? MmaSmemBytes<D>() : ChunkSmemBytes<D>();
-  auto* kernel = !kMma                    ? DecodeChunkKernel<D, TOut>
-                 : p.sparse.segments != nullptr ? DecodeMmaChunkKernel<(kMma ? D : 32), TOut, true>
-                                                : DecodeMmaChunkKernel<(kMma ? D : 32), TOut, false>;
+  auto* kernel = !kMma ? DecodeChunkKernel<D, TOut>
+                 : p.sparse.segments != nullptr
+                     ? DecodeMmaChunkKernel<(kMma ? D : 32), TOut, true>
+                     : DecodeMmaChunkKernel<(kMma ? D : 32), TOut, false>;
   SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 static_cast<int>(kSmem)),
                            "DecodeAttention: cudaFuncSetAttribute");
@@ -664,8 +665,8 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
                                static_cast<int>(merge_smem)),
           "DecodeAttention: merge kernel cudaFuncSetAttribute (too many chunks?)");
     }
-    DecodeMergeKernel<TOut><<<blocks, 128, merge_smem, stream>>>(plan.num_chunks, D, ws_o,
-                                                                 ws_stats, out, stats);
+    DecodeMergeKernel<TOut>
+        <<<blocks, 128, merge_smem, stream>>>(plan.num_chunks, D, ws_o, ws_stats, out, stats);
     SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: merge kernel"));
   }
   return OkStatus();

@@ -55,7 +55,7 @@ inline constexpr int kDecodeTile = 64;     // chunk lengths are multiples of thi
 // (h * ctx_len[r]) * head_dim). Keys past the last segment's end are not attended; rows outside
 // [0, ctx_len[r]) are clamped into it (never read out of bounds).
 struct ContextSegments {
-  const int2* segments = nullptr;       // [batch][n_kv_heads][max_segments] (end, row_delta)
+  const int2* segments = nullptr;         // [batch][n_kv_heads][max_segments] (end, row_delta)
   const int32_t* num_segments = nullptr;  // [batch][n_kv_heads]
   const int32_t* selected_len = nullptr;  // [batch][n_kv_heads] == end of the last segment
   int32_t max_segments = 0;

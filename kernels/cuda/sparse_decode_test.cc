@@ -162,8 +162,8 @@ std::vector<float> RunDecode(const DecodeAttentionParams& p, int64_t force_chunk
   DeviceBuffer<char> ws(plan.workspace_bytes);
   DeviceBuffer<float> out(size_t(p.batch) * p.n_q_heads * p.head_dim);
   DeviceBuffer<cpu::AttentionPartial> stats(size_t(p.batch) * p.n_q_heads);
-  const Status s = DecodeAttention<float>(p, plan, out.get(), stats.get(), ws.get(), ws.size(),
-                                          nullptr);
+  const Status s =
+      DecodeAttention<float>(p, plan, out.get(), stats.get(), ws.get(), ws.size(), nullptr);
   INFO(s.ToString() << " chunks=" << plan.num_chunks << " chunk_len=" << plan.chunk_len);
   REQUIRE(s.ok());
   if (st) *st = stats.Download();
@@ -317,8 +317,7 @@ TEST_CASE("SqueezeSelect + sparse DecodeAttention match the CPU oracle on the se
         ctx.push_back(MakeContext(hkv, d, 300, hier ? 17 : 0, 4, 37, seed++, 12));
         const Problem pb = MakeProblem(hq, hkv, d, {0, 1, 1}, {5, 0, 64}, seed++);
         for (int64_t force_chunk : {int64_t{0}, int64_t{128}}) {
-          const Pipeline res =
-              RunPipeline(pb, ctx, 0.125f, SqueezeReduce::kMax, hier, force_chunk);
+          const Pipeline res = RunPipeline(pb, ctx, 0.125f, SqueezeReduce::kMax, hier, force_chunk);
           const std::vector<float> want = Reference(pb, ctx, res.rows);
           CheckPerRequest(res.out, want, 3, size_t(hq) * d, 1e-2);
         }
@@ -387,8 +386,8 @@ TEST_CASE("Sparse DecodeAttention rejects what it cannot run", "[sparse_decode]"
   p.sparse.max_segments = 4;
   p.head_dim = 48;
   p.q_stride = 8 * 48;
-  s = DecodeAttention<float>(p, PlanDecodeAttention(p, 132), out, nullptr, ws.data(),
-                             ws.size() * 4, nullptr);
+  s = DecodeAttention<float>(p, PlanDecodeAttention(p, 132), out, nullptr, ws.data(), ws.size() * 4,
+                             nullptr);
   CHECK(s.code() == StatusCode::kUnimplemented);
   CHECK(s.message().find("head_dim 32, 64, 96 or 128") != std::string::npos);
 }

@@ -90,13 +90,12 @@ struct DeviceContext {
       counts.insert(counts.end(), h.counts.begin(), h.counts.end());
       offsets.insert(offsets.end(), h.offsets.begin(), h.offsets.end());
       coarse_cent.insert(coarse_cent.end(), h.coarse_centroids.begin(), h.coarse_centroids.end());
-      coarse_offsets.insert(coarse_offsets.end(), h.coarse_offsets.begin(),
-                            h.coarse_offsets.end());
+      coarse_offsets.insert(coarse_offsets.end(), h.coarse_offsets.begin(), h.coarse_offsets.end());
       members.insert(members.end(), h.coarse_members.begin(), h.coarse_members.end());
     }
     auto bf = [](const std::vector<float>& x) {
-      return std::make_unique<DeviceBuffer<__nv_bfloat16>>(ToBf16(x.empty() ? std::vector<float>{0}
-                                                                             : x));
+      return std::make_unique<DeviceBuffer<__nv_bfloat16>>(
+          ToBf16(x.empty() ? std::vector<float>{0} : x));
     };
     auto ints = [](const std::vector<int32_t>& x) {
       return std::make_unique<DeviceBuffer<int32_t>>(x.empty() ? std::vector<int32_t>{0} : x);

@@ -1,5 +1,3 @@
-#include "kernels/cuda/squeeze_select.h"
-
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -7,6 +5,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/ptx.cuh"
+#include "kernels/cuda/squeeze_select.h"
 
 namespace sqz::cuda {
 namespace {
@@ -55,13 +54,13 @@ Workspace Carve(const SqueezeSelectParams& p, int fine_chunks, int coarse_chunks
 // Arguments shared by the kernels of one level.
 struct LevelArgs {
   Level level;
-  int max_items;  // bound of the items per (request, kv head) on this level
-  int chunks;     // scoring blocks per (request, kv head)
-  float* scores;  // [batch][H][g][max_items]
-  float2* stats;  // [batch][H][g][chunks] (max, sum N exp(s - max))
-  uint32_t* keys;       // [batch][H][max_items]
-  uint8_t* flags;       // [batch][H][max_items] by item id
-  int32_t* weights;     // coarse: [batch][H][max_coarse] keys under each group
+  int max_items;     // bound of the items per (request, kv head) on this level
+  int chunks;        // scoring blocks per (request, kv head)
+  float* scores;     // [batch][H][g][max_items]
+  float2* stats;     // [batch][H][g][chunks] (max, sum N exp(s - max))
+  uint32_t* keys;    // [batch][H][max_items]
+  uint8_t* flags;    // [batch][H][max_items] by item id
+  int32_t* weights;  // coarse: [batch][H][max_coarse] keys under each group
   // Coarse results read by the fine level of a hierarchical lookup.
   const float* coarse_scores;
   const uint8_t* coarse_flags;
@@ -103,10 +102,10 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(SqueezeSelectParams
   constexpr int kRow = D + 8;  // bf16 per smem row (16 bytes of padding: conflict-free ldmatrix)
   constexpr int kPieces = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* c_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kScoreChunk][kRow]
-  __nv_bfloat16* q_s = c_s + kScoreChunk * kRow;            // [16][kRow]
-  auto* s_s = reinterpret_cast<float*>(q_s + 16 * kRow);    // [kMaxG][kScoreChunk]
-  float* w_s = s_s + kMaxG * kScoreChunk;                   // [kScoreChunk] weights
+  auto* c_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);      // [kScoreChunk][kRow]
+  __nv_bfloat16* q_s = c_s + kScoreChunk * kRow;               // [16][kRow]
+  auto* s_s = reinterpret_cast<float*>(q_s + 16 * kRow);       // [kMaxG][kScoreChunk]
+  float* w_s = s_s + kMaxG * kScoreChunk;                      // [kScoreChunk] weights
   auto* id_s = reinterpret_cast<int32_t*>(w_s + kScoreChunk);  // [kScoreChunk] row, -1: none
   const int r = blockIdx.x, chunk = blockIdx.y, h = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -120,15 +119,14 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(SqueezeSelectParams
   const int64_t unit = static_cast<int64_t>(r) * p.n_kv_heads + h;
   const int base = chunk * kScoreChunk;
   const int32_t* counts = v.counts + static_cast<int64_t>(h) * v.num_clusters;
-  const int32_t* coff = hier || coarse
-                            ? v.coarse_offsets + static_cast<int64_t>(h) * (v.num_coarse + 1)
-                            : nullptr;
+  const int32_t* coff =
+      hier || coarse ? v.coarse_offsets + static_cast<int64_t>(h) * (v.num_coarse + 1) : nullptr;
   const int32_t* members =
       hier || coarse ? v.coarse_members + static_cast<int64_t>(h) * v.num_clusters : nullptr;
   const uint8_t* kept = hier ? a.coarse_flags + unit * a.max_coarse : nullptr;
-  const __nv_bfloat16* cents =
-      coarse ? v.coarse_centroids + static_cast<int64_t>(h) * v.num_coarse * D
-             : v.centroids + static_cast<int64_t>(h) * v.num_clusters * D;
+  const __nv_bfloat16* cents = coarse
+                                   ? v.coarse_centroids + static_cast<int64_t>(h) * v.num_coarse * D
+                                   : v.centroids + static_cast<int64_t>(h) * v.num_clusters * D;
 
   // Rows: centroid and weight of each item of the chunk.
   for (int it = tid; it < kScoreChunk; it += kScoreThreads) {
@@ -185,8 +183,8 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(SqueezeSelectParams
   uint32_t qf[D / 16][4];
 #pragma unroll
   for (int kc = 0; kc < D / 16; ++kc) {
-    internal::LdMatrixX4(qf[kc], q_s + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRow + kc * 16 +
-                                     (lane >> 4) * 8);
+    internal::LdMatrixX4(
+        qf[kc], q_s + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRow + kc * 16 + (lane >> 4) * 8);
   }
 #pragma unroll
   for (int nt = 0; nt < kScoreChunk / (kScoreThreads / 32) / 8; ++nt) {  // this warp's items
@@ -304,8 +302,8 @@ __global__ void __launch_bounds__(kSelectThreads)
   const float* scores = a.scores + unit * g * a.max_items;
   uint32_t* keys = in_smem ? dyn_s : a.keys + unit * a.max_items;
   uint16_t* w16 = in_smem ? reinterpret_cast<uint16_t*>(dyn_s + a.max_items) : nullptr;
-  uint8_t* flags = in_smem ? reinterpret_cast<uint8_t*>(w16 + a.max_items)
-                           : a.flags + unit * a.max_items;
+  uint8_t* flags =
+      in_smem ? reinterpret_cast<uint8_t*>(w16 + a.max_items) : a.flags + unit * a.max_items;
   const int flag_limit = coarse ? n : k;  // ids that own a flag
   // Weight (cluster size, or keys under a coarse group) of item i with id `id`.
   auto weight = [&](int i, int id) -> uint32_t {
@@ -349,9 +347,9 @@ __global__ void __launch_bounds__(kSelectThreads)
   // 2. p per item -> key (0: not a candidate; else float bits of p + 1, monotone in p). The
   // threshold policy decides here; the budget policy histograms the top byte.
   const bool budget = coarse || p.policy == SqueezePolicy::kBudget;
-  float value = p.per_request_value ? p.per_request_value[r]
-                                    : (p.policy == SqueezePolicy::kBudget ? p.kv_budget
-                                                                          : p.threshold);
+  float value = p.per_request_value
+                    ? p.per_request_value[r]
+                    : (p.policy == SqueezePolicy::kBudget ? p.kv_budget : p.threshold);
   if (coarse) value = p.coarse_coverage;
   const float group_scale = p.reduce == SqueezeReduce::kMean ? 1.0f / g : 1.0f;
   uint32_t total_w = 0, kmin = 0xFFFFFFFFu, kmax = 0;
@@ -489,7 +487,7 @@ __global__ void __launch_bounds__(kSelectThreads)
         lo += bin * width;
         hi = static_cast<uint32_t>(
             min(static_cast<uint64_t>(hi), static_cast<uint64_t>(lo) + width - 1));
-        __syncthreads();  // cut_s is rewritten by the next pass
+        __syncthreads();             // cut_s is rewritten by the next pass
         if (tied_items == 1) break;  // one key left in [lo, hi]: it is x*
       }
     }
@@ -518,8 +516,8 @@ __global__ void __launch_bounds__(kSelectThreads)
       }
       const bool tied = key != 0 && key == prefix;
       int before = 0, unused = 0;
-      const int2 tot = BlockExclusiveScan2(tied ? static_cast<int>(w) : 0, 0, &before, &unused,
-                                           scan_s);
+      const int2 tot =
+          BlockExclusiveScan2(tied ? static_cast<int>(w) : 0, 0, &before, &unused, scan_s);
       const bool sel = key > prefix || (tied && carry + before < need_rem);
       if (i < n && id >= 0 && id < flag_limit) flags[id] = sel;
       carry += tot.x;
@@ -551,7 +549,8 @@ __global__ void __launch_bounds__(kSelectThreads)
 #pragma unroll
     for (int e = 0; e <= kSeg; ++e) {
       const int pos = first + e;
-      start_row[e] = pos <= 0 ? 0 : (pos <= k ? S + offsets[pos - 1] : S + body + (pos > k + 1 ? W : 0));
+      start_row[e] =
+          pos <= 0 ? 0 : (pos <= k ? S + offsets[pos - 1] : S + body + (pos > k + 1 ? W : 0));
     }
 #pragma unroll
     for (int e = 0; e < kSeg + 2; ++e) sel[e] = selected(first - 1 + e);
@@ -618,20 +617,21 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
 
   const dim3 select_grid(p.batch, p.n_kv_heads);
   constexpr size_t kSmem = ScoreSmemBytes<D>();
-  SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoreKernel<D>,
-                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                static_cast<int>(kSmem)),
-                           "SqueezeSelect: cudaFuncSetAttribute");
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(ScoreKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kSmem)),
+      "SqueezeSelect: cudaFuncSetAttribute");
   if (p.hierarchical) {
-    ScoreKernel<D><<<dim3(p.batch, plan.coarse_chunks, p.n_kv_heads), kScoreThreads, kSmem,
-                     stream>>>(p, coarse);
+    ScoreKernel<D>
+        <<<dim3(p.batch, plan.coarse_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p,
+                                                                                            coarse);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: coarse scoring"));
     SelectKernel<<<select_grid, kSelectThreads, 0, stream>>>(p, coarse, out, plan.max_segments,
                                                              false);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: coarse selection"));
   }
-  ScoreKernel<D><<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem,
-                   stream>>>(p, fine);
+  ScoreKernel<D>
+      <<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p, fine);
   SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: scoring"));
   const size_t smem = SelectSmemBytes(p.max_clusters, false);
   if (smem > 0) {
@@ -673,14 +673,13 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
                              std::to_string(p.n_q_heads) + ")");
   }
   if (p.n_q_heads / p.n_kv_heads > kSqueezeMaxGroup) {
-    return UnsupportedError(kOp, "n_q_heads / n_kv_heads = " +
-                                     std::to_string(p.n_q_heads / p.n_kv_heads) +
-                                     " exceeds the compiled maximum " +
-                                     std::to_string(kSqueezeMaxGroup));
+    return UnsupportedError(
+        kOp, "n_q_heads / n_kv_heads = " + std::to_string(p.n_q_heads / p.n_kv_heads) +
+                 " exceeds the compiled maximum " + std::to_string(kSqueezeMaxGroup));
   }
   if (p.head_dim != 64 && p.head_dim != 128) {
-    return UnsupportedError(kOp, "head_dim " + std::to_string(p.head_dim) +
-                                     " is not compiled (64, 128)");
+    return UnsupportedError(
+        kOp, "head_dim " + std::to_string(p.head_dim) + " is not compiled (64, 128)");
   }
   if (!(p.scale > 0.0f) || !std::isfinite(p.scale)) return ArgError(kOp, "scale must be > 0");
   if (p.q_stride < static_cast<int64_t>(p.n_q_heads) * p.head_dim) {
@@ -702,8 +701,8 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
   if (p.hierarchical) {
     if (p.max_coarse < 1) return ArgError(kOp, "hierarchical lookup needs max_coarse >= 1");
     if (!(p.coarse_coverage > 0.0f && p.coarse_coverage <= 1.0f)) {
-      return ArgError(kOp, "coarse_coverage " + std::to_string(p.coarse_coverage) +
-                               " is outside (0, 1]");
+      return ArgError(
+          kOp, "coarse_coverage " + std::to_string(p.coarse_coverage) + " is outside (0, 1]");
     }
   }
   const SqueezeSelectPlan expected = PlanSqueezeSelect(p);

@@ -70,11 +70,11 @@ enum class SqueezeReduce : int32_t {
 // and sizes; arrays of it live in device memory (one entry per request; requests over the same
 // context may point at the same buffers). Rows and offsets are per kv head h:
 struct SqueezeLayerView {
-  int32_t n_tokens = 0;      // rows per kv head of K/V: S + B + W
-  int32_t sink_len = 0;      // S
-  int32_t window_len = 0;    // W
-  int32_t num_clusters = 0;  // k >= 1
-  int32_t num_coarse = 0;    // k1 (0: no coarse level)
+  int32_t n_tokens = 0;                             // rows per kv head of K/V: S + B + W
+  int32_t sink_len = 0;                             // S
+  int32_t window_len = 0;                           // W
+  int32_t num_clusters = 0;                         // k >= 1
+  int32_t num_coarse = 0;                           // k1 (0: no coarse level)
   const __nv_bfloat16* centroids = nullptr;         // [n_kv_heads][k][head_dim]
   const int32_t* counts = nullptr;                  // [n_kv_heads][k] members, >= 1
   const int32_t* offsets = nullptr;                 // [n_kv_heads][k + 1] body rows, CSR, [k] = B
@@ -87,8 +87,8 @@ struct SqueezeSelectParams {
   int batch = 0;
   int n_q_heads = 0;
   int n_kv_heads = 0;
-  int head_dim = 0;     // 64 or 128 (compiled instances); others are UNIMPLEMENTED
-  float scale = 0.0f;   // usually 1 / sqrt(head_dim)
+  int head_dim = 0;    // 64 or 128 (compiled instances); others are UNIMPLEMENTED
+  float scale = 0.0f;  // usually 1 / sqrt(head_dim)
   // q: request r, head h at q + r * q_stride + h * head_dim ([batch][>= n_q_heads * head_dim]);
   // 16-byte aligned, q_stride a multiple of 8. The views' centroid arrays are 16-byte aligned.
   const __nv_bfloat16* q = nullptr;
@@ -114,8 +114,8 @@ struct SqueezeSelectParams {
 
 // Sizes made on the host from the params alone (no device access).
 struct SqueezeSelectPlan {
-  int fine_chunks = 0;      // scoring blocks per (request, kv head) on the fine level
-  int coarse_chunks = 0;    // ... on the coarse level (0 when flat)
+  int fine_chunks = 0;       // scoring blocks per (request, kv head) on the fine level
+  int coarse_chunks = 0;     // ... on the coarse level (0 when flat)
   int32_t max_segments = 0;  // segment capacity per (request, kv head) the outputs must have
   size_t workspace_bytes = 0;
 };

@@ -49,8 +49,8 @@ void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
       testing::RoundBf16(testing::RandomFloats(size_t(batch) * cs.hq * d, seed, 1.0f));
 
   SelectionParams cpu;
-  cpu.policy = cs.policy == SqueezePolicy::kBudget ? SelectionPolicy::kBudget
-                                                   : SelectionPolicy::kThreshold;
+  cpu.policy =
+      cs.policy == SqueezePolicy::kBudget ? SelectionPolicy::kBudget : SelectionPolicy::kThreshold;
   cpu.reduce = cs.reduce == SqueezeReduce::kMax ? GqaReduce::kMax : GqaReduce::kMean;
   cpu.hierarchical = cs.hierarchical;
   cpu.coarse_expansion = 2.0;
@@ -64,8 +64,8 @@ void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
     for (int r = 0; r < batch; ++r) {
       const HeadIndex& idx = contexts[ctx_of[r]].heads[0];
       std::vector<float> pr(idx.counts.size());
-      ClusterProbabilities(idx, d, q.data() + size_t(r) * cs.hq * d, 1, 0, g, cpu.reduce,
-                           pr.data(), &scratch);
+      ClusterProbabilities(idx, d, q.data() + size_t(r) * cs.hq * d, 1, 0, g, cpu.reduce, pr.data(),
+                           &scratch);
       std::sort(pr.begin(), pr.end(), std::greater<float>());
       const size_t at = pr.size() / 4;
       values[r] = at + 1 < pr.size() ? 0.5f * (pr[at] + pr[at + 1]) : 0.5f * pr[0];
