@@ -23,6 +23,14 @@ struct Registry::Entry {
 
 namespace {
 
+// Wall-clock milliseconds, for the update time that Get and List show after each state change
+// (the store stamps its own copy when it writes).
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 bool Visible(const ContextRecord& r, const std::string& owner) {
   return owner.empty() || r.owner == owner;
 }
@@ -99,7 +107,7 @@ Status Registry::Start() {
   SQZ_ASSIGN_OR_RETURN(ContextStore::Recovery rec, store_->Recover());
   for (const auto& id : rec.finished_deletes) spdlog::info("finished the deletion of context {}", id);
   std::string token;
-  std::vector<std::shared_ptr<Entry>> resume, pinned;
+  std::vector<std::shared_ptr<Entry>> resume, pinned, stale;
   {
     std::lock_guard<std::mutex> lock(mu_);
     do {
@@ -110,8 +118,15 @@ Status Registry::Start() {
         e->record = std::move(r);
         const bool unfinished = e->record.state != ContextState::kReady &&
                                 e->record.state != ContextState::kFailed;
-        if (unfinished) resume.push_back(e);
-        if (e->record.state == ContextState::kReady && e->record.pinned) pinned.push_back(e);
+        const bool other_model = e->record.model_fingerprint != options_.model.Hash();
+        if (unfinished) {
+          resume.push_back(e);
+        } else if (other_model) {
+          // Pinned ones first: they are expected to be resident.
+          stale.insert(e->record.pinned ? stale.begin() : stale.end(), e);
+        } else if (e->record.state == ContextState::kReady && e->record.pinned) {
+          pinned.push_back(e);
+        }
         entries_[e->record.id] = e;
       }
       token = page.next_page_token;
@@ -126,13 +141,50 @@ Status Registry::Start() {
     spdlog::info("resuming the ingestion of context {} ({} tokens)", e->record.id, tokens->size());
     SubmitIngestion(e, std::move(tokens).value());
   }
+  // Contexts built (or failed) with another model: their KV means nothing to this one, so they are
+  // rebuilt from their stored tokens now, in the background, rather than on first use: Get and
+  // List show them QUEUED (then PREFILLING ...) instead of a READY that could not be served, and
+  // they are READY again without a request having to fail first.
+  for (auto& e : stale) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ReingestForModelLocked(e, lock);
+  }
   for (auto& e : pinned) {
     auto lease = Acquire(e->record.id, "");
     if (!lease.ok()) spdlog::warn("pinned context {}: {}", e->record.id, lease.status().ToString());
   }
-  spdlog::info("registry: {} contexts, {} resumed, {} pinned loaded", entries_.size(),
-               resume.size(), pinned.size());
+  spdlog::info("registry: {} contexts, {} resumed, {} re-ingested for this model, {} pinned loaded",
+               entries_.size(), resume.size(), stale.size(), pinned.size());
   return OkStatus();
+}
+
+std::string Registry::ReingestForModelLocked(const std::shared_ptr<Entry>& e,
+                                             std::unique_lock<std::mutex>& lock) {
+  const ContextRecord& r = e->record;
+  const bool failed = r.state == ContextState::kFailed;
+  const std::string change = DescribeIdentityChange(r.model, options_.model);
+  const std::string what = failed ? "failed with another model (" + change + "; " + r.error + ")"
+                                  : "was built for another model (" + change + ")";
+  const std::string id = r.id;
+  e->record.state = ContextState::kQueued;
+  e->record.progress = 0.0;
+  e->record.update_time_ms = WallMs();
+  e->record.error.clear();
+  e->record.model = options_.model;
+  e->record.model_fingerprint = options_.model.Hash();
+  const ContextRecord queued = e->record;
+  NotifyLocked(e, false);
+  lock.unlock();
+  if (metrics_.reingestions) metrics_.reingestions->Inc();
+  spdlog::info("context {} {}; re-ingesting it", id, what);
+  auto tokens = store_->LoadTokens(id);
+  if (!tokens.ok()) {
+    Fail(e, "cannot re-ingest for the current model: " + tokens.status().message());
+  } else {
+    (void)store_->UpdateRecord(queued, /*sync=*/true);
+    SubmitIngestion(e, std::move(tokens).value());
+  }
+  return what;
 }
 
 void Registry::SubmitIngestion(const std::shared_ptr<Entry>& e, std::vector<int32_t> tokens) {
@@ -171,6 +223,7 @@ void Registry::OnProgress(const std::shared_ptr<Entry>& e, IngestStage stage, do
   e->record.state = state;
   e->record.progress = fraction;
   if (changed) {
+    e->record.update_time_ms = WallMs();
     // State changes are persisted (not synced: a crash re-ingests from the tokens anyway).
     ContextRecord copy = e->record;
     Post([this, copy] { (void)store_->UpdateRecord(copy, /*sync=*/false); });
@@ -198,6 +251,7 @@ void Registry::Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot
     if (e->deleting) return;
     e->record.state = ContextState::kPersisting;
     e->record.progress = 0.0;
+    e->record.update_time_ms = WallMs();
     NotifyLocked(e, false);
     record = e->record;
   }
@@ -212,6 +266,7 @@ void Registry::Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot
   }
   record.state = ContextState::kReady;
   record.progress = 1.0;
+  record.update_time_ms = WallMs();
   record.error.clear();
   auto shared = std::make_shared<const ContextSnapshot>(std::move(snapshot));
   std::lock_guard<std::mutex> lock(mu_);
@@ -234,6 +289,7 @@ void Registry::Fail(const std::shared_ptr<Entry>& e, const std::string& why) {
     std::lock_guard<std::mutex> lock(mu_);
     if (e->deleting) return;
     e->record.state = ContextState::kFailed;
+    e->record.update_time_ms = WallMs();
     e->record.error = why;
     e->abandon.reset();
     copy = e->record;
@@ -417,29 +473,9 @@ StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::strin
                                    std::to_string(static_cast<int>(r.progress * 100)) + "%)");
   }
   if (other_model) {
-    // Built for another model (its KV is meaningless here), or failed with another model (e.g.
-    // one too short for it; this one may hold it): rebuild from the stored tokens.
-    const bool failed = r.state == ContextState::kFailed;
-    const std::string change = DescribeIdentityChange(r.model, options_.model);
-    const std::string what = failed ? "failed with another model (" + change + "; " + r.error + ")"
-                                    : "was built for another model (" + change + ")";
-    e->record.state = ContextState::kQueued;
-    e->record.progress = 0.0;
-    e->record.error.clear();
-    e->record.model = options_.model;
-    e->record.model_fingerprint = options_.model.Hash();
-    const ContextRecord queued = e->record;
-    NotifyLocked(e, false);
-    lock.unlock();
-    if (metrics_.reingestions) metrics_.reingestions->Inc();
-    spdlog::info("context {} {}; re-ingesting it", id, what);
-    auto tokens = store_->LoadTokens(id);
-    if (!tokens.ok()) {
-      Fail(e, "cannot re-ingest for the current model: " + tokens.status().message());
-    } else {
-      (void)store_->UpdateRecord(queued, /*sync=*/true);
-      SubmitIngestion(e, std::move(tokens).value());
-    }
+    // Built for another model, or failed with one (e.g. one too short for it; this one may hold
+    // it). Start() already re-ingests such contexts; this covers a record that changed since.
+    const std::string what = ReingestForModelLocked(e, lock);
     return FailedPreconditionError("context " + id + " " + what +
                                    " and is being re-ingested; retry when it is READY again");
   }
@@ -462,6 +498,7 @@ StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::strin
       {
         std::lock_guard<std::mutex> relock(mu_);
         e->record.state = ContextState::kQueued;
+        e->record.update_time_ms = WallMs();
         e->record.error = "stored KV failed verification and is being rebuilt: " + why;
         NotifyLocked(e, false);
       }

@@ -6,8 +6,9 @@
 // tokens to the engine; the engine reports PREFILLING / CLUSTERING / CALIBRATING progress and the
 // built snapshot; the registry's thread ("registry-persist") writes the blobs and commits READY,
 // then keeps the snapshot resident. On start, contexts caught mid-ingestion are re-ingested from
-// their tokens; contexts built for another model (fingerprint), or FAILED with another model (a
-// record names the model of its latest ingestion), are re-ingested when next used.
+// their tokens, and so are contexts built for another model (fingerprint) or FAILED with another
+// model (a record names the model of its latest ingestion): they show QUEUED, not READY, until
+// rebuilt for the serving model.
 //
 // Residency: READY snapshots stay in memory while they fit resident_budget_bytes; least recently
 // used, unpinned, idle contexts are evicted and loaded again from the store on use. A blob that
@@ -87,8 +88,9 @@ class Registry {
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 
-  // Loads every record, finishes interrupted deletions, re-submits unfinished ingestions and loads
-  // pinned READY contexts. Call once, before serving.
+  // Loads every record, finishes interrupted deletions, re-submits unfinished ingestions and those
+  // of contexts built or failed with another model (pinned first), and loads pinned READY
+  // contexts. Call once, before serving.
   Status Start();
 
   // Idempotent for the same id, owner and tokens (returns the existing context); ALREADY_EXISTS
@@ -107,10 +109,10 @@ class Registry {
   // thread (or inline for an immediate error).
   void Delete(const std::string& id, const std::string& owner, std::function<void(Status)> done);
 
-  // For Generate: FAILED_PRECONDITION unless READY (naming the state, or the failure), NOT_FOUND
-  // as for Get, RESOURCE_EXHAUSTED when it cannot be made resident within the budget. A READY or
-  // FAILED context whose record names another model starts re-ingesting from its tokens and
-  // answers FAILED_PRECONDITION saying so (what changed, and "being re-ingested").
+  // For Generate: FAILED_PRECONDITION unless READY (naming the state and progress, or the
+  // failure), NOT_FOUND as for Get, RESOURCE_EXHAUSTED when it cannot be made resident within the
+  // budget. (A READY or FAILED context whose record names another model -- Start() re-ingests
+  // those -- starts re-ingesting and answers FAILED_PRECONDITION saying what changed.)
   StatusOr<ContextLease> Acquire(const std::string& id, const std::string& owner);
 
   // Calls `on_update` with the current view now and after every change, until it returns false or
@@ -124,6 +126,11 @@ class Registry {
  private:
   struct Entry;
   void SubmitIngestion(const std::shared_ptr<Entry>& e, std::vector<int32_t> tokens);
+  // Re-ingests a READY or FAILED context whose record names another model: QUEUED now (watchers
+  // told), tokens reloaded and submitted. Called with mu_ held through `lock`; returns with it
+  // released. Returns what happened ("was built for another model (...)"), for messages.
+  std::string ReingestForModelLocked(const std::shared_ptr<Entry>& e,
+                                     std::unique_lock<std::mutex>& lock);
   void OnProgress(const std::shared_ptr<Entry>& e, IngestStage stage, double fraction);
   void OnIngested(const std::shared_ptr<Entry>& e, StatusOr<ContextSnapshot> snapshot);
   void Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot);

@@ -73,6 +73,11 @@ class Server(lib.Squeezed):
             args += ["--set", "server.metrics_address=127.0.0.1:0"]
         super().__init__(SQUEEZED, args=args)
         self.metrics_port = None
+        self.started_at = None  # wall-clock time of start(), to date what the server writes
+
+    def start(self, *args, **kwargs):
+        self.started_at = time.time()
+        return super().start(*args, **kwargs)
 
     def metrics_url(self):
         """The /metrics URL, from the log line squeezed prints just after it is ready."""
