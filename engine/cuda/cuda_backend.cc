@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "engine/cuda/context_step.h"
 #include "engine/cuda/cuda_weights.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/device_sampler.h"
@@ -30,8 +31,10 @@ class CudaBackend::Impl {
   virtual ~Impl() = default;
   // Runs the step described by `layout` (made by PagedSequences::Prepare for `batch`). Writes the
   // logit rows to `logits` (host) if not null, or, if `tokens` is not null, one token per logit row
-  // chosen on the device as sampling[row] says (sampling.size() == layout.out_rows).
-  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits,
+  // chosen on the device as sampling[row] says (sampling.size() == layout.out_rows). contexts:
+  // empty when no item has a fixed context, else one entry per layout item.
+  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch,
+                     std::span<const StepContext> contexts, float* logits,
                      std::span<const TokenSampling> sampling, int32_t* tokens) = 0;
   // Tokens [begin, begin + n) of the sequence whose block table is `blocks`, at `layer`.
   virtual Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
@@ -106,7 +109,8 @@ class ForwardImpl final : public CudaBackend::Impl {
     }
   }
 
-  Status Run(const StepLayout& layout, std::span<const StepInput> batch, float* logits,
+  Status Run(const StepLayout& layout, std::span<const StepInput> batch,
+             std::span<const StepContext> contexts, float* logits,
              std::span<const TokenSampling> sampling, int32_t* tokens) override;
   Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n, float* k,
                 float* v) override;
@@ -193,7 +197,9 @@ class ForwardImpl final : public CudaBackend::Impl {
   std::unique_ptr<DeviceSampler> sampler_;                     // [logit_rows_] rows per pass
   std::map<std::pair<int64_t, int64_t>, DecodeGraph> graphs_;  // by (batch, decode-key bucket)
   CudaBackend::GraphStats graph_stats_;
-  bool graphs_on_;  // o_.cuda_graphs, or as set_cuda_graphs last said
+  bool graphs_on_;                            // o_.cuda_graphs, or as set_cuda_graphs last said
+  std::unique_ptr<ContextStep<T>> ctx_step_;  // attention of steps with fixed contexts
+  bool ctx_active_ = false;                   // the current step has contexts
 };
 
 template <typename T>
@@ -224,6 +230,14 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
     SQZ_ASSIGN_OR_RETURN(impl->weights_, CudaWeights<T>::Random(config, seed, impl->stream_));
   }
   SQZ_RETURN_IF_ERROR(impl->AllocateBuffers());
+  typename ContextStep<T>::Shape cs;
+  cs.layers = static_cast<int>(config.layers);
+  cs.q_heads = static_cast<int>(config.q_heads);
+  cs.kv_heads = static_cast<int>(config.kv_heads);
+  cs.head_dim = static_cast<int>(config.head_dim);
+  cs.num_sms = impl->num_sms_;
+  cs.decode_kernel_fits = impl->DecodeKernelFits();
+  impl->ctx_step_ = std::make_unique<ContextStep<T>>(cs, impl->stream_);
   SQZ_ASSIGN_OR_RETURN(impl->sampler_, DeviceSampler::Create(impl->logit_rows_, config.vocab,
                                                              options.max_penalty_tokens));
   return impl;
@@ -450,7 +464,22 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
                                 stream_);
     }
     if (s.ok() && capture) s = CaptureQ(L, layer);
-    if (s.ok()) s = Attention(L, layer, decode_keys);
+    if (s.ok() && ctx_active_) {
+      typename ContextStep<T>::Buffers b;
+      b.qkv = qkv_;
+      b.qkv_dim = qkv_dim_;
+      b.attn = attn_;
+      b.meta = meta_;
+      b.pool_k = PoolK(layer);
+      b.pool_v = PoolV(layer);
+      b.kbuf = kbuf_;
+      b.vbuf = vbuf_;
+      b.decode_ws = decode_ws_;
+      b.decode_ws_bytes = decode_ws_bytes_;
+      s = ctx_step_->Attention(L, layer, b);
+    } else if (s.ok()) {
+      s = Attention(L, layer, decode_keys);
+    }
     if (s.ok()) s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_);
     if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_);
     if (s.ok()) s = Linear(xn_, w.w_gate_up, nullptr, R, 2 * I, H, gate_up_);
@@ -514,8 +543,11 @@ Status ForwardImpl<T>::RunGraph(const StepLayout& L, int64_t decode_keys, bool* 
 }
 
 template <typename T>
-Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch, float* logits,
+Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch,
+                           std::span<const StepContext> contexts, float* logits,
                            std::span<const TokenSampling> sampling, int32_t* tokens) {
+  ctx_active_ = !contexts.empty();
+  if (ctx_active_) SQZ_RETURN_IF_ERROR(ctx_step_->Prepare(L, contexts));
   std::memcpy(pinned_.get(), L.ints.data(), L.ints.size() * 4);
   SQZ_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(meta_, pinned_.get(), L.ints.size() * 4, cudaMemcpyHostToDevice, stream_),
@@ -527,7 +559,7 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
   const bool one_pass = want_rows && L.out_rows <= logit_rows_;
   const int64_t decode_keys = DecodeKeysBucket(L.max_decode_keys);
   bool graphed = false;
-  if (graphs_on_ && one_pass && !capture &&
+  if (graphs_on_ && one_pass && !capture && !ctx_active_ &&
       L.decode_items == static_cast<int64_t>(L.items.size()) &&
       L.decode_items <= o_.graph_max_batch) {
     SQZ_RETURN_IF_ERROR(RunGraph(L, decode_keys, &graphed));
@@ -592,9 +624,18 @@ Status ForwardImpl<T>::ReadKv(const std::vector<int32_t>& blocks, int layer, int
 
 CudaBackend::CudaBackend(const ModelConfig& config, const CudaBackendOptions& options,
                          std::unique_ptr<Impl> impl)
-    : config_(config), options_(options), sequences_(options.kv_blocks), impl_(std::move(impl)) {}
+    : config_(config),
+      options_(options),
+      sequences_(options.kv_blocks),
+      contexts_(std::make_unique<DeviceContextCache>(options.context_budget_bytes,
+                                                     options.dtype == CudaDType::kF32 ? 4 : 2)),
+      impl_(std::move(impl)) {}
 
-CudaBackend::~CudaBackend() = default;
+CudaBackend::~CudaBackend() {
+  // Device contexts go before the stream they were used on.
+  if (impl_) cudaStreamSynchronize(impl_->stream());
+  contexts_.reset();
+}
 
 StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model& model,
                                                            const CudaBackendOptions& options) {
@@ -638,6 +679,10 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::CreateImpl(const ModelConfig
     return InvalidArgumentError("CudaBackendOptions.graph_max_batch must be in [1, 256], got " +
                                 std::to_string(options.graph_max_batch));
   }
+  if (options.context_budget_bytes < 0) {
+    return InvalidArgumentError("CudaBackendOptions.context_budget_bytes must be >= 0, got " +
+                                std::to_string(options.context_budget_bytes));
+  }
   if (options.max_penalty_tokens < 0 || options.max_penalty_tokens > INT32_MAX) {
     return InvalidArgumentError("CudaBackendOptions.max_penalty_tokens must be in [0, 2^31), got " +
                                 std::to_string(options.max_penalty_tokens));
@@ -667,7 +712,15 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::CreateImpl(const ModelConfig
 
 StatusOr<SeqId> CudaBackend::AddSequence() { return sequences_.Add(); }
 
-Status CudaBackend::FreeSequence(SeqId seq) { return sequences_.Free(seq); }
+Status CudaBackend::FreeSequence(SeqId seq) {
+  SQZ_RETURN_IF_ERROR(sequences_.Free(seq));
+  auto it = seq_context_.find(seq);
+  if (it != seq_context_.end()) {
+    contexts_->Release(it->second);
+    seq_context_.erase(it);
+  }
+  return OkStatus();
+}
 
 int64_t CudaBackend::SequenceLength(SeqId seq) const { return sequences_.Length(seq); }
 
@@ -679,14 +732,84 @@ size_t CudaBackend::kv_pool_bytes() const { return impl_->kv_pool_bytes(); }
 
 cudaStream_t CudaBackend::stream() const { return impl_->stream(); }
 
-Status CudaBackend::Forward(std::span<const StepInput> batch, float* logits) {
-  const StepLimits limits{config_.vocab, config_.max_positions, options_.max_step_tokens};
-  SQZ_RETURN_IF_ERROR(sequences_.Prepare(batch, limits, &layout_));
-  if (batch.empty()) return OkStatus();
-  SQZ_RETURN_IF_ERROR(impl_->Run(layout_, batch, logits, {}, nullptr));
-  sequences_.Advance(layout_, batch);
+Status CudaBackend::PrepareContexts(std::span<const StepInput> batch, bool* any) {
+  *any = false;
+  by_batch_.assign(batch.size(), StepContext{});
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i].context == nullptr) continue;
+    auto query = DescribeContext(*batch[i].context, config_);
+    if (!query.ok()) {
+      return query.status().WithContext("Forward: batch item " + std::to_string(i));
+    }
+    auto device = contexts_->Get(*query->snapshot, impl_->stream());
+    if (!device.ok()) {
+      return device.status().WithContext("Forward: batch item " + std::to_string(i));
+    }
+    // Held for the step, so that a later item's upload cannot evict it.
+    contexts_->Acquire(query->snapshot);
+    step_refs_.push_back(query->snapshot);
+    by_batch_[i] = StepContext{*device, *query};
+    *any = true;
+  }
   return OkStatus();
 }
+
+void CudaBackend::ReleaseStepContexts() {
+  for (const ContextSnapshot* s : step_refs_) contexts_->Release(s);
+  step_refs_.clear();
+}
+
+Status CudaBackend::RunStep(std::span<const StepInput> batch, float* logits,
+                            std::span<const TokenSampling> sampling, int32_t* tokens) {
+  bool any = false;
+  Status st = PrepareContexts(batch, &any);
+  const StepLimits limits{config_.vocab, config_.max_positions, options_.max_step_tokens};
+  if (st.ok()) st = sequences_.Prepare(batch, limits, &layout_);
+  if (st.ok() && !batch.empty()) {
+    step_contexts_.clear();
+    if (any) {
+      for (const StepLayout::Item& item : layout_.items) {
+        step_contexts_.push_back(by_batch_[item.batch_index]);
+      }
+    }
+    st = impl_->Run(layout_, batch, step_contexts_, logits, sampling, tokens);
+    if (st.ok()) {
+      sequences_.Advance(layout_, batch);
+      // Bind each sequence to its context (one reference per live sequence).
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const ContextSnapshot* snap = by_batch_[i].query.snapshot;
+        auto it = seq_context_.find(batch[i].seq);
+        const ContextSnapshot* old = it == seq_context_.end() ? nullptr : it->second;
+        if (old == snap) continue;
+        if (old != nullptr) contexts_->Release(old);
+        if (snap != nullptr) {
+          contexts_->Acquire(snap);
+          seq_context_[batch[i].seq] = snap;
+        } else {
+          seq_context_.erase(it);
+        }
+      }
+    }
+  }
+  ReleaseStepContexts();
+  return st;
+}
+
+Status CudaBackend::Forward(std::span<const StepInput> batch, float* logits) {
+  return RunStep(batch, logits, {}, nullptr);
+}
+
+Status CudaBackend::InstallContext(const ContextSnapshot& snapshot,
+                                   std::unique_ptr<DeviceContext> context) {
+  if (context == nullptr) return InvalidArgumentError("InstallContext: null device context");
+  return contexts_->Install(snapshot, std::move(context), impl_->stream());
+}
+
+Status CudaBackend::EvictContext(const ContextSnapshot& snapshot) {
+  return contexts_->Evict(&snapshot);
+}
+
+DeviceContextCache::Stats CudaBackend::context_stats() const { return contexts_->stats(); }
 
 Status CudaBackend::ForwardSample(std::span<const StepInput> batch,
                                   std::span<const TokenSampling> sampling, int32_t* tokens) {
@@ -711,11 +834,7 @@ Status CudaBackend::ForwardSample(std::span<const StepInput> batch,
                                   "max_penalty_tokens " +
                                   std::to_string(options_.max_penalty_tokens));
   }
-  const StepLimits limits{config_.vocab, config_.max_positions, options_.max_step_tokens};
-  SQZ_RETURN_IF_ERROR(sequences_.Prepare(batch, limits, &layout_));
-  SQZ_RETURN_IF_ERROR(impl_->Run(layout_, batch, nullptr, sampling, tokens));
-  sequences_.Advance(layout_, batch);
-  return OkStatus();
+  return RunStep(batch, nullptr, sampling, tokens);
 }
 
 CudaBackend::GraphStats CudaBackend::graph_stats() const { return impl_->graph_stats(); }

@@ -12,9 +12,26 @@
 // inv_freq) -> K/V into the pool -> attention -> o GEMM -> AddRmsNorm -> gate_up GEMM -> SwiGLU
 // -> down GEMM; then the final RMSNorm of the logit rows and the LM head.
 //
+// Fixed contexts (StepInput::context, a SnapshotAttention from engine/squeeze
+// MakeContextAttention): the backend keeps a device copy of each context's snapshot
+// (device_context.h: rows sink | body in cluster order | window, bf16 in bf16 mode and fp32 in the
+// fp32 mode, centroids bf16), uploaded on the first step that uses it, shared by every sequence
+// over it, reference counted by live sequences and evicted least recently used among unused copies
+// within context_budget_bytes. Per step and layer (context_step.h): SQUEEZED decode items run the
+// GPU lookup (SqueezeSelect, batched over requests) and sparse DecodeAttention over their segments;
+// DENSE items attend to every context row; own tokens always come from the paged pool; a prefill
+// chunk attends densely to its context, merged exactly with its causal own-token attention.
+// Positions of own tokens start at the context length (RoPE), as on the CPU backend.
+//
 // Deviations from the Backend guarantees (backend.h):
-//   * fixed contexts: a StepInput with a context is UNIMPLEMENTED for now (the GPU squeezed path
-//     is a later issue);
+//   * fixed contexts: SQUEEZED prefill (a step of several new tokens) attends to the whole
+//     context, like DENSE (sparse prefill per query block is not built yet), while the CPU
+//     selects per block of 64 tokens; SQUEEZED needs head_dim 64 or 128 and GQA groups <= 8
+//     (else UNIMPLEMENTED: ask for DENSE); the lookup reads bf16 queries and centroids (also in the
+//     fp32 mode), so near-ties may select other clusters than the CPU; steps with contexts run
+//     eagerly (no CUDA graphs); a context longer than the whole budget, or one that does not fit
+//     beside the contexts of running sequences, is RESOURCE_EXHAUSTED. The share of context keys
+//     read (KeyUsage of the ContextAttention) is not counted on the GPU;
 //   * batch invariance in bf16: a request's logits DO depend on the batch it runs in, at the
 //     level of bf16 rounding, not bit for bit. Three causes: (1) the linear layers run a GEMV for
 //     steps of at most 8 rows and cuBLASLt above, and cuBLASLt picks its algorithm (tile shape,
@@ -48,7 +65,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
+#include "engine/cuda/context_step.h"
+#include "engine/cuda/device_context.h"
 #include "engine/cuda/paged_sequences.h"
 #include "engine/model/backend.h"
 #include "engine/model/weights.h"
@@ -84,6 +105,11 @@ struct CudaBackendOptions {
   // bit-identical with graphs on or off. Off: every step is launched kernel by kernel.
   bool cuda_graphs = true;
   int64_t graph_max_batch = 16;  // in [1, 256]: graphs of larger batches gain little
+  // Device bytes all resident fixed contexts may hold together (K/V + index). A context needs
+  // about layers * kv_heads * tokens * head_dim * 2 * element size (Llama-3-8B shape, bf16: 128 KiB
+  // per token, 16 GiB per 128K tokens) plus ~3% for the index. More keeps more contexts resident
+  // (fewer uploads); it is memory the KV pool and weights cannot use.
+  int64_t context_budget_bytes = int64_t{8} << 30;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
   int64_t max_penalty_tokens = 1 << 20;
@@ -112,8 +138,11 @@ class CudaBackend : public Backend {
   StatusOr<SeqId> AddSequence() override;
   Status FreeSequence(SeqId seq) override;
   int64_t SequenceLength(SeqId seq) const override;
-  // See Backend::Forward; also UNIMPLEMENTED for a context and INVALID_ARGUMENT for more than
-  // max_step_tokens tokens. INTERNAL when a kernel fails (the step's sequences keep their lengths).
+  // See Backend::Forward; also INVALID_ARGUMENT for more than max_step_tokens tokens or a context
+  // whose snapshot does not match the model, UNIMPLEMENTED for a context without a snapshot or a
+  // SQUEEZED one on a model shape the lookup lacks, RESOURCE_EXHAUSTED when a context's device copy
+  // does not fit context_budget_bytes. INTERNAL when a kernel fails (the step's sequences keep
+  // their lengths).
   Status Forward(std::span<const StepInput> batch, float* logits) override;
   // Samples on the device (DeviceSampler): only the chosen token ids reach the host.
   bool SamplesInBackend() const override { return true; }
@@ -132,6 +161,16 @@ class CudaBackend : public Backend {
   // backend); starts as options.cuda_graphs.
   void set_cuda_graphs(bool on);
 
+  // Makes `context` (filled on the device, e.g. by IngestContext: bench/cuda_e2e) the resident copy
+  // of `snapshot`, which then serves requests whose ContextAttention borrows `snapshot` (its dims
+  // and thresholds are read; its heads may be empty). The element type must be the backend's.
+  // Errors: INVALID_ARGUMENT (resident already, shape mismatch), RESOURCE_EXHAUSTED (budget).
+  Status InstallContext(const ContextSnapshot& snapshot, std::unique_ptr<DeviceContext> context);
+  // Drops the device copy of `snapshot` now: NOT_FOUND if absent, FAILED_PRECONDITION while live
+  // sequences use it. (Copies are otherwise evicted only to make room.)
+  Status EvictContext(const ContextSnapshot& snapshot);
+  DeviceContextCache::Stats context_stats() const;
+
   // Device bytes of the weights and of the KV pool (K and V, all layers).
   size_t weight_bytes() const;
   size_t kv_pool_bytes() const;
@@ -148,10 +187,24 @@ class CudaBackend : public Backend {
                                                            const CudaBackendOptions& options,
                                                            uint64_t seed);
 
+  // Describes and makes resident the contexts of `batch` (by_batch_), holding a step reference on
+  // each; *any says whether there is one.
+  Status PrepareContexts(std::span<const StepInput> batch, bool* any);
+  void ReleaseStepContexts();
+  // Forward and ForwardSample after their own checks.
+  Status RunStep(std::span<const StepInput> batch, float* logits,
+                 std::span<const TokenSampling> sampling, int32_t* tokens);
+
   const ModelConfig config_;
   const CudaBackendOptions options_;
   PagedSequences sequences_;
   StepLayout layout_;  // reused between steps
+  std::unique_ptr<DeviceContextCache> contexts_;
+  // The context each live sequence is bound to (one reference each in contexts_).
+  std::unordered_map<SeqId, const ContextSnapshot*> seq_context_;
+  std::vector<StepContext> by_batch_;       // the current step's contexts, batch order
+  std::vector<StepContext> step_contexts_;  // ... in layout order (empty: no context)
+  std::vector<const ContextSnapshot*> step_refs_;
   std::unique_ptr<Impl> impl_;
 };
 

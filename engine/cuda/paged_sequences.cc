@@ -72,11 +72,11 @@ Status PagedSequences::Prepare(std::span<const StepInput> batch, const StepLimit
     }
     it->second.stamp = step_stamp_;
     if (in.tokens.empty()) return InvalidArgumentError(where(i) + ": no tokens");
-    if (in.context != nullptr) {
-      return UnimplementedError(
-          where(i) +
-          ": fixed contexts (StepInput::context) are not supported by the CUDA backend yet; "
-          "run requests with a context on the CPU backend");
+    const int64_t ctx_len = in.context != nullptr ? in.context->length() : 0;
+    if (it->second.context_length >= 0 && it->second.context_length != ctx_len) {
+      return InvalidArgumentError(where(i) + ": context length " + std::to_string(ctx_len) +
+                                  " differs from the " + std::to_string(it->second.context_length) +
+                                  " the sequence started with");
     }
     for (size_t t = 0; t < in.tokens.size(); ++t) {
       if (in.tokens[t] < 0 || in.tokens[t] >= limits.vocab) {
@@ -88,10 +88,10 @@ Status PagedSequences::Prepare(std::span<const StepInput> batch, const StepLimit
     }
     const Sequence& s = it->second;
     const int64_t n = static_cast<int64_t>(in.tokens.size());
-    if (s.length + n > limits.max_positions) {
-      return OutOfRangeError(where(i) + ": positions up to " + std::to_string(s.length + n) +
-                             " exceed max_position_embeddings " +
-                             std::to_string(limits.max_positions));
+    if (ctx_len + s.length + n > limits.max_positions) {
+      return OutOfRangeError(
+          where(i) + ": positions up to " + std::to_string(ctx_len + s.length + n) +
+          " exceed max_position_embeddings " + std::to_string(limits.max_positions));
     }
     const int64_t blocks_after = (s.length + n + kKvBlockTokens - 1) / kKvBlockTokens;
     needed_blocks += blocks_after - static_cast<int64_t>(s.blocks.size());
@@ -129,6 +129,7 @@ Status PagedSequences::Prepare(std::span<const StepInput> batch, const StepLimit
       item.batch_index = static_cast<int64_t>(i);
       item.n = n;
       item.cached = s.length;
+      item.context_len = in.context != nullptr ? in.context->length() : 0;
       item.blocks = static_cast<int64_t>(s.blocks.size());
       item.all_logits = in.all_logits;
       item.q_out = in.q_out;
@@ -168,7 +169,7 @@ Status PagedSequences::Prepare(std::span<const StepInput> batch, const StepLimit
     for (int64_t t = 0; t < item.n; ++t) {
       const int64_t r = item.row0 + t, pos = item.cached + t;
       ints[L.off_ids + r] = in.tokens[t];
-      ints[L.off_positions + r] = static_cast<int32_t>(pos);
+      ints[L.off_positions + r] = static_cast<int32_t>(item.context_len + pos);
       ints[L.off_slots + r] =
           s.blocks[pos / kKvBlockTokens] * static_cast<int32_t>(kKvBlockTokens) +
           static_cast<int32_t>(pos % kKvBlockTokens);
@@ -203,7 +204,9 @@ Status PagedSequences::Prepare(std::span<const StepInput> batch, const StepLimit
 
 void PagedSequences::Advance(const StepLayout& layout, std::span<const StepInput> batch) {
   for (const StepLayout::Item& item : layout.items) {
-    sequences_[batch[item.batch_index].seq].length += item.n;
+    Sequence& s = sequences_[batch[item.batch_index].seq];
+    s.length += item.n;
+    s.context_length = item.context_len;
   }
 }
 

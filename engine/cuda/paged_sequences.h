@@ -33,7 +33,9 @@ struct StepLayout {
     int64_t batch_index = 0;  // index into the Forward batch
     int64_t row0 = 0;         // first device row
     int64_t n = 0;            // new tokens
-    int64_t cached = 0;       // own tokens cached before the step (the position of its first row)
+    int64_t cached = 0;       // own tokens cached before the step
+    int64_t context_len = 0;  // fixed-context tokens before the own ones (0: none); the first
+                              // row's absolute position (RoPE) is context_len + cached
     int64_t table = 0;        // offset of its block table in the block_ids section
     int64_t blocks = 0;       // entries of its block table (after the step's blocks were taken)
     bool all_logits = false;
@@ -48,8 +50,9 @@ struct StepLayout {
   std::vector<int32_t> item_of_batch;  // [batch size] index into items of each batch entry
 
   // int32 sections of `ints` (offsets in elements):
-  //   ids [rows], positions [rows], slots [rows] (block * kKvBlockTokens + slot of each row's new
-  //   key), row_keys [rows] (keys the row attends to: its position + 1), row_table [rows] (offset
+  //   ids [rows], positions [rows] (absolute, for RoPE: context_len + own position), slots [rows]
+  //   (block * kKvBlockTokens + slot of each row's new key), row_keys [rows] (own keys the row
+  //   attends to: its own position + 1), row_table [rows] (offset
   //   of the row's block table in block_ids), logit_rows [out_rows] (device row of each logit row,
   //   in the caller's order), own_len [decode_items] (keys of each decode item), indptr
   //   [decode_items + 1] (CSR offsets of the decode items' block tables in block_ids), block_ids
@@ -81,10 +84,10 @@ class PagedSequences {
   const std::vector<int32_t>* Blocks(SeqId seq) const;
   KvPoolStats Stats() const;
 
-  // Validates `batch` (Backend::Forward's contract; a fixed context is UNIMPLEMENTED on the GPU
-  // for now) and, only if it is valid, takes the KV blocks the step's new tokens need and fills
-  // *layout (its vectors' capacity is reused). On error nothing changes. Lengths do not advance
-  // until Advance.
+  // Validates `batch` (Backend::Forward's contract: a sequence keeps the context length of its
+  // first step; positions are context length + own position) and, only if it is valid, takes the KV
+  // blocks the step's new tokens need and fills *layout (its vectors' capacity is reused). On error
+  // nothing changes. Lengths do not advance until Advance.
   Status Prepare(std::span<const StepInput> batch, const StepLimits& limits, StepLayout* layout);
   // Advances every item's length by its new tokens (after the step ran).
   void Advance(const StepLayout& layout, std::span<const StepInput> batch);
@@ -93,7 +96,8 @@ class PagedSequences {
   struct Sequence {
     int64_t length = 0;
     std::vector<int32_t> blocks;
-    uint64_t stamp = 0;  // step_stamp_ of the last Prepare that saw it (duplicate check)
+    int64_t context_length = -1;  // set by the first step: its context's length (0: none)
+    uint64_t stamp = 0;           // step_stamp_ of the last Prepare that saw it (duplicate check)
   };
 
   const int64_t total_blocks_;

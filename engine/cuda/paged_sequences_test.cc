@@ -12,8 +12,12 @@ constexpr StepLimits kLimits{/*vocab=*/100, /*max_positions=*/1000, /*max_step_t
 
 class FakeContext : public ContextAttention {
  public:
-  int64_t length() const override { return 3; }
+  explicit FakeContext(int64_t length = 3) : length_(length) {}
+  int64_t length() const override { return length_; }
   void Attend(int, const float*, int64_t, int64_t, float*, cpu::AttentionPartial*) const override {}
+
+ private:
+  int64_t length_;
 };
 
 std::vector<int32_t> Section(const StepLayout& L, int64_t off, int64_t n) {
@@ -127,16 +131,16 @@ TEST_CASE("PagedSequences: every invalid step is refused with a clear message an
   };
   std::vector<StepInput> with_ctx = {{a, one}};
   with_ctx[0].context = &ctx;
-  const StepLimits small_positions{100, 10, 64};
+  const StepLimits small_positions{100, 3, 64};
   const StepLimits small_step{100, 1000, 30};
   const std::vector<Case> cases = {
       {{{777, one}}, kLimits, StatusCode::kInvalidArgument, "unknown sequence"},
       {{{a, one}, {a, one}}, kLimits, StatusCode::kInvalidArgument, "appears twice"},
       {{{a, {}}}, kLimits, StatusCode::kInvalidArgument, "no tokens"},
-      {with_ctx, kLimits, StatusCode::kUnimplemented, "fixed contexts"},
+      {with_ctx, small_positions, StatusCode::kOutOfRange, "positions up to 4 exceed"},
       {{{a, bad_low}}, kLimits, StatusCode::kInvalidArgument, "outside the vocabulary [0, 100)"},
       {{{a, bad_high}}, kLimits, StatusCode::kInvalidArgument, "token id 100"},
-      {{{a, many}}, small_positions, StatusCode::kOutOfRange, "max_position_embeddings 10"},
+      {{{a, many}}, small_positions, StatusCode::kOutOfRange, "max_position_embeddings 3"},
       {{{a, many}}, small_step, StatusCode::kInvalidArgument, "max_step_tokens = 30"},
       {{{a, many}}, kLimits, StatusCode::kResourceExhausted, "needs 3 new KV blocks"},
       {{{a, many}, {b, one}}, kLimits, StatusCode::kResourceExhausted, "only 2 of 2 are free"},
@@ -153,6 +157,40 @@ TEST_CASE("PagedSequences: every invalid step is refused with a clear message an
   // The same sequence may appear again in the next step after a refused one.
   std::vector<StepInput> ok = {{a, one}};
   CHECK(t.Prepare(ok, kLimits, &L).ok());
+}
+
+TEST_CASE("PagedSequences: a context shifts positions, not slots, and its length is fixed") {
+  PagedSequences t(8);
+  const SeqId a = t.Add(), b = t.Add();
+  FakeContext ctx(100), other(7);
+  StepLayout L;
+  const std::vector<int32_t> three = {1, 2, 3}, one = {4};
+  std::vector<StepInput> batch = {{a, three}, {b, one}};
+  batch[0].context = &ctx;
+  REQUIRE(t.Prepare(batch, kLimits, &L).ok());
+  // Decode item b first (no context), then a's three rows at positions 100, 101, 102.
+  CHECK(Section(L, L.off_positions, 4) == std::vector<int32_t>{0, 100, 101, 102});
+  CHECK(Section(L, L.off_row_keys, 4) == std::vector<int32_t>{1, 1, 2, 3});
+  CHECK(L.items[1].context_len == 100);
+  CHECK(L.items[0].context_len == 0);
+  t.Advance(L, batch);
+  // a keeps its context length; b (started without one) may not take one later.
+  std::vector<StepInput> next = {{a, one}};
+  next[0].context = &other;
+  Status s = t.Prepare(next, kLimits, &L);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("context length 7 differs from the 100") != std::string::npos);
+  next = {{b, one}};
+  next[0].context = &ctx;
+  s = t.Prepare(next, kLimits, &L);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("differs from the 0") != std::string::npos);
+  next = {{a, one}};
+  next[0].context = &ctx;
+  REQUIRE(t.Prepare(next, kLimits, &L).ok());
+  CHECK(L.ints[L.off_positions] == 103);
+  CHECK(L.ints[L.off_own_len] == 4);
+  CHECK(L.items[0].context_len == 100);
 }
 
 TEST_CASE("PagedSequences: random steps keep block tables disjoint and slots consistent") {

@@ -1,0 +1,76 @@
+// How the CUDA backend serves the fixed context of a request: DescribeContext maps the
+// ContextAttention that a request carries (a CPU object, engine/squeeze MakeContextAttention) to
+// what the device needs: the snapshot to keep resident (its identity keys the device cache,
+// device_context.h) and, for SQUEEZED attention, the parameters of the GPU lookup
+// (kernels/cuda/squeeze_select.h) that reproduce the CPU's SelectionParams.
+//
+// Only engine/squeeze's SnapshotAttention implementations carry a snapshot; any other
+// ContextAttention is UNIMPLEMENTED on the GPU (the CPU backend calls its Attend instead).
+// The mapping, per request (SqueezedContextAttention::ParamsForLayer on the CPU):
+//   DENSE                      -> every context row (sink | body | window), no lookup;
+//   SQUEEZED, budget policy    -> SqueezePolicy::kBudget with value kv_budget (all layers);
+//   SQUEEZED, threshold policy -> SqueezePolicy::kThreshold with the calibrated threshold of the
+//                                 layer (or the global one), value per layer;
+//   gqa_reduce max / mean      -> SqueezeReduce::kMax / kMean;
+//   hierarchical               -> hierarchical with coarse_coverage = min(1, coarse_expansion *
+//                                 coarse_keep), as the CPU's coarse step keeps groups.
+// Requests whose lookups differ only in the value (budget or threshold) share one SqueezeSelect
+// launch (per_request_value); other differences (policy, reduce, hierarchy, coverage) make separate
+// lookup classes, each one launch per layer.
+//
+// What the GPU does not do like the CPU (documented in cuda_backend.h): selection happens for
+// decode steps only; prefill rows (several new tokens of a request) attend to every context row,
+// so a SQUEEZED request's prefill equals its DENSE prefill (sparse prefill per query block is not
+// built yet). The lookup reads bf16 centroids and bf16 queries, so near-ties may select otherwise.
+//
+// Pure host code (no device access): tested without a GPU. Thread safety: stateless functions.
+#pragma once
+
+#include <cstdint>
+#include <tuple>
+
+#include "common/status.h"
+#include "engine/model/config.h"
+#include "engine/model/context_attention.h"
+#include "engine/squeeze/snapshot.h"
+#include "engine/squeeze/squeezed_attention.h"
+#include "kernels/cuda/squeeze_select.h"
+
+namespace sqz {
+
+// The lookup parameters shared by one SqueezeSelect launch.
+struct LookupClass {
+  cuda::SqueezePolicy policy = cuda::SqueezePolicy::kBudget;
+  cuda::SqueezeReduce reduce = cuda::SqueezeReduce::kMax;
+  bool hierarchical = false;
+  float coarse_coverage = 1.0f;  // used when hierarchical
+
+  auto Tie() const { return std::tie(policy, reduce, hierarchical, coarse_coverage); }
+  bool operator==(const LookupClass& o) const { return Tie() == o.Tie(); }
+  bool operator<(const LookupClass& o) const { return Tie() < o.Tie(); }
+};
+
+struct DeviceContextQuery {
+  const ContextSnapshot* snapshot = nullptr;  // borrowed from the ContextAttention
+  // Null for DENSE; else the request's squeezed attention (borrowed for the step), whose
+  // ParamsForLayer gives per-layer thresholds.
+  const SqueezedContextAttention* squeezed = nullptr;
+  LookupClass lookup;      // meaningful when squeezed
+  float kv_budget = 1.0f;  // budget policy
+};
+
+// Whether the GPU lookup and the sparse decode kernel are compiled for this model's attention
+// shape (head_dim 64 or 128, GQA group at most 8).
+bool SqueezedLookupFits(const ModelConfig& config);
+
+// Describes `context` for the device. INVALID_ARGUMENT when its snapshot does not match the model
+// (layers, heads, head_dim) or is longer than 2^31 - 1 tokens; UNIMPLEMENTED for a ContextAttention
+// without a snapshot, or a SQUEEZED one on a model whose shape the lookup kernels lack (the message
+// says to use DENSE).
+StatusOr<DeviceContextQuery> DescribeContext(const ContextAttention& context,
+                                             const ModelConfig& config);
+
+// The per-request value of SqueezeSelect at `layer`: kv_budget (budget) or the threshold.
+float LookupValue(const DeviceContextQuery& query, int layer);
+
+}  // namespace sqz

@@ -1,0 +1,138 @@
+// DescribeContext: how a request's ContextAttention maps to the device lookup, and its refusals.
+// Host only (no GPU): the snapshots are small synthetic ones built by the CPU BuildSnapshot.
+#include "engine/cuda/context_plan.h"
+
+#include <catch2/catch.hpp>
+
+#include "engine/squeeze/index_builder.h"
+#include "engine/squeeze/synthetic.h"
+
+namespace sqz {
+namespace {
+
+ModelConfig ConfigFor(const SnapshotDims& d) {
+  ModelConfig c;
+  c.layers = d.layers;
+  c.kv_heads = d.kv_heads;
+  c.q_heads = d.q_heads;
+  c.head_dim = d.head_dim;
+  c.hidden = d.q_heads * d.head_dim;
+  return c;
+}
+
+const ContextSnapshot& Snapshot() {
+  static const ContextSnapshot snap = [] {
+    SyntheticSpec spec;
+    spec.layers = 3;
+    spec.kv_heads = 2;
+    spec.q_heads = 8;
+    spec.head_dim = 64;
+    spec.n_tokens = 1000;
+    spec.window_len = 100;
+    spec.mixture_components = 16;
+    SqueezeOptions o;
+    o.kmeans_iterations = 3;
+    return BuildSnapshot(SyntheticContext(spec), o).value();
+  }();
+  return snap;
+}
+
+class NoSnapshot : public ContextAttention {
+ public:
+  int64_t length() const override { return 5; }
+  void Attend(int, const float*, int64_t, int64_t, float*, cpu::AttentionPartial*) const override {}
+};
+
+TEST_CASE("DescribeContext: DENSE keeps every row, no lookup") {
+  const ContextSnapshot& s = Snapshot();
+  AttentionOptions o;
+  o.mode = AttentionMode::kDense;
+  auto attn = MakeContextAttention(s, o).value();
+  auto q = DescribeContext(*attn, ConfigFor(s.dims));
+  REQUIRE(q.ok());
+  CHECK(q->snapshot == &s);
+  CHECK(q->squeezed == nullptr);
+  CHECK(LookupValue(*q, 0) == 1.0f);
+}
+
+TEST_CASE("DescribeContext: SQUEEZED budget, threshold, reduce and hierarchy map one to one") {
+  const ContextSnapshot& s = Snapshot();
+  AttentionOptions o;
+  o.kv_budget = 0.3;
+  auto budget = MakeContextAttention(s, o).value();
+  auto q = DescribeContext(*budget, ConfigFor(s.dims));
+  REQUIRE(q.ok());
+  CHECK(q->squeezed != nullptr);
+  CHECK(q->lookup.policy == cuda::SqueezePolicy::kBudget);
+  CHECK(q->lookup.reduce == cuda::SqueezeReduce::kMax);
+  CHECK_FALSE(q->lookup.hierarchical);
+  for (int layer = 0; layer < 3; ++layer) CHECK(LookupValue(*q, layer) == Approx(0.3f));
+
+  o.policy = SelectionPolicy::kThreshold;
+  o.sparsity = 0.8;
+  o.gqa_reduce = GqaReduce::kMean;
+  o.per_layer_thresholds = true;
+  auto thr = MakeContextAttention(s, o).value();
+  auto t = DescribeContext(*thr, ConfigFor(s.dims));
+  REQUIRE(t.ok());
+  CHECK(t->lookup.policy == cuda::SqueezePolicy::kThreshold);
+  CHECK(t->lookup.reduce == cuda::SqueezeReduce::kMean);
+  for (int layer = 0; layer < 3; ++layer) {
+    CHECK(LookupValue(*t, layer) == ThresholdForSparsity(s, GqaReduce::kMean, layer, 0.8));
+  }
+  CHECK_FALSE(t->lookup == q->lookup);
+
+  o = AttentionOptions{};
+  o.kv_budget = 0.2;
+  o.hierarchical = true;
+  o.coarse_expansion = 2.0;
+  auto hier = MakeContextAttention(s, o).value();
+  auto h = DescribeContext(*hier, ConfigFor(s.dims));
+  REQUIRE(h.ok());
+  REQUIRE_FALSE(s.heads[0].coarse_offsets.empty());
+  CHECK(h->lookup.hierarchical);
+  CHECK(h->lookup.coarse_coverage == Approx(0.4f));
+  // Budgets alone do not split a lookup class.
+  o.hierarchical = false;
+  o.kv_budget = 0.9;
+  auto other = MakeContextAttention(s, o).value();
+  CHECK(DescribeContext(*other, ConfigFor(s.dims))->lookup == q->lookup);
+}
+
+TEST_CASE("DescribeContext: refusals say why") {
+  const ContextSnapshot& s = Snapshot();
+  NoSnapshot none;
+  auto a = DescribeContext(none, ConfigFor(s.dims));
+  CHECK(a.status().code() == StatusCode::kUnimplemented);
+  CHECK(a.status().message().find("has no snapshot") != std::string::npos);
+
+  AttentionOptions o;
+  auto sq = MakeContextAttention(s, o).value();
+  ModelConfig wrong = ConfigFor(s.dims);
+  wrong.layers = 4;
+  auto b = DescribeContext(*sq, wrong);
+  CHECK(b.status().code() == StatusCode::kInvalidArgument);
+  CHECK(b.status().message().find("does not match the model's (4, 2, 8, 64)") != std::string::npos);
+
+  // A head_dim the lookup lacks: SQUEEZED is refused, DENSE is served.
+  SyntheticSpec spec;
+  spec.layers = 1;
+  spec.kv_heads = 1;
+  spec.q_heads = 2;
+  spec.head_dim = 8;
+  spec.n_tokens = 300;
+  spec.mixture_components = 4;
+  const ContextSnapshot small = BuildSnapshot(SyntheticContext(spec), SqueezeOptions{}).value();
+  auto sq8 = MakeContextAttention(small, o).value();
+  auto c = DescribeContext(*sq8, ConfigFor(small.dims));
+  CHECK(c.status().code() == StatusCode::kUnimplemented);
+  CHECK(c.status().message().find("ask for attention mode DENSE") != std::string::npos);
+  o.mode = AttentionMode::kDense;
+  auto dense8 = MakeContextAttention(small, o).value();
+  CHECK(DescribeContext(*dense8, ConfigFor(small.dims)).ok());
+  CHECK_FALSE(SqueezedLookupFits(ConfigFor(small.dims)));
+  CHECK(SqueezedLookupFits(ConfigFor(s.dims)));
+}
+
+}  // namespace
+}  // namespace sqz

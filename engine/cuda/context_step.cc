@@ -1,0 +1,396 @@
+#include "engine/cuda/context_step.h"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <type_traits>
+
+#include "engine/cuda/context_kernels.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/model_ops.h"
+#include "kernels/cuda/prefill_attention.h"
+
+namespace sqz {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+size_t Align(size_t bytes, size_t a = 256) { return (bytes + a - 1) / a * a; }
+
+// Appends `bytes` (aligned to `align`) to a host layout; returns its offset.
+size_t Take(std::vector<char>* host, size_t bytes, size_t align = 8) {
+  const size_t off = Align(host->size(), align);
+  host->resize(off + bytes);
+  return off;
+}
+
+template <typename X>
+X* At(std::vector<char>& host, size_t off) {
+  return reinterpret_cast<X*>(host.data() + off);
+}
+
+}  // namespace
+
+template <typename T>
+Status ContextStep<T>::Grow(DeviceMemory* m, size_t bytes, const char* what) {
+  if (m->bytes() >= bytes) return OkStatus();
+  // The old buffer may be in use by the previous step's kernels.
+  SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "ContextStep: grow");
+  *m = DeviceMemory();
+  SQZ_ASSIGN_OR_RETURN(*m, DeviceMemory::Allocate(Align(bytes * 5 / 4 + 256), what));
+  return OkStatus();
+}
+
+template <typename T>
+Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext> contexts) {
+  contexts_ = contexts;
+  const int64_t items = static_cast<int64_t>(L.items.size()), D = L.decode_items;
+  const int kvh = s_.kv_heads;
+  host_.clear();
+  off_ctx_len_ = Take(&host_, items * 4);
+  off_row_slot_ = Take(&host_, L.rows * 4);
+  off_row_sel_ = Take(&host_, L.rows * 4);
+  off_ctx_k_ = Take(&host_, static_cast<size_t>(s_.layers) * items * sizeof(void*));
+  off_ctx_v_ = Take(&host_, static_cast<size_t>(s_.layers) * items * sizeof(void*));
+
+  // Lookup classes over the SQUEEZED decode items.
+  std::map<LookupClass, std::vector<int32_t>> by_class;
+  for (int64_t d = 0; d < D; ++d) {
+    const StepContext& c = contexts[d];
+    if (c.device != nullptr && c.query.squeezed != nullptr) {
+      by_class[c.query.lookup].push_back(static_cast<int32_t>(d));
+    }
+  }
+  any_squeezed_ = !by_class.empty();
+  classes_.clear();
+  for (auto& [lookup, members] : by_class) {
+    Class c;
+    c.lookup = lookup;
+    c.items = std::move(members);
+    const size_t n = c.items.size();
+    c.off_rows = Take(&host_, n * 4);
+    c.off_values = Take(&host_, static_cast<size_t>(s_.layers) * n * 4);
+    c.off_views = Take(&host_, static_cast<size_t>(s_.layers) * n * sizeof(cuda::SqueezeLayerView),
+                       alignof(cuda::SqueezeLayerView));
+    classes_.push_back(std::move(c));
+  }
+
+  // Per item: context length, K/V pointers per layer; per row: slot and selection index.
+  max_prefill_rows_ = 0;
+  decode_max_kv_ = 0;
+  for (int64_t i = 0; i < items; ++i) {
+    const StepLayout::Item& item = L.items[i];
+    const DeviceContext* dc = contexts[i].device;
+    At<int32_t>(host_, off_ctx_len_)[i] = dc ? static_cast<int32_t>(dc->shape().n_tokens) : 0;
+    for (int layer = 0; layer < s_.layers; ++layer) {
+      At<const void*>(host_, off_ctx_k_)[layer * items + i] = dc ? dc->layer_k(layer) : nullptr;
+      At<const void*>(host_, off_ctx_v_)[layer * items + i] = dc ? dc->layer_v(layer) : nullptr;
+    }
+    const bool squeezed = dc != nullptr && contexts[i].query.squeezed != nullptr && i < D;
+    for (int64_t t = 0; t < item.n; ++t) {
+      At<int32_t>(host_, off_row_slot_)[item.row0 + t] = dc ? static_cast<int32_t>(i) : -1;
+      At<int32_t>(host_, off_row_sel_)[item.row0 + t] = squeezed ? static_cast<int32_t>(i) : -1;
+    }
+    if (i < D) {
+      int64_t ctx_keys = 0;
+      if (dc != nullptr) {
+        const DeviceContextShape& sh = dc->shape();
+        ctx_keys = sh.n_tokens;
+        if (squeezed) {
+          const DeviceContextQuery& q = contexts[i].query;
+          ctx_keys =
+              cuda::SqueezeMaxSelectedKeys(q.lookup.policy, q.kv_budget, sh.sink_len, sh.body_len(),
+                                           sh.window_len, dc->largest_cluster());
+        }
+      }
+      decode_max_kv_ = std::max(decode_max_kv_, ctx_keys + item.cached + 1);
+    } else if (dc != nullptr) {
+      max_prefill_rows_ = std::max(max_prefill_rows_, item.n);
+    }
+  }
+
+  // Per class: rows, per-layer values and views, and the lookup's plan.
+  full_max_segments_ = 1;
+  compact_max_segments_ = 1;
+  max_class_ = 0;
+  select_ws_bytes_ = 0;
+  for (Class& c : classes_) {
+    const int64_t n = static_cast<int64_t>(c.items.size());
+    c.max_clusters = 0;
+    c.max_coarse = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const int32_t d = c.items[j];
+      const StepContext& sc = contexts[d];
+      At<int32_t>(host_, c.off_rows)[j] = static_cast<int32_t>(L.items[d].row0);
+      c.max_clusters = std::max<int32_t>(c.max_clusters, sc.device->shape().k);
+      c.max_coarse = std::max<int32_t>(c.max_coarse, sc.device->shape().k1);
+      for (int layer = 0; layer < s_.layers; ++layer) {
+        At<float>(host_, c.off_values)[layer * n + j] = LookupValue(sc.query, layer);
+        At<cuda::SqueezeLayerView>(host_, c.off_views)[layer * n + j] = sc.device->view(layer);
+      }
+    }
+    cuda::SqueezeSelectParams p;
+    p.batch = static_cast<int>(n);
+    p.n_q_heads = s_.q_heads;
+    p.n_kv_heads = kvh;
+    p.head_dim = s_.head_dim;
+    p.policy = c.lookup.policy;
+    p.reduce = c.lookup.reduce;
+    p.hierarchical = c.lookup.hierarchical;
+    p.coarse_coverage = c.lookup.coarse_coverage;
+    p.max_clusters = c.max_clusters;
+    p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
+    c.plan = cuda::PlanSqueezeSelect(p);
+    full_max_segments_ = std::max(full_max_segments_, c.plan.max_segments);
+    compact_max_segments_ = std::max(compact_max_segments_, c.plan.max_segments);
+    max_class_ = std::max<int32_t>(max_class_, static_cast<int32_t>(n));
+    select_ws_bytes_ = std::max(select_ws_bytes_, c.plan.workspace_bytes);
+  }
+
+  // Device space: metadata, selections, prefill partials.
+  SQZ_RETURN_IF_ERROR(Grow(&meta_, host_.size(), "the context step's metadata"));
+  if (pinned_.bytes() < host_.size()) {
+    SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "ContextStep: grow staging");
+    pinned_ = PinnedMemory();
+    SQZ_ASSIGN_OR_RETURN(pinned_, PinnedMemory::Allocate(Align(host_.size() * 5 / 4 + 256),
+                                                         "context step metadata staging"));
+  }
+  if (any_squeezed_) {
+    size_t off = 0;
+    auto take = [&](size_t bytes) {
+      const size_t o = off;
+      off += Align(bytes);
+      return o;
+    };
+    const size_t full = static_cast<size_t>(D) * kvh,
+                 compact = static_cast<size_t>(max_class_) * kvh;
+    off_full_seg_ = take(full * full_max_segments_ * sizeof(int2));
+    off_full_num_ = take(full * 4);
+    off_full_len_ = take(full * 4);
+    off_c_seg_ = take(compact * compact_max_segments_ * sizeof(int2));
+    off_c_num_ = take(compact * 4);
+    off_c_len_ = take(compact * 4);
+    off_q_ = take(static_cast<size_t>(max_class_) * s_.q_heads * s_.head_dim * sizeof(bf16));
+    off_ws_ = take(select_ws_bytes_);
+    SQZ_RETURN_IF_ERROR(Grow(&select_, off, "Squeezed Attention selections"));
+  }
+  if (max_prefill_rows_ > 0) {
+    const size_t rows = static_cast<size_t>(max_prefill_rows_) * s_.q_heads;
+    SQZ_RETURN_IF_ERROR(Grow(
+        &prefill_,
+        Align(rows * s_.head_dim * sizeof(T)) + 2 * Align(rows * sizeof(cpu::AttentionPartial)),
+        "context prefill partials"));
+  }
+  // The previous step's kernels may still read the staging buffer's last contents through the
+  // earlier copy: copies from pinned memory are ordered on the stream, so wait for it first.
+  SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "ContextStep: staging");
+  std::memcpy(pinned_.get(), host_.data(), host_.size());
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(meta_.get(), pinned_.get(), host_.size(), cudaMemcpyHostToDevice, stream_),
+      "ContextStep: metadata");
+  return OkStatus();
+}
+
+template <typename T>
+cuda::SqueezeSelection ContextStep<T>::Full() const {
+  char* b = select_.get<char>();
+  return {reinterpret_cast<int2*>(b + off_full_seg_), reinterpret_cast<int32_t*>(b + off_full_num_),
+          reinterpret_cast<int32_t*>(b + off_full_len_), nullptr};
+}
+
+template <typename T>
+cuda::SqueezeSelection ContextStep<T>::Compact() const {
+  char* b = select_.get<char>();
+  return {reinterpret_cast<int2*>(b + off_c_seg_), reinterpret_cast<int32_t*>(b + off_c_num_),
+          reinterpret_cast<int32_t*>(b + off_c_len_), nullptr};
+}
+
+template <typename T>
+Status ContextStep<T>::Select(const StepLayout& L, int layer, const Buffers& b) {
+  if (!any_squeezed_) return OkStatus();
+  const cuda::SqueezeSelection full = Full(), compact = Compact();
+  const char* meta = meta_.get<char>();
+  const int D = static_cast<int>(L.decode_items);
+  if (layer == 0) {
+    SQZ_RETURN_IF_ERROR(
+        cuda_ctx::InitDenseSelection(reinterpret_cast<const int32_t*>(meta + off_ctx_len_), D,
+                                     s_.kv_heads, full, full_max_segments_, stream_));
+  }
+  bf16* q = reinterpret_cast<bf16*>(select_.get<char>() + off_q_);
+  const int q_dim = s_.q_heads * s_.head_dim;
+  for (const Class& c : classes_) {
+    const int n = static_cast<int>(c.items.size());
+    const int32_t* rows = reinterpret_cast<const int32_t*>(meta + c.off_rows);
+    SQZ_RETURN_IF_ERROR(cuda_ctx::GatherQueryRows<T>(b.qkv, b.qkv_dim, rows, n, q_dim, q, stream_));
+    cuda::SqueezeSelectParams p;
+    p.batch = n;
+    p.n_q_heads = s_.q_heads;
+    p.n_kv_heads = s_.kv_heads;
+    p.head_dim = s_.head_dim;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(s_.head_dim));
+    p.q = q;
+    p.q_stride = q_dim;
+    p.views = reinterpret_cast<const cuda::SqueezeLayerView*>(meta + c.off_views) +
+              static_cast<int64_t>(layer) * n;
+    p.policy = c.lookup.policy;
+    p.reduce = c.lookup.reduce;
+    p.per_request_value =
+        reinterpret_cast<const float*>(meta + c.off_values) + static_cast<int64_t>(layer) * n;
+    p.hierarchical = c.lookup.hierarchical;
+    p.coarse_coverage = c.lookup.coarse_coverage;
+    p.max_clusters = c.max_clusters;
+    p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
+    const cuda::SqueezeSelectPlan plan = cuda::PlanSqueezeSelect(p);
+    SQZ_RETURN_IF_ERROR(cuda::SqueezeSelect(p, plan, compact, select_.get<char>() + off_ws_,
+                                            select_ws_bytes_, stream_));
+    // Scatter by decode item index: the layout's decode rows are the decode item indices.
+    SQZ_RETURN_IF_ERROR(cuda_ctx::ScatterSelection(compact, plan.max_segments, rows, n, s_.kv_heads,
+                                                   full, full_max_segments_, stream_));
+  }
+  return OkStatus();
+}
+
+template <typename T>
+Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, const Buffers& b) {
+  const StepLayout::Item& item = L.items[i];
+  const int d = s_.head_dim, q_dim = s_.q_heads * d, kv_dim = s_.kv_heads * d;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const DeviceContext* dc = contexts_[i].device;
+  cuda::PrefillAttentionParams p;
+  p.q = reinterpret_cast<const bf16*>(b.qkv) + item.row0 * b.qkv_dim;
+  p.q_token_stride = b.qkv_dim;
+  const int32_t* block_ids = b.meta + L.off_block_ids;
+  if (item.cached == 0) {
+    p.k = reinterpret_cast<const bf16*>(b.qkv) + item.row0 * b.qkv_dim + q_dim;
+    p.v = p.k + kv_dim;
+    p.kv_token_stride = b.qkv_dim;
+  } else {
+    SQZ_RETURN_IF_ERROR(cuda::GatherPagedKv<T>(b.pool_k, b.pool_v, block_ids + item.table,
+                                               item.cached + item.n, s_.kv_heads, d, b.kbuf, b.vbuf,
+                                               stream_));
+    p.k = reinterpret_cast<const bf16*>(b.kbuf);
+    p.v = reinterpret_cast<const bf16*>(b.vbuf);
+    p.kv_token_stride = kv_dim;
+  }
+  p.kv_head_stride = d;
+  p.n_q = item.n;
+  p.n_kv = item.cached + item.n;
+  p.n_q_heads = s_.q_heads;
+  p.n_kv_heads = s_.kv_heads;
+  p.head_dim = d;
+  p.scale = scale;
+  p.causal = true;
+  p.q_offset = item.cached;
+  bf16* out = reinterpret_cast<bf16*>(b.attn) + item.row0 * q_dim;
+  if (dc == nullptr) return cuda::PrefillAttention<bf16>(p, out, q_dim, nullptr, stream_);
+  const size_t rows = static_cast<size_t>(max_prefill_rows_) * s_.q_heads;
+  char* base = prefill_.get<char>();
+  bf16* ctx_o = reinterpret_cast<bf16*>(base);
+  auto* st_ctx = reinterpret_cast<cpu::AttentionPartial*>(base + Align(rows * d * sizeof(T)));
+  auto* st_own = reinterpret_cast<cpu::AttentionPartial*>(
+      base + Align(rows * d * sizeof(T)) + Align(rows * sizeof(cpu::AttentionPartial)));
+  SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, out, q_dim, st_own, stream_));
+  // Every context row precedes every own token: non-causal over the head-major context rows.
+  cuda::PrefillAttentionParams c = p;
+  const int64_t n = dc->shape().n_tokens;
+  c.k = static_cast<const bf16*>(dc->layer_k(layer));
+  c.v = static_cast<const bf16*>(dc->layer_v(layer));
+  c.kv_token_stride = d;
+  c.kv_head_stride = n * d;
+  c.n_kv = n;
+  c.causal = false;
+  c.q_offset = 0;
+  SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(c, ctx_o, q_dim, st_ctx, stream_));
+  return cuda::MergeAttentionPartials<bf16>(out, st_own, ctx_o, st_ctx, item.n * s_.q_heads, d,
+                                            stream_);
+}
+
+template <typename T>
+Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& b) {
+  SQZ_RETURN_IF_ERROR(Select(L, layer, b));
+  const char* meta = meta_.get<char>();
+  const int64_t items = static_cast<int64_t>(L.items.size());
+  const int d = s_.head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const auto* ctx_len = reinterpret_cast<const int32_t*>(meta + off_ctx_len_);
+  const auto* ctx_k = reinterpret_cast<const T* const*>(meta + off_ctx_k_) + layer * items;
+  const auto* ctx_v = reinterpret_cast<const T* const*>(meta + off_ctx_v_) + layer * items;
+  const bool all_simple = std::is_same_v<T, float>;
+  const int64_t simple_rows = all_simple ? L.rows : (s_.decode_kernel_fits ? 0 : L.decode_items);
+  if (simple_rows > 0) {
+    cuda_ctx::ContextAttentionParams<T> p;
+    p.q = b.qkv;
+    p.q_stride = b.qkv_dim;
+    p.rows = simple_rows;
+    p.q_heads = s_.q_heads;
+    p.kv_heads = s_.kv_heads;
+    p.head_dim = d;
+    p.scale = scale;
+    p.row_keys = b.meta + L.off_row_keys;
+    p.row_table = b.meta + L.off_row_table;
+    p.block_ids = b.meta + L.off_block_ids;
+    p.pool_k = b.pool_k;
+    p.pool_v = b.pool_v;
+    p.row_slot = reinterpret_cast<const int32_t*>(meta + off_row_slot_);
+    p.ctx_len = ctx_len;
+    p.ctx_k = ctx_k;
+    p.ctx_v = ctx_v;
+    if (any_squeezed_) {
+      p.row_sel = reinterpret_cast<const int32_t*>(meta + off_row_sel_);
+      p.sparse =
+          cuda::AsContextSegments(Full(), cuda::SqueezeSelectPlan{0, 0, full_max_segments_, 0});
+    }
+    SQZ_RETURN_IF_ERROR(
+        cuda_ctx::ContextAttentionSimple<T>(p, b.attn, int64_t{s_.q_heads} * d, stream_));
+  }
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (L.decode_items > 0 && simple_rows == 0) {
+      cuda::DecodeAttentionParams p;
+      p.batch = static_cast<int>(L.decode_items);
+      p.n_q_heads = s_.q_heads;
+      p.n_kv_heads = s_.kv_heads;
+      p.head_dim = d;
+      p.scale = scale;
+      p.q = b.qkv;
+      p.q_stride = b.qkv_dim;
+      p.ctx_len = ctx_len;
+      p.ctx_k = ctx_k;
+      p.ctx_v = ctx_v;
+      p.own_len = b.meta + L.off_own_len;
+      p.block_indptr = b.meta + L.off_indptr;
+      p.block_ids = b.meta + L.off_block_ids;
+      p.pool_k = b.pool_k;
+      p.pool_v = b.pool_v;
+      p.max_kv_len = decode_max_kv_;
+      if (any_squeezed_) {
+        p.sparse =
+            cuda::AsContextSegments(Full(), cuda::SqueezeSelectPlan{0, 0, full_max_segments_, 0});
+      }
+      cuda::DecodePlan plan = cuda::PlanDecodeAttention(p, s_.num_sms);
+      if (plan.workspace_bytes > b.decode_ws_bytes) {
+        // Fewer, longer chunks so that the partials fit the workspace (as the plain path does).
+        const size_t per_chunk = static_cast<size_t>(p.batch) * p.n_q_heads * (4 * d + 8);
+        const int64_t max_chunks = std::max<int64_t>(
+            1, (static_cast<int64_t>(b.decode_ws_bytes) - 512) / static_cast<int64_t>(per_chunk));
+        plan = cuda::PlanDecodeAttention(p, s_.num_sms,
+                                         (decode_max_kv_ + max_chunks - 1) / max_chunks);
+      }
+      SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, b.attn, nullptr, b.decode_ws,
+                                                      b.decode_ws_bytes, stream_));
+    }
+    for (size_t i = L.decode_items; i < L.items.size(); ++i) {
+      SQZ_RETURN_IF_ERROR(PrefillItem(L, i, layer, b));
+    }
+  }
+  return OkStatus();
+}
+
+template class ContextStep<float>;
+template class ContextStep<__nv_bfloat16>;
+
+}  // namespace sqz

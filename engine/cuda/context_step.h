@@ -1,0 +1,110 @@
+// ContextStep: the attention of one CUDA-backend step in which some sequences have a fixed context
+// (a resident DeviceContext), per layer:
+//   1. SQUEEZED decode items: per lookup class (context_plan.h), their query rows are gathered, one
+//      SqueezeSelect runs over them (batched across requests and contexts, per-request budget or
+//      threshold), and the selections are scattered into the step's per-decode-item segment lists;
+//      DENSE items get one segment covering their whole context, items without one get none.
+//   2. bf16 decode items: one DecodeAttention over [context (dense rows, or the segment lists when
+//      any item is SQUEEZED)] + [own tokens in the paged pool], split-K.
+//   3. bf16 prefill items (several new tokens) with a context: PrefillAttention non-causal over
+//      every context row (with (m, l)), causal PrefillAttention over the own keys (with (m, l)),
+//      merged exactly (MergeAttentionPartials). SQUEEZED requests prefill densely (sparse prefill
+//      per query block is not built yet).
+//   4. fp32 (the exactness mode), and bf16 decode when the decode kernel lacks the model's GQA
+//      group: ContextAttentionSimple (context keys, then own keys, one online softmax, fp32 math).
+// No host synchronisation inside a step: Prepare makes the step's metadata on the host and copies
+// it in one transfer before the layers run; Attention only enqueues kernels. Steps with contexts
+// run eagerly (no CUDA graph), because their metadata (context pointers, segment capacities,
+// the decode split) changes with the contexts in the batch.
+//
+// Memory: buffers grow (never shrink) to the largest step seen, so the first step of a new shape
+// may allocate; steady decode does not. Ownership: borrows the DeviceContexts for the step (the
+// backend keeps them resident while sequences use them). Thread safety: one thread (the backend's).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/cuda/context_plan.h"
+#include "engine/cuda/device_context.h"
+#include "engine/cuda/device_memory.h"
+#include "engine/cuda/paged_sequences.h"
+#include "kernels/cuda/squeeze_select.h"
+
+namespace sqz {
+
+// One layout item's fixed context in a step (StepLayout::items order).
+struct StepContext {
+  const DeviceContext* device = nullptr;  // null: the item has no context
+  DeviceContextQuery query;
+};
+
+template <typename T>
+class ContextStep {
+ public:
+  struct Shape {
+    int layers = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
+    int num_sms = 1;
+    bool decode_kernel_fits = true;  // head_dim and group compiled in DecodeAttention
+  };
+  // The backend's buffers a step's attention reads and writes (device memory).
+  struct Buffers {
+    const T* qkv = nullptr;  // [rows][qkv_dim], post-RoPE
+    int64_t qkv_dim = 0;
+    T* attn = nullptr;              // [rows][q_dim] output
+    const int32_t* meta = nullptr;  // the StepLayout ints on the device
+    const T* pool_k = nullptr;      // this layer's paged pool
+    const T* pool_v = nullptr;
+    T* kbuf = nullptr;  // [max_seq][kv_dim] gather space for a prefill item's own keys
+    T* vbuf = nullptr;
+    void* decode_ws = nullptr;
+    size_t decode_ws_bytes = 0;
+  };
+
+  ContextStep(const Shape& shape, cudaStream_t stream) : s_(shape), stream_(stream) {}
+  ContextStep(const ContextStep&) = delete;
+  ContextStep& operator=(const ContextStep&) = delete;
+
+  // Plans the step (contexts: [L.items.size()]) and copies its metadata to the device.
+  Status Prepare(const StepLayout& L, std::span<const StepContext> contexts);
+  // Enqueues the attention of every row at `layer` into b.attn.
+  Status Attention(const StepLayout& L, int layer, const Buffers& b);
+
+ private:
+  struct Class {
+    LookupClass lookup;
+    std::vector<int32_t> items;  // decode item indices
+    size_t off_rows = 0, off_values = 0, off_views = 0;
+    int32_t max_clusters = 0, max_coarse = 0;
+    cuda::SqueezeSelectPlan plan;
+  };
+  Status Grow(DeviceMemory* m, size_t bytes, const char* what);
+  Status Select(const StepLayout& L, int layer, const Buffers& b);
+  Status PrefillItem(const StepLayout& L, size_t i, int layer, const Buffers& b);
+  cuda::SqueezeSelection Full() const;
+  cuda::SqueezeSelection Compact() const;
+
+  const Shape s_;
+  cudaStream_t stream_;
+  std::span<const StepContext> contexts_;  // the current step's
+  std::vector<Class> classes_;
+  std::vector<char> host_;  // the step's metadata before the upload
+  size_t off_ctx_len_ = 0, off_row_slot_ = 0, off_row_sel_ = 0, off_ctx_k_ = 0, off_ctx_v_ = 0;
+  int32_t full_max_segments_ = 1, compact_max_segments_ = 1, max_class_ = 0;
+  int64_t decode_max_kv_ = 0;
+  size_t select_ws_bytes_ = 0;
+  bool any_squeezed_ = false;
+  int64_t max_prefill_rows_ = 0;  // largest prefill item with a context
+  DeviceMemory meta_;             // host_ on the device
+  PinnedMemory pinned_;           // staging of host_
+  DeviceMemory select_;           // segment lists (full, compact), gathered q, lookup workspace
+  DeviceMemory prefill_;          // context partial and (m, l) of a prefill item
+  size_t off_full_seg_ = 0, off_full_num_ = 0, off_full_len_ = 0, off_c_seg_ = 0, off_c_num_ = 0,
+         off_c_len_ = 0, off_q_ = 0, off_ws_ = 0;
+};
+
+}  // namespace sqz
