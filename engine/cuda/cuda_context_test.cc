@@ -1,0 +1,342 @@
+// CudaBackend with registered fixed contexts against the CPU backend (the oracle), DENSE and
+// SQUEEZED, alone and in mixed batches. Needs a CUDA device: without one every case WARNs
+// "skipped: ..." and passes. SQZ_SHARED_DIR in the environment overrides the compiled-in shared
+// assets folder (the GPU machine gets stories260K carried next to the binary).
+//
+// Protocol of every comparison: both backends run the same steps; a prefill of each request's own
+// prompt after its context (attention DENSE on both: the GPU prefills densely in every mode), then
+// decode steps fed with the CPU's greedy token (teacher forcing, so the two never drift apart),
+// each step's logits compared by relative L2.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+
+#include "engine/cuda/cuda_backend.h"
+#include "engine/model/cpu_backend.h"
+#include "engine/model/hf_loader.h"
+#include "engine/model/hf_writer.h"
+#include "engine/squeeze/ingest.h"
+#include "engine/squeeze/squeezed_attention.h"
+
+namespace sqz {
+namespace {
+
+bool CudaAvailable(std::string* why) {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    *why = std::string("no CUDA device: ") + cudaGetErrorString(err);
+    return false;
+  }
+  return true;
+}
+
+#define REQUIRE_CUDA_OR_SKIP()   \
+  do {                           \
+    std::string why_;            \
+    if (!CudaAvailable(&why_)) { \
+      WARN("skipped: " << why_); \
+      return;                    \
+    }                            \
+  } while (0)
+
+std::string SharedDir() {
+  const char* env = std::getenv("SQZ_SHARED_DIR");
+  return env && *env ? env : SQZ_SHARED_DIR;
+}
+
+double RelL2(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+int32_t Argmax(const float* x, int64_t n) {
+  return static_cast<int32_t>(std::max_element(x, x + n) - x);
+}
+
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, std::mt19937& gen) {
+  std::uniform_int_distribution<int32_t> u(1, static_cast<int32_t>(vocab) - 1);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = u(gen);
+  return t;
+}
+
+Model RandomModel(uint64_t seed) {
+  ModelConfig c;
+  c.hidden = 256;
+  c.intermediate = 384;
+  c.layers = 2;
+  c.q_heads = 8;
+  c.kv_heads = 2;  // group 4
+  c.head_dim = 64;
+  c.vocab = 301;
+  c.max_positions = 4096;
+  return Model(c, RandomWeights(c, seed));
+}
+
+std::unique_ptr<CudaBackend> MakeCuda(const Model& m, CudaDType dtype,
+                                      int64_t budget = int64_t{1} << 30) {
+  CudaBackendOptions o;
+  o.dtype = dtype;
+  o.kv_blocks = 256;
+  o.max_step_tokens = 1024;
+  o.context_budget_bytes = budget;
+  auto b = CudaBackend::Create(m, o);
+  INFO(b.status().ToString());
+  REQUIRE(b.ok());
+  return std::move(b).value();
+}
+
+std::unique_ptr<CpuBackend> MakeCpu(const Model& m) {
+  auto b = CpuBackend::Create(m, CpuBackendOptions{256});
+  REQUIRE(b.ok());
+  return std::move(b).value();
+}
+
+ContextSnapshot Ingest(const Model& m, int64_t n_tokens, uint32_t seed) {
+  auto cpu = MakeCpu(m);
+  std::mt19937 gen(seed);
+  SqueezeOptions o;
+  o.observation_window = 32;
+  o.centroid_fraction = 0.05;
+  o.coarse_fraction = 0.01;
+  o.prefill_chunk_tokens = 128;
+  auto s = IngestContext(*cpu, RandomTokens(n_tokens, m.config.vocab, gen), o);
+  INFO(s.status().ToString());
+  REQUIRE(s.ok());
+  return std::move(s).value();
+}
+
+std::unique_ptr<SnapshotAttention> Attn(const ContextSnapshot& s, AttentionMode mode,
+                                        double budget = 1.0) {
+  AttentionOptions o;
+  o.mode = mode;
+  o.kv_budget = budget;
+  auto a = MakeContextAttention(s, o);
+  REQUIRE(a.ok());
+  return std::move(a).value();
+}
+
+// One request of a comparison: its context (null: none) for prefill and for decode.
+struct Request {
+  const ContextAttention* prefill_ctx = nullptr;
+  const ContextAttention* decode_ctx = nullptr;
+  int64_t prompt = 9;
+};
+
+struct Outcome {
+  double worst_prefill = 0, worst_decode = 0;
+  int64_t greedy_agree = 0, greedy_total = 0;  // the GPU's argmax against the CPU's
+};
+
+Outcome Compare(Backend& cpu, Backend& gpu, const std::vector<Request>& reqs, int steps,
+                uint32_t seed) {
+  const int64_t vocab = cpu.config().vocab;
+  std::mt19937 gen(seed);
+  std::vector<SeqId> cs, gs;
+  std::vector<std::vector<int32_t>> prompts;
+  for (const Request& r : reqs) {
+    cs.push_back(cpu.AddSequence().value());
+    gs.push_back(gpu.AddSequence().value());
+    prompts.push_back(RandomTokens(r.prompt, vocab, gen));
+  }
+  Outcome out;
+  const size_t n = reqs.size();
+  std::vector<float> lc(n * vocab), lg(n * vocab);
+  auto run = [&](std::vector<StepInput> cb, std::vector<StepInput> gb, double* worst) {
+    REQUIRE(cpu.Forward(cb, lc.data()).ok());
+    const Status st = gpu.Forward(gb, lg.data());
+    INFO(st.ToString());
+    REQUIRE(st.ok());
+    for (size_t i = 0; i < n; ++i) {
+      const double e = RelL2(lg.data() + i * vocab, lc.data() + i * vocab, vocab);
+      INFO("request " << i << " relative L2 " << e);
+      *worst = std::max(*worst, e);
+      out.greedy_agree +=
+          Argmax(lg.data() + i * vocab, vocab) == Argmax(lc.data() + i * vocab, vocab);
+      ++out.greedy_total;
+    }
+  };
+  std::vector<StepInput> cb, gb;
+  for (size_t i = 0; i < n; ++i) {
+    cb.push_back({cs[i], prompts[i], reqs[i].prefill_ctx});
+    gb.push_back({gs[i], prompts[i], reqs[i].prefill_ctx});
+  }
+  run(cb, gb, &out.worst_prefill);
+  std::vector<int32_t> next(n);
+  for (int s = 0; s < steps; ++s) {
+    for (size_t i = 0; i < n; ++i) next[i] = Argmax(lc.data() + i * vocab, vocab);
+    cb.clear();
+    gb.clear();
+    for (size_t i = 0; i < n; ++i) {
+      cb.push_back({cs[i], {&next[i], 1}, reqs[i].decode_ctx});
+      gb.push_back({gs[i], {&next[i], 1}, reqs[i].decode_ctx});
+    }
+    run(cb, gb, &out.worst_decode);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    REQUIRE(cpu.FreeSequence(cs[i]).ok());
+    REQUIRE(gpu.FreeSequence(gs[i]).ok());
+  }
+  return out;
+}
+
+TEST_CASE("CudaBackend contexts on stories260K: DENSE matches the CPU (fp32 1e-4, bf16 2e-2)") {
+  REQUIRE_CUDA_OR_SKIP();
+  const std::string dir = SharedDir() + "/models/stories260K";
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    WARN("skipped: " << dir << " is absent");
+    return;
+  }
+  auto model = LoadHfModel(dir);
+  REQUIRE(model.ok());
+  const Model& m = **model;
+  const ContextSnapshot snap = Ingest(m, 300, 11);
+  auto dense = Attn(snap, AttentionMode::kDense);
+  auto cpu = MakeCpu(m);
+  for (CudaDType dtype : {CudaDType::kF32, CudaDType::kBf16}) {
+    const bool fp32 = dtype == CudaDType::kF32;
+    INFO((fp32 ? "fp32" : "bf16"));
+    auto gpu = MakeCuda(m, dtype);
+    // Two requests over the context (prompts 1 and 13 tokens) and one without.
+    const std::vector<Request> reqs = {
+        {dense.get(), dense.get(), 13}, {dense.get(), dense.get(), 1}, {nullptr, nullptr, 5}};
+    const Outcome o = Compare(*cpu, *gpu, reqs, 32, 5);
+    const double tol = fp32 ? 1e-4 : 2e-2;
+    CHECK(o.worst_prefill < tol);
+    CHECK(o.worst_decode < tol);
+    if (fp32) CHECK(o.greedy_agree == o.greedy_total);
+    // Uploaded once, shared by both requests, kept after they finished.
+    const auto st = gpu->context_stats();
+    CHECK(st.uploads == 1);
+    CHECK(st.resident == 1);
+    CHECK(gpu->EvictContext(snap).ok());
+    CHECK(gpu->context_stats().resident == 0);
+  }
+  // SQUEEZED on a head_dim the lookup lacks is refused with a clear message.
+  auto squeezed = Attn(snap, AttentionMode::kSqueezed, 0.25);
+  auto gpu = MakeCuda(m, CudaDType::kBf16);
+  const SeqId s = gpu->AddSequence().value();
+  const std::vector<int32_t> one = {3};
+  std::vector<StepInput> b = {{s, one, squeezed.get()}};
+  std::vector<float> logits(m.config.vocab);
+  const Status st = gpu->Forward(b, logits.data());
+  CHECK(st.code() == StatusCode::kUnimplemented);
+  CHECK(st.message().find("ask for attention mode DENSE") != std::string::npos);
+  CHECK(gpu->SequenceLength(s) == 0);
+}
+
+TEST_CASE(
+    "CudaBackend contexts, head_dim 64: SQUEEZED at budget 1 equals DENSE; 0.25 is close "
+    "to the CPU's") {
+  REQUIRE_CUDA_OR_SKIP();
+  const Model m = RandomModel(21);
+  const ContextSnapshot snap = Ingest(m, 700, 3);
+  auto dense = Attn(snap, AttentionMode::kDense);
+  auto full = Attn(snap, AttentionMode::kSqueezed, 1.0);
+  auto quarter = Attn(snap, AttentionMode::kSqueezed, 0.25);
+  auto cpu = MakeCpu(m);
+  for (CudaDType dtype : {CudaDType::kF32, CudaDType::kBf16}) {
+    const bool fp32 = dtype == CudaDType::kF32;
+    INFO((fp32 ? "fp32" : "bf16"));
+    auto gpu = MakeCuda(m, dtype);
+    const Outcome d = Compare(*cpu, *gpu, {{dense.get(), dense.get(), 20}}, 12, 8);
+    const Outcome f = Compare(*cpu, *gpu, {{dense.get(), full.get(), 20}}, 12, 8);
+    CHECK(d.worst_decode < (fp32 ? 1e-4 : 2e-2));
+    // Budget 1 reads every row in the dense order: the CPU's dense result, as tightly as DENSE.
+    CHECK(f.worst_decode < (fp32 ? 1e-4 : 2e-2));
+    CHECK(std::abs(f.worst_decode - d.worst_decode) < (fp32 ? 1e-5 : 5e-3));
+    // Budget 0.25: selections equal up to near-ties of bf16 scores.
+    const Outcome q = Compare(*cpu, *gpu, {{dense.get(), quarter.get(), 20}}, 16, 9);
+    CHECK(q.worst_decode < (fp32 ? 1e-2 : 3e-2));
+    CHECK(q.greedy_agree >= q.greedy_total - 1);
+  }
+}
+
+TEST_CASE("CudaBackend contexts: a batch mixing contexts, modes and no context matches the CPU") {
+  REQUIRE_CUDA_OR_SKIP();
+  const Model m = RandomModel(33);
+  const ContextSnapshot a = Ingest(m, 500, 1), b = Ingest(m, 257, 2);
+  auto a_dense = Attn(a, AttentionMode::kDense);
+  auto a_sq = Attn(a, AttentionMode::kSqueezed, 0.25);
+  auto b_dense = Attn(b, AttentionMode::kDense);
+  AttentionOptions thr;
+  thr.policy = SelectionPolicy::kThreshold;
+  thr.sparsity = 0.7;
+  thr.gqa_reduce = GqaReduce::kMean;
+  auto b_thr = MakeContextAttention(b, thr).value();
+  AttentionOptions hier;
+  hier.kv_budget = 0.3;
+  hier.hierarchical = true;
+  auto a_hier = MakeContextAttention(a, hier).value();
+  auto cpu = MakeCpu(m);
+  for (CudaDType dtype : {CudaDType::kF32, CudaDType::kBf16}) {
+    const bool fp32 = dtype == CudaDType::kF32;
+    INFO((fp32 ? "fp32" : "bf16"));
+    auto gpu = MakeCuda(m, dtype);
+    const std::vector<Request> reqs = {
+        {a_dense.get(), a_sq.get(), 17},    {nullptr, nullptr, 4},
+        {b_dense.get(), b_dense.get(), 1},  {b_dense.get(), b_thr.get(), 33},
+        {a_dense.get(), a_hier.get(), 129}, {a_dense.get(), a_dense.get(), 3},
+    };
+    const Outcome o = Compare(*cpu, *gpu, reqs, 10, 4);
+    CHECK(o.worst_prefill < (fp32 ? 1e-4 : 2e-2));
+    CHECK(o.worst_decode < (fp32 ? 1e-2 : 3e-2));
+    CHECK(o.greedy_agree >= o.greedy_total - 2);
+    CHECK(gpu->context_stats().uploads == 2);
+  }
+}
+
+TEST_CASE("CudaBackend contexts: the memory budget refuses clearly and evicts unused copies") {
+  REQUIRE_CUDA_OR_SKIP();
+  const Model m = RandomModel(44);
+  const ContextSnapshot a = Ingest(m, 400, 5), b = Ingest(m, 400, 6);
+  auto a_dense = Attn(a, AttentionMode::kDense);
+  auto b_dense = Attn(b, AttentionMode::kDense);
+  const int64_t one = ShapeOf(a, 2).value().Bytes();
+  const std::vector<int32_t> tok = {7};
+  std::vector<float> logits(m.config.vocab);
+  {
+    // Smaller than one context: RESOURCE_EXHAUSTED, nothing changes.
+    auto gpu = MakeCuda(m, CudaDType::kBf16, one - 1);
+    const SeqId s = gpu->AddSequence().value();
+    std::vector<StepInput> batch = {{s, tok, a_dense.get()}};
+    const Status st = gpu->Forward(batch, logits.data());
+    CHECK(st.code() == StatusCode::kResourceExhausted);
+    CHECK(st.message().find("above the whole GPU context budget") != std::string::npos);
+    CHECK(gpu->SequenceLength(s) == 0);
+    CHECK(gpu->Stats().used_blocks == 0);
+  }
+  // Room for one: a second context waits for the first's sequences, then evicts it.
+  auto gpu = MakeCuda(m, CudaDType::kBf16, one + one / 2);
+  const SeqId s1 = gpu->AddSequence().value(), s2 = gpu->AddSequence().value();
+  std::vector<StepInput> first = {{s1, tok, a_dense.get()}};
+  REQUIRE(gpu->Forward(first, logits.data()).ok());
+  std::vector<StepInput> second = {{s2, tok, b_dense.get()}};
+  Status st = gpu->Forward(second, logits.data());
+  CHECK(st.code() == StatusCode::kResourceExhausted);
+  CHECK(st.message().find("contexts in use by running requests") != std::string::npos);
+  CHECK(gpu->EvictContext(a).code() == StatusCode::kFailedPrecondition);
+  REQUIRE(gpu->FreeSequence(s1).ok());
+  st = gpu->Forward(second, logits.data());
+  INFO(st.ToString());
+  CHECK(st.ok());
+  const auto stats = gpu->context_stats();
+  CHECK(stats.resident == 1);
+  CHECK(stats.evictions == 1);
+  CHECK(stats.used_bytes <= stats.budget_bytes);
+}
+
+}  // namespace
+}  // namespace sqz
