@@ -39,6 +39,9 @@ class CudaBackend::Impl {
   // Tokens [begin, begin + n) of the sequence whose block table is `blocks`, at `layer`.
   virtual Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
                         float* k, float* v) = 0;
+  // Device-to-device: tokens [begin, begin + n) (begin a multiple of 16) into k, v.
+  virtual Status GatherKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
+                          void* k, void* v) = 0;
   virtual size_t weight_bytes() const = 0;
   virtual size_t kv_pool_bytes() const = 0;
   virtual cudaStream_t stream() const = 0;
@@ -114,6 +117,21 @@ class ForwardImpl final : public CudaBackend::Impl {
              std::span<const TokenSampling> sampling, int32_t* tokens) override;
   Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n, float* k,
                 float* v) override;
+  Status GatherKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n, void* k,
+                  void* v) override {
+    const int64_t first = begin / kKvBlockTokens, table = (n + kKvBlockTokens - 1) / kKvBlockTokens;
+    std::memcpy(pinned_.get(), blocks.data() + first, table * 4);
+    SQZ_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(meta_, pinned_.get(), table * 4, cudaMemcpyHostToDevice, stream_),
+        "CopyKvToDevice: block table");
+    SQZ_RETURN_IF_ERROR(Annotate(
+        cuda::GatherPagedKv<T>(PoolK(layer), PoolV(layer), meta_, n, static_cast<int>(c_.kv_heads),
+                               static_cast<int>(c_.head_dim), static_cast<T*>(k),
+                               static_cast<T*>(v), stream_),
+        "CopyKvToDevice"));
+    SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CopyKvToDevice");
+    return OkStatus();
+  }
   size_t weight_bytes() const override { return weights_->bytes(); }
   size_t kv_pool_bytes() const override { return pool_.bytes(); }
   cudaStream_t stream() const override { return stream_; }
@@ -803,6 +821,27 @@ Status CudaBackend::InstallContext(const ContextSnapshot& snapshot,
                                    std::unique_ptr<DeviceContext> context) {
   if (context == nullptr) return InvalidArgumentError("InstallContext: null device context");
   return contexts_->Install(snapshot, std::move(context), impl_->stream());
+}
+
+Status CudaBackend::CopyKvToDevice(SeqId seq, int layer, int64_t begin, int64_t n, void* k,
+                                   void* v) {
+  const std::vector<int32_t>* blocks = sequences_.Blocks(seq);
+  if (blocks == nullptr) {
+    return NotFoundError("CopyKvToDevice: unknown sequence " + std::to_string(seq));
+  }
+  if (layer < 0 || layer >= config_.layers) {
+    return InvalidArgumentError("CopyKvToDevice: layer " + std::to_string(layer) + " outside [0, " +
+                                std::to_string(config_.layers) + ")");
+  }
+  const int64_t length = sequences_.Length(seq);
+  if (begin < 0 || n < 0 || begin % kKvBlockTokens != 0 || begin + n > length) {
+    return OutOfRangeError("CopyKvToDevice: tokens [" + std::to_string(begin) + ", " +
+                           std::to_string(begin + n) + ") (begin a multiple of 16) outside the " +
+                           std::to_string(length) + " cached tokens of sequence " +
+                           std::to_string(seq));
+  }
+  if (n == 0) return OkStatus();
+  return impl_->GatherKv(*blocks, layer, begin, n, k, v);
 }
 
 Status CudaBackend::EvictContext(const ContextSnapshot& snapshot) {

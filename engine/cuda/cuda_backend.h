@@ -166,6 +166,11 @@ class CudaBackend : public Backend {
   // and thresholds are read; its heads may be empty). The element type must be the backend's.
   // Errors: INVALID_ARGUMENT (resident already, shape mismatch), RESOURCE_EXHAUSTED (budget).
   Status InstallContext(const ContextSnapshot& snapshot, std::unique_ptr<DeviceContext> context);
+  // Copies own tokens [begin, begin + n) of `seq` at `layer` device to device: k, v are device
+  // buffers [n][kv_heads][head_dim] of the backend's element type (bf16, or fp32 in the fp32
+  // mode); begin must be a multiple of 16 (kKvBlockTokens). For ingestion on the device (a dense
+  // prefill, then IngestContext on the captured K/V). Errors as ReadKv. Synchronises the stream.
+  Status CopyKvToDevice(SeqId seq, int layer, int64_t begin, int64_t n, void* k, void* v);
   // Drops the device copy of `snapshot` now: NOT_FOUND if absent, FAILED_PRECONDITION while live
   // sequences use it. (Copies are otherwise evicted only to make room.)
   Status EvictContext(const ContextSnapshot& snapshot);

@@ -1,0 +1,427 @@
+// End-to-end Squeezed Attention on the GPU (issue 9, item 4): an 8B-shaped model with random
+// weights made on the device (CudaBackend::CreateRandom) serves a registered long context, DENSE
+// against SQUEEZED (KV budget 0.125), in one process:
+//   1. ingestion on the device: dense chunked prefill of the context through the backend (the
+//      window's queries captured), its K/V gathered out of the paged pool (CopyKvToDevice),
+//      IngestContext (k-means of every (layer, kv head), cluster-ordered re-layout, coarse level,
+//      calibration) writing straight into a DeviceContext, installed as a resident context;
+//   2. a check that SQUEEZED at budget 1.0 gives DENSE's logits;
+//   3. decode at batch 1 (ms/token) and batch 32 (tokens/s): every request has a 16-token prompt
+//      after the context, then greedy decode steps (ForwardSample), DENSE and SQUEEZED alternately
+//      timed over the same steps; the ratio squeezed/dense against the goals (1.7x at batch 1, 3x
+//      at batch 32), and each mode's memory floor (weights + context bytes it must read, over the
+//      device-to-device copy bandwidth measured here).
+// A program, not a test. Usage (flags with defaults):
+//   sqz_cuda_e2e_bench [--layers 32] [--context 131072] [--chunk 4096] [--budget-permille 125]
+//                      [--batches 1,32] [--prompt 16] [--warmup 4] [--steps 32]
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/cuda_backend.h"
+#include "engine/squeeze/index_builder.h"
+#include "engine/squeeze/squeezed_attention.h"
+#include "engine/squeeze_gpu/gpu_index_builder.h"
+#include "kernels/cuda/squeeze_ingest.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Ms(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+[[noreturn]] void Die(const std::string& what, const sqz::Status& s) {
+  std::fprintf(stderr, "FAILED: %s: %s\n", what.c_str(), s.ToString().c_str());
+  std::exit(1);
+}
+#define CHECK_OK(expr, what)         \
+  do {                               \
+    const ::sqz::Status s_ = (expr); \
+    if (!s_.ok()) Die(what, s_);     \
+  } while (0)
+
+int64_t Arg(int argc, char** argv, const char* name, int64_t def) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
+  }
+  return def;
+}
+
+std::vector<int64_t> ListArg(int argc, char** argv, const char* name, std::vector<int64_t> def) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) != 0) continue;
+    std::vector<int64_t> out;
+    std::stringstream ss(argv[i + 1]);
+    std::string item;
+    while (std::getline(ss, item, ',')) out.push_back(std::atoll(item.c_str()));
+    return out;
+  }
+  return def;
+}
+
+sqz::ModelConfig Llama3_8B(int64_t layers, int64_t max_positions) {
+  sqz::ModelConfig c;
+  c.hidden = 4096;
+  c.intermediate = 14336;
+  c.layers = layers;
+  c.q_heads = 32;
+  c.kv_heads = 8;
+  c.head_dim = 128;
+  c.vocab = 128256;
+  c.max_positions = max_positions;
+  c.rms_eps = 1e-5f;
+  c.rope.theta = 500000.0f;
+  c.rope.llama3_factor = 8.0f;
+  c.rope.llama3_low_freq_factor = 1.0f;
+  c.rope.llama3_high_freq_factor = 4.0f;
+  c.rope.llama3_original_max_positions = 8192;
+  c.tie_embeddings = false;
+  return c;
+}
+
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab) - 1);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = u(gen);
+  return t;
+}
+
+// Device-to-device copy bandwidth, GB/s (read + write bytes counted once each, as a copy moves
+// them), over a 1 GiB buffer.
+double CopyBandwidth(cudaStream_t stream) {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0.0;
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream);
+  cudaEventRecord(e0, stream);
+  for (int i = 0; i < 10; ++i) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream);
+  cudaEventRecord(e1, stream);
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  return 10.0 * 2.0 * bytes / (ms * 1e-3) / 1e9;
+}
+
+struct Ingested {
+  sqz::ContextSnapshot snapshot;  // dims, options, thresholds (no host KV: it lives on the device)
+  double prefill_ms = 0, gather_ms = 0, ingest_ms = 0, install_ms = 0;
+  sqz::cuda::IngestTimings timings;
+};
+
+// Fills *result and installs the device copy as the resident context of result->snapshot (whose
+// address the backend then keys it by: *result must not move).
+void IngestOnDevice(sqz::CudaBackend& b, int64_t n, int64_t chunk, Ingested* result) {
+  const sqz::ModelConfig& c = b.config();
+  sqz::SqueezeOptions o;  // defaults: sink 4, window 100, 5% centroids, 1% coarse, 20 iterations
+  Ingested& r = *result;
+  const int64_t sink = sqz::SinkLength(n, o), window = sqz::WindowLength(n, o);
+  const int64_t body = n - sink - window;
+  // 1. Dense prefill; the last chunk is exactly the window so its queries are captured.
+  const std::vector<int32_t> tokens = RandomTokens(n, c.vocab, 7);
+  auto seq = b.AddSequence();
+  CHECK_OK(seq.status(), "AddSequence");
+  std::vector<float> window_q(static_cast<size_t>(c.layers) * window * c.q_dim());
+  const auto t0 = Clock::now();
+  for (int64_t done = 0; done < n;) {
+    const int64_t left = n - done - window;
+    const int64_t take = left > 0 ? std::min(chunk, left) : window;
+    sqz::StepInput in;
+    in.seq = *seq;
+    in.tokens = std::span<const int32_t>(tokens.data() + done, take);
+    if (left <= 0) in.q_out = window_q.data();
+    std::vector<sqz::StepInput> batch = {in};
+    CHECK_OK(b.Forward(batch, nullptr), "context prefill at " + std::to_string(done));
+    done += take;
+  }
+  const auto t1 = Clock::now();
+  r.prefill_ms = Ms(t0, t1);
+  // 2. K/V out of the pool: [layers][n][kv_heads][d] bf16.
+  const size_t per_layer = static_cast<size_t>(n) * c.kv_dim();
+  auto keys = sqz::DeviceMemory::Allocate(2 * per_layer * c.layers * 2, "captured K/V");
+  CHECK_OK(keys.status(), "allocate captured K/V");
+  char* k_in = keys->get<char>();
+  char* v_in = k_in + per_layer * c.layers * 2;
+  for (int layer = 0; layer < c.layers; ++layer) {
+    CHECK_OK(b.CopyKvToDevice(*seq, layer, 0, n, k_in + layer * per_layer * 2,
+                              v_in + layer * per_layer * 2),
+             "CopyKvToDevice");
+  }
+  CHECK_OK(b.FreeSequence(*seq), "FreeSequence");
+  const auto t2 = Clock::now();
+  r.gather_ms = Ms(t1, t2);
+  // 3. IngestContext straight into the device copy's buffers.
+  sqz::cuda::IngestShape shape;
+  shape.layers = static_cast<int32_t>(c.layers);
+  shape.kv_heads = static_cast<int32_t>(c.kv_heads);
+  shape.q_heads = static_cast<int32_t>(c.q_heads);
+  shape.head_dim = static_cast<int32_t>(c.head_dim);
+  shape.n_tokens = n;
+  shape.sink_len = sink;
+  shape.window_len = window;
+  shape.k = sqz::FineClusters(body, o);
+  shape.k1 = sqz::CoarseClusters(body, o);
+  sqz::DeviceContextShape ds;
+  ds.layers = shape.layers;
+  ds.kv_heads = shape.kv_heads;
+  ds.head_dim = shape.head_dim;
+  ds.n_tokens = n;
+  ds.sink_len = sink;
+  ds.window_len = window;
+  ds.k = shape.k;
+  ds.k1 = shape.k1;
+  ds.kv_elem_bytes = 2;
+  auto dc = sqz::DeviceContext::Allocate(ds);
+  CHECK_OK(dc.status(), "DeviceContext::Allocate");
+  auto ws_bytes = sqz::cuda::IngestWorkspaceBytes(shape);
+  CHECK_OK(ws_bytes.status(), "IngestWorkspaceBytes");
+  const int64_t heads = ds.heads(), d = c.head_dim;
+  const size_t hist =
+      static_cast<size_t>(sqz::kNumGqaReduce) * c.layers * sqz::cuda::kCalibrationBins;
+  const size_t temp_bytes =
+      4 * (heads * body + heads * shape.k * d + heads * shape.k1 * d) + 8 * hist + 4096;
+  auto temp = sqz::DeviceMemory::Allocate(temp_bytes + *ws_bytes + 1024, "ingestion temporaries");
+  CHECK_OK(temp.status(), "allocate ingestion temporaries");
+  auto wq = sqz::DeviceMemory::Allocate(window_q.size() * 4, "window queries");
+  CHECK_OK(wq.status(), "allocate window queries");
+  CHECK_OK(sqz::cuda::CudaStatus(
+               cudaMemcpy(wq->get(), window_q.data(), window_q.size() * 4, cudaMemcpyHostToDevice),
+               "window queries"),
+           "upload window queries");
+  char* t = temp->get<char>();
+  auto take = [&](size_t bytes) {
+    char* p = t;
+    t += (bytes + 255) / 256 * 256;
+    return p;
+  };
+  sqz::cuda::IngestOutputs out;
+  out.k_out = (*dc)->k();
+  out.v_out = (*dc)->v();
+  out.positions = reinterpret_cast<int32_t*>(take(4 * heads * body));
+  out.centroids = reinterpret_cast<float*>(take(4 * heads * shape.k * d));
+  out.counts = (*dc)->counts();
+  out.offsets = (*dc)->offsets();
+  out.centroids_bf16 = (*dc)->centroids();
+  if (shape.k1 > 0) {
+    out.coarse_centroids = reinterpret_cast<float*>(take(4 * heads * shape.k1 * d));
+    out.coarse_offsets = (*dc)->coarse_offsets();
+    out.coarse_members = (*dc)->coarse_members();
+    out.coarse_centroids_bf16 = (*dc)->coarse_centroids();
+  }
+  out.histogram = reinterpret_cast<uint64_t*>(take(8 * hist));
+  void* workspace = take(*ws_bytes);
+  sqz::cuda::KMeansParams params;
+  params.max_iterations = o.kmeans_iterations;
+  params.tolerance = o.kmeans_tolerance;
+  params.seed = o.kmeans_seed;
+  const auto t3 = Clock::now();
+  CHECK_OK(
+      sqz::cuda::IngestContext(shape, params, k_in, v_in, sqz::cuda::PointType::kBf16,
+                               wq->get<float>(), out, workspace, *ws_bytes, b.stream(), &r.timings),
+      "IngestContext");
+  CHECK_OK(sqz::cuda::CudaStatus(cudaStreamSynchronize(b.stream()), "ingest"), "ingest");
+  const auto t4 = Clock::now();
+  r.ingest_ms = Ms(t3, t4);
+  std::vector<uint64_t> histogram(hist);
+  CHECK_OK(sqz::cuda::CudaStatus(
+               cudaMemcpy(histogram.data(), out.histogram, hist * 8, cudaMemcpyDeviceToHost),
+               "histogram"),
+           "histogram");
+  r.snapshot.options = o;
+  r.snapshot.dims = {.layers = shape.layers,
+                     .kv_heads = shape.kv_heads,
+                     .q_heads = shape.q_heads,
+                     .head_dim = shape.head_dim,
+                     .n_tokens = n,
+                     .sink_len = sink,
+                     .window_len = window,
+                     .body_len = body};
+  sqz::ThresholdsFromHistograms(histogram, window, &r.snapshot);
+  CHECK_OK(b.InstallContext(r.snapshot, std::move(*dc)), "InstallContext");
+  r.install_ms = Ms(t4, Clock::now());
+}
+
+struct Run {
+  double ms_per_step = 0;
+  double tokens_per_s = 0;
+};
+
+Run Decode(sqz::CudaBackend& b, const sqz::ContextAttention* ctx, int64_t batch, int64_t prompt,
+           int64_t warmup, int64_t steps) {
+  const sqz::ModelConfig& c = b.config();
+  std::vector<sqz::SeqId> seqs;
+  std::vector<std::vector<int32_t>> prompts, generated(batch);
+  for (int64_t i = 0; i < batch; ++i) {
+    auto s = b.AddSequence();
+    CHECK_OK(s.status(), "AddSequence");
+    seqs.push_back(*s);
+    prompts.push_back(RandomTokens(prompt, c.vocab, 1000 + static_cast<uint32_t>(i)));
+  }
+  std::vector<sqz::TokenSampling> sampling(batch);  // greedy
+  std::vector<int32_t> next(batch);
+  std::vector<sqz::StepInput> in(batch);
+  for (int64_t i = 0; i < batch; ++i) in[i] = {seqs[i], prompts[i], ctx};
+  CHECK_OK(b.ForwardSample(in, sampling, next.data()), "prompt prefill");
+  Clock::time_point t0;
+  for (int64_t s = 0; s < warmup + steps; ++s) {
+    if (s == warmup) t0 = Clock::now();
+    for (int64_t i = 0; i < batch; ++i) in[i] = {seqs[i], {&next[i], 1}, ctx};
+    std::vector<int32_t> out(batch);
+    CHECK_OK(b.ForwardSample(in, sampling, out.data()), "decode step");
+    next = out;
+  }
+  const double ms = Ms(t0, Clock::now());
+  for (sqz::SeqId s : seqs) CHECK_OK(b.FreeSequence(s), "FreeSequence");
+  Run r;
+  r.ms_per_step = ms / steps;
+  r.tokens_per_s = 1e3 * batch * steps / ms;
+  return r;
+}
+
+double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Logits of one 16-token prompt after the context under `ctx`, then of one decode step.
+std::vector<float> OneDecode(sqz::CudaBackend& b, const sqz::ContextAttention* prefill_ctx,
+                             const sqz::ContextAttention* decode_ctx) {
+  const int64_t vocab = b.config().vocab;
+  auto s = b.AddSequence();
+  CHECK_OK(s.status(), "AddSequence");
+  const auto prompt = RandomTokens(16, vocab, 99);
+  std::vector<float> logits(vocab);
+  std::vector<sqz::StepInput> in = {{*s, prompt, prefill_ctx}};
+  CHECK_OK(b.Forward(in, logits.data()), "check prefill");
+  const int32_t next = 5;
+  in = {{*s, {&next, 1}, decode_ctx}};
+  CHECK_OK(b.Forward(in, logits.data()), "check decode");
+  CHECK_OK(b.FreeSequence(*s), "FreeSequence");
+  return logits;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int64_t layers = Arg(argc, argv, "--layers", 32);
+  const int64_t context = Arg(argc, argv, "--context", 131072);
+  const int64_t chunk = Arg(argc, argv, "--chunk", 4096);
+  const double budget = Arg(argc, argv, "--budget-permille", 125) / 1000.0;
+  const std::vector<int64_t> batches = ListArg(argc, argv, "--batches", {1, 32});
+  const int64_t prompt = Arg(argc, argv, "--prompt", 16);
+  const int64_t warmup = Arg(argc, argv, "--warmup", 4);
+  const int64_t steps = Arg(argc, argv, "--steps", 32);
+  const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
+
+  const sqz::ModelConfig c = Llama3_8B(layers, context + prompt + warmup + steps + 1024);
+  sqz::CudaBackendOptions o;
+  o.dtype = sqz::CudaDType::kBf16;
+  // The ingestion prefill holds the whole context in the pool; requests need a few blocks each.
+  o.kv_blocks = (context + max_batch * (prompt + warmup + steps + 32)) / sqz::kKvBlockTokens + 64;
+  o.max_step_tokens = std::max<int64_t>(chunk, max_batch * prompt);
+  o.decode_workspace_bytes = int64_t{256} << 20;
+  // Room for the one context (bf16 K/V + index), with margin.
+  const int64_t ctx_bytes = 2 * layers * c.kv_heads * context * c.head_dim * 2;
+  o.context_budget_bytes = ctx_bytes + ctx_bytes / 8 + (int64_t{256} << 20);
+  auto backend = sqz::CudaBackend::CreateRandom(c, o, 1234);
+  CHECK_OK(backend.status(), "CreateRandom");
+  sqz::CudaBackend& b = **backend;
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const double bw = CopyBandwidth(b.stream());
+  std::printf("device %s, %d SMs; copy bandwidth %.0f GB/s\n", prop.name, prop.multiProcessorCount,
+              bw);
+  std::printf(
+      "model: Llama-3-8B shape, %lld layers, random bf16 weights (%.2f GB); context %lld "
+      "tokens (%.2f GB of bf16 K/V); KV budget %.3f\n",
+      static_cast<long long>(layers), b.weight_bytes() / 1e9, static_cast<long long>(context),
+      ctx_bytes / 1e9, budget);
+
+  auto ingested = std::make_unique<Ingested>();
+  Ingested& ing = *ingested;
+  IngestOnDevice(b, context, chunk, &ing);
+  std::printf(
+      "ingestion: prefill %.0f ms (%.0f tok/s), K/V gather %.0f ms, clustering + re-layout "
+      "+ coarse + calibration %.0f ms (k-means %.0f, relayout %.0f, coarse %.0f, "
+      "calibrate %.0f)\n",
+      ing.prefill_ms, 1e3 * context / ing.prefill_ms, ing.gather_ms, ing.ingest_ms,
+      ing.timings.normalize_seed_cluster_ms, ing.timings.relayout_ms, ing.timings.coarse_ms,
+      ing.timings.calibrate_ms);
+  std::fflush(stdout);
+
+  sqz::AttentionOptions dense_o, full_o, sq_o;
+  dense_o.mode = sqz::AttentionMode::kDense;
+  full_o.kv_budget = 1.0;
+  sq_o.kv_budget = budget;
+  auto dense = sqz::MakeContextAttention(ing.snapshot, dense_o);
+  auto full = sqz::MakeContextAttention(ing.snapshot, full_o);
+  auto squeezed = sqz::MakeContextAttention(ing.snapshot, sq_o);
+  CHECK_OK(dense.status(), "dense attention");
+  CHECK_OK(full.status(), "budget-1 attention");
+  CHECK_OK(squeezed.status(), "squeezed attention");
+
+  // Check: SQUEEZED at budget 1 reads every row (the same rows in the same order as DENSE).
+  const auto l_dense = OneDecode(b, dense->get(), dense->get());
+  const auto l_full = OneDecode(b, dense->get(), full->get());
+  const auto l_sq = OneDecode(b, dense->get(), squeezed->get());
+  const double e_full = RelL2(l_full, l_dense), e_sq = RelL2(l_sq, l_dense);
+  std::printf(
+      "check: decode logits relative L2 to DENSE: SQUEEZED(1.0) %.2e (want < 1e-2), "
+      "SQUEEZED(%.3f) %.2e\n",
+      e_full, budget, e_sq);
+
+  // Bytes a decode step must read: the weights once, plus per request its context part.
+  const sqz::SnapshotDims& dm = ing.snapshot.dims;
+  const double token_bytes = 2.0 * layers * c.kv_heads * c.head_dim * 2;  // K and V, bf16
+  const double dense_ctx = token_bytes * dm.n_tokens;
+  const double k_fine = static_cast<double>(sqz::FineClusters(dm.body_len, ing.snapshot.options));
+  const double sq_ctx = token_bytes * (dm.sink_len + dm.window_len + budget * dm.body_len) +
+                        layers * c.kv_heads * k_fine * c.head_dim * 2;  // + bf16 centroids
+  const double wbytes = static_cast<double>(b.weight_bytes());
+  std::printf("\n%-6s %-10s %12s %12s %12s %10s\n", "batch", "mode", "ms/step", "tokens/s",
+              "floor ms", "of floor");
+  int failures = e_full < 1e-2 ? 0 : 1;
+  for (int64_t batch : batches) {
+    const Run rd = Decode(b, dense->get(), batch, prompt, warmup, steps);
+    const Run rs = Decode(b, squeezed->get(), batch, prompt, warmup, steps);
+    const double fd = (wbytes + batch * dense_ctx) / (bw * 1e9) * 1e3;
+    const double fs = (wbytes + batch * sq_ctx) / (bw * 1e9) * 1e3;
+    std::printf("%-6lld %-10s %12.3f %12.1f %12.3f %9.2fx\n", static_cast<long long>(batch),
+                "DENSE", rd.ms_per_step, rd.tokens_per_s, fd, rd.ms_per_step / fd);
+    std::printf("%-6lld %-10s %12.3f %12.1f %12.3f %9.2fx\n", static_cast<long long>(batch),
+                "SQUEEZED", rs.ms_per_step, rs.tokens_per_s, fs, rs.ms_per_step / fs);
+    const double goal = batch == 1 ? 1.7 : 3.0;
+    const double speedup = rd.ms_per_step / rs.ms_per_step;
+    std::printf("%-6lld speedup squeezed / dense %.2fx (goal %.1fx: %s)\n",
+                static_cast<long long>(batch), speedup, goal, speedup >= goal ? "met" : "MISSED");
+    std::fflush(stdout);
+  }
+  const auto cs = b.context_stats();
+  std::printf("\ncontexts resident %lld (%.2f GB of %.2f GB budget), uploads %lld\n",
+              static_cast<long long>(cs.resident), cs.used_bytes / 1e9, cs.budget_bytes / 1e9,
+              static_cast<long long>(cs.uploads));
+  return failures;
+}
