@@ -292,6 +292,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=40)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--ckpt-every", type=float, default=60)
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="stop (with a checkpoint) after this many steps of this invocation; "
+                         "--resume continues (0: run to the end)")
     ap.add_argument("--repro-steps", type=int, default=30)
     ap.add_argument("--repro-tokens", type=int, default=16384)
     ap.add_argument("--eval-lengths", default="1024,4096,16384")
@@ -394,10 +397,16 @@ def main() -> None:
                 acc_la = acc_ll = acc_acc = 0.0
                 n_acc = 0
             now = time.perf_counter()
-            if now - last_ckpt > args.ckpt_every or step + 1 == total:
+            pause = args.stop_after > 0 and step + 1 - first >= args.stop_after
+            if now - last_ckpt > args.ckpt_every or step + 1 == total or pause:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                             "total": total, "cfg": dataclasses.asdict(cfg)}, ckpt_path)
                 last_ckpt = now
+            if pause and step + 1 < total:
+                log(f"paused after step {step + 1} of {total} (--stop-after): checkpoint "
+                    f"{ckpt_path}", fh)
+                stopped_early = True
+                break
             over = args.deadline_seconds > 0 and \
                 now - t_start > args.deadline_seconds - args.reserve_seconds
             if over and step + 1 < total:
