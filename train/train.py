@@ -55,11 +55,19 @@ def log(msg: str, fh=None) -> None:
         fh.flush()
 
 
+STRICT_DETERMINISM = False  # set from --strict-determinism in main()
+
+
 def set_determinism(seed: int) -> None:
+    """Seeds everything and asks for deterministic kernels. warn_only (the default, what both H200
+    runs used) lets PyTorch keep kernels that have no deterministic version, among them the
+    flash / memory-efficient attention backward (which then accumulates in a varying order);
+    strict mode makes PyTorch pick their deterministic variants, and raise for any op that has
+    none."""
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True, warn_only=not STRICT_DETERMINISM)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     if torch.cuda.is_available():
@@ -301,7 +309,12 @@ def main() -> None:
     ap.add_argument("--eval-docs", type=int, default=16)
     ap.add_argument("--eval-questions", type=int, default=8)
     ap.add_argument("--tiny", action="store_true", help="toy model for a CPU smoke test")
+    ap.add_argument("--strict-determinism", action="store_true",
+                    help="torch.use_deterministic_algorithms without warn_only (deterministic "
+                         "attention backward; errors for ops without a deterministic version)")
     args = ap.parse_args()
+    global STRICT_DETERMINISM
+    STRICT_DETERMINISM = args.strict_determinism
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     os.makedirs(args.out, exist_ok=True)
