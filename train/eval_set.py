@@ -7,7 +7,7 @@ tasks.heldout_seed(L, i), context = <s> + document <= L - 64 tokens), so PyTorch
 runtime answer the same questions.
 
 Usage: python train/eval_set.py --tokenizer models/longctx --lengths 1024,4096,16384 --docs 8
-           [--questions 8] --out eval.jsonl
+           [--questions 8] [--first 0] --out eval.jsonl
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True, help="dir with tokenizer.model")
     ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     ap.add_argument("--docs", type=int, default=8, help="documents per length")
+    ap.add_argument("--first", type=int, default=0,
+                    help="skip the first documents of each length (extending an earlier set)")
     ap.add_argument("--questions", type=int, default=8, help="questions per document")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     enc = data.Encoder(os.path.join(a.tokenizer, "tokenizer.model"))
     with open(a.out, "w") as f:
         for length in (int(x) for x in a.lengths.split(",")):
-            for doc, ctx in data.eval_items(enc, length, a.docs, a.questions):
+            for doc, ctx in data.eval_items(enc, length, a.first + a.docs, a.questions)[a.first:]:
                 f.write(json.dumps({
                     "length": length, "seed": doc.seed, "kind": doc.kind,
                     "context_tokens": len(ctx), "document": doc.text,
