@@ -57,6 +57,7 @@ std::vector<Field> Fields(DaemonConfig& c) {
       {"engine.model.cuda.max_step_tokens", K::kInt, &e.model.cuda.max_step_tokens, 1, 65535},
       {"engine.model.cuda.graphs", K::kBool, &e.model.cuda.graphs},
       {"engine.model.cuda.graph_max_batch", K::kInt, &e.model.cuda.graph_max_batch, 1, 256},
+      {"engine.model.cuda.context_mb", K::kInt, &e.model.cuda.context_mb, 0, 1 << 24},
       {"engine.memory.kv_pool_mb", K::kInt, &e.memory.kv_pool_mb, 1, 1 << 24},
       {"engine.memory.resident_contexts_mb", K::kInt, &e.memory.resident_contexts_mb, 1, 1 << 24},
       {"engine.scheduler.max_batch_tokens", K::kInt, &e.scheduler.max_batch_tokens, 1, 1 << 20},

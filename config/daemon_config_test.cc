@@ -135,7 +135,9 @@ TEST_CASE("cuda backend options: defaults, values, overrides and key-path errors
   CHECK(def.max_step_tokens == 4096);
   CHECK(def.graphs);
   CHECK(def.graph_max_batch == 16);
+  CHECK(def.context_mb == 8192);
   CHECK(DaemonConfigToYaml(*d).find("graph_max_batch: 16") != std::string::npos);
+  CHECK(DaemonConfigToYaml(*d).find("context_mb: 8192") != std::string::npos);
 
   auto c = ParseDaemonConfig(R"(
 engine:
@@ -145,6 +147,7 @@ engine:
   memory: {kv_pool_mb: 8192}
 )",
                              {{"engine.model.cuda.graph_max_batch", "3"},
+                              {"engine.model.cuda.context_mb", "40960"},
                               {"engine.model.cuda.max_step_tokens", "1024"}});
   INFO(c.status().ToString());
   REQUIRE(c.ok());
@@ -156,6 +159,7 @@ engine:
   CHECK_FALSE(o.graphs);
   CHECK(o.graph_max_batch == 3);
   CHECK(o.max_step_tokens == 1024);
+  CHECK(o.context_mb == 40960);
   CHECK(c->engine.memory.kv_pool_mb == 8192);
   // The printed configuration parses back to the same options.
   auto again = ParseDaemonConfig(DaemonConfigToYaml(*c));
@@ -174,12 +178,13 @@ engine:
       max_step_tokens: 70000
       graphs: sometimes
       graph_max_batch: 512
+      context_mb: -1
       streams: 2
 )");
   REQUIRE_FALSE(bad.ok());
   const std::string& m = bad.status().message();
   INFO(m);
-  CHECK(m.find("8 configuration errors") != std::string::npos);
+  CHECK(m.find("9 configuration errors") != std::string::npos);
   CHECK(m.find("engine.model.cuda.dtype: must be one of [bf16, fp32], got 'fp16'") !=
         std::string::npos);
   CHECK(m.find("engine.model.cuda.device: must be in [0, 1023], got -1") != std::string::npos);
@@ -192,6 +197,8 @@ engine:
   CHECK(m.find("engine.model.cuda.graphs: must be true or false, got 'sometimes'") !=
         std::string::npos);
   CHECK(m.find("engine.model.cuda.graph_max_batch: must be in [1, 256], got 512") !=
+        std::string::npos);
+  CHECK(m.find("engine.model.cuda.context_mb: must be in [0, 16777216], got -1") !=
         std::string::npos);
   CHECK(m.find("engine.model.cuda.streams: unknown key") != std::string::npos);
 

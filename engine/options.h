@@ -29,6 +29,11 @@ struct CudaOptions {
   // a little memory per captured shape; results are the same with graphs off.
   bool graphs = true;
   int64_t graph_max_batch = 16;
+  // GPU memory for resident fixed contexts (their K/V and centroid index), MiB. A context needs
+  // about layers x kv_heads x tokens x head_dim x 4 bytes in bf16 (128 KiB per token for a
+  // Llama-3-8B shape: 16 GiB at 128K tokens); contexts beyond it are evicted least recently used
+  // when no request runs over them, and a context larger than all of it is refused.
+  int64_t context_mb = 8192;
 };
 
 struct ModelOptions {

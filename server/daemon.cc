@@ -12,6 +12,7 @@
 #include "engine/model/cpu_backend.h"
 #if SQZ_WITH_CUDA_BACKEND
 #include "engine/cuda/cuda_backend.h"
+#include "engine/squeeze_gpu/gpu_index_builder.h"
 #endif
 
 namespace sqz {
@@ -181,11 +182,12 @@ Status Daemon::LoadAndServe() {
     bo.max_step_tokens = co.max_step_tokens;
     bo.cuda_graphs = co.graphs;
     bo.graph_max_batch = co.graph_max_batch;
+    bo.context_budget_bytes = co.context_mb << 20;
     SQZ_ASSIGN_OR_RETURN(auto backend, CudaBackend::Create(*model_.model, bo));
     backend_ = std::move(backend);
     state_.devices = {"cuda:" + std::to_string(co.device) + ": " + co.dtype +
-                      " weights and KV (fixed contexts are served by the cpu backend until "
-                      "Squeezed Attention runs on the GPU)"};
+                      " weights and KV; fixed contexts resident on the GPU (" +
+                      std::to_string(co.context_mb) + " MiB), Squeezed Attention on the GPU"};
 #else
     return UnimplementedError("engine.model.backend 'cuda': this build has no CUDA backend "
                               "(configure with nvcc present, or -DSQZ_CUDA=ON)");
@@ -199,6 +201,28 @@ Status Daemon::LoadAndServe() {
   EngineLimits limits;
   limits.scheduler = c.engine.scheduler;
   limits.max_new_tokens = c.server.limits.max_new_tokens;
+#if SQZ_WITH_CUDA_BACKEND
+  if (c.engine.model.backend == "cuda") {
+    // Registrations are clustered on the GPU (issue 9); shapes the GPU ingestion lacks (head_dim
+    // other than 64/128) or a device without room fall back to the CPU builder.
+    const int device = static_cast<int>(c.engine.model.cuda.device);
+    limits.build_snapshot = [device](const CapturedContext& captured, const SqueezeOptions& options,
+                                     const IngestProgress& progress) -> StatusOr<ContextSnapshot> {
+      if (progress) progress(IngestStage::kClustering, 0.0);
+      cudaSetDevice(device);  // the ingest-worker thread's current device
+      StatusOr<ContextSnapshot> s = BuildSnapshotOnDevice(captured, options);
+      const StatusCode code = s.status().code();
+      if (code == StatusCode::kUnimplemented || code == StatusCode::kFailedPrecondition ||
+          code == StatusCode::kResourceExhausted) {
+        spdlog::info("GPU ingestion unavailable ({}); clustering on the CPU",
+                     s.status().ToString());
+        return BuildSnapshot(captured, options, progress);
+      }
+      if (s.ok() && progress) progress(IngestStage::kCalibrating, 1.0);
+      return s;
+    };
+  }
+#endif
   SQZ_ASSIGN_OR_RETURN(engine_, Engine::Start(backend_.get(), model_.tokenizer.get(), limits));
   RegistryOptions ro;
   ro.resident_budget_bytes = c.engine.memory.resident_contexts_mb << 20;

@@ -448,8 +448,46 @@ bool Engine::RunStep() {
   }
   if (batch.empty()) return false;
 
-  logits_.resize(batch.size() * static_cast<size_t>(backend_->config().vocab));
-  const Status st = backend_->Forward(batch, logits_.data());
+  // Where the backend samples (CudaBackend), only token ids leave the device, unless a request
+  // wants log-probabilities (they need the logits). Greedy picks the same token either way; a draw
+  // (temperature > 0) uses the backend's seeded stream instead of the Sampler's (backend.h).
+  bool sampled_in_backend =
+      backend_->SamplesInBackend() &&
+      std::none_of(batch_requests.begin(), batch_requests.end(), [](const Active* a) {
+        return a->job.logprobs || a->job.sampling.top_logprobs > 0;
+      });
+  Status st;
+  if (sampled_in_backend) {
+    sampling_.assign(batch.size(), TokenSampling{});
+    for (size_t i = 0; i < batch_requests.size(); ++i) {
+      const Active& a = *batch_requests[i];
+      const SamplingParams& sp = a.job.sampling;
+      TokenSampling& t = sampling_[i];
+      t.temperature = sp.temperature;
+      t.top_k = sp.top_k;
+      t.top_p = sp.top_p;
+      t.min_p = sp.min_p;
+      t.repetition_penalty = sp.repetition_penalty;
+      t.presence_penalty = sp.presence_penalty;
+      t.frequency_penalty = sp.frequency_penalty;
+      t.seed = sp.seed;
+      t.counter = a.generated.size();
+      t.prompt = a.job.prompt;
+      t.generated = a.generated;
+    }
+    sampled_.assign(batch.size(), -1);
+    st = backend_->ForwardSample(batch, sampling_, sampled_.data());
+    if (st.code() == StatusCode::kResourceExhausted &&
+        st.message().find("max_penalty_tokens") != std::string::npos) {
+      // Too many penalised tokens for the device buffer (refused before any change): sample on
+      // the host this step.
+      sampled_in_backend = false;
+    }
+  }
+  if (!sampled_in_backend) {
+    logits_.resize(batch.size() * static_cast<size_t>(backend_->config().vocab));
+    st = backend_->Forward(batch, logits_.data());
+  }
   stat_steps_.fetch_add(1);
   stat_batch_.store(plan.total_tokens());
   if (!st.ok()) {
@@ -473,12 +511,19 @@ bool Engine::RunStep() {
   const int64_t vocab = backend_->config().vocab;
   for (size_t i = 0; i < batch_requests.size(); ++i) {
     Active& a = *batch_requests[i];
-    const float* row = logits_.data() + i * vocab;
+    const float* row = sampled_in_backend ? nullptr : logits_.data() + i * vocab;
     if (a.prefilled < static_cast<int64_t>(a.job.prompt.size())) {
       a.prefilled += static_cast<int64_t>(batch[i].tokens.size());
       if (a.prefilled < static_cast<int64_t>(a.job.prompt.size())) continue;  // more prompt
     }
-    EmitToken(a, a.sampler->Sample(row, vocab));
+    if (sampled_in_backend) {
+      SampleResult r;
+      r.token = sampled_[i];
+      a.sampler->Accept(r.token);  // keeps the host Sampler's penalty state for later host steps
+      EmitToken(a, r);
+    } else {
+      EmitToken(a, a.sampler->Sample(row, vocab));
+    }
   }
   running_.erase(std::remove_if(running_.begin(), running_.end(),
                                 [](auto& a) { return a->seq < 0; }),
@@ -552,6 +597,8 @@ void Engine::WorkerLoop() {
     StatusOr<ContextSnapshot> snapshot =
         (req.abandoned && req.abandoned->load())
             ? StatusOr<ContextSnapshot>(CancelledError("ingestion abandoned"))
+        : limits_.build_snapshot
+            ? limits_.build_snapshot(ing->captured, req.options, req.on_progress)
             : BuildSnapshot(ing->captured, req.options, req.on_progress);
     stat_ingesting_.fetch_sub(1);
     if (req.on_done) req.on_done(std::move(snapshot));

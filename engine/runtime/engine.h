@@ -69,9 +69,18 @@ struct EngineStats {
   int64_t last_batch_tokens = 0;
 };
 
+// Builds a registered context's snapshot from its captured K/V (runs on the ingest-worker thread).
+using SnapshotBuilder = std::function<StatusOr<ContextSnapshot>(const CapturedContext& captured,
+                                                                const SqueezeOptions& options,
+                                                                const IngestProgress& progress)>;
+
 struct EngineLimits {
   SchedulerOptions scheduler;
   int64_t max_new_tokens = 4096;
+  // Index building of registrations; empty: BuildSnapshot on the CPU. The daemon passes the GPU
+  // builder (BuildSnapshotOnDevice, falling back to the CPU for shapes it lacks) with the cuda
+  // backend. It must be callable from the ingest-worker thread while the loop runs steps.
+  SnapshotBuilder build_snapshot;
 };
 
 class Engine {
@@ -128,6 +137,8 @@ class Engine {
   std::vector<std::unique_ptr<Active>> running_;
   std::deque<std::unique_ptr<Ingesting>> ingesting_;
   std::vector<float> logits_;
+  std::vector<TokenSampling> sampling_;  // ForwardSample's per-item parameters
+  std::vector<int32_t> sampled_;         // ForwardSample's tokens
   int64_t next_internal_id_ = 1;
 
   // Worker: contexts whose prefill is done, waiting for BuildSnapshot.

@@ -155,6 +155,124 @@ TEST_CASE("engine ingestion equals direct ingestion, byte for byte") {
   CHECK(engine->stats().kv_blocks_used == 0);  // the ingestion sequence was freed
 }
 
+// A CPU backend that also picks greedy tokens itself (ForwardSample), standing in for the CUDA
+// backend's device sampling; counts which entry point the engine used.
+class SamplingBackend : public Backend {
+ public:
+  explicit SamplingBackend(std::unique_ptr<CpuBackend> inner) : inner_(std::move(inner)) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  StatusOr<SeqId> AddSequence() override { return inner_->AddSequence(); }
+  Status FreeSequence(SeqId seq) override { return inner_->FreeSequence(seq); }
+  int64_t SequenceLength(SeqId seq) const override { return inner_->SequenceLength(seq); }
+  Status Forward(std::span<const StepInput> batch, float* logits) override {
+    ++forward_calls;
+    return inner_->Forward(batch, logits);
+  }
+  bool SamplesInBackend() const override { return true; }
+  Status ForwardSample(std::span<const StepInput> batch, std::span<const TokenSampling> sampling,
+                       int32_t* tokens) override {
+    ++sample_calls;
+    if (sampling.size() != batch.size()) return InvalidArgumentError("sampling size");
+    const int64_t vocab = config().vocab;
+    std::vector<float> logits(batch.size() * vocab);
+    SQZ_RETURN_IF_ERROR(inner_->Forward(batch, logits.data()));
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (sampling[i].temperature != 0.0f) return UnimplementedError("greedy only");
+      const float* row = logits.data() + i * vocab;
+      tokens[i] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+    }
+    return OkStatus();
+  }
+  Status ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) override {
+    return inner_->ReadKv(seq, layer, begin, n, k, v);
+  }
+  KvPoolStats Stats() const override { return inner_->Stats(); }
+
+  std::atomic<int64_t> forward_calls{0}, sample_calls{0};
+
+ private:
+  std::unique_ptr<CpuBackend> inner_;
+};
+
+TEST_CASE("a backend that samples gets ForwardSample, unless a request wants logprobs") {
+  REQUIRE_STORIES();
+  auto ref_backend = MakeBackend(*fx->model);
+  GenerationRequest req;
+  req.prompt = Encode(*fx, "The little dog");
+  req.sampling = Greedy(24);
+  GenerateOptions go;
+  go.eos_ids = fx->tokenizer->model().eos_ids;
+  go.tokenizer = fx->tokenizer.get();
+  auto ref = Generate(*ref_backend, std::span(&req, 1), go);
+  REQUIRE(ref.ok());
+
+  SamplingBackend backend(MakeBackend(*fx->model));
+  auto engine = std::move(Engine::Start(&backend, fx->tokenizer.get(), Limits())).value();
+  GenerateJob job;
+  job.prompt = req.prompt;
+  job.sampling = req.sampling;
+  Outcome out = Drain(*std::move(engine->Submit(job)).value());
+  CHECK(out.final_event.status.ok());
+  CHECK(out.tokens == (*ref)[0].tokens);
+  CHECK(backend.sample_calls > 0);
+  CHECK(backend.forward_calls == 0);
+  // Log-probabilities need the logits: the same tokens through Forward and the host Sampler.
+  job.logprobs = true;
+  const int64_t sampled_before = backend.sample_calls;
+  auto stream = std::move(engine->Submit(job)).value();
+  std::vector<float> logprobs;
+  GenerateEvent e;
+  std::vector<int32_t> tokens;
+  for (;;) {
+    REQUIRE(stream->WaitPop(&e, 60000));
+    tokens.insert(tokens.end(), e.token_ids.begin(), e.token_ids.end());
+    logprobs.insert(logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+    if (e.final) break;
+  }
+  CHECK(tokens == (*ref)[0].tokens);
+  CHECK(logprobs.size() == tokens.size());
+  CHECK(backend.forward_calls > 0);
+  CHECK(backend.sample_calls == sampled_before);
+}
+
+TEST_CASE("the engine builds snapshots with the injected builder") {
+  REQUIRE_STORIES();
+  const auto tokens = Encode(*fx,
+                             "Tom had a blue kite. He ran up the hill with it and the wind "
+                             "took it high into the sky, over the trees and the river.");
+  SqueezeOptions so;
+  so.observation_window = 8;
+  so.centroid_fraction = 0.1;
+  auto backend = MakeBackend(*fx->model);
+  EngineLimits limits = Limits();
+  std::atomic<int> built{0};
+  limits.build_snapshot = [&](const CapturedContext& c, const SqueezeOptions& o,
+                              const IngestProgress& p) {
+    ++built;
+    return BuildSnapshot(c, o, p);
+  };
+  auto engine = std::move(Engine::Start(backend.get(), fx->tokenizer.get(), limits)).value();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<StatusOr<ContextSnapshot>> result;
+  IngestRequest ir;
+  ir.context_id = "kite";
+  ir.tokens = tokens;
+  ir.options = so;
+  ir.on_done = [&](StatusOr<ContextSnapshot> s) {
+    std::lock_guard<std::mutex> lock(mu);
+    result.emplace(std::move(s));
+    cv.notify_all();
+  };
+  REQUIRE(engine->SubmitIngest(std::move(ir)).ok());
+  std::unique_lock<std::mutex> lock(mu);
+  REQUIRE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return result.has_value(); }));
+  REQUIRE(result->ok());
+  CHECK(built == 1);
+  auto direct_backend = MakeBackend(*fx->model);
+  CHECK(**result == IngestContext(*direct_backend, tokens, so).value());
+}
+
 TEST_CASE("concurrent requests over several contexts give exactly the one-at-a-time tokens") {
   REQUIRE_STORIES();
   SqueezeOptions so;
