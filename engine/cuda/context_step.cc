@@ -34,6 +34,12 @@ X* At(std::vector<char>& host, size_t off) {
   return reinterpret_cast<X*>(host.data() + off);
 }
 
+// A SQUEEZED item whose context has a body to select from; a context of only sink and window
+// (no clusters) is attended densely, which is what selection would give.
+bool IsSqueezed(const StepContext& c) {
+  return c.device != nullptr && c.query.squeezed != nullptr && c.device->shape().k > 0;
+}
+
 }  // namespace
 
 template <typename T>
@@ -62,7 +68,7 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
   std::map<LookupClass, std::vector<int32_t>> by_class;
   for (int64_t d = 0; d < D; ++d) {
     const StepContext& c = contexts[d];
-    if (c.device != nullptr && c.query.squeezed != nullptr) {
+    if (IsSqueezed(c)) {
       by_class[c.query.lookup].push_back(static_cast<int32_t>(d));
     }
   }
@@ -91,7 +97,7 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
       At<const void*>(host_, off_ctx_k_)[layer * items + i] = dc ? dc->layer_k(layer) : nullptr;
       At<const void*>(host_, off_ctx_v_)[layer * items + i] = dc ? dc->layer_v(layer) : nullptr;
     }
-    const bool squeezed = dc != nullptr && contexts[i].query.squeezed != nullptr && i < D;
+    const bool squeezed = i < D && IsSqueezed(contexts[i]);
     for (int64_t t = 0; t < item.n; ++t) {
       At<int32_t>(host_, off_row_slot_)[item.row0 + t] = dc ? static_cast<int32_t>(i) : -1;
       At<int32_t>(host_, off_row_sel_)[item.row0 + t] = squeezed ? static_cast<int32_t>(i) : -1;

@@ -298,6 +298,25 @@ TEST_CASE("CudaBackend contexts: a batch mixing contexts, modes and no context m
   }
 }
 
+TEST_CASE("CudaBackend contexts: a context of only sink and window, and a 1-token prompt") {
+  REQUIRE_CUDA_OR_SKIP();
+  const Model m = RandomModel(55);
+  // 30 tokens: sink 4 + window 26 (observation_window 32 is capped), no body, no clusters.
+  const ContextSnapshot tiny = Ingest(m, 30, 9);
+  REQUIRE(tiny.dims.body_len == 0);
+  auto dense = Attn(tiny, AttentionMode::kDense);
+  auto squeezed = Attn(tiny, AttentionMode::kSqueezed, 0.125);
+  auto cpu = MakeCpu(m);
+  for (CudaDType dtype : {CudaDType::kF32, CudaDType::kBf16}) {
+    const bool fp32 = dtype == CudaDType::kF32;
+    INFO((fp32 ? "fp32" : "bf16"));
+    auto gpu = MakeCuda(m, dtype);
+    const Outcome o = Compare(*cpu, *gpu, {{dense.get(), squeezed.get(), 1}}, 6, 2);
+    CHECK(o.worst_prefill < (fp32 ? 1e-4 : 2e-2));
+    CHECK(o.worst_decode < (fp32 ? 1e-4 : 2e-2));
+  }
+}
+
 TEST_CASE("CudaBackend contexts: the memory budget refuses clearly and evicts unused copies") {
   REQUIRE_CUDA_OR_SKIP();
   const Model m = RandomModel(44);
