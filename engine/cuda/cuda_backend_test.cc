@@ -280,7 +280,8 @@ TEST_CASE("CudaBackend refuses bad steps and options with clear messages") {
   } ctx;
   expect({{s + 100, one}}, StatusCode::kInvalidArgument, "unknown sequence");
   expect({{s, bad}}, StatusCode::kInvalidArgument, "outside the vocabulary");
-  expect({{s, one, &ctx}}, StatusCode::kUnimplemented, "not supported by the CUDA backend");
+  // A context the GPU cannot see into (not a SnapshotAttention); cuda_context_test covers real ones.
+  expect({{s, one, &ctx}}, StatusCode::kUnimplemented, "this ContextAttention has no snapshot");
   expect({{s, many}}, StatusCode::kResourceExhausted, "new KV blocks");
   std::vector<int32_t> too_many(65, 1);
   expect({{s, too_many}}, StatusCode::kInvalidArgument, "max_step_tokens");
@@ -318,6 +319,9 @@ TEST_CASE("CudaBackend refuses bad steps and options with clear messages") {
   o = {};
   o.max_step_tokens = 0;
   CHECK(create(o).message().find("max_step_tokens") != std::string::npos);
+  o = {};
+  o.context_budget_bytes = -1;
+  CHECK(create(o).message().find("context_budget_bytes") != std::string::npos);
   o = {};
   o.device = 99;
   CHECK(create(o).code() == StatusCode::kInvalidArgument);
