@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/cuda/context_step.h"
+#include "engine/cuda/cuda_backend_impl.h"
 #include "engine/cuda/cuda_weights.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/device_sampler.h"
@@ -24,30 +25,6 @@
 #include "kernels/cuda/prefill_attention.h"
 
 namespace sqz {
-
-// The dtype-specific half of the backend: device buffers and the forward pass.
-class CudaBackend::Impl {
- public:
-  virtual ~Impl() = default;
-  // Runs the step described by `layout` (made by PagedSequences::Prepare for `batch`). Writes the
-  // logit rows to `logits` (host) if not null, or, if `tokens` is not null, one token per logit row
-  // chosen on the device as sampling[row] says (sampling.size() == layout.out_rows). contexts:
-  // empty when no item has a fixed context, else one entry per layout item.
-  virtual Status Run(const StepLayout& layout, std::span<const StepInput> batch,
-                     std::span<const StepContext> contexts, float* logits,
-                     std::span<const TokenSampling> sampling, int32_t* tokens) = 0;
-  // Tokens [begin, begin + n) of the sequence whose block table is `blocks`, at `layer`.
-  virtual Status ReadKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
-                        float* k, float* v) = 0;
-  // Device-to-device: tokens [begin, begin + n) (begin a multiple of 16) into k, v.
-  virtual Status GatherKv(const std::vector<int32_t>& blocks, int layer, int64_t begin, int64_t n,
-                          void* k, void* v) = 0;
-  virtual size_t weight_bytes() const = 0;
-  virtual size_t kv_pool_bytes() const = 0;
-  virtual cudaStream_t stream() const = 0;
-  virtual CudaBackend::GraphStats graph_stats() const = 0;
-  virtual void set_cuda_graphs(bool on) = 0;
-};
 
 namespace {
 
@@ -730,16 +707,6 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::CreateImpl(const ModelConfig
 
 StatusOr<SeqId> CudaBackend::AddSequence() { return sequences_.Add(); }
 
-Status CudaBackend::FreeSequence(SeqId seq) {
-  SQZ_RETURN_IF_ERROR(sequences_.Free(seq));
-  auto it = seq_context_.find(seq);
-  if (it != seq_context_.end()) {
-    contexts_->Release(it->second);
-    seq_context_.erase(it);
-  }
-  return OkStatus();
-}
-
 int64_t CudaBackend::SequenceLength(SeqId seq) const { return sequences_.Length(seq); }
 
 KvPoolStats CudaBackend::Stats() const { return sequences_.Stats(); }
@@ -749,106 +716,6 @@ size_t CudaBackend::weight_bytes() const { return impl_->weight_bytes(); }
 size_t CudaBackend::kv_pool_bytes() const { return impl_->kv_pool_bytes(); }
 
 cudaStream_t CudaBackend::stream() const { return impl_->stream(); }
-
-Status CudaBackend::PrepareContexts(std::span<const StepInput> batch, bool* any) {
-  *any = false;
-  by_batch_.assign(batch.size(), StepContext{});
-  for (size_t i = 0; i < batch.size(); ++i) {
-    if (batch[i].context == nullptr) continue;
-    auto query = DescribeContext(*batch[i].context, config_);
-    if (!query.ok()) {
-      return query.status().WithContext("Forward: batch item " + std::to_string(i));
-    }
-    auto device = contexts_->Get(*query->snapshot, impl_->stream());
-    if (!device.ok()) {
-      return device.status().WithContext("Forward: batch item " + std::to_string(i));
-    }
-    // Held for the step, so that a later item's upload cannot evict it.
-    contexts_->Acquire(query->snapshot);
-    step_refs_.push_back(query->snapshot);
-    by_batch_[i] = StepContext{*device, *query};
-    *any = true;
-  }
-  return OkStatus();
-}
-
-void CudaBackend::ReleaseStepContexts() {
-  for (const ContextSnapshot* s : step_refs_) contexts_->Release(s);
-  step_refs_.clear();
-}
-
-Status CudaBackend::RunStep(std::span<const StepInput> batch, float* logits,
-                            std::span<const TokenSampling> sampling, int32_t* tokens) {
-  bool any = false;
-  Status st = PrepareContexts(batch, &any);
-  const StepLimits limits{config_.vocab, config_.max_positions, options_.max_step_tokens};
-  if (st.ok()) st = sequences_.Prepare(batch, limits, &layout_);
-  if (st.ok() && !batch.empty()) {
-    step_contexts_.clear();
-    if (any) {
-      for (const StepLayout::Item& item : layout_.items) {
-        step_contexts_.push_back(by_batch_[item.batch_index]);
-      }
-    }
-    st = impl_->Run(layout_, batch, step_contexts_, logits, sampling, tokens);
-    if (st.ok()) {
-      sequences_.Advance(layout_, batch);
-      // Bind each sequence to its context (one reference per live sequence).
-      for (size_t i = 0; i < batch.size(); ++i) {
-        const ContextSnapshot* snap = by_batch_[i].query.snapshot;
-        auto it = seq_context_.find(batch[i].seq);
-        const ContextSnapshot* old = it == seq_context_.end() ? nullptr : it->second;
-        if (old == snap) continue;
-        if (old != nullptr) contexts_->Release(old);
-        if (snap != nullptr) {
-          contexts_->Acquire(snap);
-          seq_context_[batch[i].seq] = snap;
-        } else {
-          seq_context_.erase(it);
-        }
-      }
-    }
-  }
-  ReleaseStepContexts();
-  return st;
-}
-
-Status CudaBackend::Forward(std::span<const StepInput> batch, float* logits) {
-  return RunStep(batch, logits, {}, nullptr);
-}
-
-Status CudaBackend::InstallContext(const ContextSnapshot& snapshot,
-                                   std::unique_ptr<DeviceContext> context) {
-  if (context == nullptr) return InvalidArgumentError("InstallContext: null device context");
-  return contexts_->Install(snapshot, std::move(context), impl_->stream());
-}
-
-Status CudaBackend::CopyKvToDevice(SeqId seq, int layer, int64_t begin, int64_t n, void* k,
-                                   void* v) {
-  const std::vector<int32_t>* blocks = sequences_.Blocks(seq);
-  if (blocks == nullptr) {
-    return NotFoundError("CopyKvToDevice: unknown sequence " + std::to_string(seq));
-  }
-  if (layer < 0 || layer >= config_.layers) {
-    return InvalidArgumentError("CopyKvToDevice: layer " + std::to_string(layer) + " outside [0, " +
-                                std::to_string(config_.layers) + ")");
-  }
-  const int64_t length = sequences_.Length(seq);
-  if (begin < 0 || n < 0 || begin % kKvBlockTokens != 0 || begin + n > length) {
-    return OutOfRangeError("CopyKvToDevice: tokens [" + std::to_string(begin) + ", " +
-                           std::to_string(begin + n) + ") (begin a multiple of 16) outside the " +
-                           std::to_string(length) + " cached tokens of sequence " +
-                           std::to_string(seq));
-  }
-  if (n == 0) return OkStatus();
-  return impl_->GatherKv(*blocks, layer, begin, n, k, v);
-}
-
-Status CudaBackend::EvictContext(const ContextSnapshot& snapshot) {
-  return contexts_->Evict(&snapshot);
-}
-
-DeviceContextCache::Stats CudaBackend::context_stats() const { return contexts_->stats(); }
 
 Status CudaBackend::ForwardSample(std::span<const StepInput> batch,
                                   std::span<const TokenSampling> sampling, int32_t* tokens) {
