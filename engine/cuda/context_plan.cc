@@ -1,6 +1,7 @@
 #include "engine/cuda/context_plan.h"
 
 #include <algorithm>
+#include <map>
 #include <string>
 
 namespace sqz {
@@ -66,6 +67,56 @@ float LookupValue(const DeviceContextQuery& query, int layer) {
   if (query.squeezed == nullptr) return 1.0f;
   if (query.lookup.policy == cuda::SqueezePolicy::kBudget) return query.kv_budget;
   return query.squeezed->ParamsForLayer(layer).threshold;
+}
+
+ContextStepPlan PlanContextStep(const StepLayout& L, std::span<const ContextItemFacts> facts,
+                                int q_heads, int kv_heads, int head_dim) {
+  ContextStepPlan plan;
+  const int64_t D = L.decode_items;
+  std::map<LookupClass, std::vector<int32_t>> by_class;
+  for (int64_t i = 0; i < static_cast<int64_t>(L.items.size()); ++i) {
+    const ContextItemFacts& f = facts[i];
+    const StepLayout::Item& item = L.items[i];
+    if (i >= D) {
+      if (f.has_context) plan.max_prefill_rows = std::max(plan.max_prefill_rows, item.n);
+      continue;
+    }
+    int64_t ctx_keys = 0;
+    if (f.has_context && f.squeezed) {
+      by_class[f.lookup].push_back(static_cast<int32_t>(i));
+      ctx_keys = cuda::SqueezeMaxSelectedKeys(f.lookup.policy, f.kv_budget, f.sink_len, f.body_len,
+                                              f.window_len, f.largest_cluster);
+    } else if (f.has_context) {
+      ctx_keys = f.n_tokens;
+    }
+    plan.decode_max_kv = std::max(plan.decode_max_kv, ctx_keys + item.cached + 1);
+  }
+  for (auto& [lookup, members] : by_class) {
+    ContextStepPlan::Class c;
+    c.lookup = lookup;
+    c.items = std::move(members);
+    for (int32_t d : c.items) {
+      c.max_clusters = std::max(c.max_clusters, facts[d].k);
+      c.max_coarse = std::max(c.max_coarse, facts[d].k1);
+    }
+    cuda::SqueezeSelectParams p;
+    p.batch = static_cast<int>(c.items.size());
+    p.n_q_heads = q_heads;
+    p.n_kv_heads = kv_heads;
+    p.head_dim = head_dim;
+    p.policy = c.lookup.policy;
+    p.reduce = c.lookup.reduce;
+    p.hierarchical = c.lookup.hierarchical;
+    p.coarse_coverage = c.lookup.coarse_coverage;
+    p.max_clusters = c.max_clusters;
+    p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
+    c.select = cuda::PlanSqueezeSelect(p);
+    plan.full_max_segments = std::max(plan.full_max_segments, c.select.max_segments);
+    plan.max_class = std::max(plan.max_class, static_cast<int32_t>(c.items.size()));
+    plan.select_workspace_bytes = std::max(plan.select_workspace_bytes, c.select.workspace_bytes);
+    plan.classes.push_back(std::move(c));
+  }
+  return plan;
 }
 
 }  // namespace sqz

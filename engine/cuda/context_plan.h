@@ -26,10 +26,14 @@
 // Pure host code (no device access): tested without a GPU. Thread safety: stateless functions.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <tuple>
+#include <vector>
 
 #include "common/status.h"
+#include "engine/cuda/paged_sequences.h"
 #include "engine/model/config.h"
 #include "engine/model/context_attention.h"
 #include "engine/squeeze/snapshot.h"
@@ -72,5 +76,41 @@ StatusOr<DeviceContextQuery> DescribeContext(const ContextAttention& context,
 
 // The per-request value of SqueezeSelect at `layer`: kv_budget (budget) or the threshold.
 float LookupValue(const DeviceContextQuery& query, int layer);
+
+// What planning a step needs to know about one layout item's context (host data only).
+struct ContextItemFacts {
+  bool has_context = false;
+  // SQUEEZED over a context with a body to select from (a context of only sink and window is
+  // attended densely: selection would keep every row anyway).
+  bool squeezed = false;
+  LookupClass lookup;
+  float kv_budget = 1.0f;
+  int64_t n_tokens = 0, sink_len = 0, body_len = 0, window_len = 0;
+  int64_t largest_cluster = 0;  // over the context's heads
+  int32_t k = 0, k1 = 0;        // fine and coarse clusters per head
+};
+
+// The sizes of one step's context attention (context_step.h), made on the host.
+struct ContextStepPlan {
+  struct Class {
+    LookupClass lookup;
+    std::vector<int32_t> items;  // its decode items (indices == their device rows), ascending
+    int32_t max_clusters = 0, max_coarse = 0;
+    cuda::SqueezeSelectPlan select;  // of one SqueezeSelect launch over the class
+  };
+  std::vector<Class> classes;  // in LookupClass order
+  // DecodeAttention's max_kv_len: over decode items, context keys read (all rows for DENSE, the
+  // lookup's bound for SQUEEZED, 0 without a context) + own keys.
+  int64_t decode_max_kv = 0;
+  int32_t full_max_segments = 1;      // segment capacity of the per-item lists (>= every class's)
+  int32_t max_class = 0;              // largest class
+  size_t select_workspace_bytes = 0;  // largest SqueezeSelect workspace of the classes
+  int64_t max_prefill_rows = 0;       // largest prefill item with a context
+  bool any_squeezed() const { return !classes.empty(); }
+};
+
+// Plans a step whose layout is L: facts[i] describes L.items[i].
+ContextStepPlan PlanContextStep(const StepLayout& L, std::span<const ContextItemFacts> facts,
+                                int q_heads, int kv_heads, int head_dim);
 
 }  // namespace sqz

@@ -136,3 +136,76 @@ TEST_CASE("DescribeContext: refusals say why") {
 
 }  // namespace
 }  // namespace sqz
+
+namespace sqz {
+namespace {
+
+ContextItemFacts Facts(bool squeezed, cuda::SqueezePolicy policy, float budget, int64_t body,
+                       int32_t k, int64_t largest) {
+  ContextItemFacts f;
+  f.has_context = true;
+  f.squeezed = squeezed;
+  f.lookup.policy = policy;
+  f.kv_budget = budget;
+  f.sink_len = 4;
+  f.window_len = 100;
+  f.body_len = body;
+  f.n_tokens = 4 + 100 + body;
+  f.k = k;
+  f.largest_cluster = largest;
+  return f;
+}
+
+StepLayout::Item Item(int64_t row0, int64_t n, int64_t cached) {
+  StepLayout::Item it;
+  it.row0 = row0;
+  it.n = n;
+  it.cached = cached;
+  return it;
+}
+
+TEST_CASE("PlanContextStep: lookup classes, the decode key bound, segment and prefill sizes") {
+  StepLayout L;
+  L.decode_items = 5;
+  L.items = {Item(0, 1, 10), Item(1, 1, 0), Item(2, 1, 5),   Item(3, 1, 20),
+             Item(4, 1, 2),  Item(5, 7, 0), Item(12, 129, 3)};
+  std::vector<ContextItemFacts> f(L.items.size());
+  f[0] = Facts(true, cuda::SqueezePolicy::kBudget, 0.25f, 1000, 50, 9);
+  // f[1]: no context.
+  f[2] = Facts(true, cuda::SqueezePolicy::kThreshold, 0.0f, 400, 20, 40);
+  f[3] = Facts(false, cuda::SqueezePolicy::kBudget, 1.0f, 196, 10, 30);   // DENSE, 300 tokens
+  f[4] = Facts(true, cuda::SqueezePolicy::kBudget, 0.5f, 3000, 151, 60);  // same class as f[0]
+  f[5] = Facts(false, cuda::SqueezePolicy::kBudget, 1.0f, 10, 1, 10);     // prefill, 7 rows
+  // f[6]: prefill of 129 rows without a context.
+  const ContextStepPlan p = PlanContextStep(L, f, 8, 2, 64);
+  REQUIRE(p.classes.size() == 2);
+  CHECK(p.classes[0].lookup.policy == cuda::SqueezePolicy::kBudget);
+  CHECK(p.classes[0].items == std::vector<int32_t>{0, 4});
+  CHECK(p.classes[0].max_clusters == 151);
+  CHECK(p.classes[1].lookup.policy == cuda::SqueezePolicy::kThreshold);
+  CHECK(p.classes[1].items == std::vector<int32_t>{2});
+  // Segments: runs among k + 2 rows ranges (sink, clusters, window): (151 + 3) / 2.
+  CHECK(p.classes[0].select.max_segments == 77);
+  CHECK(p.full_max_segments == 77);
+  CHECK(p.max_class == 2);
+  CHECK(p.select_workspace_bytes ==
+        std::max(p.classes[0].select.workspace_bytes, p.classes[1].select.workspace_bytes));
+  // Keys: item 0 reads at most 4 + 100 + min(1000, 250 + 9 - 1) = 362 context keys + 11 own;
+  // item 2 (threshold) up to every row, 504 + 6; item 3 (DENSE) 300 + 21; item 4 4 + 100 +
+  // min(3000, 1500 + 59) + 3 = 1666.
+  CHECK(p.decode_max_kv == 1666);
+  CHECK(p.max_prefill_rows == 7);
+  CHECK(p.any_squeezed());
+
+  // Without SQUEEZED items there is no lookup; a context without a body counts densely.
+  std::vector<ContextItemFacts> g(L.items.size());
+  g[1] = Facts(false, cuda::SqueezePolicy::kBudget, 1.0f, 0, 0, 0);
+  const ContextStepPlan q = PlanContextStep(L, g, 8, 2, 64);
+  CHECK_FALSE(q.any_squeezed());
+  CHECK(q.full_max_segments == 1);
+  CHECK(q.decode_max_kv == 104 + 1);
+  CHECK(q.max_prefill_rows == 0);
+}
+
+}  // namespace
+}  // namespace sqz

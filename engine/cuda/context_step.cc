@@ -57,38 +57,44 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
   contexts_ = contexts;
   const int64_t items = static_cast<int64_t>(L.items.size()), D = L.decode_items;
   const int kvh = s_.kv_heads;
+  facts_.assign(items, ContextItemFacts{});
+  for (int64_t i = 0; i < items; ++i) {
+    const DeviceContext* dc = contexts[i].device;
+    if (dc == nullptr) continue;
+    const DeviceContextShape& sh = dc->shape();
+    ContextItemFacts& f = facts_[i];
+    f.has_context = true;
+    f.squeezed = IsSqueezed(contexts[i]);
+    f.lookup = contexts[i].query.lookup;
+    f.kv_budget = contexts[i].query.kv_budget;
+    f.n_tokens = sh.n_tokens;
+    f.sink_len = sh.sink_len;
+    f.body_len = sh.body_len();
+    f.window_len = sh.window_len;
+    f.largest_cluster = dc->largest_cluster();
+    f.k = static_cast<int32_t>(sh.k);
+    f.k1 = static_cast<int32_t>(sh.k1);
+  }
+  plan_ = PlanContextStep(L, facts_, s_.q_heads, kvh, s_.head_dim);
+
   host_.clear();
   off_ctx_len_ = Take(&host_, items * 4);
   off_row_slot_ = Take(&host_, L.rows * 4);
   off_row_sel_ = Take(&host_, L.rows * 4);
   off_ctx_k_ = Take(&host_, static_cast<size_t>(s_.layers) * items * sizeof(void*));
   off_ctx_v_ = Take(&host_, static_cast<size_t>(s_.layers) * items * sizeof(void*));
-
-  // Lookup classes over the SQUEEZED decode items.
-  std::map<LookupClass, std::vector<int32_t>> by_class;
-  for (int64_t d = 0; d < D; ++d) {
-    const StepContext& c = contexts[d];
-    if (IsSqueezed(c)) {
-      by_class[c.query.lookup].push_back(static_cast<int32_t>(d));
-    }
-  }
-  any_squeezed_ = !by_class.empty();
-  classes_.clear();
-  for (auto& [lookup, members] : by_class) {
-    Class c;
-    c.lookup = lookup;
-    c.items = std::move(members);
+  class_offsets_.clear();
+  for (const ContextStepPlan::Class& c : plan_.classes) {
     const size_t n = c.items.size();
-    c.off_rows = Take(&host_, n * 4);
-    c.off_values = Take(&host_, static_cast<size_t>(s_.layers) * n * 4);
-    c.off_views = Take(&host_, static_cast<size_t>(s_.layers) * n * sizeof(cuda::SqueezeLayerView),
-                       alignof(cuda::SqueezeLayerView));
-    classes_.push_back(std::move(c));
+    ClassOffsets o;
+    o.rows = Take(&host_, n * 4);
+    o.values = Take(&host_, static_cast<size_t>(s_.layers) * n * 4);
+    o.views = Take(&host_, static_cast<size_t>(s_.layers) * n * sizeof(cuda::SqueezeLayerView),
+                   alignof(cuda::SqueezeLayerView));
+    class_offsets_.push_back(o);
   }
 
   // Per item: context length, K/V pointers per layer; per row: slot and selection index.
-  max_prefill_rows_ = 0;
-  decode_max_kv_ = 0;
   for (int64_t i = 0; i < items; ++i) {
     const StepLayout::Item& item = L.items[i];
     const DeviceContext* dc = contexts[i].device;
@@ -97,65 +103,26 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
       At<const void*>(host_, off_ctx_k_)[layer * items + i] = dc ? dc->layer_k(layer) : nullptr;
       At<const void*>(host_, off_ctx_v_)[layer * items + i] = dc ? dc->layer_v(layer) : nullptr;
     }
-    const bool squeezed = i < D && IsSqueezed(contexts[i]);
+    const bool squeezed = i < D && facts_[i].squeezed;
     for (int64_t t = 0; t < item.n; ++t) {
       At<int32_t>(host_, off_row_slot_)[item.row0 + t] = dc ? static_cast<int32_t>(i) : -1;
       At<int32_t>(host_, off_row_sel_)[item.row0 + t] = squeezed ? static_cast<int32_t>(i) : -1;
     }
-    if (i < D) {
-      int64_t ctx_keys = 0;
-      if (dc != nullptr) {
-        const DeviceContextShape& sh = dc->shape();
-        ctx_keys = sh.n_tokens;
-        if (squeezed) {
-          const DeviceContextQuery& q = contexts[i].query;
-          ctx_keys =
-              cuda::SqueezeMaxSelectedKeys(q.lookup.policy, q.kv_budget, sh.sink_len, sh.body_len(),
-                                           sh.window_len, dc->largest_cluster());
-        }
-      }
-      decode_max_kv_ = std::max(decode_max_kv_, ctx_keys + item.cached + 1);
-    } else if (dc != nullptr) {
-      max_prefill_rows_ = std::max(max_prefill_rows_, item.n);
-    }
   }
-
-  // Per class: rows, per-layer values and views, and the lookup's plan.
-  full_max_segments_ = 1;
-  compact_max_segments_ = 1;
-  max_class_ = 0;
-  select_ws_bytes_ = 0;
-  for (Class& c : classes_) {
+  // Per class: rows, per-layer values and views.
+  for (size_t ci = 0; ci < plan_.classes.size(); ++ci) {
+    const ContextStepPlan::Class& c = plan_.classes[ci];
+    const ClassOffsets& o = class_offsets_[ci];
     const int64_t n = static_cast<int64_t>(c.items.size());
-    c.max_clusters = 0;
-    c.max_coarse = 0;
     for (int64_t j = 0; j < n; ++j) {
       const int32_t d = c.items[j];
       const StepContext& sc = contexts[d];
-      At<int32_t>(host_, c.off_rows)[j] = static_cast<int32_t>(L.items[d].row0);
-      c.max_clusters = std::max<int32_t>(c.max_clusters, sc.device->shape().k);
-      c.max_coarse = std::max<int32_t>(c.max_coarse, sc.device->shape().k1);
+      At<int32_t>(host_, o.rows)[j] = static_cast<int32_t>(L.items[d].row0);
       for (int layer = 0; layer < s_.layers; ++layer) {
-        At<float>(host_, c.off_values)[layer * n + j] = LookupValue(sc.query, layer);
-        At<cuda::SqueezeLayerView>(host_, c.off_views)[layer * n + j] = sc.device->view(layer);
+        At<float>(host_, o.values)[layer * n + j] = LookupValue(sc.query, layer);
+        At<cuda::SqueezeLayerView>(host_, o.views)[layer * n + j] = sc.device->view(layer);
       }
     }
-    cuda::SqueezeSelectParams p;
-    p.batch = static_cast<int>(n);
-    p.n_q_heads = s_.q_heads;
-    p.n_kv_heads = kvh;
-    p.head_dim = s_.head_dim;
-    p.policy = c.lookup.policy;
-    p.reduce = c.lookup.reduce;
-    p.hierarchical = c.lookup.hierarchical;
-    p.coarse_coverage = c.lookup.coarse_coverage;
-    p.max_clusters = c.max_clusters;
-    p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
-    c.plan = cuda::PlanSqueezeSelect(p);
-    full_max_segments_ = std::max(full_max_segments_, c.plan.max_segments);
-    compact_max_segments_ = std::max(compact_max_segments_, c.plan.max_segments);
-    max_class_ = std::max<int32_t>(max_class_, static_cast<int32_t>(n));
-    select_ws_bytes_ = std::max(select_ws_bytes_, c.plan.workspace_bytes);
   }
 
   // Device space: metadata, selections, prefill partials.
@@ -166,7 +133,7 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
     SQZ_ASSIGN_OR_RETURN(pinned_, PinnedMemory::Allocate(Align(host_.size() * 5 / 4 + 256),
                                                          "context step metadata staging"));
   }
-  if (any_squeezed_) {
+  if (plan_.any_squeezed()) {
     size_t off = 0;
     auto take = [&](size_t bytes) {
       const size_t o = off;
@@ -174,19 +141,19 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
       return o;
     };
     const size_t full = static_cast<size_t>(D) * kvh,
-                 compact = static_cast<size_t>(max_class_) * kvh;
-    off_full_seg_ = take(full * full_max_segments_ * sizeof(int2));
+                 compact = static_cast<size_t>(plan_.max_class) * kvh;
+    off_full_seg_ = take(full * plan_.full_max_segments * sizeof(int2));
     off_full_num_ = take(full * 4);
     off_full_len_ = take(full * 4);
-    off_c_seg_ = take(compact * compact_max_segments_ * sizeof(int2));
+    off_c_seg_ = take(compact * plan_.full_max_segments * sizeof(int2));
     off_c_num_ = take(compact * 4);
     off_c_len_ = take(compact * 4);
-    off_q_ = take(static_cast<size_t>(max_class_) * s_.q_heads * s_.head_dim * sizeof(bf16));
-    off_ws_ = take(select_ws_bytes_);
+    off_q_ = take(static_cast<size_t>(plan_.max_class) * s_.q_heads * s_.head_dim * sizeof(bf16));
+    off_ws_ = take(plan_.select_workspace_bytes);
     SQZ_RETURN_IF_ERROR(Grow(&select_, off, "Squeezed Attention selections"));
   }
-  if (max_prefill_rows_ > 0) {
-    const size_t rows = static_cast<size_t>(max_prefill_rows_) * s_.q_heads;
+  if (plan_.max_prefill_rows > 0) {
+    const size_t rows = static_cast<size_t>(plan_.max_prefill_rows) * s_.q_heads;
     SQZ_RETURN_IF_ERROR(Grow(
         &prefill_,
         Align(rows * s_.head_dim * sizeof(T)) + 2 * Align(rows * sizeof(cpu::AttentionPartial)),
@@ -218,20 +185,22 @@ cuda::SqueezeSelection ContextStep<T>::Compact() const {
 
 template <typename T>
 Status ContextStep<T>::Select(const StepLayout& L, int layer, const Buffers& b) {
-  if (!any_squeezed_) return OkStatus();
+  if (!plan_.any_squeezed()) return OkStatus();
   const cuda::SqueezeSelection full = Full(), compact = Compact();
   const char* meta = meta_.get<char>();
   const int D = static_cast<int>(L.decode_items);
   if (layer == 0) {
     SQZ_RETURN_IF_ERROR(
         cuda_ctx::InitDenseSelection(reinterpret_cast<const int32_t*>(meta + off_ctx_len_), D,
-                                     s_.kv_heads, full, full_max_segments_, stream_));
+                                     s_.kv_heads, full, plan_.full_max_segments, stream_));
   }
   bf16* q = reinterpret_cast<bf16*>(select_.get<char>() + off_q_);
   const int q_dim = s_.q_heads * s_.head_dim;
-  for (const Class& c : classes_) {
+  for (size_t ci = 0; ci < plan_.classes.size(); ++ci) {
+    const ContextStepPlan::Class& c = plan_.classes[ci];
+    const ClassOffsets& o = class_offsets_[ci];
     const int n = static_cast<int>(c.items.size());
-    const int32_t* rows = reinterpret_cast<const int32_t*>(meta + c.off_rows);
+    const int32_t* rows = reinterpret_cast<const int32_t*>(meta + o.rows);
     SQZ_RETURN_IF_ERROR(cuda_ctx::GatherQueryRows<T>(b.qkv, b.qkv_dim, rows, n, q_dim, q, stream_));
     cuda::SqueezeSelectParams p;
     p.batch = n;
@@ -241,22 +210,22 @@ Status ContextStep<T>::Select(const StepLayout& L, int layer, const Buffers& b) 
     p.scale = 1.0f / std::sqrt(static_cast<float>(s_.head_dim));
     p.q = q;
     p.q_stride = q_dim;
-    p.views = reinterpret_cast<const cuda::SqueezeLayerView*>(meta + c.off_views) +
+    p.views = reinterpret_cast<const cuda::SqueezeLayerView*>(meta + o.views) +
               static_cast<int64_t>(layer) * n;
     p.policy = c.lookup.policy;
     p.reduce = c.lookup.reduce;
     p.per_request_value =
-        reinterpret_cast<const float*>(meta + c.off_values) + static_cast<int64_t>(layer) * n;
+        reinterpret_cast<const float*>(meta + o.values) + static_cast<int64_t>(layer) * n;
     p.hierarchical = c.lookup.hierarchical;
     p.coarse_coverage = c.lookup.coarse_coverage;
     p.max_clusters = c.max_clusters;
     p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
     const cuda::SqueezeSelectPlan plan = cuda::PlanSqueezeSelect(p);
     SQZ_RETURN_IF_ERROR(cuda::SqueezeSelect(p, plan, compact, select_.get<char>() + off_ws_,
-                                            select_ws_bytes_, stream_));
+                                            plan_.select_workspace_bytes, stream_));
     // Scatter by decode item index: the layout's decode rows are the decode item indices.
     SQZ_RETURN_IF_ERROR(cuda_ctx::ScatterSelection(compact, plan.max_segments, rows, n, s_.kv_heads,
-                                                   full, full_max_segments_, stream_));
+                                                   full, plan_.full_max_segments, stream_));
   }
   return OkStatus();
 }
@@ -294,7 +263,7 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   p.q_offset = item.cached;
   bf16* out = reinterpret_cast<bf16*>(b.attn) + item.row0 * q_dim;
   if (dc == nullptr) return cuda::PrefillAttention<bf16>(p, out, q_dim, nullptr, stream_);
-  const size_t rows = static_cast<size_t>(max_prefill_rows_) * s_.q_heads;
+  const size_t rows = static_cast<size_t>(plan_.max_prefill_rows) * s_.q_heads;
   char* base = prefill_.get<char>();
   bf16* ctx_o = reinterpret_cast<bf16*>(base);
   auto* st_ctx = reinterpret_cast<cpu::AttentionPartial*>(base + Align(rows * d * sizeof(T)));
@@ -346,10 +315,10 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
     p.ctx_len = ctx_len;
     p.ctx_k = ctx_k;
     p.ctx_v = ctx_v;
-    if (any_squeezed_) {
+    if (plan_.any_squeezed()) {
       p.row_sel = reinterpret_cast<const int32_t*>(meta + off_row_sel_);
-      p.sparse =
-          cuda::AsContextSegments(Full(), cuda::SqueezeSelectPlan{0, 0, full_max_segments_, 0});
+      p.sparse = cuda::AsContextSegments(Full(),
+                                         cuda::SqueezeSelectPlan{0, 0, plan_.full_max_segments, 0});
     }
     SQZ_RETURN_IF_ERROR(
         cuda_ctx::ContextAttentionSimple<T>(p, b.attn, int64_t{s_.q_heads} * d, stream_));
@@ -372,10 +341,10 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
       p.block_ids = b.meta + L.off_block_ids;
       p.pool_k = b.pool_k;
       p.pool_v = b.pool_v;
-      p.max_kv_len = decode_max_kv_;
-      if (any_squeezed_) {
-        p.sparse =
-            cuda::AsContextSegments(Full(), cuda::SqueezeSelectPlan{0, 0, full_max_segments_, 0});
+      p.max_kv_len = plan_.decode_max_kv;
+      if (plan_.any_squeezed()) {
+        p.sparse = cuda::AsContextSegments(
+            Full(), cuda::SqueezeSelectPlan{0, 0, plan_.full_max_segments, 0});
       }
       cuda::DecodePlan plan = cuda::PlanDecodeAttention(p, s_.num_sms);
       if (plan.workspace_bytes > b.decode_ws_bytes) {
@@ -384,7 +353,7 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
         const int64_t max_chunks = std::max<int64_t>(
             1, (static_cast<int64_t>(b.decode_ws_bytes) - 512) / static_cast<int64_t>(per_chunk));
         plan = cuda::PlanDecodeAttention(p, s_.num_sms,
-                                         (decode_max_kv_ + max_chunks - 1) / max_chunks);
+                                         (plan_.decode_max_kv + max_chunks - 1) / max_chunks);
       }
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, b.attn, nullptr, b.decode_ws,
                                                       b.decode_ws_bytes, stream_));

@@ -75,12 +75,8 @@ class ContextStep {
   Status Attention(const StepLayout& L, int layer, const Buffers& b);
 
  private:
-  struct Class {
-    LookupClass lookup;
-    std::vector<int32_t> items;  // decode item indices
-    size_t off_rows = 0, off_values = 0, off_views = 0;
-    int32_t max_clusters = 0, max_coarse = 0;
-    cuda::SqueezeSelectPlan plan;
+  struct ClassOffsets {  // of a class's arrays in the step's metadata
+    size_t rows = 0, values = 0, views = 0;
   };
   Status Grow(DeviceMemory* m, size_t bytes, const char* what);
   Status Select(const StepLayout& L, int layer, const Buffers& b);
@@ -91,18 +87,15 @@ class ContextStep {
   const Shape s_;
   cudaStream_t stream_;
   std::span<const StepContext> contexts_;  // the current step's
-  std::vector<Class> classes_;
-  std::vector<char> host_;  // the step's metadata before the upload
+  std::vector<ContextItemFacts> facts_;    // ... as the planner sees them
+  ContextStepPlan plan_;
+  std::vector<ClassOffsets> class_offsets_;  // [plan_.classes.size()]
+  std::vector<char> host_;                   // the step's metadata before the upload
   size_t off_ctx_len_ = 0, off_row_slot_ = 0, off_row_sel_ = 0, off_ctx_k_ = 0, off_ctx_v_ = 0;
-  int32_t full_max_segments_ = 1, compact_max_segments_ = 1, max_class_ = 0;
-  int64_t decode_max_kv_ = 0;
-  size_t select_ws_bytes_ = 0;
-  bool any_squeezed_ = false;
-  int64_t max_prefill_rows_ = 0;  // largest prefill item with a context
-  DeviceMemory meta_;             // host_ on the device
-  PinnedMemory pinned_;           // staging of host_
-  DeviceMemory select_;           // segment lists (full, compact), gathered q, lookup workspace
-  DeviceMemory prefill_;          // context partial and (m, l) of a prefill item
+  DeviceMemory meta_;     // host_ on the device
+  PinnedMemory pinned_;   // staging of host_
+  DeviceMemory select_;   // segment lists (full, compact), gathered q, lookup workspace
+  DeviceMemory prefill_;  // context partial and (m, l) of a prefill item
   size_t off_full_seg_ = 0, off_full_num_ = 0, off_full_len_ = 0, off_c_seg_ = 0, off_c_num_ = 0,
          off_c_len_ = 0, off_q_ = 0, off_ws_ = 0;
 };
