@@ -19,7 +19,7 @@ struct Field {
   Kind kind;
   void* target;
   double min = 0, max = 0;          // kInt, kDouble (inclusive)
-  std::vector<std::string> choices;  // kEnum
+  std::vector<std::string> choices = {};  // kEnum
 };
 
 constexpr double kIntMax = 1LL << 50;

@@ -21,11 +21,11 @@ struct SimRequest {
 // hold at every step.
 struct Simulation {
   SchedulerLimits limits;
-  std::vector<SimRequest> waiting, running, done;
-  std::vector<IngestJob> ingest;
+  std::vector<SimRequest> waiting = {}, running = {}, done = {};
+  std::vector<IngestJob> ingest = {};
   int64_t step = 0;
   int64_t ingest_progress = 0;
-  std::map<int64_t, std::vector<int64_t>> chunks;  // prefill chunk lengths per request, in order
+  std::map<int64_t, std::vector<int64_t>> chunks = {};  // prefill chunk lengths per request
 
   void Step() {
     std::vector<SchedRequest> run_view, wait_view;
