@@ -15,34 +15,6 @@ namespace {
 // Threshold that keeps everything (p >= 0 always).
 constexpr float kKeepAll = -1.0f;
 
-Status CheckCaptured(const CapturedContext& c, int64_t window_len) {
-  if (c.layers < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.q_heads < c.kv_heads ||
-      c.q_heads % c.kv_heads != 0) {
-    return InvalidArgumentError(
-        "captured context: need layers, kv_heads, head_dim >= 1 and "
-        "q_heads a multiple of kv_heads");
-  }
-  if (c.n_tokens < 1) return InvalidArgumentError("captured context is empty (n_tokens < 1)");
-  const int64_t kv = int64_t{c.layers} * c.n_tokens * c.kv_heads * c.head_dim;
-  if (static_cast<int64_t>(c.k.size()) != kv || static_cast<int64_t>(c.v.size()) != kv) {
-    return InvalidArgumentError("captured K/V must be [layers][n_tokens][kv_heads][head_dim] (" +
-                                std::to_string(kv) + " floats), got " + std::to_string(c.k.size()) +
-                                " and " + std::to_string(c.v.size()));
-  }
-  const int64_t nq = int64_t{c.layers} * window_len * c.q_heads * c.head_dim;
-  if (static_cast<int64_t>(c.window_q.size()) != nq) {
-    return InvalidArgumentError("captured window queries must be [layers][" +
-                                std::to_string(window_len) + "][q_heads][head_dim] (" +
-                                std::to_string(nq) + " floats), got " +
-                                std::to_string(c.window_q.size()));
-  }
-  for (const auto* vec : {&c.k, &c.v, &c.window_q}) {
-    for (float x : *vec) {
-      if (!std::isfinite(x)) return InvalidArgumentError("captured context has non-finite values");
-    }
-  }
-  return OkStatus();
-}
 
 // Copies rows [begin, begin + n) of head h of layer l into out ([n][d]).
 void CopyRows(const std::vector<float>& src, const CapturedContext& c, int l, int h, int64_t begin,
@@ -215,13 +187,43 @@ void Calibrate(const std::vector<float>& window_q, int64_t window_len, ContextSn
   }
 }
 
+Status ValidateCaptured(const CapturedContext& c, const SqueezeOptions& options) {
+  const int64_t window_len = WindowLength(std::max<int64_t>(c.n_tokens, 0), options);
+  if (c.layers < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.q_heads < c.kv_heads ||
+      c.q_heads % c.kv_heads != 0) {
+    return InvalidArgumentError(
+        "captured context: need layers, kv_heads, head_dim >= 1 and "
+        "q_heads a multiple of kv_heads");
+  }
+  if (c.n_tokens < 1) return InvalidArgumentError("captured context is empty (n_tokens < 1)");
+  const int64_t kv = int64_t{c.layers} * c.n_tokens * c.kv_heads * c.head_dim;
+  if (static_cast<int64_t>(c.k.size()) != kv || static_cast<int64_t>(c.v.size()) != kv) {
+    return InvalidArgumentError("captured K/V must be [layers][n_tokens][kv_heads][head_dim] (" +
+                                std::to_string(kv) + " floats), got " + std::to_string(c.k.size()) +
+                                " and " + std::to_string(c.v.size()));
+  }
+  const int64_t nq = int64_t{c.layers} * window_len * c.q_heads * c.head_dim;
+  if (static_cast<int64_t>(c.window_q.size()) != nq) {
+    return InvalidArgumentError("captured window queries must be [layers][" +
+                                std::to_string(window_len) + "][q_heads][head_dim] (" +
+                                std::to_string(nq) + " floats), got " +
+                                std::to_string(c.window_q.size()));
+  }
+  for (const auto* vec : {&c.k, &c.v, &c.window_q}) {
+    for (float x : *vec) {
+      if (!std::isfinite(x)) return InvalidArgumentError("captured context has non-finite values");
+    }
+  }
+  return OkStatus();
+}
+
 StatusOr<ContextSnapshot> BuildSnapshot(const CapturedContext& c, const SqueezeOptions& options,
                                         const IngestProgress& progress) {
   SQZ_RETURN_IF_ERROR(options.Validate());
   const int64_t n = c.n_tokens;
   const int64_t sink = SinkLength(n, options);
   const int64_t window = WindowLength(std::max<int64_t>(n, 0), options);
-  SQZ_RETURN_IF_ERROR(CheckCaptured(c, window));
+  SQZ_RETURN_IF_ERROR(ValidateCaptured(c, options));
   ContextSnapshot s;
   s.options = options;
   s.dims = {.layers = c.layers,

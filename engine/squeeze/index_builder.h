@@ -41,6 +41,11 @@ int64_t WindowLength(int64_t n_tokens, const SqueezeOptions& options);
 int64_t FineClusters(int64_t body_len, const SqueezeOptions& options);
 int64_t CoarseClusters(int64_t body_len, const SqueezeOptions& options);
 
+// Checks a capture against the split `options` implies: positive dims with q_heads a multiple of
+// kv_heads, n_tokens >= 1, K/V and window-query sizes, finite values. INVALID_ARGUMENT naming what
+// is wrong. (BuildSnapshot and the GPU index builder both start with it.)
+Status ValidateCaptured(const CapturedContext& captured, const SqueezeOptions& options);
+
 // INVALID_ARGUMENT for inconsistent shapes, non-finite values or bad options. progress (may be
 // empty) is called with kClustering and kCalibrating fractions.
 StatusOr<ContextSnapshot> BuildSnapshot(const CapturedContext& captured,

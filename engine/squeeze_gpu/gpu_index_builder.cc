@@ -58,35 +58,6 @@ Status Download(const T* device, size_t count, std::vector<T>* host) {
       cudaMemcpy(host->data(), device, count * sizeof(T), cudaMemcpyDeviceToHost), kOp);
 }
 
-Status CheckInput(const CapturedContext& c, int64_t window_len) {
-  if (c.layers < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.q_heads < c.kv_heads ||
-      c.q_heads % c.kv_heads != 0) {
-    return InvalidArgumentError(
-        "captured context: need layers, kv_heads, head_dim >= 1 and q_heads a multiple of "
-        "kv_heads");
-  }
-  if (c.n_tokens < 1) return InvalidArgumentError("captured context is empty (n_tokens < 1)");
-  const int64_t kv = int64_t{c.layers} * c.n_tokens * c.kv_heads * c.head_dim;
-  if (static_cast<int64_t>(c.k.size()) != kv || static_cast<int64_t>(c.v.size()) != kv) {
-    return InvalidArgumentError("captured K/V must be [layers][n_tokens][kv_heads][head_dim] (" +
-                                std::to_string(kv) + " floats), got " + std::to_string(c.k.size()) +
-                                " and " + std::to_string(c.v.size()));
-  }
-  const int64_t nq = int64_t{c.layers} * window_len * c.q_heads * c.head_dim;
-  if (static_cast<int64_t>(c.window_q.size()) != nq) {
-    return InvalidArgumentError("captured window queries must be [layers][" +
-                                std::to_string(window_len) + "][q_heads][head_dim] (" +
-                                std::to_string(nq) + " floats), got " +
-                                std::to_string(c.window_q.size()));
-  }
-  for (const auto* vec : {&c.k, &c.v, &c.window_q}) {
-    for (float x : *vec) {
-      if (!std::isfinite(x)) return InvalidArgumentError("captured context has non-finite values");
-    }
-  }
-  return OkStatus();
-}
-
 // Calibrate's quantile rule over one histogram (weights per bin): the upper edge of the bin whose
 // cumulative weight is closest to sparsity * total.
 float Threshold(const uint64_t* w, double sparsity) {
@@ -143,7 +114,7 @@ StatusOr<ContextSnapshot> BuildSnapshotOnDevice(const CapturedContext& c,
   const int64_t n = c.n_tokens;
   const int64_t sink = SinkLength(std::max<int64_t>(n, 0), options);
   const int64_t window = WindowLength(std::max<int64_t>(n, 0), options);
-  SQZ_RETURN_IF_ERROR(CheckInput(c, window));
+  SQZ_RETURN_IF_ERROR(ValidateCaptured(c, options));
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 1) {
     cudaGetLastError();
