@@ -13,29 +13,10 @@
 #include "engine/cuda/cuda_backend.h"
 #include "engine/model/hf_writer.h"
 #include "engine/model/sampler.h"
+#include "kernels/cuda/test_util.h"
 
 namespace sqz {
 namespace {
-
-bool CudaAvailable(std::string* why) {
-  int n = 0;
-  const cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    *why = std::string("no CUDA device: ") + cudaGetErrorString(err);
-    return false;
-  }
-  return true;
-}
-
-#define REQUIRE_CUDA_OR_SKIP()   \
-  do {                           \
-    std::string why_;            \
-    if (!CudaAvailable(&why_)) { \
-      WARN("skipped: " << why_); \
-      return;                    \
-    }                            \
-  } while (0)
 
 double RelL2(const float* a, const float* b, int64_t n) {
   double num = 0, den = 0;
@@ -119,7 +100,7 @@ std::vector<float> RunSchedule(CudaBackend& b, const std::vector<int64_t>& promp
 }
 
 TEST_CASE("CUDA graphs give bit-identical decode logits and are replayed") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   for (CudaDType dtype : {CudaDType::kBf16, CudaDType::kF32}) {
     for (int64_t head_dim : {64, 128}) {
       const Model m = TestModel(head_dim, 3 + head_dim);
@@ -148,7 +129,7 @@ TEST_CASE("CUDA graphs give bit-identical decode logits and are replayed") {
 }
 
 TEST_CASE("ForwardSample greedy picks Sampler's token from the same logits, penalties included") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = TestModel(128, 5);
   const int64_t vocab = m.config.vocab;
   // Twins: one backend returns logits, the other samples; same steps, so the same logits.
@@ -203,7 +184,7 @@ TEST_CASE("ForwardSample greedy picks Sampler's token from the same logits, pena
 }
 
 TEST_CASE("ForwardSample draws are reproducible and refusals change nothing") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = TestModel(64, 9);
   const int64_t vocab = m.config.vocab;
   std::mt19937 gen(31);
@@ -273,7 +254,7 @@ TEST_CASE("ForwardSample draws are reproducible and refusals change nothing") {
 // cuda_backend.h's bf16 batch-invariance claims: the same step shape is bit-identical (runs are
 // deterministic), while another batch composition moves a request's logits by bf16 rounding only.
 TEST_CASE("CudaBackend bf16: deterministic per shape, batch-dependent only to bf16 rounding") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = TestModel(128, 13);
   const int64_t vocab = m.config.vocab;
   std::mt19937 gen(41);

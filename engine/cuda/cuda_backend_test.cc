@@ -18,33 +18,10 @@
 #include "engine/model/cpu_backend.h"
 #include "engine/model/hf_loader.h"
 #include "engine/model/hf_writer.h"
+#include "kernels/cuda/test_util.h"
 
 namespace sqz {
 namespace {
-
-bool CudaAvailable(std::string* why) {
-  int n = 0;
-  const cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    *why = std::string("no CUDA device: ") + cudaGetErrorString(err);
-    return false;
-  }
-  if (n == 0) {
-    *why = "no CUDA device";
-    return false;
-  }
-  return true;
-}
-
-#define REQUIRE_CUDA_OR_SKIP()   \
-  do {                           \
-    std::string why_;            \
-    if (!CudaAvailable(&why_)) { \
-      WARN("skipped: " << why_); \
-      return;                    \
-    }                            \
-  } while (0)
 
 std::string SharedDir() {
   const char* env = std::getenv("SQZ_SHARED_DIR");
@@ -200,7 +177,7 @@ const std::vector<Shape> kShapes = {
 };
 
 TEST_CASE("CudaBackend fp32 matches the CPU backend on a mixed prefill/decode schedule") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   uint64_t seed = 1;
   for (const Shape& s : kShapes) {
     Model m = RandomModel(s.hidden, s.q_heads, s.kv_heads, s.head_dim, s.bias, seed++);
@@ -212,7 +189,7 @@ TEST_CASE("CudaBackend fp32 matches the CPU backend on a mixed prefill/decode sc
 }
 
 TEST_CASE("CudaBackend bf16 matches the CPU backend to bf16 rounding") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   uint64_t seed = 1;
   for (const Shape& s : kShapes) {
     Model m = RandomModel(s.hidden, s.q_heads, s.kv_heads, s.head_dim, s.bias, seed++);
@@ -224,7 +201,7 @@ TEST_CASE("CudaBackend bf16 matches the CPU backend to bf16 rounding") {
 }
 
 TEST_CASE("CudaBackend fp32 is batch and chunk invariant, bit for bit") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   Model m = RandomModel(64, 8, 2, 8, true, 9);
   const int64_t vocab = m.config.vocab;
   std::mt19937 gen(5);
@@ -258,7 +235,7 @@ TEST_CASE("CudaBackend fp32 is batch and chunk invariant, bit for bit") {
 }
 
 TEST_CASE("CudaBackend refuses bad steps and options with clear messages") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   Model m = RandomModel(64, 8, 4, 8, false, 4);
   auto b = MakeCuda(m, CudaDType::kBf16, /*blocks=*/3, /*max_step_tokens=*/64);
   const SeqId s = b->AddSequence().value();
@@ -337,7 +314,7 @@ TEST_CASE("CudaBackend refuses bad steps and options with clear messages") {
 }
 
 TEST_CASE("CudaBackend::CreateRandom builds a model on the GPU, reproducibly") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   ModelConfig c = RandomModel(128, 4, 2, 32, true, 1).config;
   c.tie_embeddings = false;
   CudaBackendOptions o;
@@ -370,7 +347,7 @@ TEST_CASE("CudaBackend::CreateRandom builds a model on the GPU, reproducibly") {
 }
 
 TEST_CASE("CudaBackend on stories260K: fp32 reproduces the golden greedy ids, bf16 is close") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const std::string dir = SharedDir() + "/models/stories260K";
   if (!std::filesystem::exists(dir + "/golden_greedy_outputs.json")) {
     WARN("skipped: " << dir << " is absent");

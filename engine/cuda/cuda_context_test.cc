@@ -22,29 +22,10 @@
 #include "engine/model/hf_writer.h"
 #include "engine/squeeze/ingest.h"
 #include "engine/squeeze/squeezed_attention.h"
+#include "kernels/cuda/test_util.h"
 
 namespace sqz {
 namespace {
-
-bool CudaAvailable(std::string* why) {
-  int n = 0;
-  const cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    *why = std::string("no CUDA device: ") + cudaGetErrorString(err);
-    return false;
-  }
-  return true;
-}
-
-#define REQUIRE_CUDA_OR_SKIP()   \
-  do {                           \
-    std::string why_;            \
-    if (!CudaAvailable(&why_)) { \
-      WARN("skipped: " << why_); \
-      return;                    \
-    }                            \
-  } while (0)
 
 std::string SharedDir() {
   const char* env = std::getenv("SQZ_SHARED_DIR");
@@ -193,7 +174,7 @@ Outcome Compare(Backend& cpu, Backend& gpu, const std::vector<Request>& reqs, in
 }
 
 TEST_CASE("CudaBackend contexts on stories260K: DENSE matches the CPU (fp32 1e-4, bf16 2e-2)") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const std::string dir = SharedDir() + "/models/stories260K";
   if (!std::filesystem::exists(dir + "/config.json")) {
     WARN("skipped: " << dir << " is absent");
@@ -240,7 +221,7 @@ TEST_CASE("CudaBackend contexts on stories260K: DENSE matches the CPU (fp32 1e-4
 TEST_CASE(
     "CudaBackend contexts, head_dim 64: SQUEEZED at budget 1 equals DENSE; 0.25 is close "
     "to the CPU's") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = RandomModel(21);
   const ContextSnapshot snap = Ingest(m, 700, 3);
   auto dense = Attn(snap, AttentionMode::kDense);
@@ -265,7 +246,7 @@ TEST_CASE(
 }
 
 TEST_CASE("CudaBackend contexts: a batch mixing contexts, modes and no context matches the CPU") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = RandomModel(33);
   const ContextSnapshot a = Ingest(m, 500, 1), b = Ingest(m, 257, 2);
   auto a_dense = Attn(a, AttentionMode::kDense);
@@ -299,7 +280,7 @@ TEST_CASE("CudaBackend contexts: a batch mixing contexts, modes and no context m
 }
 
 TEST_CASE("CudaBackend contexts: a context of only sink and window, and a 1-token prompt") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = RandomModel(55);
   // 30 tokens: sink 4 + window 26 (observation_window 32 is capped), no body, no clusters.
   const ContextSnapshot tiny = Ingest(m, 30, 9);
@@ -318,7 +299,7 @@ TEST_CASE("CudaBackend contexts: a context of only sink and window, and a 1-toke
 }
 
 TEST_CASE("CudaBackend contexts: the memory budget refuses clearly and evicts unused copies") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = RandomModel(44);
   const ContextSnapshot a = Ingest(m, 400, 5), b = Ingest(m, 400, 6);
   auto a_dense = Attn(a, AttentionMode::kDense);

@@ -12,29 +12,10 @@
 #include <vector>
 
 #include "engine/model/sampler.h"
+#include "kernels/cuda/test_util.h"
 
 namespace sqz {
 namespace {
-
-bool CudaAvailable(std::string* why) {
-  int n = 0;
-  const cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    *why = std::string("no CUDA device: ") + cudaGetErrorString(err);
-    return false;
-  }
-  return true;
-}
-
-#define REQUIRE_CUDA_OR_SKIP()   \
-  do {                           \
-    std::string why_;            \
-    if (!CudaAvailable(&why_)) { \
-      WARN("skipped: " << why_); \
-      return;                    \
-    }                            \
-  } while (0)
 
 // Device copy of host rows [rows][stride].
 struct DeviceRows {
@@ -67,7 +48,7 @@ int32_t CpuPick(const TokenSampling& t, const float* logits, int64_t vocab) {
 }
 
 TEST_CASE("DeviceSampler greedy picks equal Sampler's, penalties included") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   std::mt19937 gen(7);
   for (int64_t vocab : {1, 3, 127, 1000, 32000}) {
     for (int64_t rows : {1, 3, 17}) {
@@ -111,7 +92,7 @@ TEST_CASE("DeviceSampler greedy picks equal Sampler's, penalties included") {
 }
 
 TEST_CASE("DeviceSampler draws follow Sampler's distribution and are reproducible") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   const int64_t vocab = 129, rows = 32768;
   std::mt19937 gen(11);
   std::normal_distribution<float> normal(0.0f, 2.0f);
@@ -167,7 +148,7 @@ TEST_CASE("DeviceSampler draws follow Sampler's distribution and are reproducibl
 }
 
 TEST_CASE("DeviceSampler refuses bad arguments with clear messages") {
-  REQUIRE_CUDA_OR_SKIP();
+  SQZ_REQUIRE_CUDA_OR_SKIP();
   CHECK(DeviceSampler::Create(0, 10, 0).status().code() == StatusCode::kInvalidArgument);
   CHECK(DeviceSampler::Create(1, 0, 0).status().code() == StatusCode::kInvalidArgument);
   CHECK(DeviceSampler::Create(1, 10, -1).status().code() == StatusCode::kInvalidArgument);

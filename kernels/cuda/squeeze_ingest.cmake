@@ -18,12 +18,10 @@ sqz_add_library(sqz_squeeze_gpu
 # Tests need a GPU (they skip with a WARN without one) and use the CPU reference as the oracle.
 sqz_add_test(kernels_kmeans_test
   SOURCES ${SQZ_INGEST_DIR}/kmeans_test.cc ${SQZ_INGEST_DIR}/squeeze_ingest_test.cc
-          ${SQZ_INGEST_DIR}/test_util.cc
-  DEPS sqz_kernels_squeeze_ingest sqz_squeeze TIMEOUT 600)
+  DEPS sqz_kernels_squeeze_ingest sqz_squeeze sqz_cuda_testing TIMEOUT 600)
 sqz_add_test(squeeze_gpu_index_builder_test
   SOURCES ${PROJECT_SOURCE_DIR}/engine/squeeze_gpu/gpu_index_builder_test.cc
-          ${SQZ_INGEST_DIR}/test_util.cc
-  DEPS sqz_squeeze_gpu TIMEOUT 600)
+  DEPS sqz_squeeze_gpu sqz_cuda_testing TIMEOUT 600)
 
 if(EXISTS ${PROJECT_SOURCE_DIR}/bench/kmeans_gpu/CMakeLists.txt)
   add_subdirectory(${PROJECT_SOURCE_DIR}/bench/kmeans_gpu ${PROJECT_BINARY_DIR}/bench/kmeans_gpu)

@@ -10,8 +10,8 @@ target_compile_options(sqz_kernels_squeeze_query PRIVATE
 # Selections against the CPU reference (engine/squeeze SelectClusters) and sparse decode attention
 # against cpu::AttendAccumulate; skips (WARN) without a CUDA device.
 sqz_add_test(kernels_cuda_squeeze_query_test
-  SOURCES test_util.cc squeeze_select_test.cc sparse_decode_test.cc
-  DEPS sqz_kernels_squeeze_query sqz_kernels_cuda sqz_kernels_cpu sqz_squeeze
+  SOURCES squeeze_select_test.cc sparse_decode_test.cc
+  DEPS sqz_kernels_squeeze_query sqz_kernels_cuda sqz_kernels_cpu sqz_squeeze sqz_cuda_testing
   TIMEOUT 600)
 
 # The kernel benchmark (a shared library with a C ABI driven from Python): bench/squeeze_gpu.
