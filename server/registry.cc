@@ -354,6 +354,13 @@ StatusOr<ContextView> Registry::Create(CreateContextArgs args) {
           r.options == args.options) {
         return ViewLocked(*it->second);  // the same registration again
       }
+      if (r.owner != args.owner) {
+        // Ids are one namespace for all API keys (as the storage key): say only that the id is
+        // taken, nothing of the context, and not "delete it", which this key cannot.
+        return AlreadyExistsError("context id " + args.id +
+                                  " is already in use (ids are shared by all API keys); choose "
+                                  "another id");
+      }
       return AlreadyExistsError("context " + args.id +
                                 " already exists with other content or options; delete it first "
                                 "or choose another id");

@@ -94,7 +94,8 @@ class Registry {
   Status Start();
 
   // Idempotent for the same id, owner and tokens (returns the existing context); ALREADY_EXISTS
-  // for the same id with other content; INVALID_ARGUMENT for an empty or too long context.
+  // for the same id with other content, or owned by another key (ids are global: the message then
+  // says only that the id is taken); INVALID_ARGUMENT for an empty or too long context.
   StatusOr<ContextView> Create(CreateContextArgs args);
   // NOT_FOUND when absent or owned by another key (`owner` "" with auth off sees everything).
   StatusOr<ContextView> Get(const std::string& id, const std::string& owner) const;

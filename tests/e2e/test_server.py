@@ -557,6 +557,12 @@ class BadInputTest(unittest.TestCase):
         self.assertFails(Code.ALREADY_EXISTS, r"^context doc-a already exists with other content "
                          r"or options; delete it first or choose another id$", register,
                          self.alice, "doc-a", text=STORIES[2])
+        # Another key: the id is taken, and the message tells nothing of alice's context (not
+        # even "delete it first", which bob cannot).
+        for text in (STORIES[0], STORIES[2]):
+            self.assertFails(Code.ALREADY_EXISTS, r"^context id doc-a is already in use \(ids are "
+                             r"shared by all API keys\); choose another id$", register, self.bob,
+                             "doc-a", text=text)
 
     def test_oversized_message_is_resource_exhausted(self):
         self.assertFails(Code.RESOURCE_EXHAUSTED, r"larger than max \(\d+ vs\. 16384\)", register,
