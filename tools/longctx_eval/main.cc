@@ -11,34 +11,18 @@
 #include <omp.h>
 
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <string>
 
 #include "engine/model/cpu_backend.h"
+#include "engine/model/hf_loader.h"
 #include "engine/runtime/loaded_model.h"
 #include "tools/generate/flags.h"
 #include "tools/longctx_eval/longctx_eval.h"
 
 namespace sqz::longctx {
 namespace {
-
-StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string OneLine(std::string s) {
-  for (char& c : s) {
-    if (c == '\n' || c == '\t') c = ' ';
-  }
-  return s;
-}
 
 Status Run(tools::Flags& flags) {
   SQZ_ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
@@ -58,7 +42,7 @@ Status Run(tools::Flags& flags) {
   const std::string log_path = flags.Get("log");
   SQZ_RETURN_IF_ERROR(flags.CheckAllUsed());
 
-  SQZ_ASSIGN_OR_RETURN(std::string text, ReadFile(set_path));
+  SQZ_ASSIGN_OR_RETURN(std::string text, ReadTextFile(set_path));
   SQZ_ASSIGN_OR_RETURN(auto all, ParseEvalSet(text));
   std::vector<EvalDocument> docs;
   std::map<int64_t, int64_t> taken;
@@ -106,9 +90,9 @@ Status Run(tools::Flags& flags) {
         std::fprintf(log, "%lld\t%llu\t%lld\t%s\t%.3f\t%s\t%s\t%s\t%d\t%.3f\t%s\n",
                      static_cast<long long>(d.length), static_cast<unsigned long long>(d.seed),
                      static_cast<long long>(r.context_tokens), eq.kind.c_str(), eq.depth,
-                     opts.modes[m].name.c_str(), OneLine(eq.question).c_str(), eq.answer.c_str(),
+                     opts.modes[m].name.c_str(), needle::OneLine(eq.question).c_str(), eq.answer.c_str(),
                      q.correct[m] ? 1 : 0, q.answers[m].context_keys_read,
-                     OneLine(q.answers[m].text).c_str());
+                     needle::OneLine(q.answers[m].text).c_str());
       }
     }
     std::fflush(log);

@@ -19,12 +19,11 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "engine/gguf/model_cache.h"
 #include "engine/model/cpu_backend.h"
+#include "engine/model/hf_loader.h"
 #include "engine/runtime/loaded_model.h"
 #include "tools/generate/flags.h"
 #include "tools/needle/needle.h"
@@ -32,27 +31,12 @@
 namespace sqz::needle {
 namespace {
 
-StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string OneLine(std::string s) {
-  for (char& c : s) {
-    if (c == '\n' || c == '\t') c = ' ';
-  }
-  return s;
-}
-
 Status RunQa(tools::Flags& flags, const LoadedModel& lm, Backend& backend) {
   const std::string src = SQZ_SOURCE_DIR;
   SQZ_ASSIGN_OR_RETURN(std::string document,
-                       ReadFile(flags.Get("document", src + "/tools/demo/sample_document.md")));
+                       ReadTextFile(flags.Get("document", src + "/tools/demo/sample_document.md")));
   SQZ_ASSIGN_OR_RETURN(std::string json,
-                       ReadFile(flags.Get("questions", src + "/tools/demo/questions.json")));
+                       ReadTextFile(flags.Get("questions", src + "/tools/demo/questions.json")));
   SQZ_ASSIGN_OR_RETURN(int64_t max_tokens, flags.Int("max-tokens", 48));
   SQZ_RETURN_IF_ERROR(flags.CheckAllUsed());
   SQZ_ASSIGN_OR_RETURN(auto questions, ParseQuestions(json));

@@ -12,6 +12,14 @@
 #include "engine/squeeze/ingest.h"
 
 namespace sqz::needle {
+
+std::string OneLine(std::string text) {
+  for (char& c : text) {
+    if (c == '\n' || c == '\t') c = ' ';
+  }
+  return text;
+}
+
 namespace {
 
 double SecondsSince(std::chrono::steady_clock::time_point t0) {

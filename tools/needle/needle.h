@@ -29,6 +29,9 @@
 
 namespace sqz::needle {
 
+// `text` with newlines and tabs as spaces, for one-line logs and tables.
+std::string OneLine(std::string text);
+
 // The demo's system message.
 inline constexpr std::string_view kDefaultSystem =
     "You are a helpful assistant. Answer the question using only the document.";
