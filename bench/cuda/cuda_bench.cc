@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/cuda_bench_util.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
@@ -25,41 +26,10 @@
 
 namespace {
 
+using sqz::bench::DeviceMem;
+using sqz::bench::Median;
+
 using bf16 = __nv_bfloat16;
-
-#define CHECK_CUDA(expr)                                                                         \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
-
-#define CHECK_OK(expr)                                                               \
-  do {                                                                               \
-    const sqz::Status s_ = (expr);                                                   \
-    if (!s_.ok()) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
-
-// Device memory freed at scope exit.
-struct Mem {
-  explicit Mem(size_t bytes) : bytes(bytes) {
-    CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(bytes, 16)));
-  }
-  ~Mem() { cudaFree(ptr); }
-  Mem(const Mem&) = delete;
-  Mem& operator=(const Mem&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-  void* ptr = nullptr;
-  size_t bytes;
-};
 
 // Fills n bf16 with roughly normal(0, 1) values: a 64 MiB random pool made once on the host, then
 // tiled over dst by device copies from a seed-dependent offset (generating gigabytes on the host
@@ -80,13 +50,14 @@ void FillRandomBf16(bf16* dst, size_t n, uint32_t seed) {
       }
       host[i] = __float2bfloat16((acc - 2.0f) * 1.7f);
     }
-    CHECK_CUDA(cudaMalloc(&pool, kPool * sizeof(bf16)));
-    CHECK_CUDA(cudaMemcpy(pool, host.data(), kPool * sizeof(bf16), cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMalloc(&pool, kPool * sizeof(bf16)));
+    BENCH_CHECK_CUDA(cudaMemcpy(pool, host.data(), kPool * sizeof(bf16), cudaMemcpyHostToDevice));
   }
   size_t offset = (size_t{seed} * 7919) % (kPool / 2);
   for (size_t done = 0; done < n;) {
     const size_t m = std::min(kPool - offset, n - done);
-    CHECK_CUDA(cudaMemcpy(dst + done, pool + offset, m * sizeof(bf16), cudaMemcpyDeviceToDevice));
+    BENCH_CHECK_CUDA(
+        cudaMemcpy(dst + done, pool + offset, m * sizeof(bf16), cudaMemcpyDeviceToDevice));
     done += m;
     offset = 0;
   }
@@ -95,21 +66,21 @@ void FillRandomBf16(bf16* dst, size_t n, uint32_t seed) {
 // Median milliseconds per call of fn over reps calls (after warmup calls).
 double TimeMs(const std::function<void(int)>& fn, int warmup, int reps) {
   for (int i = 0; i < warmup; ++i) fn(i);
-  CHECK_CUDA(cudaDeviceSynchronize());
+  BENCH_CHECK_CUDA(cudaDeviceSynchronize());
   cudaEvent_t a, b;
-  CHECK_CUDA(cudaEventCreate(&a));
-  CHECK_CUDA(cudaEventCreate(&b));
+  BENCH_CHECK_CUDA(cudaEventCreate(&a));
+  BENCH_CHECK_CUDA(cudaEventCreate(&b));
   std::vector<double> ms;
   for (int i = 0; i < reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(a));
+    BENCH_CHECK_CUDA(cudaEventRecord(a));
     fn(i);
-    CHECK_CUDA(cudaEventRecord(b));
-    CHECK_CUDA(cudaEventSynchronize(b));
+    BENCH_CHECK_CUDA(cudaEventRecord(b));
+    BENCH_CHECK_CUDA(cudaEventSynchronize(b));
     float t = 0.0f;
-    CHECK_CUDA(cudaEventElapsedTime(&t, a, b));
+    BENCH_CHECK_CUDA(cudaEventElapsedTime(&t, a, b));
     ms.push_back(t);
   }
-  CHECK_CUDA(cudaGetLastError());
+  BENCH_CHECK_CUDA(cudaGetLastError());
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   std::sort(ms.begin(), ms.end());
@@ -118,7 +89,7 @@ double TimeMs(const std::function<void(int)>& fn, int warmup, int reps) {
 
 int NumSms() {
   int sms = 0;
-  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  BENCH_CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   return sms;
 }
 
@@ -128,10 +99,12 @@ double g_gemm_tflops = 0.0;  // cuBLASLt bf16 8192^3
 
 void BenchCopy() {
   const size_t bytes = size_t{2} << 30;
-  Mem src(bytes), dst(bytes);
-  CHECK_CUDA(cudaMemset(src.ptr, 0x3c, bytes));
+  DeviceMem src(bytes), dst(bytes);
+  BENCH_CHECK_CUDA(cudaMemset(src.ptr, 0x3c, bytes));
   const double ms = TimeMs(
-      [&](int) { CHECK_CUDA(cudaMemcpyAsync(dst.ptr, src.ptr, bytes, cudaMemcpyDeviceToDevice)); },
+      [&](int) {
+        BENCH_CHECK_CUDA(cudaMemcpyAsync(dst.ptr, src.ptr, bytes, cudaMemcpyDeviceToDevice));
+      },
       3, 15);
   g_copy_gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;
   std::printf("copy   D2D %zu MiB: %.3f ms, %.0f GB/s (read + write)\n", bytes >> 20, ms,
@@ -140,9 +113,9 @@ void BenchCopy() {
 
 void BenchGemm() {
   auto gemm_or = sqz::cuda::Gemm::Create();
-  CHECK_OK(gemm_or.status());
+  BENCH_CHECK_OK(gemm_or.status());
   sqz::cuda::Gemm& gemm = **gemm_or;
-  Mem ws(sqz::cuda::Gemm::kRecommendedWorkspaceBytes);
+  DeviceMem ws(sqz::cuda::Gemm::kRecommendedWorkspaceBytes);
   struct Shape {
     int64_t m, n, k;
     const char* what;
@@ -161,14 +134,14 @@ void BenchGemm() {
   std::printf("\n%-44s %6s %6s %6s %10s %9s %8s %9s\n", "gemm (bf16 in, bf16 out)", "m", "n", "k",
               "ms", "TFLOP/s", "of peak", "W GB/s");
   for (const Shape& s : shapes) {
-    Mem a(s.m * s.k * 2), w(s.n * s.k * 2), out(s.m * s.n * 2);
+    DeviceMem a(s.m * s.k * 2), w(s.n * s.k * 2), out(s.m * s.n * 2);
     FillRandomBf16(a.as<bf16>(), s.m * s.k, 1);
     FillRandomBf16(w.as<bf16>(), s.n * s.k, 2);
     const int reps = s.m * s.n * s.k > (int64_t{1} << 36) ? 10 : 50;
     const double ms = TimeMs(
         [&](int) {
-          CHECK_OK(gemm.MatMulTransB<bf16>(a.as<bf16>(), w.as<bf16>(), nullptr, s.m, s.n, s.k,
-                                           out.as<bf16>(), ws.ptr, ws.bytes, nullptr));
+          BENCH_CHECK_OK(gemm.MatMulTransB<bf16>(a.as<bf16>(), w.as<bf16>(), nullptr, s.m, s.n, s.k,
+                                                 out.as<bf16>(), ws.ptr, ws.bytes, nullptr));
         },
         3, reps);
     const double tflops = 2.0 * s.m * s.n * s.k / (ms * 1e-3) / 1e12;
@@ -191,29 +164,29 @@ void BenchDecode() {
       const size_t set_elems = size_t(batch) * hkv * per_head;  // K of all requests
       const size_t kv_bytes = 2 * set_elems * sizeof(bf16);
       const int sets = static_cast<int>(std::max<size_t>(1, (size_t{1} << 30) / kv_bytes));
-      Mem k(set_elems * 2 * sets), v(set_elems * 2 * sets);
+      DeviceMem k(set_elems * 2 * sets), v(set_elems * 2 * sets);
       FillRandomBf16(k.as<bf16>(), set_elems * sets, 3);
       FillRandomBf16(v.as<bf16>(), set_elems * sets, 4);
-      Mem q(size_t(batch) * hq * d * 2), out(size_t(batch) * hq * d * 2);
+      DeviceMem q(size_t(batch) * hq * d * 2), out(size_t(batch) * hq * d * 2);
       FillRandomBf16(q.as<bf16>(), size_t(batch) * hq * d, 5);
       // Per set, the device arrays of context pointers.
-      std::vector<std::unique_ptr<Mem>> kp, vp;
+      std::vector<std::unique_ptr<DeviceMem>> kp, vp;
       for (int s = 0; s < sets; ++s) {
         std::vector<const bf16*> hk(batch), hv(batch);
         for (int r = 0; r < batch; ++r) {
           hk[r] = k.as<bf16>() + size_t(s) * set_elems + size_t(r) * hkv * per_head;
           hv[r] = v.as<bf16>() + size_t(s) * set_elems + size_t(r) * hkv * per_head;
         }
-        kp.push_back(std::make_unique<Mem>(batch * sizeof(void*)));
-        vp.push_back(std::make_unique<Mem>(batch * sizeof(void*)));
-        CHECK_CUDA(
+        kp.push_back(std::make_unique<DeviceMem>(batch * sizeof(void*)));
+        vp.push_back(std::make_unique<DeviceMem>(batch * sizeof(void*)));
+        BENCH_CHECK_CUDA(
             cudaMemcpy(kp.back()->ptr, hk.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
-        CHECK_CUDA(
+        BENCH_CHECK_CUDA(
             cudaMemcpy(vp.back()->ptr, hv.data(), batch * sizeof(void*), cudaMemcpyHostToDevice));
       }
       std::vector<int32_t> lens(batch, static_cast<int32_t>(ctx));
-      Mem len(batch * 4);
-      CHECK_CUDA(cudaMemcpy(len.ptr, lens.data(), batch * 4, cudaMemcpyHostToDevice));
+      DeviceMem len(batch * 4);
+      BENCH_CHECK_CUDA(cudaMemcpy(len.ptr, lens.data(), batch * 4, cudaMemcpyHostToDevice));
       sqz::cuda::DecodeAttentionParams p;
       p.batch = batch;
       p.n_q_heads = hq;
@@ -227,13 +200,13 @@ void BenchDecode() {
       const double floor_us = kv_bytes / (g_copy_gbps * 1e9) * 1e6;
       for (int64_t force : {int64_t{0}, int64_t{256}, int64_t{1024}, int64_t{4096}}) {
         const sqz::cuda::DecodePlan plan = sqz::cuda::PlanDecodeAttention(p, sms, force);
-        Mem ws(plan.workspace_bytes);
+        DeviceMem ws(plan.workspace_bytes);
         const double ms = TimeMs(
             [&](int i) {
               p.ctx_k = kp[i % sets]->as<const bf16*>();
               p.ctx_v = vp[i % sets]->as<const bf16*>();
-              CHECK_OK(sqz::cuda::DecodeAttention<bf16>(p, plan, out.as<bf16>(), nullptr, ws.ptr,
-                                                        ws.bytes, nullptr));
+              BENCH_CHECK_OK(sqz::cuda::DecodeAttention<bf16>(p, plan, out.as<bf16>(), nullptr,
+                                                              ws.ptr, ws.bytes, nullptr));
             },
             3, 30);
         char name[64];
@@ -254,7 +227,7 @@ void BenchPrefill() {
               "of peak");
   for (int d : {128, 64}) {
     for (int64_t n : {4096, 32768}) {
-      Mem q(n * hq * d * 2), k(n * hkv * d * 2), v(n * hkv * d * 2), out(n * hq * d * 2);
+      DeviceMem q(n * hq * d * 2), k(n * hkv * d * 2), v(n * hkv * d * 2), out(n * hq * d * 2);
       FillRandomBf16(q.as<bf16>(), n * hq * d, 6);
       FillRandomBf16(k.as<bf16>(), n * hkv * d, 7);
       FillRandomBf16(v.as<bf16>(), n * hkv * d, 8);
@@ -273,7 +246,7 @@ void BenchPrefill() {
       p.causal = true;
       const double ms = TimeMs(
           [&](int) {
-            CHECK_OK(
+            BENCH_CHECK_OK(
                 sqz::cuda::PrefillAttention<bf16>(p, out.as<bf16>(), hq * d, nullptr, nullptr));
           },
           2, n > 8192 ? 5 : 20);
@@ -294,7 +267,7 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IONBF, 0);  // lines survive a timeout
   const std::string what = argc > 1 ? argv[1] : "all";
   cudaDeviceProp prop;
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  BENCH_CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, %.0f MiB, L2 %d MiB\n", prop.name, prop.multiProcessorCount,
               prop.totalGlobalMem / 1048576.0, prop.l2CacheSize >> 20);
   BenchCopy();

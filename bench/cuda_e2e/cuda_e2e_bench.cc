@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/cuda_bench_util.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/squeeze/index_builder.h"
 #include "engine/squeeze/squeezed_attention.h"
@@ -34,6 +35,8 @@
 #include "kernels/cuda/squeeze_ingest.h"
 
 namespace {
+
+using sqz::bench::IntArg;
 
 using Clock = std::chrono::steady_clock;
 
@@ -50,13 +53,6 @@ double Ms(Clock::time_point a, Clock::time_point b) {
     const ::sqz::Status s_ = (expr); \
     if (!s_.ok()) Die(what, s_);     \
   } while (0)
-
-int64_t Arg(int argc, char** argv, const char* name, int64_t def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
-  }
-  return def;
-}
 
 std::vector<int64_t> ListArg(int argc, char** argv, const char* name, std::vector<int64_t> def) {
   for (int i = 1; i + 1 < argc; ++i) {
@@ -326,14 +322,14 @@ std::vector<float> OneDecode(sqz::CudaBackend& b, const sqz::ContextAttention* p
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int64_t layers = Arg(argc, argv, "--layers", 32);
-  const int64_t context = Arg(argc, argv, "--context", 131072);
-  const int64_t chunk = Arg(argc, argv, "--chunk", 4096);
-  const double budget = Arg(argc, argv, "--budget-permille", 125) / 1000.0;
+  const int64_t layers = IntArg(argc, argv, "--layers", 32);
+  const int64_t context = IntArg(argc, argv, "--context", 131072);
+  const int64_t chunk = IntArg(argc, argv, "--chunk", 4096);
+  const double budget = IntArg(argc, argv, "--budget-permille", 125) / 1000.0;
   const std::vector<int64_t> batches = ListArg(argc, argv, "--batches", {1, 32});
-  const int64_t prompt = Arg(argc, argv, "--prompt", 16);
-  const int64_t warmup = Arg(argc, argv, "--warmup", 4);
-  const int64_t steps = Arg(argc, argv, "--steps", 32);
+  const int64_t prompt = IntArg(argc, argv, "--prompt", 16);
+  const int64_t warmup = IntArg(argc, argv, "--warmup", 4);
+  const int64_t steps = IntArg(argc, argv, "--steps", 32);
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
 
   const sqz::ModelConfig c = Llama3_8B(layers, context + prompt + warmup + steps + 1024);

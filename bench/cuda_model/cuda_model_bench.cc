@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/cuda_bench_util.h"
 #include "engine/cuda/cuda_backend.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.h"
@@ -33,31 +34,11 @@
 
 namespace {
 
+using sqz::bench::IntArg;
+using sqz::bench::Median;
+
 using bf16 = __nv_bfloat16;
 using Clock = std::chrono::steady_clock;
-
-#define CHECK_CUDA(expr)                                                                         \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
-
-#define CHECK_OK(expr)                                                               \
-  do {                                                                               \
-    const sqz::Status s_ = (expr);                                                   \
-    if (!s_.ok()) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -67,17 +48,17 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 template <typename Fn>
 double TimeEvents(int reps, Fn fn) {
   cudaEvent_t a, b;
-  CHECK_CUDA(cudaEventCreate(&a));
-  CHECK_CUDA(cudaEventCreate(&b));
+  BENCH_CHECK_CUDA(cudaEventCreate(&a));
+  BENCH_CHECK_CUDA(cudaEventCreate(&b));
   for (int i = 0; i < 3; ++i) fn();  // warm-up
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(a));
+    BENCH_CHECK_CUDA(cudaEventRecord(a));
     fn();
-    CHECK_CUDA(cudaEventRecord(b));
-    CHECK_CUDA(cudaEventSynchronize(b));
+    BENCH_CHECK_CUDA(cudaEventRecord(b));
+    BENCH_CHECK_CUDA(cudaEventSynchronize(b));
     float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
     t.push_back(ms);
   }
   cudaEventDestroy(a);
@@ -89,11 +70,11 @@ double TimeEvents(int reps, Fn fn) {
 double CopyBandwidth() {
   const size_t bytes = size_t{2} << 30;
   void *src = nullptr, *dst = nullptr;
-  CHECK_CUDA(cudaMalloc(&src, bytes));
-  CHECK_CUDA(cudaMalloc(&dst, bytes));
-  CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(src), bytes / 2, 1.0f, 1, nullptr));
+  BENCH_CHECK_CUDA(cudaMalloc(&src, bytes));
+  BENCH_CHECK_CUDA(cudaMalloc(&dst, bytes));
+  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(src), bytes / 2, 1.0f, 1, nullptr));
   const double ms = TimeEvents(
-      10, [&] { CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice)); });
+      10, [&] { BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice)); });
   cudaFree(src);
   cudaFree(dst);
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
@@ -103,18 +84,18 @@ double CopyBandwidth() {
 double GemmRate() {
   const int64_t m = 8192, n = 14336, k = 4096;
   void *a = nullptr, *w = nullptr, *out = nullptr, *ws = nullptr;
-  CHECK_CUDA(cudaMalloc(&a, m * k * 2));
-  CHECK_CUDA(cudaMalloc(&w, n * k * 2));
-  CHECK_CUDA(cudaMalloc(&out, m * n * 2));
-  CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
-  CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(a), m * k, 1.0f, 2, nullptr));
-  CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(w), n * k, 0.02f, 3, nullptr));
+  BENCH_CHECK_CUDA(cudaMalloc(&a, m * k * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&w, n * k * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&out, m * n * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
+  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(a), m * k, 1.0f, 2, nullptr));
+  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(w), n * k, 0.02f, 3, nullptr));
   auto gemm = sqz::cuda::Gemm::Create();
-  CHECK_OK(gemm.status());
+  BENCH_CHECK_OK(gemm.status());
   const double ms = TimeEvents(10, [&] {
-    CHECK_OK((*gemm)->MatMulTransB<bf16>(static_cast<bf16*>(a), static_cast<bf16*>(w), nullptr, m,
-                                         n, k, static_cast<bf16*>(out), ws,
-                                         sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
+    BENCH_CHECK_OK((*gemm)->MatMulTransB<bf16>(
+        static_cast<bf16*>(a), static_cast<bf16*>(w), nullptr, m, n, k, static_cast<bf16*>(out), ws,
+        sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
   });
   cudaFree(a);
   cudaFree(w);
@@ -138,9 +119,9 @@ double LinearBreakdown(int64_t layers, double bw) {
                           {"down", 4096, 14336, 1},
                           {"lm_head (fp32 out)", 128256, 4096, 0}};
   auto gemm = sqz::cuda::Gemm::Create();
-  CHECK_OK(gemm.status());
+  BENCH_CHECK_OK(gemm.status());
   void* ws = nullptr;
-  CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
+  BENCH_CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
   double step_ms = 0;
   std::printf("\n%-20s %7s %6s %12s %9s %12s %9s\n", "linear, m = 1", "n", "k", "Gemv us", "GB/s",
               "cuBLASLt us", "GB/s");
@@ -149,34 +130,34 @@ double LinearBreakdown(int64_t layers, double bw) {
     const int copies = static_cast<int>(std::max<size_t>(2, (size_t{512} << 20) / wbytes + 1));
     bf16 *w = nullptr, *a = nullptr;
     void* out = nullptr;
-    CHECK_CUDA(cudaMalloc(&w, wbytes * copies));
-    CHECK_CUDA(cudaMalloc(&a, s.k * 2));
-    CHECK_CUDA(cudaMalloc(&out, s.n * 4));
-    CHECK_OK(
+    BENCH_CHECK_CUDA(cudaMalloc(&w, wbytes * copies));
+    BENCH_CHECK_CUDA(cudaMalloc(&a, s.k * 2));
+    BENCH_CHECK_CUDA(cudaMalloc(&out, s.n * 4));
+    BENCH_CHECK_OK(
         sqz::cuda::FillUniform(w, static_cast<int64_t>(wbytes / 2) * copies, 0.02f, 5, nullptr));
-    CHECK_OK(sqz::cuda::FillUniform(a, s.k, 1.0f, 6, nullptr));
+    BENCH_CHECK_OK(sqz::cuda::FillUniform(a, s.k, 1.0f, 6, nullptr));
     const bool fp32 = s.per_step == 0;
     int i = 0;
     const double ours = TimeEvents(20, [&] {
       const bf16* wi = w + (i++ % copies) * (wbytes / 2);
       if (fp32) {
-        CHECK_OK(
+        BENCH_CHECK_OK(
             sqz::cuda::Gemv<float>(a, wi, nullptr, 1, s.n, s.k, static_cast<float*>(out), nullptr));
       } else {
-        CHECK_OK(
+        BENCH_CHECK_OK(
             sqz::cuda::Gemv<bf16>(a, wi, nullptr, 1, s.n, s.k, static_cast<bf16*>(out), nullptr));
       }
     });
     const double lt = TimeEvents(20, [&] {
       const bf16* wi = w + (i++ % copies) * (wbytes / 2);
       if (fp32) {
-        CHECK_OK((*gemm)->MatMulTransB<float>(a, wi, nullptr, 1, s.n, s.k, static_cast<float*>(out),
-                                              ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes,
-                                              nullptr));
+        BENCH_CHECK_OK(
+            (*gemm)->MatMulTransB<float>(a, wi, nullptr, 1, s.n, s.k, static_cast<float*>(out), ws,
+                                         sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
       } else {
-        CHECK_OK((*gemm)->MatMulTransB<bf16>(a, wi, nullptr, 1, s.n, s.k, static_cast<bf16*>(out),
-                                             ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes,
-                                             nullptr));
+        BENCH_CHECK_OK(
+            (*gemm)->MatMulTransB<bf16>(a, wi, nullptr, 1, s.n, s.k, static_cast<bf16*>(out), ws,
+                                        sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
       }
     });
     std::printf("%-20s %7lld %6lld %12.1f %9.0f %12.1f %9.0f\n", s.name,
@@ -223,25 +204,18 @@ std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
   return t;
 }
 
-int64_t Arg(int argc, char** argv, const char* name, int64_t def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return std::atoll(argv[i + 1]);
-  }
-  return def;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int64_t layers = Arg(argc, argv, "--layers", 32);
-  const int64_t context = Arg(argc, argv, "--context", 32768);
-  const int64_t chunk = Arg(argc, argv, "--chunk", 4096);
-  const int64_t steps = Arg(argc, argv, "--steps", 64);
-  const int64_t batch = Arg(argc, argv, "--batch", 64);
-  const int64_t batch_prompt = Arg(argc, argv, "--batch-prompt", 512);
+  const int64_t layers = IntArg(argc, argv, "--layers", 32);
+  const int64_t context = IntArg(argc, argv, "--context", 32768);
+  const int64_t chunk = IntArg(argc, argv, "--chunk", 4096);
+  const int64_t steps = IntArg(argc, argv, "--steps", 64);
+  const int64_t batch = IntArg(argc, argv, "--batch", 64);
+  const int64_t batch_prompt = IntArg(argc, argv, "--batch-prompt", 512);
 
   cudaDeviceProp prop{};
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  BENCH_CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount,
               prop.totalGlobalMem / double(1 << 30));
   const double bw = CopyBandwidth();
@@ -263,7 +237,7 @@ int main(int argc, char** argv) {
   o.max_step_tokens = std::max<int64_t>(chunk, batch);
   const auto t_create0 = Clock::now();
   auto backend_or = sqz::CudaBackend::CreateRandom(c, o, 2026);
-  CHECK_OK(backend_or.status());
+  BENCH_CHECK_OK(backend_or.status());
   sqz::CudaBackend& b = **backend_or;
   const auto t_create1 = Clock::now();
   const double embed_bytes = 2.0 * c.vocab * c.hidden;
@@ -281,14 +255,14 @@ int main(int argc, char** argv) {
     // Warm-up on a throwaway sequence (cuBLASLt plans for the chunk shapes, module load).
     const sqz::SeqId w = b.AddSequence().value();
     sqz::StepInput in{w, {prompt.data(), static_cast<size_t>(std::min(chunk, context))}};
-    CHECK_OK(b.Forward({&in, 1}, logits.data()));
-    CHECK_OK(b.FreeSequence(w));
+    BENCH_CHECK_OK(b.Forward({&in, 1}, logits.data()));
+    BENCH_CHECK_OK(b.FreeSequence(w));
   }
   const auto t0 = Clock::now();
   for (int64_t done = 0; done < context; done += chunk) {
     const int64_t n = std::min(chunk, context - done);
     sqz::StepInput in{seq, {prompt.data() + done, static_cast<size_t>(n)}};
-    CHECK_OK(b.Forward({&in, 1}, done + n == context ? logits.data() : nullptr));
+    BENCH_CHECK_OK(b.Forward({&in, 1}, done + n == context ? logits.data() : nullptr));
   }
   const double prefill_s = Seconds(t0, Clock::now());
   for (int64_t i = 0; i < c.vocab; ++i) {
@@ -335,9 +309,9 @@ int main(int argc, char** argv) {
       sqz::StepInput in{seq, {&next, 1}};
       const auto a = Clock::now();
       if (way.sample) {
-        CHECK_OK(b.ForwardSample({&in, 1}, {&greedy, 1}, &next));
+        BENCH_CHECK_OK(b.ForwardSample({&in, 1}, {&greedy, 1}, &next));
       } else {
-        CHECK_OK(b.Forward({&in, 1}, logits.data()));
+        BENCH_CHECK_OK(b.Forward({&in, 1}, logits.data()));
         next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
                                     logits.begin());
       }
@@ -363,7 +337,7 @@ int main(int argc, char** argv) {
     std::printf("  %-30s median %.3f ms/step (%.1f tokens/s), measured / floor = %.3f\n", way.name,
                 way.ms, 1e3 / way.ms, way.ms / floor_ms);
   }
-  CHECK_OK(b.FreeSequence(seq));
+  BENCH_CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.
   if (batch > 0) {
@@ -380,7 +354,7 @@ int main(int argc, char** argv) {
       for (int64_t j = i; j < std::min(batch, i + per_step); ++j) {
         ins.push_back({seqs[j], prompts[j]});
       }
-      CHECK_OK(b.Forward(ins, logits.data()));
+      BENCH_CHECK_OK(b.Forward(ins, logits.data()));
     }
     const double batch_prefill_s = Seconds(p0, Clock::now());
     std::vector<int32_t> toks(batch);
@@ -390,7 +364,7 @@ int main(int argc, char** argv) {
       std::vector<sqz::StepInput> ins;
       for (int64_t i = 0; i < batch; ++i) ins.push_back({seqs[i], {&toks[i], 1}});
       const auto a = Clock::now();
-      CHECK_OK(b.Forward(ins, logits.data()));
+      BENCH_CHECK_OK(b.Forward(ins, logits.data()));
       if (s >= 3) ms.push_back(Seconds(a, Clock::now()) * 1e3);
       for (int64_t i = 0; i < batch; ++i) {
         toks[i] = static_cast<int32_t>(
@@ -405,7 +379,7 @@ int main(int argc, char** argv) {
       std::vector<sqz::StepInput> ins;
       for (int64_t i = 0; i < batch; ++i) ins.push_back({seqs[i], {&toks[i], 1}});
       const auto a = Clock::now();
-      CHECK_OK(b.ForwardSample(ins, greedy_rows, toks.data()));
+      BENCH_CHECK_OK(b.ForwardSample(ins, greedy_rows, toks.data()));
       if (s >= 3) ms_sample.push_back(Seconds(a, Clock::now()) * 1e3);
     }
     const double bms_sample = Median(ms_sample);

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common/cuda_bench_util.h"
 #include "engine/squeeze/kmeans.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/philox.h"
@@ -28,37 +29,9 @@
 
 namespace {
 
+using sqz::bench::DeviceMem;
+
 using bf16 = __nv_bfloat16;
-
-#define CHECK_CUDA(expr)                                                                         \
-  do {                                                                                           \
-    cudaError_t e_ = (expr);                                                                     \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
-
-#define CHECK_OK(expr)                                                               \
-  do {                                                                               \
-    const sqz::Status s_ = (expr);                                                   \
-    if (!s_.ok()) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
-
-struct Mem {
-  explicit Mem(size_t bytes) { CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(bytes, 256))); }
-  ~Mem() { cudaFree(ptr); }
-  Mem(const Mem&) = delete;
-  Mem& operator=(const Mem&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-  void* ptr = nullptr;
-};
 
 struct Args {
   int layers = 32, kv_heads = 8, q_heads = 32, head_dim = 128;
@@ -138,23 +111,24 @@ unsigned Blocks(int64_t n) {
 // cuBLASLt bf16 GEMM rate (TFLOP/s) at 8192^3: median of 10 timed launches after warm-up.
 double GemmTflops() {
   auto gemm = sqz::cuda::Gemm::Create();
-  CHECK_OK(gemm.status());
+  BENCH_CHECK_OK(gemm.status());
   const int64_t s = 8192;
-  Mem a(s * s * 2), b(s * s * 2), c(s * s * 2), ws(sqz::cuda::Gemm::kRecommendedWorkspaceBytes);
+  DeviceMem a(s * s * 2), b(s * s * 2), c(s * s * 2),
+      ws(sqz::cuda::Gemm::kRecommendedWorkspaceBytes);
   GenKvKernel<bf16>
       <<<Blocks(s * s), 256>>>(s * s, 128, 1, s * s / 128, 4, a.as<bf16>(), b.as<bf16>());
-  CHECK_CUDA(cudaGetLastError());
+  BENCH_CHECK_CUDA(cudaGetLastError());
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
   std::vector<float> ms;
   for (int i = 0; i < 13; ++i) {
     cudaEventRecord(e0);
-    CHECK_OK((*gemm)->MatMulTransB<bf16>(a.as<bf16>(), b.as<bf16>(), nullptr, s, s, s, c.as<bf16>(),
-                                         ws.ptr, sqz::cuda::Gemm::kRecommendedWorkspaceBytes,
-                                         nullptr));
+    BENCH_CHECK_OK(
+        (*gemm)->MatMulTransB<bf16>(a.as<bf16>(), b.as<bf16>(), nullptr, s, s, s, c.as<bf16>(),
+                                    ws.ptr, sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
     cudaEventRecord(e1);
-    CHECK_CUDA(cudaEventSynchronize(e1));
+    BENCH_CHECK_CUDA(cudaEventSynchronize(e1));
     float t = 0;
     cudaEventElapsedTime(&t, e0, e1);
     if (i >= 3) ms.push_back(t);
@@ -181,7 +155,7 @@ int CpuHead(const Args& a) {
   const auto t0 = std::chrono::steady_clock::now();
   auto r = sqz::SphericalKMeans(x.data(), body, d, o);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  CHECK_OK(r.status());
+  BENCH_CHECK_OK(r.status());
   std::printf(
       "cpu one head: n=%lld d=%lld k=%lld iterations=%d seconds=%.2f (%.3f s/iteration incl. "
       "seeding)\n",
@@ -238,7 +212,7 @@ int main(int argc, char** argv) {
   const Args a = Parse(argc, argv);
   if (a.cpu_head) return CpuHead(a);
   cudaDeviceProp prop{};
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  BENCH_CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   const double gemm_tflops = GemmTflops();
 
@@ -258,7 +232,7 @@ int main(int argc, char** argv) {
   const size_t elem = a.f32 ? 4 : 2;
   const int64_t kv_elems = static_cast<int64_t>(heads) * s.n_tokens * d;
   const int64_t q_elems = static_cast<int64_t>(s.layers) * s.window_len * s.q_heads * d;
-  Mem keys(kv_elems * elem), values(kv_elems * elem), wq(q_elems * 4);
+  DeviceMem keys(kv_elems * elem), values(kv_elems * elem), wq(q_elems * 4);
   if (a.f32) {
     GenKvKernel<float><<<Blocks(kv_elems), 256>>>(kv_elems, s.head_dim, s.kv_heads, s.n_tokens,
                                                   a.components, keys.as<float>(),
@@ -269,16 +243,16 @@ int main(int argc, char** argv) {
   }
   GenQueriesKernel<<<Blocks(q_elems), 256>>>(q_elems, s.head_dim, s.q_heads, s.kv_heads,
                                              s.window_len, a.components, wq.as<float>());
-  CHECK_CUDA(cudaGetLastError());
-  CHECK_CUDA(cudaDeviceSynchronize());
+  BENCH_CHECK_CUDA(cudaGetLastError());
+  BENCH_CHECK_CUDA(cudaDeviceSynchronize());
 
-  Mem k_out(kv_elems * elem), v_out(kv_elems * elem), pos(heads * body * 4),
+  DeviceMem k_out(kv_elems * elem), v_out(kv_elems * elem), pos(heads * body * 4),
       cen(heads * s.k * d * 4), counts(heads * s.k * 4), offsets(heads * (s.k + 1) * 4),
       ccen(heads * s.k1 * d * 4), coff(heads * (s.k1 + 1) * 4), cmem(heads * s.k * 4),
       hist(2 * 8 * s.layers * sqz::cuda::kCalibrationBins), iters(heads * 4);
   auto ws_bytes = sqz::cuda::IngestWorkspaceBytes(s);
-  CHECK_OK(ws_bytes.status());
-  Mem ws(*ws_bytes);
+  BENCH_CHECK_OK(ws_bytes.status());
+  DeviceMem ws(*ws_bytes);
   sqz::cuda::IngestOutputs out;
   out.k_out = k_out.ptr;
   out.v_out = v_out.ptr;
@@ -304,11 +278,11 @@ int main(int argc, char** argv) {
   for (int r = 0; r < a.reps; ++r) {
     sqz::cuda::IngestTimings t;
     const auto t0 = std::chrono::steady_clock::now();
-    CHECK_OK(
+    BENCH_CHECK_OK(
         sqz::cuda::IngestContext(s, params, keys.ptr, values.ptr,
                                  a.f32 ? sqz::cuda::PointType::kF32 : sqz::cuda::PointType::kBf16,
                                  wq.as<float>(), out, ws.ptr, *ws_bytes, nullptr, &t));
-    CHECK_CUDA(cudaDeviceSynchronize());
+    BENCH_CHECK_CUDA(cudaDeviceSynchronize());
     const double wall =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf(
@@ -323,9 +297,10 @@ int main(int argc, char** argv) {
 
   // Invariants of the result: every cluster non-empty, CSR consistent, positions a permutation.
   std::vector<int32_t> h_counts(heads * s.k), h_off(heads * (s.k + 1)), h_pos(heads * body);
-  CHECK_CUDA(cudaMemcpy(h_counts.data(), counts.ptr, h_counts.size() * 4, cudaMemcpyDeviceToHost));
-  CHECK_CUDA(cudaMemcpy(h_off.data(), offsets.ptr, h_off.size() * 4, cudaMemcpyDeviceToHost));
-  CHECK_CUDA(cudaMemcpy(h_pos.data(), pos.ptr, h_pos.size() * 4, cudaMemcpyDeviceToHost));
+  BENCH_CHECK_CUDA(
+      cudaMemcpy(h_counts.data(), counts.ptr, h_counts.size() * 4, cudaMemcpyDeviceToHost));
+  BENCH_CHECK_CUDA(cudaMemcpy(h_off.data(), offsets.ptr, h_off.size() * 4, cudaMemcpyDeviceToHost));
+  BENCH_CHECK_CUDA(cudaMemcpy(h_pos.data(), pos.ptr, h_pos.size() * 4, cudaMemcpyDeviceToHost));
   int64_t bad = 0;
   for (int h = 0; h < heads; ++h) {
     const int32_t* off = h_off.data() + h * (s.k + 1);
