@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "bench/common/cuda_bench_util.h"
+#include "bench/common/model_shapes.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/squeeze/index_builder.h"
 #include "engine/squeeze/squeezed_attention.h"
@@ -37,6 +38,8 @@
 namespace {
 
 using sqz::bench::IntArg;
+using sqz::bench::Llama3_8B;
+using sqz::bench::RandomTokens;
 
 using Clock = std::chrono::steady_clock;
 
@@ -64,34 +67,6 @@ std::vector<int64_t> ListArg(int argc, char** argv, const char* name, std::vecto
     return out;
   }
   return def;
-}
-
-sqz::ModelConfig Llama3_8B(int64_t layers, int64_t max_positions) {
-  sqz::ModelConfig c;
-  c.hidden = 4096;
-  c.intermediate = 14336;
-  c.layers = layers;
-  c.q_heads = 32;
-  c.kv_heads = 8;
-  c.head_dim = 128;
-  c.vocab = 128256;
-  c.max_positions = max_positions;
-  c.rms_eps = 1e-5f;
-  c.rope.theta = 500000.0f;
-  c.rope.llama3_factor = 8.0f;
-  c.rope.llama3_low_freq_factor = 1.0f;
-  c.rope.llama3_high_freq_factor = 4.0f;
-  c.rope.llama3_original_max_positions = 8192;
-  c.tie_embeddings = false;
-  return c;
-}
-
-std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab) - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = u(gen);
-  return t;
 }
 
 // Device-to-device copy bandwidth, GB/s (read + write bytes counted once each, as a copy moves

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "bench/common/cuda_bench_util.h"
+#include "bench/common/model_shapes.h"
 #include "engine/cuda/cuda_backend.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.h"
@@ -35,7 +36,9 @@
 namespace {
 
 using sqz::bench::IntArg;
+using sqz::bench::Llama3_8B;
 using sqz::bench::Median;
+using sqz::bench::RandomTokens;
 
 using bf16 = __nv_bfloat16;
 using Clock = std::chrono::steady_clock;
@@ -176,34 +179,6 @@ double LinearBreakdown(int64_t layers, double bw) {
   return step_ms;
 }
 
-sqz::ModelConfig Llama3_8B(int64_t layers) {
-  sqz::ModelConfig c;
-  c.hidden = 4096;
-  c.intermediate = 14336;
-  c.layers = layers;
-  c.q_heads = 32;
-  c.kv_heads = 8;
-  c.head_dim = 128;
-  c.vocab = 128256;
-  c.max_positions = 131072;
-  c.rms_eps = 1e-5f;
-  c.rope.theta = 500000.0f;
-  c.rope.llama3_factor = 8.0f;
-  c.rope.llama3_low_freq_factor = 1.0f;
-  c.rope.llama3_high_freq_factor = 4.0f;
-  c.rope.llama3_original_max_positions = 8192;
-  c.tie_embeddings = false;
-  return c;
-}
-
-std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab) - 1);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = u(gen);
-  return t;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -227,7 +202,7 @@ int main(int argc, char** argv) {
 
   const double linear_ms = LinearBreakdown(layers, bw);
 
-  const sqz::ModelConfig c = Llama3_8B(layers);
+  const sqz::ModelConfig c = Llama3_8B(layers, /*max_positions=*/131072);
   sqz::CudaBackendOptions o;
   o.dtype = sqz::CudaDType::kBf16;
   const int64_t tokens_needed =
