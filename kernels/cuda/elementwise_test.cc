@@ -11,27 +11,15 @@ namespace sqz::cuda {
 namespace {
 
 using testing::DeviceBuffer;
+using testing::Make;
 using testing::RandomFloats;
 using testing::RelativeL2;
+using testing::Seen;
 
 // Tolerances (relative L2 against the fp32 CPU reference on the same, bf16-rounded, inputs):
 // fp32 math throughout, so fp32 outputs agree to ~1e-6; bf16 outputs carry one rounding (2^-9).
 template <typename T>
 constexpr double kTol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
-
-// The values a T buffer holds for the given floats (rounded to bf16 for bf16).
-template <typename T>
-std::vector<T> Make(const std::vector<float>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x;
-  } else {
-    return testing::ToBf16(x);
-  }
-}
-template <typename T>
-std::vector<float> Seen(const std::vector<float>& x) {
-  return testing::ToFloat(Make<T>(x));
-}
 
 TEMPLATE_TEST_CASE("EmbeddingLookup copies rows exactly and poisons bad ids", "[cuda]", float,
                    bf16) {

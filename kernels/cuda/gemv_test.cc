@@ -11,6 +11,7 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 using testing::DeviceBuffer;
+using testing::Make;
 using testing::RandomFloats;
 using testing::RelativeL2;
 
@@ -18,15 +19,6 @@ using testing::RelativeL2;
 // bf16 outputs carry one rounding.
 template <typename T>
 constexpr double kTol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
-
-template <typename T>
-std::vector<T> Make(const std::vector<float>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x;
-  } else {
-    return testing::ToBf16(x);
-  }
-}
 
 TEMPLATE_TEST_CASE("Gemv matches the CPU product for 1..8 rows and is batch invariant", "[cuda]",
                    float, bf16) {

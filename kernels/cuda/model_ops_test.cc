@@ -17,26 +17,15 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 using testing::DeviceBuffer;
+using testing::Make;
 using testing::RandomFloats;
 using testing::RelativeL2;
+using testing::Seen;
 
 // fp32 math throughout: fp32 outputs agree with the fp32 CPU reference to ~1e-6; bf16 outputs
 // carry one rounding (2^-9) on top of bf16-rounded inputs.
 template <typename T>
 constexpr double kTol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
-
-template <typename T>
-std::vector<T> Make(const std::vector<float>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x;
-  } else {
-    return testing::ToBf16(x);
-  }
-}
-template <typename T>
-std::vector<float> Seen(const std::vector<float>& x) {
-  return testing::ToFloat(Make<T>(x));
-}
 
 TEMPLATE_TEST_CASE("EmbedToFloat widens rows exactly and poisons bad ids", "[cuda]", float, bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();

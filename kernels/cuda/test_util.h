@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/check.h"
@@ -73,6 +74,21 @@ std::vector<__nv_bfloat16> ToBf16(const std::vector<float>& x);
 std::vector<float> ToFloat(const std::vector<__nv_bfloat16>& x);
 std::vector<float> RoundBf16(const std::vector<float>& x);
 inline std::vector<float> ToFloat(const std::vector<float>& x) { return x; }
+
+// The values a T buffer (float or bf16) holds for the given floats: x itself, or rounded to bf16.
+template <typename T>
+std::vector<T> Make(const std::vector<float>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else {
+    return ToBf16(x);
+  }
+}
+// What a T buffer made from x reads back as (x, or x rounded to bf16), for the CPU reference.
+template <typename T>
+std::vector<float> Seen(const std::vector<float>& x) {
+  return ToFloat(Make<T>(x));
+}
 
 // ||a - b|| / max(||b||, tiny); +inf if any value of a is NaN or a and b differ in size.
 double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
