@@ -14,13 +14,28 @@
 
 namespace sqz {
 
-class DeviceMemory {
+namespace internal {
+
+// Where a CudaRegion's bytes come from.
+struct DeviceAllocator {
+  static constexpr const char* kName = "cudaMalloc";
+  static cudaError_t Allocate(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+  static void Free(void* p) { cudaFree(p); }
+};
+struct PinnedAllocator {
+  static constexpr const char* kName = "cudaMallocHost";
+  static cudaError_t Allocate(void** p, size_t bytes) { return cudaMallocHost(p, bytes); }
+  static void Free(void* p) { cudaFreeHost(p); }
+};
+
+template <typename Allocator>
+class CudaRegion {
  public:
-  DeviceMemory() = default;
-  ~DeviceMemory() { Reset(); }
-  DeviceMemory(DeviceMemory&& o) noexcept
+  CudaRegion() = default;
+  ~CudaRegion() { Reset(); }
+  CudaRegion(CudaRegion&& o) noexcept
       : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DeviceMemory& operator=(DeviceMemory&& o) noexcept {
+  CudaRegion& operator=(CudaRegion&& o) noexcept {
     if (this != &o) {
       Reset();
       ptr_ = std::exchange(o.ptr_, nullptr);
@@ -28,18 +43,18 @@ class DeviceMemory {
     }
     return *this;
   }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  CudaRegion(const CudaRegion&) = delete;
+  CudaRegion& operator=(const CudaRegion&) = delete;
 
-  // RESOURCE_EXHAUSTED naming `what` when the device has no room; 0 bytes gives a null region.
-  static StatusOr<DeviceMemory> Allocate(size_t bytes, const std::string& what) {
-    DeviceMemory m;
+  // RESOURCE_EXHAUSTED naming `what` when there is no room; 0 bytes gives a null region.
+  static StatusOr<CudaRegion> Allocate(size_t bytes, const std::string& what) {
+    CudaRegion m;
     if (bytes == 0) return m;
-    const cudaError_t err = cudaMalloc(&m.ptr_, bytes);
+    const cudaError_t err = Allocator::Allocate(&m.ptr_, bytes);
     if (err != cudaSuccess) {
-      cudaGetLastError();  // clear the sticky-free error state of a failed allocation
-      return ResourceExhaustedError("cudaMalloc of " + std::to_string(bytes) + " bytes for " +
-                                    what + " failed: " + cudaGetErrorString(err));
+      cudaGetLastError();  // clear the error state of a failed allocation
+      return ResourceExhaustedError(std::string(Allocator::kName) + " of " + std::to_string(bytes) +
+                                    " bytes for " + what + " failed: " + cudaGetErrorString(err));
     }
     m.bytes_ = bytes;
     return m;
@@ -53,7 +68,7 @@ class DeviceMemory {
 
  private:
   void Reset() {
-    if (ptr_) cudaFree(ptr_);
+    if (ptr_) Allocator::Free(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
   }
@@ -61,50 +76,9 @@ class DeviceMemory {
   size_t bytes_ = 0;
 };
 
-class PinnedMemory {
- public:
-  PinnedMemory() = default;
-  ~PinnedMemory() { Reset(); }
-  PinnedMemory(PinnedMemory&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  PinnedMemory& operator=(PinnedMemory&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      bytes_ = std::exchange(o.bytes_, 0);
-    }
-    return *this;
-  }
-  PinnedMemory(const PinnedMemory&) = delete;
-  PinnedMemory& operator=(const PinnedMemory&) = delete;
+}  // namespace internal
 
-  static StatusOr<PinnedMemory> Allocate(size_t bytes, const std::string& what) {
-    PinnedMemory m;
-    if (bytes == 0) return m;
-    const cudaError_t err = cudaMallocHost(&m.ptr_, bytes);
-    if (err != cudaSuccess) {
-      cudaGetLastError();
-      return ResourceExhaustedError("cudaMallocHost of " + std::to_string(bytes) + " bytes for " +
-                                    what + " failed: " + cudaGetErrorString(err));
-    }
-    m.bytes_ = bytes;
-    return m;
-  }
-
-  template <typename T = void>
-  T* get() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void Reset() {
-    if (ptr_) cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
+using DeviceMemory = internal::CudaRegion<internal::DeviceAllocator>;
+using PinnedMemory = internal::CudaRegion<internal::PinnedAllocator>;
 
 }  // namespace sqz
