@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CUDA test and benchmark binaries here and copies them, with the one non-system,
-# non-CUDA library they need (libgomp), into .device-bundle/ for the device tool's `carry`.
+# non-CUDA library they need (libgomp), into .device-bundle/ to copy to the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD="${BUILD:-build-cuda}"

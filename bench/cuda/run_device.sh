@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (device tool): correctness first (the kernel tests, then the same
+# One run on the GPU machine: correctness first (the kernel tests, then the same
 # under compute-sanitizer memcheck), then the benchmarks and the PyTorch SDPA baseline.
 # Expects the binaries in .device-bundle/ (bench/cuda/make_bundle.sh builds it here) and writes
 # logs under $OUT. Usage: bash bench/cuda/run_device.sh [tests|bench|all]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the fixed-context tests of the CUDA backend and the end-to-end benchmark here and copies
-# them, with libgomp and the tiny stories260K model, into a bundle folder for the device tool's
-# `carry` (the GPU machine has CUDA, cuBLAS and libstdc++, not /work/shared).
+# them, with libgomp and the tiny stories260K model, into a bundle folder to copy to the GPU
+# machine (which has CUDA, cuBLAS and libstdc++, not the shared test models).
 # Environment: BUILD (default build-gpuctx, configured with -DSQZ_CUDA=ON
 # -DCMAKE_CUDA_ARCHITECTURES=90 -DSQZ_BUILD_SERVER=OFF), B (bundle folder, default
 # .gpuctx-bundle; git-ignored here).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (device tool), in the order that matters if time runs out:
+# One run on the GPU machine, in the order that matters if time runs out:
 #   1. correctness: host-side residency / planning / sequence tests, then the fixed-context tests of
 #      the CUDA backend against the CPU backend (cuda_context_test), then the existing backend tests
 #      (no regression from the context changes);
@@ -7,7 +7,7 @@
 #   3. the end-to-end benchmark: a 2-layer, 8K smoke run, then the 8B shape over a 128K context
 #      (ingestion on the device, DENSE vs SQUEEZED 0.125 at batch 1 and 32).
 # Expects the bundle of make_bundle.sh ($B, default .gpuctx-bundle); logs go under $OUT.
-# Usage (device tool, carry [".gpuctx-bundle"], timeout_s 600; the timeouts below add up to 565 s):
+# Usage (on the GPU machine, with .gpuctx-bundle copied beside the checkout; at most 600 s; the timeouts below add up to 565 s):
 #   bash bench/cuda_e2e/run_device.sh [layers (default 32)] [context (default 131072)]
 set -u
 layers="${1:-32}"

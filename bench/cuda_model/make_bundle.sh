@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA backend's tests, the HF parity tool and the whole-model benchmark here and copies
 # them, with libgomp and the tiny stories260K model (its config, weights and golden ids), into a
-# bundle folder for the device tool's `carry` (the GPU machine has CUDA, cuBLAS and libstdc++, not
+# bundle folder to copy to the GPU machine (the GPU machine has CUDA, cuBLAS and libstdc++, not
 # /work/shared). Environment: BUILD (default build-cudab, configured with -DSQZ_CUDA=ON
 # -DCMAKE_CUDA_ARCHITECTURES=90), B (bundle folder, default .cudab-bundle; git-ignored here).
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (device tool), in the order that matters if time runs out:
+# One run on the GPU machine, in the order that matters if time runs out:
 #   1. correctness: the host-side sequence table, DeviceSampler vs the CPU Sampler, CUDA graphs /
 #      ForwardSample / bf16 batch (in)variance, the backend vs the CPU backend and stories260K;
 #   2. parity with Hugging Face transformers (tests/hf_parity_cuda/hf_parity_cuda.py: random

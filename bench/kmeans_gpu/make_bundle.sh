@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the GPU ingestion tests and benchmark here (build-kmeans) and copies them, with libgomp
-# (the one non-system, non-CUDA library they need), into .kmeans-bundle/ for the device tool's
-# `carry`. Then: bash bench/kmeans_gpu/run_device.sh on the GPU machine.
+# (the one non-system, non-CUDA library they need), into .kmeans-bundle/ to copy to the
+# GPU machine. Then: bash bench/kmeans_gpu/run_device.sh on the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD="${BUILD:-build-kmeans}"

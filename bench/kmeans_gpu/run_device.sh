@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (device tool): correctness first (the GPU k-means and snapshot tests
+# One run on the GPU machine: correctness first (the GPU k-means and snapshot tests
 # against the CPU reference, then small cases under compute-sanitizer memcheck and racecheck), the
 # 8B-shaped 128K-token ingestion benchmark (early stop on, then always 20 iterations), then the
 # CPU reference on one head of that shape. Expects .kmeans-bundle/ (make_bundle.sh); logs in $OUT.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the query-time Squeezed Attention tests, the dense kernel tests and the benchmark library
 # here, and copies them with the one non-system, non-CUDA library they need (libgomp) into
-# .sqzgpu-bundle/ for the device tool's `carry`.
+# .sqzgpu-bundle/ to copy to the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD="${BUILD:-build-sqzgpu}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (device tool): correctness first (the query-time Squeezed Attention
+# One run on the GPU machine: correctness first (the query-time Squeezed Attention
 # tests, then the dense kernel tests that share decode_attention.cu), then the benchmark.
 # Expects .sqzgpu-bundle/ (bench/squeeze_gpu/make_bundle.sh); logs under $OUT.
 # Usage: bash bench/squeeze_gpu/run_device.sh [tests|bench|all] [bench args...]
