@@ -24,6 +24,11 @@ Status ArgError(std::string_view op, std::string_view message);
 // UNIMPLEMENTED "op: message": a valid shape for which no kernel instance is compiled.
 Status UnsupportedError(std::string_view op, std::string_view message);
 
+// The GQA head check of the launchers that put kv heads on a grid dimension: INVALID_ARGUMENT
+// unless 0 < n_kv_heads <= 65535 divides n_q_heads > 0; UNIMPLEMENTED when the group
+// n_q_heads / n_kv_heads exceeds max_group (the largest compiled).
+Status CheckHeadGroups(std::string_view op, int n_q_heads, int n_kv_heads, int max_group);
+
 }  // namespace sqz::cuda
 
 // Returns from the enclosing function with an INTERNAL Status if `expr` (a cudaError_t) fails.

@@ -719,17 +719,7 @@ Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, T
                        cudaStream_t stream) {
   constexpr const char* kOp = "DecodeAttention";
   if (p.batch < 0 || p.batch > 65535) return ArgError(kOp, "batch must be in [0, 65535]");
-  if (p.n_q_heads <= 0 || p.n_kv_heads <= 0 || p.n_kv_heads > 65535 ||
-      p.n_q_heads % p.n_kv_heads != 0) {
-    return ArgError(kOp, "n_kv_heads (" + std::to_string(p.n_kv_heads) +
-                             ") must be positive and divide n_q_heads (" +
-                             std::to_string(p.n_q_heads) + ")");
-  }
-  if (p.n_q_heads / p.n_kv_heads > kDecodeMaxGroup) {
-    return UnsupportedError(
-        kOp, "n_q_heads / n_kv_heads = " + std::to_string(p.n_q_heads / p.n_kv_heads) +
-                 " exceeds the compiled maximum " + std::to_string(kDecodeMaxGroup));
-  }
+  SQZ_RETURN_IF_ERROR(CheckHeadGroups(kOp, p.n_q_heads, p.n_kv_heads, kDecodeMaxGroup));
   if (std::find(kDecodeHeadDims.begin(), kDecodeHeadDims.end(), p.head_dim) ==
       kDecodeHeadDims.end()) {
     return UnsupportedError(kOp, "head_dim " + std::to_string(p.head_dim) +

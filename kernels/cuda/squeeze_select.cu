@@ -666,17 +666,7 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
                      cudaStream_t stream) {
   constexpr const char* kOp = "SqueezeSelect";
   if (p.batch < 0 || p.batch > 65535) return ArgError(kOp, "batch must be in [0, 65535]");
-  if (p.n_q_heads <= 0 || p.n_kv_heads <= 0 || p.n_kv_heads > 65535 ||
-      p.n_q_heads % p.n_kv_heads != 0) {
-    return ArgError(kOp, "n_kv_heads (" + std::to_string(p.n_kv_heads) +
-                             ") must be positive and divide n_q_heads (" +
-                             std::to_string(p.n_q_heads) + ")");
-  }
-  if (p.n_q_heads / p.n_kv_heads > kSqueezeMaxGroup) {
-    return UnsupportedError(
-        kOp, "n_q_heads / n_kv_heads = " + std::to_string(p.n_q_heads / p.n_kv_heads) +
-                 " exceeds the compiled maximum " + std::to_string(kSqueezeMaxGroup));
-  }
+  SQZ_RETURN_IF_ERROR(CheckHeadGroups(kOp, p.n_q_heads, p.n_kv_heads, kSqueezeMaxGroup));
   if (p.head_dim != 64 && p.head_dim != 128) {
     return UnsupportedError(
         kOp, "head_dim " + std::to_string(p.head_dim) + " is not compiled (64, 128)");
