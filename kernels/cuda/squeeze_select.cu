@@ -5,13 +5,14 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/ptx.cuh"
+#include "kernels/cuda/sparse_prefill_select.h"
 #include "kernels/cuda/squeeze_select.h"
 
 namespace sqz::cuda {
 namespace {
 
 constexpr int kScoreThreads = 128;
-constexpr int kScoreChunk = 256;  // items (centroids) per scoring block
+constexpr int kScoreChunk = internal::kSelectChunk;  // items (centroids) per scoring block
 constexpr int kSelectThreads = 512;
 constexpr int kMaxG = kSqueezeMaxGroup;
 
@@ -22,12 +23,13 @@ enum class Level : int { kFlat = 0, kCoarse = 1, kFine = 2 };  // kFine: under k
 struct Workspace {
   size_t fine_scores, fine_stats, fine_keys, fine_flags;
   size_t coarse_scores, coarse_stats, coarse_keys, coarse_flags, coarse_weights;
+  size_t block_stats, block_norm, block_probs;  // block mode (the fine scores and stats stay empty)
   size_t total;
 };
 
 size_t Align(size_t x) { return (x + 255) / 256 * 256; }
 
-Workspace Carve(const SqueezeSelectParams& p, int fine_chunks, int coarse_chunks) {
+Workspace Carve(const SqueezeSelectParams& p, int fine_chunks, int coarse_chunks, int block_rows) {
   const size_t units = static_cast<size_t>(std::max(p.batch, 0)) * std::max(p.n_kv_heads, 0);
   const size_t g = p.n_kv_heads > 0 ? static_cast<size_t>(p.n_q_heads / p.n_kv_heads) : 0;
   const size_t k = std::max(p.max_clusters, 0), k1 = p.hierarchical ? std::max(p.max_coarse, 0) : 0;
@@ -38,8 +40,9 @@ Workspace Carve(const SqueezeSelectParams& p, int fine_chunks, int coarse_chunks
     at += Align(bytes);
     return here;
   };
-  w.fine_scores = take(units * g * k * sizeof(float));
-  w.fine_stats = take(units * g * fine_chunks * sizeof(float2));
+  const bool blocks = p.block_starts != nullptr;
+  w.fine_scores = take(blocks ? 0 : units * g * k * sizeof(float));
+  w.fine_stats = take(blocks ? 0 : units * g * fine_chunks * sizeof(float2));
   w.fine_keys = take(units * k * sizeof(uint32_t));
   w.fine_flags = take(units * k);
   w.coarse_scores = take(units * g * k1 * sizeof(float));
@@ -47,6 +50,10 @@ Workspace Carve(const SqueezeSelectParams& p, int fine_chunks, int coarse_chunks
   w.coarse_keys = take(units * k1 * sizeof(uint32_t));
   w.coarse_flags = take(units * k1);
   w.coarse_weights = take(units * k1 * sizeof(int32_t));
+  const size_t rows = static_cast<size_t>(std::max(block_rows, 0));
+  w.block_stats = take(units * rows * fine_chunks * sizeof(float2));
+  w.block_norm = take(units * rows * sizeof(float2));
+  w.block_probs = take(blocks ? units * k * sizeof(float) : 0);
   w.total = at;
   return w;
 }
@@ -66,6 +73,9 @@ struct LevelArgs {
   const uint8_t* coarse_flags;
   const int32_t* coarse_weights;
   int max_coarse;
+  // Block mode (flat level): p per item, [batch][H][max_items], -1 for no candidate; replaces the
+  // scores and the normaliser.
+  const float* probs;
 };
 
 // Items of (view, h) on a level: how many, and whether the fine level runs under a coarse one.
@@ -313,7 +323,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   };
 
   // 1. Normaliser per head: the chunks, plus (fine level) the mass of coarse groups not kept.
-  if (warp < g) {
+  if (warp < g && a.probs == nullptr) {
     const float2* st = a.stats + (unit * g + warp) * a.chunks;
     const float* cs = hier ? a.coarse_scores + (unit * g + warp) * a.max_coarse : nullptr;
     const uint8_t* kept = hier ? a.coarse_flags + unit * a.max_coarse : nullptr;
@@ -361,9 +371,13 @@ __global__ void __launch_bounds__(kSelectThreads)
     for (int e = 0; e < kPer; ++e) {  // loads first
       const int i = i0 + e * kSelectThreads + tid;
       const bool in = i < n;
+      if (a.probs) {  // block mode: p in sc[e][0] (< 0: no candidate)
+        sc[e][0] = in ? a.probs[unit * a.max_items + i] : -1.0f;
+      } else {
 #pragma unroll
-      for (int j = 0; j < kMaxG; ++j) {
-        sc[e][j] = in && j < g ? scores[j * a.max_items + i] : -INFINITY;
+        for (int j = 0; j < kMaxG; ++j) {
+          sc[e][j] = in && j < g ? scores[j * a.max_items + i] : -INFINITY;
+        }
       }
       id[e] = in ? (hier ? members[i] : i) : -1;
       w[e] = in ? (coarse ? static_cast<uint32_t>(cweights[i])
@@ -373,16 +387,22 @@ __global__ void __launch_bounds__(kSelectThreads)
 #pragma unroll
     for (int e = 0; e < kPer; ++e) {
       const int i = i0 + e * kSelectThreads + tid;
-      const bool cand = sc[e][0] > -INFINITY;  // scored (every head, or none)
+      bool cand;
       float pr = 0.0f;
+      if (a.probs) {
+        cand = sc[e][0] >= 0.0f;
+        pr = cand ? sc[e][0] : 0.0f;
+      } else {
+        cand = sc[e][0] > -INFINITY;  // scored (every head, or none)
 #pragma unroll
-      for (int j = 0; j < kMaxG; ++j) {
-        if (j < g) {
-          const float ex = sc[e][j] > -INFINITY ? expf(sc[e][j] - m_s[j]) * inv_s[j] : 0.0f;
-          pr = p.reduce == SqueezeReduce::kMax ? (j == 0 ? ex : fmaxf(pr, ex)) : pr + ex;
+        for (int j = 0; j < kMaxG; ++j) {
+          if (j < g) {
+            const float ex = sc[e][j] > -INFINITY ? expf(sc[e][j] - m_s[j]) * inv_s[j] : 0.0f;
+            pr = p.reduce == SqueezeReduce::kMax ? (j == 0 ? ex : fmaxf(pr, ex)) : pr + ex;
+          }
         }
+        pr *= group_scale;
       }
-      pr *= group_scale;
       if (!budget) {
         if (id[e] >= 0 && id[e] < k) flags[id[e]] = cand && pr > value;
         continue;
@@ -589,7 +609,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 template <int D>
 Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
               const SqueezeSelection& out, void* workspace, cudaStream_t stream) {
-  const Workspace w = Carve(p, plan.fine_chunks, plan.coarse_chunks);
+  const Workspace w = Carve(p, plan.fine_chunks, plan.coarse_chunks, plan.block_rows);
   char* ws = static_cast<char*>(workspace);
   LevelArgs coarse{};
   coarse.level = Level::kCoarse;
@@ -614,6 +634,8 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
   fine.coarse_flags = coarse.flags;
   fine.coarse_weights = coarse.weights;
   fine.max_coarse = p.hierarchical ? p.max_coarse : 0;
+  fine.probs = nullptr;
+  coarse.probs = nullptr;
 
   const dim3 select_grid(p.batch, p.n_kv_heads);
   constexpr size_t kSmem = ScoreSmemBytes<D>();
@@ -630,9 +652,17 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
                                                              false);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: coarse selection"));
   }
-  ScoreKernel<D>
-      <<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p, fine);
-  SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: scoring"));
+  if (p.block_starts) {
+    float* probs = reinterpret_cast<float*>(ws + w.block_probs);
+    SQZ_RETURN_IF_ERROR(internal::LaunchBlockProbabilities(
+        p, plan.fine_chunks, plan.block_rows, reinterpret_cast<float2*>(ws + w.block_stats),
+        reinterpret_cast<float2*>(ws + w.block_norm), probs, stream));
+    fine.probs = probs;
+  } else {
+    ScoreKernel<D>
+        <<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p, fine);
+    SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: scoring"));
+  }
   const size_t smem = SelectSmemBytes(p.max_clusters, false);
   if (smem > 0) {
     SQZ_CUDA_RETURN_IF_ERROR(
@@ -657,7 +687,12 @@ SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& p) {
   plan.coarse_chunks = p.hierarchical ? std::max(1, (k1 + kScoreChunk - 1) / kScoreChunk) : 0;
   // Runs of selected positions among k + 2 (sink, clusters, window) alternate with gaps.
   plan.max_segments = (k + 2 + 1) / 2;
-  plan.workspace_bytes = Carve(p, plan.fine_chunks, plan.coarse_chunks).total;
+  if (p.block_starts && p.n_kv_heads > 0 && p.n_q_heads % p.n_kv_heads == 0 &&
+      p.n_q_heads / p.n_kv_heads >= 1 && p.n_q_heads / p.n_kv_heads <= kSqueezeMaxGroup) {
+    plan.block_rows =
+        std::max(p.max_block_tokens, 0) * internal::BlockRowsPerToken(p.n_q_heads / p.n_kv_heads);
+  }
+  plan.workspace_bytes = Carve(p, plan.fine_chunks, plan.coarse_chunks, plan.block_rows).total;
   return plan;
 }
 
@@ -696,8 +731,14 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
     }
   }
   const SqueezeSelectPlan expected = PlanSqueezeSelect(p);
+  if (p.block_starts) {
+    if (p.hierarchical) {
+      return UnsupportedError(kOp, "hierarchical lookups of query blocks are not implemented");
+    }
+    if (p.max_block_tokens < 1) return ArgError(kOp, "block mode needs max_block_tokens >= 1");
+  }
   if (plan.fine_chunks != expected.fine_chunks || plan.coarse_chunks != expected.coarse_chunks ||
-      plan.max_segments != expected.max_segments ||
+      plan.block_rows != expected.block_rows || plan.max_segments != expected.max_segments ||
       plan.workspace_bytes != expected.workspace_bytes) {
     return ArgError(kOp, "plan was made for other params (make it with PlanSqueezeSelect)");
   }

@@ -36,6 +36,16 @@
 // Hierarchical lookups run (1) and (2) on the coarse level first, then score only the fine
 // centroids under kept groups.
 //
+// Blocks of query tokens (prefill; ALGORITHM.md online step 4): with params.block_starts set, entry
+// r of the batch is a block of query tokens instead of one token, and
+//   p[c] = (1 / n_r) sum_t reduce_j p_tj[c]   (SelectClusters with n_tokens = n_r),
+// each (token, head) with its own exact normaliser. Two scoring passes over the centroids (a block
+// kernel puts the block's (token, head) rows on the m16 tiles): the first leaves each row's
+// per-chunk (max, sum N exp(s - max)), the second recomputes the scores and sums the reduced p
+// over the rows; the select kernel then cuts on p as above. The scores are never stored. A block
+// of 0 tokens selects no cluster (sink and window only). Flat index only (hierarchical lookups
+// of blocks are UNIMPLEMENTED).
+//
 // Usage: plan on the host (sizes only), provide the workspace and outputs, launch:
 //   SqueezeSelectPlan plan = PlanSqueezeSelect(params);
 //   SqueezeSelect(params, plan, out, workspace, plan.workspace_bytes, stream);
@@ -110,11 +120,19 @@ struct SqueezeSelectParams {
   // Larger device values are read only up to the bound (wrong results, never out-of-bounds reads).
   int32_t max_clusters = 0;
   int32_t max_coarse = 0;
+  // Blocks of query tokens (see the top of this file). block_starts: device [batch + 1],
+  // non-decreasing token indices into q (token t at q + t * q_stride), entry r = tokens
+  // [block_starts[r], block_starts[r + 1]); nullptr: one token per entry (decode; q_stride between
+  // entries). max_block_tokens: host bound of every block's length, >= 1 with block_starts (longer
+  // blocks are read only up to it). views, per_request_value and the outputs are per block.
+  const int32_t* block_starts = nullptr;
+  int32_t max_block_tokens = 0;
 };
 
 // Sizes made on the host from the params alone (no device access).
 struct SqueezeSelectPlan {
   int fine_chunks = 0;       // scoring blocks per (request, kv head) on the fine level
+  int32_t block_rows = 0;    // block mode: (token, head) rows per (block, kv head) bound, else 0
   int coarse_chunks = 0;     // ... on the coarse level (0 when flat)
   int32_t max_segments = 0;  // segment capacity per (request, kv head) the outputs must have
   size_t workspace_bytes = 0;

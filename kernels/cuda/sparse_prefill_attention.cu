@@ -1,0 +1,345 @@
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/ptx.cuh"
+#include "kernels/cuda/sparse_prefill_attention.h"
+
+namespace sqz::cuda {
+namespace {
+
+constexpr int kBr = 64;  // (token, head) rows per CTA: 16 per warp
+constexpr int kBc = 64;  // keys per tile
+constexpr int kThreads = 128;
+constexpr int kPad = 8;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+constexpr size_t SmemBytes() {
+  return static_cast<size_t>(kBr + 4 * kBc) * (D + kPad) * sizeof(__nv_bfloat16);
+}
+
+__device__ __forceinline__ int BlockTokens(const SparsePrefillParams& p, int b) {
+  return max(0, min(p.block_starts[b + 1] - p.block_starts[b], p.max_block_tokens));
+}
+__device__ __forceinline__ int SelectedLen(const SparsePrefillParams& p, int64_t unit) {
+  if (p.ctx_len[unit / p.n_kv_heads] <= 0) return 0;
+  return static_cast<int>(
+      min(static_cast<int64_t>(max(p.segments.selected_len[unit], 0)), p.max_selected));
+}
+
+// rows[unit][j] = the context row of selected key j (j < SelectedLen), clamped into the context.
+// grid (num_blocks, n_kv_heads); one warp per segment.
+__global__ void __launch_bounds__(256) ExpandRowsKernel(SparsePrefillParams p, int32_t* rows) {
+  const int b = blockIdx.x, h = blockIdx.y;
+  const int64_t unit = static_cast<int64_t>(b) * p.n_kv_heads + h;
+  const int len = SelectedLen(p, unit);
+  const int ctx = p.ctx_len[b];
+  const int n_segs = min(max(p.segments.num_segments[unit], 0), p.segments.max_segments);
+  const int2* segs = p.segments.segments + unit * p.segments.max_segments;
+  int32_t* out = rows + unit * p.max_selected;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int s = warp; s < n_segs; s += warps) {
+    const int begin = s == 0 ? 0 : segs[s - 1].x;
+    const int2 seg = segs[s];
+    const int end = min(seg.x, len);
+    for (int j = max(begin, 0) + lane; j < end; j += 32) {
+      out[j] = min(max(j + seg.y, 0), ctx - 1);
+    }
+  }
+}
+
+template <typename TOut>
+__device__ __forceinline__ void StorePair(TOut* p, float a, float b) {
+  if constexpr (std::is_same_v<TOut, float>) {
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+  } else {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+  }
+}
+
+// grid (row tiles, n_kv_heads, num_blocks). Rows of a block: (token t, head j) -> t * g + j.
+template <int D, typename TOut>
+__global__ void __launch_bounds__(kThreads)
+    SparsePrefillKernel(SparsePrefillParams p, const int32_t* __restrict__ rows_map,
+                        TOut* __restrict__ out, int64_t out_stride,
+                        cpu::AttentionPartial* __restrict__ stats) {
+  constexpr int kRow = D + kPad;
+  constexpr int kChunks = D / 8;                      // 16-byte pieces per row
+  constexpr int kRowsPer = kBc * kChunks / kThreads;  // K/V rows each thread copies per tile
+  constexpr int kRowStep = kThreads / kChunks;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kBr][kRow]
+  auto k_s = [&](int stage) { return q_s + (kBr + stage * kBc) * kRow; };
+  auto v_s = [&](int stage) { return q_s + (kBr + (2 + stage) * kBc) * kRow; };
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gr = lane >> 2, t4 = lane & 3;
+  const int tile_q = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int g = p.n_q_heads / p.n_kv_heads;
+  const int nt = BlockTokens(p, b);
+  const int n_rows = nt * g;
+  const int r0 = tile_q * kBr;
+  if (r0 >= n_rows) return;
+  const int64_t unit = static_cast<int64_t>(b) * p.n_kv_heads + h;
+  const int len = SelectedLen(p, unit);
+  const int64_t first_token = p.block_starts[b];
+  const int64_t ctx = p.ctx_len[b];
+  const int32_t ctx_rows = static_cast<int32_t>(ctx);
+  const __nv_bfloat16* k_base = len > 0 ? p.ctx_k[b] + h * ctx * D : nullptr;
+  const __nv_bfloat16* v_base = len > 0 ? p.ctx_v[b] + h * ctx * D : nullptr;
+  const int32_t* rmap = rows_map + unit * p.max_selected;
+  const int n_tiles = (len + kBc - 1) / kBc;
+
+  for (int c = tid; c < kBr * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const int row = r0 + r;
+    const bool valid = row < n_rows;
+    const __nv_bfloat16* src =
+        valid ? p.q + (first_token + row / g) * p.q_stride + (h * g + row % g) * D + col : p.q;
+    internal::CpAsync16(q_s + r * kRow + col, src, valid);
+  }
+  // Row indices of a tile's keys, one tile ahead in registers (their load latency hides behind
+  // the current tile's math).
+  const int my_row = tid / kChunks, my_col = (tid % kChunks) * 8;
+  int32_t next_rows[kRowsPer];
+  auto fetch_rows = [&](int tile) {
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) {
+      const int j = tile * kBc + my_row + i * kRowStep;
+      // Clamped again: a list whose last end falls short of selected_len leaves keys unwritten.
+      next_rows[i] = tile < n_tiles && j < len ? min(max(rmap[j], 0), ctx_rows - 1) : -1;
+    }
+  };
+  auto load_kv = [&](int stage) {
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) {
+      const int r = my_row + i * kRowStep;
+      const bool valid = next_rows[i] >= 0;
+      const int64_t off = static_cast<int64_t>(valid ? next_rows[i] : 0) * D + my_col;
+      internal::CpAsync16(k_s(stage) + r * kRow + my_col, valid ? k_base + off : p.q, valid);
+      internal::CpAsync16(v_s(stage) + r * kRow + my_col, valid ? v_base + off : p.q, valid);
+    }
+  };
+  fetch_rows(0);
+  if (n_tiles > 0) load_kv(0);
+  internal::CpAsyncCommit();
+  fetch_rows(1);
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  const float scale_log2 = p.scale * kLog2e;
+
+  for (int jt = 0; jt < n_tiles; ++jt) {
+    const int stage = jt & 1;
+    if (jt + 1 < n_tiles) load_kv(stage ^ 1);
+    internal::CpAsyncCommit();
+    fetch_rows(jt + 2);
+    internal::CpAsyncWait<1>();
+    __syncthreads();
+    if (jt == 0) {
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc) {
+        const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        internal::LdMatrixX4(qf[kc], q_s + r * kRow + kc * 16 + (lane >> 4) * 8);
+      }
+    }
+    float s[kBc / 8][4];
+#pragma unroll
+    for (int ntl = 0; ntl < kBc / 8; ++ntl) {
+      s[ntl][0] = s[ntl][1] = s[ntl][2] = s[ntl][3] = 0.0f;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; kc += 2) {
+        uint32_t bf[4];
+        internal::LdMatrixX4(
+            bf, k_s(stage) + (ntl * 8 + (lane & 7)) * kRow + kc * 16 + (lane >> 3) * 8);
+        internal::MmaBf16(s[ntl], qf[kc], bf[0], bf[1]);
+        internal::MmaBf16(s[ntl], qf[kc + 1], bf[2], bf[3]);
+      }
+    }
+    const int j0 = jt * kBc;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int ntl = 0; ntl < kBc / 8; ++ntl) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = j0 + ntl * 8 + 2 * t4 + (e & 1);
+        s[ntl][e] = j < len ? s[ntl][e] * scale_log2 : -INFINITY;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[ntl][0], s[ntl][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[ntl][2], s[ntl][3]));
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float base0 = mn0 == -INFINITY ? 0.0f : mn0;
+    const float base1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float alpha0 = exp2f(m0 - base0), alpha1 = exp2f(m1 - base1);
+    m0 = mn0;
+    m1 = mn1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int ntl = 0; ntl < kBc / 8; ++ntl) {
+      s[ntl][0] = exp2f(s[ntl][0] - base0);
+      s[ntl][1] = exp2f(s[ntl][1] - base0);
+      s[ntl][2] = exp2f(s[ntl][2] - base1);
+      s[ntl][3] = exp2f(s[ntl][3] - base1);
+      sum0 += s[ntl][0] + s[ntl][1];
+      sum1 += s[ntl][2] + s[ntl][3];
+    }
+    l0 = l0 * alpha0 + sum0;
+    l1 = l1 * alpha1 + sum1;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= alpha0;
+      o[dt][1] *= alpha0;
+      o[dt][2] *= alpha1;
+      o[dt][3] *= alpha1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      uint32_t pf[4];
+      pf[0] = internal::PackBf16(s[2 * kk][0], s[2 * kk][1]);
+      pf[1] = internal::PackBf16(s[2 * kk][2], s[2 * kk][3]);
+      pf[2] = internal::PackBf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pf[3] = internal::PackBf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dt = 0; dt < D / 8; dt += 2) {
+        uint32_t bf[4];
+        internal::LdMatrixX4Trans(bf, v_s(stage) +
+                                          (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRow +
+                                          dt * 8 + (lane >> 4) * 8);
+        internal::MmaBf16(o[dt], pf, bf[0], bf[1]);
+        internal::MmaBf16(o[dt + 1], pf, bf[2], bf[3]);
+      }
+    }
+    __syncthreads();
+  }
+  internal::CpAsyncWait<0>();
+
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+  const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  const int row0 = r0 + warp * 16 + gr, row1 = row0 + 8;
+  if (row0 < n_rows) {
+    const int64_t t = first_token + row0 / g;
+    const int hq = h * g + row0 % g;
+    TOut* dst = out + t * out_stride + hq * D + 2 * t4;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) StorePair(dst + dt * 8, o[dt][0] * inv0, o[dt][1] * inv0);
+    if (stats && t4 == 0) stats[t * p.n_q_heads + hq] = {m0 * kLn2, l0};
+  }
+  if (row1 < n_rows) {
+    const int64_t t = first_token + row1 / g;
+    const int hq = h * g + row1 % g;
+    TOut* dst = out + t * out_stride + hq * D + 2 * t4;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) StorePair(dst + dt * 8, o[dt][2] * inv1, o[dt][3] * inv1);
+    if (stats && t4 == 0) stats[t * p.n_q_heads + hq] = {m1 * kLn2, l1};
+  }
+}
+
+template <int D, typename TOut>
+Status Launch(const SparsePrefillParams& p, const SparsePrefillPlan& plan, TOut* out,
+              int64_t out_stride, cpu::AttentionPartial* stats, int32_t* rows,
+              cudaStream_t stream) {
+  ExpandRowsKernel<<<dim3(p.num_blocks, p.n_kv_heads), 256, 0, stream>>>(p, rows);
+  SQZ_RETURN_IF_ERROR(LaunchStatus("SparsePrefillAttention: rows"));
+  constexpr size_t kSmem = SmemBytes<D>();
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(SparsePrefillKernel<D, TOut>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+      "SparsePrefillAttention: cudaFuncSetAttribute");
+  SparsePrefillKernel<D, TOut>
+      <<<dim3(plan.row_tiles, p.n_kv_heads, p.num_blocks), kThreads, kSmem, stream>>>(
+          p, rows, out, out_stride, stats);
+  return LaunchStatus("SparsePrefillAttention");
+}
+
+bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+}  // namespace
+
+SparsePrefillPlan PlanSparsePrefill(const SparsePrefillParams& p) {
+  SparsePrefillPlan plan;
+  const int g = p.n_kv_heads > 0 ? p.n_q_heads / p.n_kv_heads : 0;
+  const int64_t rows = static_cast<int64_t>(std::max(p.max_block_tokens, 0)) * g;
+  plan.row_tiles = static_cast<int>((rows + kBr - 1) / kBr);
+  plan.workspace_bytes = static_cast<size_t>(std::max(p.num_blocks, 0)) *
+                         std::max(p.n_kv_heads, 0) * std::max<int64_t>(p.max_selected, 0) *
+                         sizeof(int32_t);
+  return plan;
+}
+
+template <typename TOut>
+Status SparsePrefillAttention(const SparsePrefillParams& p, const SparsePrefillPlan& plan,
+                              TOut* out, int64_t out_token_stride, cpu::AttentionPartial* stats,
+                              void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  constexpr const char* kOp = "SparsePrefillAttention";
+  if (p.num_blocks < 0 || p.num_blocks > 65535) {
+    return ArgError(kOp, "num_blocks must be in [0, 65535]");
+  }
+  SQZ_RETURN_IF_ERROR(CheckHeadGroups(kOp, p.n_q_heads, p.n_kv_heads, kSparsePrefillMaxGroup));
+  if (p.head_dim != 64 && p.head_dim != 128) {
+    return UnsupportedError(
+        kOp, "head_dim " + std::to_string(p.head_dim) + " is not compiled (64, 128)");
+  }
+  if (!(p.scale > 0.0f)) return ArgError(kOp, "scale must be > 0");
+  const int64_t row = static_cast<int64_t>(p.n_q_heads) * p.head_dim;
+  if (p.q_stride < row || out_token_stride < row) {
+    return ArgError(kOp, "q_stride and out_token_stride must be >= n_q_heads * head_dim = " +
+                             std::to_string(row));
+  }
+  if (p.max_block_tokens < 1) return ArgError(kOp, "max_block_tokens must be >= 1");
+  if (p.max_selected < 0 || p.max_selected > INT32_MAX) {
+    return ArgError(kOp, "max_selected must be in [0, 2^31)");
+  }
+  const SparsePrefillPlan expected = PlanSparsePrefill(p);
+  if (plan.row_tiles != expected.row_tiles || plan.workspace_bytes != expected.workspace_bytes) {
+    return ArgError(kOp, "plan was made for other params (make it with PlanSparsePrefill)");
+  }
+  if (expected.row_tiles > INT32_MAX) return ArgError(kOp, "blocks too long for one launch");
+  if (p.num_blocks == 0) return OkStatus();
+  if (!p.q || !out || !p.block_starts || !p.ctx_len || !p.ctx_k || !p.ctx_v ||
+      !p.segments.segments || !p.segments.num_segments || !p.segments.selected_len) {
+    return ArgError(kOp, "null pointer (q, out, block_starts, ctx_len, ctx_k, ctx_v, segments)");
+  }
+  if (p.segments.max_segments <= 0) return ArgError(kOp, "segments.max_segments must be > 0");
+  if (workspace_bytes < plan.workspace_bytes || (plan.workspace_bytes > 0 && !workspace) ||
+      !Aligned16(workspace)) {
+    return ArgError(kOp, "workspace of " + std::to_string(workspace_bytes) +
+                             " bytes; the plan needs " + std::to_string(plan.workspace_bytes) +
+                             ", 16-byte aligned");
+  }
+  if (!Aligned16(p.q) || !Aligned16(out) || p.q_stride % 8 != 0 || out_token_stride % 2 != 0) {
+    return ArgError(kOp,
+                    "q and out must be 16-byte aligned, q_stride a multiple of 8 and "
+                    "out_token_stride even");
+  }
+  auto* rows = static_cast<int32_t*>(workspace);
+  if (p.head_dim == 64) return Launch<64>(p, plan, out, out_token_stride, stats, rows, stream);
+  return Launch<128>(p, plan, out, out_token_stride, stats, rows, stream);
+}
+
+template Status SparsePrefillAttention<float>(const SparsePrefillParams&, const SparsePrefillPlan&,
+                                              float*, int64_t, cpu::AttentionPartial*, void*,
+                                              size_t, cudaStream_t);
+template Status SparsePrefillAttention<__nv_bfloat16>(const SparsePrefillParams&,
+                                                      const SparsePrefillPlan&, __nv_bfloat16*,
+                                                      int64_t, cpu::AttentionPartial*, void*,
+                                                      size_t, cudaStream_t);
+
+}  // namespace sqz::cuda

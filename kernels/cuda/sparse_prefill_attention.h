@@ -1,0 +1,85 @@
+// Sparse prefill attention of Squeezed Attention (ALGORITHM.md, online step 5, prefill): the
+// fixed-context part of the attention of a request's user input, per block of query tokens. Each
+// (block, kv head) attends to the context rows of its own segment list (sink + selected clusters +
+// window, from SqueezeSelect in block mode), with no mask (every context row precedes the user
+// input), and leaves an exact partial (o, m, l) per (token, query head). The caller merges it with
+// the causal attention over the request's own tokens (PrefillAttention with stats, then
+// MergeAttentionPartials; prefill_attention.h).
+//
+// Semantics (oracle: cpu::AttendAccumulate over the same rows, in list order): for token t of
+// block b and query head hq (kv head h = hq / g, g = n_q_heads / n_kv_heads), over the keys
+// j < selected_len[b][h] of the list (row of key j: ContextSegments, decode_attention.h):
+//   s_j = scale * q . K[h][row_j],  m = max s_j,  l = sum exp(s_j - m),  o = sum exp(s_j - m)
+//   V[h][row_j] / l;   no key: o = 0, m = -inf, l = 0.
+//
+// Implementation: (1) an expand kernel writes each (block, kv head)'s rows in key order into the
+// workspace (so every K/V tile is a gather of 64 known rows); (2) a FlashAttention-2 style kernel,
+// one CTA per (64 rows of (token, head) pairs of a block, kv head, block): the group's query heads
+// of 16 tokens share each K/V tile read, S = Q K^T and O += P V on bf16 mma.m16n8k16 with fp32
+// softmax state, K/V tiles double-buffered by cp.async.
+// head_dim 64 and 128 (tensor cores) only; others are UNIMPLEMENTED.
+//
+// Usage: SparsePrefillPlan plan = PlanSparsePrefill(params); workspace of plan.workspace_bytes;
+//   SparsePrefillAttention(params, plan, out, out_stride, stats, ws, plan.workspace_bytes, s).
+// Memory: all pointers are device memory owned by the caller (16-byte aligned: q, K/V bases, out;
+// q_stride a multiple of 8, out_token_stride even); nothing is allocated. Every launch is
+// asynchronous on the given stream (CUDA-graph capturable). Thread safety: stateless.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/status.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cuda/decode_attention.h"
+
+namespace sqz::cuda {
+
+inline constexpr int kSparsePrefillMaxGroup = 8;  // n_q_heads / n_kv_heads at most this
+
+struct SparsePrefillParams {
+  int num_blocks = 0;  // query blocks (0 .. 65535)
+  int n_q_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;    // 64 or 128
+  float scale = 0.0f;  // usually 1 / sqrt(head_dim)
+  // Query token t, head hq at q + t * q_stride + hq * head_dim ([tokens][>= n_q_heads * head_dim]).
+  const __nv_bfloat16* q = nullptr;
+  int64_t q_stride = 0;
+  // block_starts: device [num_blocks + 1], non-decreasing token indices: block b holds tokens
+  // [block_starts[b], block_starts[b + 1]). max_block_tokens: host bound of every block's length
+  // (sizes the grid; tokens past it are not computed).
+  const int32_t* block_starts = nullptr;
+  int32_t max_block_tokens = 0;
+  // The context of each block: ctx_len [num_blocks] rows per kv head; ctx_k, ctx_v [num_blocks]
+  // device arrays of device pointers to [n_kv_heads][ctx_len[b]][head_dim] bf16 (blocks of one
+  // request, or of requests over one context, may share them).
+  const int32_t* ctx_len = nullptr;
+  const __nv_bfloat16* const* ctx_k = nullptr;
+  const __nv_bfloat16* const* ctx_v = nullptr;
+  // The selection, [num_blocks][n_kv_heads] lists (SqueezeSelect in block mode: AsContextSegments).
+  ContextSegments segments;
+  // Host bound of every selected_len (SqueezeMaxSelectedKeys): sizes the workspace; keys past it
+  // are not attended.
+  int64_t max_selected = 0;
+};
+
+struct SparsePrefillPlan {
+  int row_tiles = 0;  // CTAs per (block, kv head) along the (token, head) rows
+  size_t workspace_bytes = 0;
+};
+
+SparsePrefillPlan PlanSparsePrefill(const SparsePrefillParams& params);
+
+// out: token t, head hq at out + t * out_token_stride + hq * head_dim (TOut float or bf16);
+// stats: [tokens][n_q_heads] (m, l) (natural-log m), or nullptr. Only the tokens of the blocks are
+// written. workspace: >= plan.workspace_bytes, 16-byte aligned.
+template <typename TOut>
+Status SparsePrefillAttention(const SparsePrefillParams& params, const SparsePrefillPlan& plan,
+                              TOut* out, int64_t out_token_stride, cpu::AttentionPartial* stats,
+                              void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace sqz::cuda
