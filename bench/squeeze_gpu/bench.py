@@ -18,7 +18,7 @@ directions, norm key_norm), each body key a centre plus Gaussian noise, laid out
 (sizes vary, every cluster non-empty); a centroid is the mean of its members. Queries sit near a
 few centres, so attention (and the selection) concentrates as in trained models.
 
-Usage: python3 bench.py LIB [--quick]
+Usage: python3 bench.py LIB [--quick] [--prefill]  (--prefill: the prefill mode, bench_prefill.py)
 """
 import ctypes
 import math
@@ -290,6 +290,11 @@ def fmt(x, scale=1e3):
 
 
 def main():
+    if "--prefill" in sys.argv:
+        import bench_prefill
+
+        bench_prefill.main(sys.argv[1], "--quick" in sys.argv)
+        return
     lib = load(sys.argv[1])
     quick = "--quick" in sys.argv
     torch.manual_seed(0)

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One run on the GPU machine: correctness first (the query-time Squeezed Attention
 # tests, then the dense kernel tests that share decode_attention.cu), then the benchmark.
-# Expects .sqzgpu-bundle/ (bench/squeeze_gpu/make_bundle.sh); logs under $OUT.
-# Usage: bash bench/squeeze_gpu/run_device.sh [tests|bench|all] [bench args...]
+# Expects $BUNDLE (default .sqzgpu-bundle/, from bench/squeeze_gpu/make_bundle.sh); logs under $OUT.
+# Usage: bash bench/squeeze_gpu/run_device.sh [tests|bench|all|prefill] [bench args...]
+# prefill: the per-block selection and sparse prefill tests (plus the per-token selection tests
+# that share the select kernel), a memcheck of the small ones, then bench.py --prefill.
 set -u
 what="${1:-all}"
 shift || true
 OUT="${OUT:-/tmp/sqz-out}"
 mkdir -p "$OUT"
-B=.sqzgpu-bundle
+B="${BUNDLE:-.sqzgpu-bundle}"
 export LD_LIBRARY_PATH="$PWD/$B/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv > "$OUT/nvidia-smi.csv" 2>&1
@@ -28,6 +30,25 @@ if [[ "$what" == all || "$what" == tests ]]; then
   timeout 40 "$B/kernels_cuda_test" "*DecodeAttention*" > "$OUT/test_dense.log" 2>&1
   echo "exit $?"; grep -E "passed|failed|FAILED" "$OUT/test_dense.log" | tail -3
   grep -B5 -A25 "FAILED" "$OUT/test_dense.log" | head -60
+fi
+if [[ "$what" == prefill ]]; then
+  echo "== kernels_cuda_squeeze_query_test (prefill and selection cases)"
+  timeout 90 "$B/kernels_cuda_squeeze_query_test" --durations yes \
+    "SqueezeSelect*,SparsePrefillAttention*,Squeezed prefill*" > "$OUT/test_prefill.log" 2>&1
+  echo "exit $?"; grep -E "passed|failed|FAILED|skipped" "$OUT/test_prefill.log" | tail -5
+  grep -E "^[0-9.]+ s: " "$OUT/test_prefill.log" | sort -rn | head -12
+  grep -B5 -A30 "FAILED" "$OUT/test_prefill.log" | head -150
+  echo "== memcheck (budget-1 squeezed prefill, block selection budgets)"
+  timeout 45 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$B/kernels_cuda_squeeze_query_test" \
+    "Squeezed prefill with kv_budget 1*,SqueezeSelect per query block: budgets*" \
+    > "$OUT/memcheck_prefill.log" 2>&1
+  echo "exit $?"; tail -3 "$OUT/memcheck_prefill.log"; grep -m5 -A8 "Invalid" "$OUT/memcheck_prefill.log"
+  echo "== bench --prefill"
+  PYTHONUNBUFFERED=1 timeout 150 python3 bench/squeeze_gpu/bench.py "$B/libsqz_squeeze_bench.so" \
+    --prefill "$@" > "$OUT/bench_prefill.log" 2> "$OUT/bench_prefill.err"
+  echo "exit $?"; cat "$OUT/bench_prefill.log"
+  grep -v UserWarning "$OUT/bench_prefill.err" | grep -v _warn_once | tail -20
 fi
 if [[ "$what" == all || "$what" == bench ]]; then
   echo "== bench"

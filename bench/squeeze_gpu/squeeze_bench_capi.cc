@@ -74,6 +74,11 @@ int Alloc(T** p, size_t bytes) {
 
 }  // namespace
 
+namespace sqz_bench {
+// Shared with squeeze_prefill_capi.cc: records the error sqzb_last_error() returns.
+int SetError(const std::string& what) { return Fail(what); }
+}  // namespace sqz_bench
+
 extern "C" {
 
 const char* sqzb_last_error() { return g_error.c_str(); }
