@@ -33,19 +33,19 @@ if [[ "$what" == all || "$what" == tests ]]; then
 fi
 if [[ "$what" == prefill ]]; then
   echo "== kernels_cuda_squeeze_query_test (prefill and selection cases)"
-  timeout 90 "$B/kernels_cuda_squeeze_query_test" --durations yes \
+  timeout 60 "$B/kernels_cuda_squeeze_query_test" --durations yes \
     "SqueezeSelect*,SparsePrefillAttention*,Squeezed prefill*" > "$OUT/test_prefill.log" 2>&1
   echo "exit $?"; grep -E "passed|failed|FAILED|skipped" "$OUT/test_prefill.log" | tail -5
   grep -E "^[0-9.]+ s: " "$OUT/test_prefill.log" | sort -rn | head -12
   grep -B5 -A30 "FAILED" "$OUT/test_prefill.log" | head -150
   echo "== memcheck (budget-1 squeezed prefill, block selection budgets)"
-  timeout 45 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  timeout 30 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$B/kernels_cuda_squeeze_query_test" \
     "Squeezed prefill with kv_budget 1*,SqueezeSelect per query block: budgets*" \
     > "$OUT/memcheck_prefill.log" 2>&1
   echo "exit $?"; tail -3 "$OUT/memcheck_prefill.log"; grep -m5 -A8 "Invalid" "$OUT/memcheck_prefill.log"
   echo "== bench --prefill"
-  PYTHONUNBUFFERED=1 timeout 150 python3 bench/squeeze_gpu/bench.py "$B/libsqz_squeeze_bench.so" \
+  PYTHONUNBUFFERED=1 timeout 120 python3 bench/squeeze_gpu/bench.py "$B/libsqz_squeeze_bench.so" \
     --prefill "$@" > "$OUT/bench_prefill.log" 2> "$OUT/bench_prefill.err"
   echo "exit $?"; cat "$OUT/bench_prefill.log"
   grep -v UserWarning "$OUT/bench_prefill.err" | grep -v _warn_once | tail -20
