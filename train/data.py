@@ -20,6 +20,8 @@ import tasks
 BOS, EOS = 1, 2
 QA_RESERVE = 28          # tokens kept after the document per question (question + answer + </s>)
 EVAL_QUERY_RESERVE = 64  # evaluation: context = length - this, so query + answer fit the length
+NEEDLE_SHARE = 0.1       # training documents that are needle ones
+TWOHOP_SHARE = 0.2       # training questions that are two-hop ones (where the document allows)
 
 
 class Encoder:
@@ -46,7 +48,7 @@ class Encoder:
 
 
 def qa_count(length: int) -> int:
-    return max(4, min(32, length // 256))
+    return max(4, min(64, length // 128))
 
 
 def context_ids(enc: Encoder, doc: tasks.Document) -> List[int]:
@@ -57,7 +59,7 @@ def context_ids(enc: Encoder, doc: tasks.Document) -> List[int]:
 
 
 def build_sequence(enc: Encoder, doc_seed: int, length: int,
-                   needle_share: float = 0.1, twohop_share: float = 0.1
+                   needle_share: float = NEEDLE_SHARE, twohop_share: float = TWOHOP_SHARE
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training sequence: ids [L] int64, ans_mask [L] bool, valid [L] bool."""
     n_qa = qa_count(length)

@@ -138,8 +138,9 @@ class SequenceTest(unittest.TestCase):
             self.assertIn(data.EOS, targets.tolist())
             doc = tasks.generate(seed, length - data.qa_count(length) * data.QA_RESERVE,
                                  n_questions=data.qa_count(length), count_tokens=ENC.count,
-                                 kind="needle" if random.Random(seed ^ 0x5EED).random() < 0.1
-                                 else "facts", twohop_share=0.1)
+                                 kind="needle" if random.Random(seed ^ 0x5EED).random()
+                                 < data.NEEDLE_SHARE else "facts",
+                                 twohop_share=data.TWOHOP_SHARE)
             answers = ENC.sp.decode(targets.tolist()).split()
             expected = [q.answer for q in doc.questions][:len(answers)]
             self.assertEqual(answers, expected)
