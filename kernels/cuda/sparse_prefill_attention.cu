@@ -52,6 +52,17 @@ __global__ void __launch_bounds__(256) ExpandRowsKernel(SparsePrefillParams p, i
   }
 }
 
+// Key splits (plan.splits > 1): split i of a (block, kv head, row tile) takes selected keys
+// [i * split_len, (i + 1) * split_len) and leaves its partial for row r of the block at
+// part_o[((unit * splits + i) * max_rows + r) * D] (normalised) and part_ml[...] (m, l).
+struct Splits {
+  int count = 1;
+  int split_len = 0;
+  int max_rows = 0;
+  float* part_o = nullptr;
+  float2* part_ml = nullptr;
+};
+
 template <typename TOut>
 __device__ __forceinline__ void StorePair(TOut* p, float a, float b) {
   if constexpr (std::is_same_v<TOut, float>) {
@@ -64,7 +75,7 @@ __device__ __forceinline__ void StorePair(TOut* p, float a, float b) {
 // grid (row tiles, n_kv_heads, num_blocks). Rows of a block: (token t, head j) -> t * g + j.
 template <int D, typename TOut>
 __global__ void __launch_bounds__(kThreads)
-    SparsePrefillKernel(SparsePrefillParams p, const int32_t* __restrict__ rows_map,
+    SparsePrefillKernel(SparsePrefillParams p, Splits sp, const int32_t* __restrict__ rows_map,
                         TOut* __restrict__ out, int64_t out_stride,
                         cpu::AttentionPartial* __restrict__ stats) {
   constexpr int kRow = D + kPad;
@@ -78,21 +89,25 @@ __global__ void __launch_bounds__(kThreads)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gr = lane >> 2, t4 = lane & 3;
-  const int tile_q = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int tile_q = blockIdx.x / sp.count, split = blockIdx.x % sp.count;
+  const int h = blockIdx.y, b = blockIdx.z;
   const int g = p.n_q_heads / p.n_kv_heads;
   const int nt = BlockTokens(p, b);
   const int n_rows = nt * g;
   const int r0 = tile_q * kBr;
   if (r0 >= n_rows) return;
   const int64_t unit = static_cast<int64_t>(b) * p.n_kv_heads + h;
-  const int len = SelectedLen(p, unit);
+  const int sel_len = SelectedLen(p, unit);
+  // This CTA's keys: [k_first, len) of the list.
+  const int k_first = sp.count > 1 ? min(split * sp.split_len, sel_len) : 0;
+  const int len = sp.count > 1 ? min(k_first + sp.split_len, sel_len) : sel_len;
   const int64_t first_token = p.block_starts[b];
   const int64_t ctx = p.ctx_len[b];
   const int32_t ctx_rows = static_cast<int32_t>(ctx);
   const __nv_bfloat16* k_base = len > 0 ? p.ctx_k[b] + h * ctx * D : nullptr;
   const __nv_bfloat16* v_base = len > 0 ? p.ctx_v[b] + h * ctx * D : nullptr;
   const int32_t* rmap = rows_map + unit * p.max_selected;
-  const int n_tiles = (len + kBc - 1) / kBc;
+  const int n_tiles = (len - k_first + kBc - 1) / kBc;
 
   for (int c = tid; c < kBr * kChunks; c += kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
@@ -109,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
   auto fetch_rows = [&](int tile) {
 #pragma unroll
     for (int i = 0; i < kRowsPer; ++i) {
-      const int j = tile * kBc + my_row + i * kRowStep;
+      const int j = k_first + tile * kBc + my_row + i * kRowStep;
       // Clamped again: a list whose last end falls short of selected_len leaves keys unwritten.
       next_rows[i] = tile < n_tiles && j < len ? min(max(rmap[j], 0), ctx_rows - 1) : -1;
     }
@@ -163,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
         internal::MmaBf16(s[ntl], qf[kc + 1], bf[2], bf[3]);
       }
     }
-    const int j0 = jt * kBc;
+    const int j0 = k_first + jt * kBc;
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int ntl = 0; ntl < kBc / 8; ++ntl) {
@@ -234,6 +249,26 @@ __global__ void __launch_bounds__(kThreads)
   const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
   const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
   const int row0 = r0 + warp * 16 + gr, row1 = row0 + 8;
+  if (sp.count > 1) {
+    const int64_t at = (unit * sp.count + split) * sp.max_rows;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half == 0 ? row0 : row1;
+      if (row >= n_rows) continue;
+      const float inv = half == 0 ? inv0 : inv1;
+      float* dst = sp.part_o + (at + row) * D + 2 * t4;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        *reinterpret_cast<float2*>(dst + dt * 8) =
+            make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+      }
+      if (t4 == 0) {
+        sp.part_ml[at + row] =
+            half == 0 ? make_float2(m0 * kLn2, l0) : make_float2(m1 * kLn2, l1);
+      }
+    }
+    return;
+  }
   if (row0 < n_rows) {
     const int64_t t = first_token + row0 / g;
     const int hq = h * g + row0 % g;
@@ -252,10 +287,66 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Merges the splits' partials of each (token, head) row by the log-sum-exp rule into out and
+// stats. grid (row tiles, n_kv_heads, num_blocks); one warp per row, lanes over the dims.
+template <typename TOut>
+__global__ void __launch_bounds__(kThreads)
+    MergeSplitsKernel(SparsePrefillParams p, Splits sp, TOut* __restrict__ out, int64_t out_stride,
+                      cpu::AttentionPartial* __restrict__ stats) {
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int g = p.n_q_heads / p.n_kv_heads;
+  const int n_rows = BlockTokens(p, b) * g;
+  const int64_t unit = static_cast<int64_t>(b) * p.n_kv_heads + h;
+  const int lane = threadIdx.x & 31;
+  const int d = p.head_dim;
+  for (int row = blockIdx.x * kBr + (threadIdx.x >> 5); row < min(n_rows, (blockIdx.x + 1) * kBr);
+       row += kThreads / 32) {
+    float m = -INFINITY;
+    for (int i = 0; i < sp.count; ++i) {
+      m = fmaxf(m, sp.part_ml[(unit * sp.count + i) * sp.max_rows + row].x);
+    }
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // dims lane, lane + 32, ... (d <= 128)
+    float l = 0.0f;
+    for (int i = 0; i < sp.count && m > -INFINITY; ++i) {
+      const int64_t at = (unit * sp.count + i) * sp.max_rows + row;
+      const float2 ml = sp.part_ml[at];
+      if (ml.y <= 0.0f) continue;
+      const float w = expf(ml.x - m) * ml.y;
+      l += w;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (lane + 32 * e < d) acc[e] += w * sp.part_o[at * d + lane + 32 * e];
+      }
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const int64_t t = p.block_starts[b] + row / g;
+    const int hq = h * g + row % g;
+    TOut* dst = out + t * out_stride + static_cast<int64_t>(hq) * d;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (lane + 32 * e < d) dst[lane + 32 * e] = internal::FromFloat<TOut>(acc[e] * inv);
+    }
+    if (stats && lane == 0) {
+      stats[t * p.n_q_heads + hq] = l > 0.0f ? cpu::AttentionPartial{m, l} : cpu::AttentionPartial{};
+    }
+  }
+}
+
 template <int D, typename TOut>
 Status Launch(const SparsePrefillParams& p, const SparsePrefillPlan& plan, TOut* out,
-              int64_t out_stride, cpu::AttentionPartial* stats, int32_t* rows,
+              int64_t out_stride, cpu::AttentionPartial* stats, char* workspace,
               cudaStream_t stream) {
+  auto* rows = reinterpret_cast<int32_t*>(workspace);
+  Splits sp;
+  sp.count = plan.splits;
+  sp.split_len = static_cast<int>(plan.split_len);
+  sp.max_rows = plan.row_tiles * kBr;
+  if (sp.count > 1) {
+    sp.part_o = reinterpret_cast<float*>(workspace + plan.partials_offset);
+    sp.part_ml = reinterpret_cast<float2*>(
+        workspace + plan.partials_offset +
+        static_cast<size_t>(p.num_blocks) * p.n_kv_heads * sp.count * sp.max_rows * D * 4);
+  }
   ExpandRowsKernel<<<dim3(p.num_blocks, p.n_kv_heads), 256, 0, stream>>>(p, rows);
   SQZ_RETURN_IF_ERROR(LaunchStatus("SparsePrefillAttention: rows"));
   constexpr size_t kSmem = SmemBytes<D>();
@@ -264,24 +355,56 @@ Status Launch(const SparsePrefillParams& p, const SparsePrefillPlan& plan, TOut*
                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
       "SparsePrefillAttention: cudaFuncSetAttribute");
   SparsePrefillKernel<D, TOut>
-      <<<dim3(plan.row_tiles, p.n_kv_heads, p.num_blocks), kThreads, kSmem, stream>>>(
-          p, rows, out, out_stride, stats);
-  return LaunchStatus("SparsePrefillAttention");
+      <<<dim3(plan.row_tiles * sp.count, p.n_kv_heads, p.num_blocks), kThreads, kSmem, stream>>>(
+          p, sp, rows, out, out_stride, stats);
+  SQZ_RETURN_IF_ERROR(LaunchStatus("SparsePrefillAttention"));
+  if (sp.count == 1) return OkStatus();
+  MergeSplitsKernel<TOut><<<dim3(plan.row_tiles, p.n_kv_heads, p.num_blocks), kThreads, 0, stream>>>(
+      p, sp, out, out_stride, stats);
+  return LaunchStatus("SparsePrefillAttention: merge");
 }
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-}  // namespace
-
-SparsePrefillPlan PlanSparsePrefill(const SparsePrefillParams& p) {
+// The plan for a given split count.
+SparsePrefillPlan PlanWithSplits(const SparsePrefillParams& p, int splits) {
   SparsePrefillPlan plan;
   const int g = p.n_kv_heads > 0 ? p.n_q_heads / p.n_kv_heads : 0;
   const int64_t rows = static_cast<int64_t>(std::max(p.max_block_tokens, 0)) * g;
   plan.row_tiles = static_cast<int>((rows + kBr - 1) / kBr);
-  plan.workspace_bytes = static_cast<size_t>(std::max(p.num_blocks, 0)) *
-                         std::max(p.n_kv_heads, 0) * std::max<int64_t>(p.max_selected, 0) *
-                         sizeof(int32_t);
+  plan.splits = std::max(splits, 1);
+  const int64_t sel = std::max<int64_t>(p.max_selected, 0);
+  const int64_t per = (sel + plan.splits - 1) / plan.splits;
+  plan.split_len = plan.splits > 1 ? (per + kBc - 1) / kBc * kBc : sel;
+  const size_t units = static_cast<size_t>(std::max(p.num_blocks, 0)) * std::max(p.n_kv_heads, 0);
+  const size_t map_bytes = units * sel * sizeof(int32_t);
+  plan.partials_offset = (map_bytes + 255) / 256 * 256;
+  plan.workspace_bytes = map_bytes;
+  if (plan.splits > 1) {
+    const size_t parts = units * plan.splits * static_cast<size_t>(plan.row_tiles) * kBr;
+    plan.workspace_bytes =
+        plan.partials_offset + parts * std::max(p.head_dim, 0) * sizeof(float) + parts * 8;
+  }
   return plan;
+}
+
+}  // namespace
+
+SparsePrefillPlan PlanSparsePrefill(const SparsePrefillParams& p, int num_sms) {
+  int splits = p.num_splits;
+  if (splits <= 0) {
+    // Enough CTAs for two per SM when the blocks alone give fewer, each split >= 1024 keys.
+    const SparsePrefillPlan one = PlanWithSplits(p, 1);
+    const int64_t ctas =
+        static_cast<int64_t>(one.row_tiles) * std::max(p.n_kv_heads, 1) * std::max(p.num_blocks, 1);
+    splits = 1;
+    if (num_sms > 0 && ctas < 2 * num_sms) {
+      const int64_t want = (2 * num_sms + ctas - 1) / ctas;
+      const int64_t by_len = std::max<int64_t>(p.max_selected, 0) / 1024;
+      splits = static_cast<int>(std::max<int64_t>(1, std::min({want, by_len, int64_t{16}})));
+    }
+  }
+  return PlanWithSplits(p, splits);
 }
 
 template <typename TOut>
@@ -307,11 +430,19 @@ Status SparsePrefillAttention(const SparsePrefillParams& p, const SparsePrefillP
   if (p.max_selected < 0 || p.max_selected > INT32_MAX) {
     return ArgError(kOp, "max_selected must be in [0, 2^31)");
   }
-  const SparsePrefillPlan expected = PlanSparsePrefill(p);
-  if (plan.row_tiles != expected.row_tiles || plan.workspace_bytes != expected.workspace_bytes) {
+  if (p.num_splits < 0 || p.num_splits > kSparsePrefillMaxSplits || plan.splits < 1 ||
+      plan.splits > kSparsePrefillMaxSplits) {
+    return ArgError(kOp, "splits must be in [1, " + std::to_string(kSparsePrefillMaxSplits) + "]");
+  }
+  const SparsePrefillPlan expected = PlanWithSplits(p, plan.splits);
+  if (plan.row_tiles != expected.row_tiles || plan.workspace_bytes != expected.workspace_bytes ||
+      plan.split_len != expected.split_len || plan.partials_offset != expected.partials_offset ||
+      (p.num_splits > 0 && plan.splits != p.num_splits)) {
     return ArgError(kOp, "plan was made for other params (make it with PlanSparsePrefill)");
   }
-  if (expected.row_tiles > INT32_MAX) return ArgError(kOp, "blocks too long for one launch");
+  if (static_cast<int64_t>(expected.row_tiles) * plan.splits > INT32_MAX) {
+    return ArgError(kOp, "blocks too long for one launch");
+  }
   if (p.num_blocks == 0) return OkStatus();
   if (!p.q || !out || !p.block_starts || !p.ctx_len || !p.ctx_k || !p.ctx_v ||
       !p.segments.segments || !p.segments.num_segments || !p.segments.selected_len) {
@@ -329,9 +460,9 @@ Status SparsePrefillAttention(const SparsePrefillParams& p, const SparsePrefillP
                     "q and out must be 16-byte aligned, q_stride a multiple of 8 and "
                     "out_token_stride even");
   }
-  auto* rows = static_cast<int32_t*>(workspace);
-  if (p.head_dim == 64) return Launch<64>(p, plan, out, out_token_stride, stats, rows, stream);
-  return Launch<128>(p, plan, out, out_token_stride, stats, rows, stream);
+  auto* ws = static_cast<char*>(workspace);
+  if (p.head_dim == 64) return Launch<64>(p, plan, out, out_token_stride, stats, ws, stream);
+  return Launch<128>(p, plan, out, out_token_stride, stats, ws, stream);
 }
 
 template Status SparsePrefillAttention<float>(const SparsePrefillParams&, const SparsePrefillPlan&,

@@ -14,9 +14,10 @@
 //
 // Implementation: (1) an expand kernel writes each (block, kv head)'s rows in key order into the
 // workspace (so every K/V tile is a gather of 64 known rows); (2) a FlashAttention-2 style kernel,
-// one CTA per (64 rows of (token, head) pairs of a block, kv head, block): the group's query heads
-// of 16 tokens share each K/V tile read, S = Q K^T and O += P V on bf16 mma.m16n8k16 with fp32
-// softmax state, K/V tiles double-buffered by cp.async.
+// one CTA per (64 rows of (token, head) pairs of a block, key split, kv head, block): the group's
+// query heads of 16 tokens share each K/V tile read, S = Q K^T and O += P V on bf16 mma.m16n8k16
+// with fp32 softmax state, K/V tiles double-buffered by cp.async; (3) with key splits, a merge of
+// the splits' partials.
 // head_dim 64 and 128 (tensor cores) only; others are UNIMPLEMENTED.
 //
 // Usage: SparsePrefillPlan plan = PlanSparsePrefill(params); workspace of plan.workspace_bytes;
@@ -39,6 +40,7 @@
 namespace sqz::cuda {
 
 inline constexpr int kSparsePrefillMaxGroup = 8;  // n_q_heads / n_kv_heads at most this
+inline constexpr int kSparsePrefillMaxSplits = 16;
 
 struct SparsePrefillParams {
   int num_blocks = 0;  // query blocks (0 .. 65535)
@@ -65,14 +67,24 @@ struct SparsePrefillParams {
   // Host bound of every selected_len (SqueezeMaxSelectedKeys): sizes the workspace; keys past it
   // are not attended.
   int64_t max_selected = 0;
+  // Key splits per (block, kv head, row tile): 0 lets PlanSparsePrefill choose (more CTAs when the
+  // blocks alone leave SMs idle, e.g. 256 query tokens); 1..kSparsePrefillMaxSplits forces it.
+  // With more than one split each CTA leaves an fp32 partial in the workspace and a merge kernel
+  // combines them (log-sum-exp rule).
+  int num_splits = 0;
 };
 
 struct SparsePrefillPlan {
-  int row_tiles = 0;  // CTAs per (block, kv head) along the (token, head) rows
+  int row_tiles = 0;           // CTAs per (block, kv head, split) along the (token, head) rows
+  int splits = 1;              // key splits
+  int64_t split_len = 0;       // keys per split (a multiple of 64 when splits > 1)
+  size_t partials_offset = 0;  // workspace: the row map first, then the splits' partials
   size_t workspace_bytes = 0;
 };
 
-SparsePrefillPlan PlanSparsePrefill(const SparsePrefillParams& params);
+// num_sms (the device's multiprocessor count) guides the split choice when params.num_splits is
+// 0; with num_sms 0 the plan uses one split.
+SparsePrefillPlan PlanSparsePrefill(const SparsePrefillParams& params, int num_sms = 0);
 
 // out: token t, head hq at out + t * out_token_stride + hq * head_dim (TOut float or bf16);
 // stats: [tokens][n_q_heads] (m, l) (natural-log m), or nullptr. Only the tokens of the blocks are

@@ -58,6 +58,7 @@ struct Shape {
   int hq, hkv, d;
   std::vector<int32_t> lengths;  // tokens per block
   int32_t n_ctx;
+  int splits = 0;  // SparsePrefillParams::num_splits (0: the plan's choice for one SM: 1)
 };
 
 // Blocks over one context [hkv][n_ctx][d]; per (block, kv head) a random segment list.
@@ -66,7 +67,8 @@ void RunHandMade(const Shape& sh, uint32_t seed) {
   const int g = sh.hq / sh.hkv, d = sh.d;
   const int nb = static_cast<int>(sh.lengths.size());
   INFO("hq=" << sh.hq << " hkv=" << sh.hkv << " d=" << d << " blocks=" << nb
-             << " n_ctx=" << sh.n_ctx << " out=" << (sizeof(TOut) == 4 ? "fp32" : "bf16"));
+             << " n_ctx=" << sh.n_ctx << " splits=" << sh.splits
+             << " out=" << (sizeof(TOut) == 4 ? "fp32" : "bf16"));
   std::mt19937 rng(seed);
   std::vector<int32_t> starts(nb + 1, 0);
   for (int b = 0; b < nb; ++b) starts[b + 1] = starts[b] + sh.lengths[b];
@@ -117,7 +119,9 @@ void RunHandMade(const Shape& sh, uint32_t seed) {
   p.ctx_v = dvp.get();
   p.segments = ContextSegments{dsegs.get(), dnseg.get(), dsel.get(), max_segs};
   p.max_selected = std::max<int64_t>(max_sel, 1);
+  p.num_splits = sh.splits;
   const SparsePrefillPlan plan = PlanSparsePrefill(p);
+  REQUIRE(plan.splits == std::max(sh.splits, 1));
   DeviceBuffer<char> ws(std::max<size_t>(plan.workspace_bytes, 16));
   DeviceBuffer<TOut> out(size_t(tokens) * stride);
   DeviceBuffer<cpu::AttentionPartial> stats(size_t(tokens) * sh.hq);
@@ -173,18 +177,22 @@ TEST_CASE("SparsePrefillAttention matches cpu::AttendAccumulate over hand-made s
   uint32_t seed = 9100;
   for (int d : {64, 128}) {
     for (auto [hq, hkv] : {std::pair{4, 4}, std::pair{8, 2}, std::pair{8, 1}, std::pair{12, 4}}) {
-      RunHandMade<float>({hq, hkv, d, {1, 3, 64, 127, 129, 2, 65}, 1500}, seed++);
+      // Every other shape with its keys split in 3 (partials merged by the merge kernel).
+      RunHandMade<float>({hq, hkv, d, {1, 3, 64, 127, 129, 2, 65}, 1500, seed % 2 ? 3 : 0}, seed);
+      ++seed;
     }
   }
   RunHandMade<float>({8, 1, 128, {1000}, 2100}, 9111);  // one list: kind (0 + 9111) % 6 = 3
+  RunHandMade<float>({8, 1, 128, {1000}, 2100, 16}, 9111);
   RunHandMade<bf16>({32, 8, 128, {64, 3, 1000}, 600}, seed++);
+  RunHandMade<bf16>({32, 8, 128, {64, 3, 1000}, 600, 2}, seed++);
   RunHandMade<bf16>({4, 4, 64, {129, 1}, 300}, seed++);
 }
 
 // One request of n_q tokens over a context with an index, cut into blocks of block_size: squeezed
 // prefill with kv_budget 1 (every row selected) merged with the causal own-token part equals dense
 // PrefillAttention over context + own tokens.
-void RunBudgetOne(int hq, int hkv, int d, int n_q, int block_size, uint32_t seed) {
+void RunBudgetOne(int hq, int hkv, int d, int n_q, int block_size, uint32_t seed, int splits = 0) {
   const int g = hq / hkv;
   INFO("hq=" << hq << " hkv=" << hkv << " d=" << d << " n_q=" << n_q << " block=" << block_size);
   const testing::HostContext c = testing::MakeContext(hkv, d, 150, 0, 4, 100, seed, 30);
@@ -246,7 +254,9 @@ void RunBudgetOne(int hq, int hkv, int d, int n_q, int block_size, uint32_t seed
   p.max_selected =
       SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, 1.0, c.sink, c.body, c.window, c.largest);
   REQUIRE(p.max_selected == n_ctx);
+  p.num_splits = splits;
   const SparsePrefillPlan plan = PlanSparsePrefill(p);
+  INFO("splits " << plan.splits);
   DeviceBuffer<char> ws(plan.workspace_bytes);
   const size_t rows = size_t(n_q) * hq;
   DeviceBuffer<float> o_ctx(rows * d), o_own(rows * d);
@@ -309,7 +319,9 @@ void RunBudgetOne(int hq, int hkv, int d, int n_q, int block_size, uint32_t seed
 TEST_CASE("Squeezed prefill with kv_budget 1 equals dense PrefillAttention", "[cuda]") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   RunBudgetOne(32, 8, 128, 200, 64, 9300);
+  RunBudgetOne(32, 8, 128, 200, 64, 9300, 3);
   RunBudgetOne(8, 8, 64, 129, 64, 9301);
+  RunBudgetOne(8, 8, 64, 129, 64, 9301, 2);
   RunBudgetOne(16, 2, 128, 127, 32, 9302);
   RunBudgetOne(4, 1, 64, 1, 64, 9303);
 }
@@ -336,7 +348,25 @@ TEST_CASE("SparsePrefillAttention rejects what it cannot run", "[sparse_prefill]
   p.max_selected = 1000;
   const SparsePrefillPlan plan = PlanSparsePrefill(p);
   CHECK(plan.row_tiles == 4);  // 64 tokens * 4 heads / 64 rows
+  CHECK(plan.splits == 1);
   CHECK(plan.workspace_bytes == size_t{2} * 8 * 1000 * 4);
+  {
+    // 4 blocks of 64 tokens, 16,552 keys, 132 SMs: 4 * 4 * 8 = 128 CTAs, so 3 splits of 5,568
+    // keys (a multiple of 64) fill two CTAs per SM; partials after the row map.
+    SparsePrefillParams q = p;
+    q.num_blocks = 4;
+    q.max_selected = 16552;
+    const SparsePrefillPlan split = PlanSparsePrefill(q, 132);
+    CHECK(split.splits == 3);
+    CHECK(split.split_len == 5568);
+    CHECK(split.partials_offset >= size_t{4} * 8 * 16552 * 4);
+    CHECK(split.workspace_bytes == split.partials_offset + size_t{4} * 8 * 3 * 256 * (128 * 4 + 8));
+    CHECK(PlanSparsePrefill(q, 8).splits == 1);  // 128 CTAs already fill 8 SMs
+    q.max_selected = 1500;                       // too few keys to split
+    CHECK(PlanSparsePrefill(q, 132).splits == 1);
+    q.num_splits = 5;
+    CHECK(PlanSparsePrefill(q, 132).splits == 5);
+  }
   auto* out = static_cast<bf16*>(any);
   auto expect = [&](const SparsePrefillParams& q, StatusCode code, const std::string& words) {
     const SparsePrefillPlan pl = PlanSparsePrefill(q);
@@ -375,6 +405,9 @@ TEST_CASE("SparsePrefillAttention rejects what it cannot run", "[sparse_prefill]
   q = p;
   q.ctx_k = nullptr;
   expect(q, StatusCode::kInvalidArgument, "null pointer");
+  q = p;
+  q.num_splits = kSparsePrefillMaxSplits + 1;
+  expect(q, StatusCode::kInvalidArgument, "splits");
   q = p;
   q.segments.max_segments = 0;
   expect(q, StatusCode::kInvalidArgument, "max_segments");

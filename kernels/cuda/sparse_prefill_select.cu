@@ -11,6 +11,7 @@ namespace {
 constexpr int kThreads = 128;  // 4 warps; each takes m16 row tiles in turn
 constexpr int kChunk = kSelectChunk;
 constexpr int kSub = 64;  // items per register pass (8 n-tiles of 8)
+constexpr float kLog2e = 1.4426950408889634f;
 
 template <int D>
 constexpr size_t SmemBytes() {
@@ -25,7 +26,7 @@ __device__ __forceinline__ int BlockTokens(const SqueezeSelectParams& p, int r) 
 // One block per (block r, chunk of kChunk centroids, kv head h). Both passes compute
 // S = Q C^T for the block's rows (m16 tiles, warp w takes tiles w, w + 4, ...) against the chunk's
 // centroids in shared memory, 64 items at a time.
-//   kProbs == false: each row's (max, sum N exp(s - max)) over the chunk -> row_stats.
+//   kProbs == false: each row's (max, sum N exp(s - max)) over the chunk -> row_stats (log2 units).
 //   kProbs == true: p over the chunk: sum over tokens of reduce_j exp(s - m_row) / z_row
 //   (row_norm), times 1 / n_tokens (and 1 / g for kMean) -> probs.
 template <int D, bool kProbs>
@@ -69,7 +70,10 @@ __global__ void __launch_bounds__(kThreads)
   float acc[kChunk / 8][2];  // kProbs: this lane's columns 2 * t4, 2 * t4 + 1 of each n-tile
 #pragma unroll
   for (int i = 0; i < kChunk / 8; ++i) acc[i][0] = acc[i][1] = 0.0f;
-  const float scale = p.scale;
+  // Scores in log2 units (s * log2 e), so every exponential is one exp2f; the (max, sum) pairs
+  // and the normalisers are in the same units (the sums themselves do not change).
+  const float scale_log2 = p.scale * kLog2e;
+  const int n_here = n - base;  // items of this chunk that exist
 
   for (int tile = warp; tile * 16 < rows; tile += kThreads / 32) {
     const int row0 = tile * 16 + gr, row1 = row0 + 8;
@@ -118,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int it = c0 + 2 * t4 + (e & 1);
-          s[ntl][e] = w_s[it] > 0.0f ? s[ntl][e] * scale : -INFINITY;
+          s[ntl][e] = it < n_here ? s[ntl][e] * scale_log2 : -INFINITY;
         }
       }
       if constexpr (!kProbs) {
@@ -130,11 +134,11 @@ __global__ void __launch_bounds__(kThreads)
         }
         const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
         if (mn0 > -INFINITY) {
-          z0 = m0 > -INFINITY ? z0 * expf(m0 - mn0) : 0.0f;
+          z0 = m0 > -INFINITY ? z0 * exp2f(m0 - mn0) : 0.0f;
           m0 = mn0;
         }
         if (mn1 > -INFINITY) {
-          z1 = m1 > -INFINITY ? z1 * expf(m1 - mn1) : 0.0f;
+          z1 = m1 > -INFINITY ? z1 * exp2f(m1 - mn1) : 0.0f;
           m1 = mn1;
         }
 #pragma unroll
@@ -142,8 +146,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const float w = w_s[sub * kSub + ntl * 8 + 2 * t4 + e];
-            if (s[ntl][e] > -INFINITY) z0 += w * expf(s[ntl][e] - m0);
-            if (s[ntl][2 + e] > -INFINITY) z1 += w * expf(s[ntl][2 + e] - m1);
+            if (s[ntl][e] > -INFINITY) z0 += w * exp2f(s[ntl][e] - m0);
+            if (s[ntl][2 + e] > -INFINITY) z1 += w * exp2f(s[ntl][2 + e] - m1);
           }
         }
       } else {
@@ -151,8 +155,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int ntl = 0; ntl < kSub / 8; ++ntl) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            float p0 = ok0 && s[ntl][e] > -INFINITY ? expf(s[ntl][e] - m0) * z0 : 0.0f;
-            float p1 = ok1 && s[ntl][2 + e] > -INFINITY ? expf(s[ntl][2 + e] - m1) * z1 : 0.0f;
+            float p0 = ok0 && s[ntl][e] > -INFINITY ? exp2f(s[ntl][e] - m0) * z0 : 0.0f;
+            float p1 = ok1 && s[ntl][2 + e] > -INFINITY ? exp2f(s[ntl][2 + e] - m1) * z1 : 0.0f;
             if (p.reduce == SqueezeReduce::kMax) {
               // Max over the token's heads: rows t * gp .. t * gp + gp - 1 are lanes whose gr
               // differ in the low log2(gp) bits; one lane of each token then contributes.
@@ -180,13 +184,13 @@ __global__ void __launch_bounds__(kThreads)
         const float oz1 = __shfl_xor_sync(0xffffffffu, z1, off);
         const float mn0 = fmaxf(m0, om0), mn1 = fmaxf(m1, om1);
         if (mn0 > -INFINITY) {
-          z0 = (m0 > -INFINITY ? z0 * expf(m0 - mn0) : 0.0f) +
-               (om0 > -INFINITY ? oz0 * expf(om0 - mn0) : 0.0f);
+          z0 = (m0 > -INFINITY ? z0 * exp2f(m0 - mn0) : 0.0f) +
+               (om0 > -INFINITY ? oz0 * exp2f(om0 - mn0) : 0.0f);
           m0 = mn0;
         }
         if (mn1 > -INFINITY) {
-          z1 = (m1 > -INFINITY ? z1 * expf(m1 - mn1) : 0.0f) +
-               (om1 > -INFINITY ? oz1 * expf(om1 - mn1) : 0.0f);
+          z1 = (m1 > -INFINITY ? z1 * exp2f(m1 - mn1) : 0.0f) +
+               (om1 > -INFINITY ? oz1 * exp2f(om1 - mn1) : 0.0f);
           m1 = mn1;
         }
       }
@@ -243,7 +247,7 @@ __global__ void __launch_bounds__(256)
     if (m > -INFINITY) {
       for (int c = 0; c < chunks; ++c) {
         const float2 x = st[c];
-        if (x.y > 0.0f) z += static_cast<double>(x.y) * exp(static_cast<double>(x.x - m));
+        if (x.y > 0.0f) z += static_cast<double>(x.y) * exp2(static_cast<double>(x.x - m));
       }
     }
     row_norm[unit * block_rows + row] =

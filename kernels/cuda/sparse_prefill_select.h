@@ -25,8 +25,9 @@ int BlockRowsPerToken(int g);
 
 // Computes probs[r][h][c] (c < max_clusters; -1 marks "no candidate": items past the view's
 // cluster count and every item of an empty block) for params p in block mode.
-//   row_stats: [batch][n_kv_heads][block_rows][chunks] (max, sum N exp(s - max)) per chunk
-//   row_norm:  [batch][n_kv_heads][block_rows] (max, 1 / normaliser)
+//   row_stats: [batch][n_kv_heads][block_rows][chunks] (max, sum N exp2(s' - max)) per chunk,
+//              s' = s * log2 e (so the sums equal sum N exp(s - max / log2 e))
+//   row_norm:  [batch][n_kv_heads][block_rows] (max of s', 1 / normaliser)
 //   probs:     [batch][n_kv_heads][max_clusters]
 // chunks = SqueezeSelectPlan::fine_chunks, block_rows = SqueezeSelectPlan::block_rows.
 Status LaunchBlockProbabilities(const SqueezeSelectParams& p, int chunks, int block_rows,
