@@ -6,7 +6,8 @@ from CUDA events around CUDA-graph replays with the L2 flushed before each repet
   dense     PrefillAttention over the whole context (no mask, with (m, l)) + causal
             PrefillAttention over the own tokens + MergeAttentionPartials
   squeezed  SqueezeSelect per block + SparsePrefillAttention + the same own-token part and merge
-  parts     dense ctx, select, sparse attn, own+merge (each alone)
+  parts     dense ctx, select, sparse attn (with the plan's key splits, and with one split),
+            own+merge (each alone)
   sdpa ctx  torch SDPA of the queries over the context alone (reference for the context part)
 Prints the ratios and the achieved attention FLOP rates (4 n_q hq d keys per part).
 """
@@ -29,7 +30,8 @@ def load(lib):
     lib.sqzb_prefill_create.argtypes = ([ctypes.c_int] * 10 + [vp] * 5 + [vp, vp, vp] +
                                         [ctypes.c_float])
     lib.sqzb_prefill_select.argtypes = [vp, vp]
-    for name in ("sqzb_prefill_sparse", "sqzb_prefill_dense_ctx", "sqzb_prefill_own_merge",
+    for name in ("sqzb_prefill_sparse", "sqzb_prefill_sparse_one_split", "sqzb_prefill_dense_ctx",
+                 "sqzb_prefill_own_merge",
                  "sqzb_prefill_dense", "sqzb_prefill_squeezed"):
         getattr(lib, name).argtypes = [vp, vp, vp]
     lib.sqzb_prefill_selected.argtypes = [vp, i32p, i32p]
@@ -71,7 +73,7 @@ def run_case(lib, timer, name, hq, hkv, d, n, n_q, ctx, gen, reps):
         torch.cuda.synchronize()
         units = (n_q + BLOCK - 1) // BLOCK * hkv
         sel = (ctypes.c_int32 * units)()
-        info = (ctypes.c_int32 * 4)()
+        info = (ctypes.c_int32 * 5)()
         bench.check(lib, lib.sqzb_prefill_selected(h, sel, info))
         share = sum(sel) / (units * n)
         err = bench.rel_l2(out_sqz, out_dense)
@@ -101,6 +103,8 @@ def run_case(lib, timer, name, hq, hkv, d, n, n_q, ctx, gen, reps):
         t_sel = tg(lambda: bench.check(lib, lib.sqzb_prefill_select(h, st())), "select")
         t_attn = tg(lambda: bench.check(lib, lib.sqzb_prefill_sparse(h, out_sqz.data_ptr(), st())),
                     "sparse")
+        t_attn1 = tg(lambda: bench.check(lib, lib.sqzb_prefill_sparse_one_split(
+            h, out_sqz.data_ptr(), st())), "sparse, one split")
         t_own = tg(lambda: bench.check(lib, lib.sqzb_prefill_own_merge(h, out_sqz.data_ptr(),
                                                                         st())), "own+merge")
         t_sqz, g_sqz = bench.time_graph(
@@ -116,7 +120,7 @@ def run_case(lib, timer, name, hq, hkv, d, n, n_q, ctx, gen, reps):
         flops_ctx = 4.0 * n_q * hq * d * n
         flops_sparse = 4.0 * (n_q / units * hkv) * hq * d * sum(sel) / hkv  # per (token, head)
         return dict(name=name, n=n, n_q=n_q, dense=t_dense, ctx=t_ctx, sdpa=t_sdpa, select=t_sel,
-                    attn=t_attn, own=t_own, sqz=t_sqz, share=share, err=err, err_sdpa=err_sdpa,
+                    attn=t_attn, attn1=t_attn1, own=t_own, sqz=t_sqz, share=share, err=err, err_sdpa=err_sdpa,
                     replay=replay, tf_ctx=flops_ctx / (t_ctx * 1e-3) / 1e12,
                     tf_sparse=flops_sparse / (t_attn * 1e-3) / 1e12, info=list(info))
     finally:
@@ -149,13 +153,14 @@ def main(lib_path, quick):
         torch.cuda.empty_cache()
     print()
     print("| model | context | n_q | dense us | squeezed us | x dense | SDPA ctx us | dense ctx us |"
-          " select us | sparse attn us | own+merge us | keys read | dense ctx TFLOP/s |"
-          " sparse TFLOP/s | sqz rel. L2 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          " select us | sparse attn us | (1 split) us | own+merge us | keys read |"
+          " dense ctx TFLOP/s | sparse TFLOP/s | sqz rel. L2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['n'] // 1024}K | {r['n_q']} | {bench.fmt(r['dense'])} | "
               f"{bench.fmt(r['sqz'])} | {r['dense'] / r['sqz']:.2f} | {bench.fmt(r['sdpa'])} | "
               f"{bench.fmt(r['ctx'])} | {bench.fmt(r['select'])} | {bench.fmt(r['attn'])} | "
+              f"{bench.fmt(r['attn1'])} | "
               f"{bench.fmt(r['own'])} | {r['share']:.3f} | {r['tf_ctx']:.0f} | "
               f"{r['tf_sparse']:.0f} | {r['err']:.3f} |")
 

@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -52,8 +53,8 @@ struct PrefillCase {
   int n_q = 0, hq = 0, d = 0, units = 0;
   SqueezeSelectParams select;
   SqueezeSelectPlan select_plan;
-  SparsePrefillParams sparse;
-  SparsePrefillPlan sparse_plan;
+  SparsePrefillParams sparse, sparse_one;  // sparse_one: forced to one key split
+  SparsePrefillPlan sparse_plan, sparse_one_plan;
   PrefillAttentionParams dense_ctx, own;
   // Owned device memory.
   SqueezeLayerView* views = nullptr;
@@ -170,9 +171,17 @@ void* sqzb_prefill_create(int n_q, int block_size, int hq, int hkv, int d, int n
   const int64_t body = static_cast<int64_t>(n_tokens) - sink - window;
   pp.max_selected = SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, kv_budget, sink, body, window,
                                            largest_cluster);
-  c->sparse_plan = PlanSparsePrefill(pp);
+  int sms = 0;
+  if (Check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count")) {
+    return fail();
+  }
+  c->sparse_plan = PlanSparsePrefill(pp, sms);
+  c->sparse_one = pp;
+  c->sparse_one.num_splits = 1;
+  c->sparse_one_plan = PlanSparsePrefill(c->sparse_one);
   const size_t rows = static_cast<size_t>(n_q) * hq;
-  if (Alloc(&c->sparse_ws, c->sparse_plan.workspace_bytes) ||
+  if (Alloc(&c->sparse_ws,
+            std::max(c->sparse_plan.workspace_bytes, c->sparse_one_plan.workspace_bytes)) ||
       Alloc(&c->o_own, rows * d * sizeof(bf16)) ||
       Alloc(&c->st_ctx, rows * sizeof(AttentionPartial)) ||
       Alloc(&c->st_own, rows * sizeof(AttentionPartial))) {
@@ -221,6 +230,15 @@ int sqzb_prefill_sparse(void* handle, void* out, void* stream) {
       c->st_ctx, c->sparse_ws, c->sparse_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
 }
 
+// The same with one key split (the split's effect, measured in the same run).
+int sqzb_prefill_sparse_one_split(void* handle, void* out, void* stream) {
+  auto* c = static_cast<PrefillCase*>(handle);
+  return Check(SparsePrefillAttention<bf16>(
+      c->sparse_one, c->sparse_one_plan, static_cast<bf16*>(out),
+      static_cast<int64_t>(c->hq) * c->d, c->st_ctx, c->sparse_ws,
+      c->sparse_one_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
+}
+
 // Dense attention over the whole context into out (context part only).
 int sqzb_prefill_dense_ctx(void* handle, void* out, void* stream) {
   auto* c = static_cast<PrefillCase*>(handle);
@@ -251,7 +269,8 @@ int sqzb_prefill_squeezed(void* handle, void* out, void* stream) {
   return sqzb_prefill_own_merge(handle, out, stream);
 }
 
-// Selected keys per (block, kv head), sink and window included, into host memory (synchronises).
+// Selected keys per (block, kv head), sink and window included, into host memory (synchronises);
+// host_info [5]: units, max_selected, scoring chunks, row tiles, key splits.
 int sqzb_prefill_selected(void* handle, int32_t* host_selected_len, int32_t* host_info) {
   auto* c = static_cast<PrefillCase*>(handle);
   if (Check(cudaMemcpy(host_selected_len, c->selected_len, 4 * c->units, cudaMemcpyDeviceToHost),
@@ -262,6 +281,7 @@ int sqzb_prefill_selected(void* handle, int32_t* host_selected_len, int32_t* hos
   host_info[1] = static_cast<int32_t>(c->sparse.max_selected);
   host_info[2] = c->select_plan.fine_chunks;
   host_info[3] = c->sparse_plan.row_tiles;
+  host_info[4] = c->sparse_plan.splits;
   return 0;
 }
 
