@@ -177,6 +177,13 @@ cuda::SqueezeSelection ContextStep<T>::Full() const {
 }
 
 template <typename T>
+cuda::ContextSegments ContextStep<T>::FullSegments() const {
+  const cuda::SqueezeSelection full = Full();
+  return cuda::ContextSegments{full.segments, full.num_segments, full.selected_len,
+                               plan_.full_max_segments};
+}
+
+template <typename T>
 cuda::SqueezeSelection ContextStep<T>::Compact() const {
   char* b = select_.get<char>();
   return {reinterpret_cast<int2*>(b + off_c_seg_), reinterpret_cast<int32_t*>(b + off_c_num_),
@@ -317,8 +324,7 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
     p.ctx_v = ctx_v;
     if (plan_.any_squeezed()) {
       p.row_sel = reinterpret_cast<const int32_t*>(meta + off_row_sel_);
-      p.sparse = cuda::AsContextSegments(Full(),
-                                         cuda::SqueezeSelectPlan{0, 0, plan_.full_max_segments, 0});
+      p.sparse = FullSegments();
     }
     SQZ_RETURN_IF_ERROR(
         cuda_ctx::ContextAttentionSimple<T>(p, b.attn, int64_t{s_.q_heads} * d, stream_));
@@ -343,8 +349,7 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
       p.pool_v = b.pool_v;
       p.max_kv_len = plan_.decode_max_kv;
       if (plan_.any_squeezed()) {
-        p.sparse = cuda::AsContextSegments(
-            Full(), cuda::SqueezeSelectPlan{0, 0, plan_.full_max_segments, 0});
+        p.sparse = FullSegments();
       }
       cuda::DecodePlan plan = cuda::PlanDecodeAttention(p, s_.num_sms);
       if (plan.workspace_bytes > b.decode_ws_bytes) {

@@ -83,6 +83,8 @@ class ContextStep {
   Status PrefillItem(const StepLayout& L, size_t i, int layer, const Buffers& b);
   cuda::SqueezeSelection Full() const;
   cuda::SqueezeSelection Compact() const;
+  // The full selection as DecodeAttention (and the simple kernel) read it.
+  cuda::ContextSegments FullSegments() const;
 
   const Shape s_;
   cudaStream_t stream_;
