@@ -21,7 +21,7 @@ BOS, EOS = 1, 2
 QA_RESERVE = 28          # tokens kept after the document per question (question + answer + </s>)
 EVAL_QUERY_RESERVE = 64  # evaluation: context = length - this, so query + answer fit the length
 NEEDLE_SHARE = 0.1       # training documents that are needle ones
-TWOHOP_SHARE = 0.2       # training questions that are two-hop ones (where the document allows)
+TWOHOP_SHARE = 0.1       # training questions that are two-hop ones (where the document allows)
 
 
 class Encoder:
@@ -48,7 +48,7 @@ class Encoder:
 
 
 def qa_count(length: int) -> int:
-    return max(4, min(64, length // 128))
+    return max(4, min(32, length // 256))
 
 
 def context_ids(enc: Encoder, doc: tasks.Document) -> List[int]:

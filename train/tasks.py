@@ -188,9 +188,8 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
     sentence), filled to within one sentence of it, with up to n_questions questions, all drawn
     from `seed`.
 
-    kind: "facts" (15-50% of sentences are facts, fewer in long documents so that facts reach the
-    end, some relations, the rest filler) or "needle" (filler and one fact at a random depth);
-    None draws it (one document in five is a needle one).
+    kind: "facts" (15-50% of sentences are facts, some relations, the rest filler) or "needle"
+    (filler and one fact at a random depth); None draws it (one document in five is a needle one).
     Every question's answer is stated by exactly one fact sentence; a two-hop question also needs
     the one relation sentence that starts from the asked place.
     """
@@ -236,11 +235,7 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
             used += n
         items.insert(r.randint(0, len(items)), needle)
     else:
-        # Facts spread over the whole document: a long one has more sentences than the grid has
-        # (entity, attribute) pairs, so the share is capped to use about 90% of them by the end
-        # (about 12 tokens per sentence) instead of stating them all in the first part.
-        fact_share = min(r.uniform(0.15, 0.5), 0.9 * len(candidates) * 12 / budget)
-        relation_share = min(0.04, 0.45 * len(places) * 12 / budget)  # places pair up
+        fact_share = r.uniform(0.15, 0.5)
         ci = 0
         related = set()
         while True:
@@ -248,7 +243,7 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
             if u < fact_share and ci < len(candidates):
                 item = new_fact(ci)
                 ci += 1
-            elif u < fact_share + relation_share and len(related) + 2 <= len(places):
+            elif u < fact_share + 0.04 and len(related) + 2 <= len(places):
                 # Each place is in at most one relation, so "the place next to X" is unique.
                 a, b = r.sample([p for p in places if p not in related], 2)
                 related.update((a, b))
