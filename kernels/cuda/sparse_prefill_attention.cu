@@ -4,6 +4,7 @@
 
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/flash_tile.cuh"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/sparse_prefill_attention.h"
 
@@ -166,20 +167,8 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     float s[kBc / 8][4];
-#pragma unroll
-    for (int ntl = 0; ntl < kBc / 8; ++ntl) {
-      s[ntl][0] = s[ntl][1] = s[ntl][2] = s[ntl][3] = 0.0f;
-#pragma unroll
-      for (int kc = 0; kc < D / 16; kc += 2) {
-        uint32_t bf[4];
-        internal::LdMatrixX4(
-            bf, k_s(stage) + (ntl * 8 + (lane & 7)) * kRow + kc * 16 + (lane >> 3) * 8);
-        internal::MmaBf16(s[ntl], qf[kc], bf[0], bf[1]);
-        internal::MmaBf16(s[ntl], qf[kc + 1], bf[2], bf[3]);
-      }
-    }
+    internal::ScoreTile<D, kBc, kRow>(qf, k_s(stage), lane, s);
     const int j0 = k_first + jt * kBc;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int ntl = 0; ntl < kBc / 8; ++ntl) {
 #pragma unroll
@@ -187,56 +176,9 @@ __global__ void __launch_bounds__(kThreads)
         const int j = j0 + ntl * 8 + 2 * t4 + (e & 1);
         s[ntl][e] = j < len ? s[ntl][e] * scale_log2 : -INFINITY;
       }
-      mx0 = fmaxf(mx0, fmaxf(s[ntl][0], s[ntl][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[ntl][2], s[ntl][3]));
     }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-    }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float base0 = mn0 == -INFINITY ? 0.0f : mn0;
-    const float base1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float alpha0 = exp2f(m0 - base0), alpha1 = exp2f(m1 - base1);
-    m0 = mn0;
-    m1 = mn1;
-    float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-    for (int ntl = 0; ntl < kBc / 8; ++ntl) {
-      s[ntl][0] = exp2f(s[ntl][0] - base0);
-      s[ntl][1] = exp2f(s[ntl][1] - base0);
-      s[ntl][2] = exp2f(s[ntl][2] - base1);
-      s[ntl][3] = exp2f(s[ntl][3] - base1);
-      sum0 += s[ntl][0] + s[ntl][1];
-      sum1 += s[ntl][2] + s[ntl][3];
-    }
-    l0 = l0 * alpha0 + sum0;
-    l1 = l1 * alpha1 + sum1;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[dt][0] *= alpha0;
-      o[dt][1] *= alpha0;
-      o[dt][2] *= alpha1;
-      o[dt][3] *= alpha1;
-    }
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) {
-      uint32_t pf[4];
-      pf[0] = internal::PackBf16(s[2 * kk][0], s[2 * kk][1]);
-      pf[1] = internal::PackBf16(s[2 * kk][2], s[2 * kk][3]);
-      pf[2] = internal::PackBf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pf[3] = internal::PackBf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; dt += 2) {
-        uint32_t bf[4];
-        internal::LdMatrixX4Trans(bf, v_s(stage) +
-                                          (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRow +
-                                          dt * 8 + (lane >> 4) * 8);
-        internal::MmaBf16(o[dt], pf, bf[0], bf[1]);
-        internal::MmaBf16(o[dt + 1], pf, bf[2], bf[3]);
-      }
-    }
+    internal::OnlineSoftmaxTile(s, m0, m1, l0, l1, o);
+    internal::AccumulatePV<D, kBc, kRow>(s, v_s(stage), lane, o);
     __syncthreads();
   }
   internal::CpAsyncWait<0>();
