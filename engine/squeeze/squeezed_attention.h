@@ -98,6 +98,7 @@ class SqueezedContextAttention : public SnapshotAttention {
 
   // The selection parameters used for one layer (threshold resolved), for tools and tests.
   SelectionParams ParamsForLayer(int layer) const;
+  const AttentionOptions& options() const { return options_; }
 
   // The selections Attend makes for these arguments: blocks receives the [t0, t1) token ranges of
   // the call that share a selection; selections one result per (block, kv head), block-major.
