@@ -69,6 +69,14 @@ float LookupValue(const DeviceContextQuery& query, int layer) {
   return query.squeezed->ParamsForLayer(layer).threshold;
 }
 
+int64_t DecodeKeysBucket(int64_t keys) {
+  if (keys <= 64) return 64;
+  int64_t pow2 = 1;
+  while (pow2 * 2 <= keys) pow2 *= 2;
+  const int64_t step = std::max<int64_t>(64, pow2 / 8);
+  return (keys + step - 1) / step * step;
+}
+
 ContextStepPlan PlanContextStep(const StepLayout& L, std::span<const ContextItemFacts> facts,
                                 int q_heads, int kv_heads, int head_dim) {
   ContextStepPlan plan;
@@ -91,6 +99,7 @@ ContextStepPlan PlanContextStep(const StepLayout& L, std::span<const ContextItem
     }
     plan.decode_max_kv = std::max(plan.decode_max_kv, ctx_keys + item.cached + 1);
   }
+  plan.decode_kv_bucket = DecodeKeysBucket(plan.decode_max_kv);
   for (auto& [lookup, members] : by_class) {
     ContextStepPlan::Class c;
     c.lookup = lookup;

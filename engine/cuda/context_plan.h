@@ -102,12 +102,21 @@ struct ContextStepPlan {
   // DecodeAttention's max_kv_len: over decode items, context keys read (all rows for DENSE, the
   // lookup's bound for SQUEEZED, 0 without a context) + own keys.
   int64_t decode_max_kv = 0;
+  // DecodeKeysBucket(decode_max_kv): what DecodeAttention is planned for, so that the split (and a
+  // CUDA graph of the step) stays the same while own tokens grow within a bucket.
+  int64_t decode_kv_bucket = 64;
   int32_t full_max_segments = 1;      // segment capacity of the per-item lists (>= every class's)
   int32_t max_class = 0;              // largest class
   size_t select_workspace_bytes = 0;  // largest SqueezeSelect workspace of the classes
   int64_t max_prefill_rows = 0;       // largest prefill item with a context
   bool any_squeezed() const { return !classes.empty(); }
 };
+
+// The key count decode attention is planned for: `keys` rounded up to one of 8 steps per power of
+// two (at least one 64-key tile). Planning for a bucket instead of the exact count lets a CUDA
+// graph serve many steps; eager steps use the same bucket, so graphs change no result. Keys past
+// a sequence's own count are never read.
+int64_t DecodeKeysBucket(int64_t keys);
 
 // Plans a step whose layout is L: facts[i] describes L.items[i].
 ContextStepPlan PlanContextStep(const StepLayout& L, std::span<const ContextItemFacts> facts,

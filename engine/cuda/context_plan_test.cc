@@ -194,6 +194,7 @@ TEST_CASE("PlanContextStep: lookup classes, the decode key bound, segment and pr
   // item 2 (threshold) up to every row, 504 + 6; item 3 (DENSE) 300 + 21; item 4 4 + 100 +
   // min(3000, 1500 + 59) + 3 = 1666.
   CHECK(p.decode_max_kv == 1666);
+  CHECK(p.decode_kv_bucket == 1792);  // steps of 1024 / 8 = 128 between 1024 and 2048
   CHECK(p.max_prefill_rows == 7);
   CHECK(p.any_squeezed());
 
@@ -204,7 +205,26 @@ TEST_CASE("PlanContextStep: lookup classes, the decode key bound, segment and pr
   CHECK_FALSE(q.any_squeezed());
   CHECK(q.full_max_segments == 1);
   CHECK(q.decode_max_kv == 104 + 1);
+  CHECK(q.decode_kv_bucket == 128);
   CHECK(q.max_prefill_rows == 0);
+}
+
+TEST_CASE("DecodeKeysBucket rounds up to one of 8 steps per power of two, at least 64") {
+  CHECK(DecodeKeysBucket(0) == 64);
+  CHECK(DecodeKeysBucket(1) == 64);
+  CHECK(DecodeKeysBucket(64) == 64);
+  CHECK(DecodeKeysBucket(65) == 128);  // pow2 64: step 64
+  CHECK(DecodeKeysBucket(127) == 128);
+  CHECK(DecodeKeysBucket(129) == 192);    // pow2 128: step 64
+  CHECK(DecodeKeysBucket(1025) == 1152);  // pow2 1024: step 128
+  CHECK(DecodeKeysBucket(131072 + 17) == 131072 + 16384);
+  // Never below the count, and constant within a bucket (graphs serve the whole bucket).
+  for (int64_t k = 1; k < 5000; k += 7) {
+    const int64_t b = DecodeKeysBucket(k);
+    CHECK(b >= k);
+    CHECK(DecodeKeysBucket(b) == b);
+    CHECK(b % 64 == 0);
+  }
 }
 
 }  // namespace

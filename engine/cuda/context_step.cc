@@ -43,6 +43,13 @@ bool IsSqueezed(const StepContext& c) {
 }  // namespace
 
 template <typename T>
+ContextStep<T>::~ContextStep() {
+  for (cudaEvent_t& e : staged_) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
+}
+
+template <typename T>
 Status ContextStep<T>::Grow(DeviceMemory* m, size_t bytes, const char* what) {
   if (m->bytes() >= bytes) return OkStatus();
   // The old buffer may be in use by the previous step's kernels.
@@ -91,6 +98,14 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
     o.values = Take(&host_, static_cast<size_t>(s_.layers) * n * 4);
     o.views = Take(&host_, static_cast<size_t>(s_.layers) * n * sizeof(cuda::SqueezeLayerView),
                    alignof(cuda::SqueezeLayerView));
+    // SqueezeSelect reads q rows 16-byte aligned (qkv is; its row stride must be a multiple of 8).
+    o.in_place = std::is_same_v<T, bf16> && static_cast<int64_t>(n) == D &&
+                 (s_.q_heads + 2 * s_.kv_heads) * s_.head_dim % 8 == 0 &&
+                 c.select.max_segments == plan_.full_max_segments;
+    for (size_t j = 0; j < n && o.in_place; ++j) {
+      o.in_place =
+          c.items[j] == static_cast<int32_t>(j) && L.items[j].row0 == static_cast<int64_t>(j);
+    }
     class_offsets_.push_back(o);
   }
 
@@ -127,11 +142,19 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
 
   // Device space: metadata, selections, prefill partials.
   SQZ_RETURN_IF_ERROR(Grow(&meta_, host_.size(), "the context step's metadata"));
-  if (pinned_.bytes() < host_.size()) {
-    SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "ContextStep: grow staging");
-    pinned_ = PinnedMemory();
-    SQZ_ASSIGN_OR_RETURN(pinned_, PinnedMemory::Allocate(Align(host_.size() * 5 / 4 + 256),
-                                                         "context step metadata staging"));
+  // This staging buffer's last copy (two steps ago) must have left it before it is rewritten.
+  const int st = next_staging_;
+  next_staging_ ^= 1;
+  if (staged_[st] == nullptr) {
+    SQZ_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&staged_[st], cudaEventDisableTiming),
+                             "ContextStep: staging event");
+  } else {
+    SQZ_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(staged_[st]), "ContextStep: staging");
+  }
+  if (pinned_[st].bytes() < host_.size()) {
+    pinned_[st] = PinnedMemory();
+    SQZ_ASSIGN_OR_RETURN(pinned_[st], PinnedMemory::Allocate(Align(host_.size() * 5 / 4 + 256),
+                                                             "context step metadata staging"));
   }
   if (plan_.any_squeezed()) {
     size_t off = 0;
@@ -159,14 +182,39 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
         Align(rows * s_.head_dim * sizeof(T)) + 2 * Align(rows * sizeof(cpu::AttentionPartial)),
         "context prefill partials"));
   }
-  // The previous step's kernels may still read the staging buffer's last contents through the
-  // earlier copy: copies from pinned memory are ordered on the stream, so wait for it first.
-  SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "ContextStep: staging");
-  std::memcpy(pinned_.get(), host_.data(), host_.size());
-  SQZ_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(meta_.get(), pinned_.get(), host_.size(), cudaMemcpyHostToDevice, stream_),
-      "ContextStep: metadata");
+  // The copy is ordered on the stream after the previous step's kernels, which read meta_.
+  std::memcpy(pinned_[st].get(), host_.data(), host_.size());
+  SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.get(), pinned_[st].get(), host_.size(),
+                                           cudaMemcpyHostToDevice, stream_),
+                           "ContextStep: metadata");
+  SQZ_CUDA_RETURN_IF_ERROR(cudaEventRecord(staged_[st], stream_), "ContextStep: staging event");
   return OkStatus();
+}
+
+template <typename T>
+void ContextStep<T>::GraphSignature(std::vector<int64_t>* sig) const {
+  auto ptr = [](const void* p) { return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p)); };
+  auto add = [sig](std::initializer_list<int64_t> v) { sig->insert(sig->end(), v); };
+  add({ptr(meta_.get()), ptr(select_.get()), ptr(prefill_.get())});
+  for (size_t off : {off_ctx_len_, off_row_slot_, off_row_sel_, off_ctx_k_, off_ctx_v_,
+                     off_full_seg_, off_full_num_, off_full_len_, off_c_seg_, off_c_num_,
+                     off_c_len_, off_q_, off_ws_, plan_.select_workspace_bytes}) {
+    sig->push_back(static_cast<int64_t>(off));
+  }
+  add({plan_.decode_kv_bucket, plan_.full_max_segments, plan_.max_class, plan_.max_prefill_rows,
+       static_cast<int64_t>(plan_.classes.size())});
+  for (size_t ci = 0; ci < plan_.classes.size(); ++ci) {
+    const ContextStepPlan::Class& c = plan_.classes[ci];
+    const ClassOffsets& o = class_offsets_[ci];
+    uint32_t coverage = 0;
+    std::memcpy(&coverage, &c.lookup.coarse_coverage, 4);
+    add({static_cast<int64_t>(c.lookup.policy), static_cast<int64_t>(c.lookup.reduce),
+         c.lookup.hierarchical, coverage, static_cast<int64_t>(c.items.size()), c.max_clusters,
+         c.max_coarse, c.select.fine_chunks, c.select.block_rows, c.select.coarse_chunks,
+         c.select.max_segments, static_cast<int64_t>(c.select.workspace_bytes),
+         static_cast<int64_t>(o.rows), static_cast<int64_t>(o.values),
+         static_cast<int64_t>(o.views), o.in_place});
+  }
 }
 
 template <typename T>
@@ -208,15 +256,21 @@ Status ContextStep<T>::Select(const StepLayout& L, int layer, const Buffers& b) 
     const ClassOffsets& o = class_offsets_[ci];
     const int n = static_cast<int>(c.items.size());
     const int32_t* rows = reinterpret_cast<const int32_t*>(meta + o.rows);
-    SQZ_RETURN_IF_ERROR(cuda_ctx::GatherQueryRows<T>(b.qkv, b.qkv_dim, rows, n, q_dim, q, stream_));
     cuda::SqueezeSelectParams p;
     p.batch = n;
     p.n_q_heads = s_.q_heads;
     p.n_kv_heads = s_.kv_heads;
     p.head_dim = s_.head_dim;
     p.scale = 1.0f / std::sqrt(static_cast<float>(s_.head_dim));
-    p.q = q;
-    p.q_stride = q_dim;
+    if (o.in_place) {
+      p.q = reinterpret_cast<const bf16*>(b.qkv);
+      p.q_stride = b.qkv_dim;
+    } else {
+      SQZ_RETURN_IF_ERROR(
+          cuda_ctx::GatherQueryRows<T>(b.qkv, b.qkv_dim, rows, n, q_dim, q, stream_));
+      p.q = q;
+      p.q_stride = q_dim;
+    }
     p.views = reinterpret_cast<const cuda::SqueezeLayerView*>(meta + o.views) +
               static_cast<int64_t>(layer) * n;
     p.policy = c.lookup.policy;
@@ -228,8 +282,13 @@ Status ContextStep<T>::Select(const StepLayout& L, int layer, const Buffers& b) 
     p.max_clusters = c.max_clusters;
     p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
     const cuda::SqueezeSelectPlan plan = cuda::PlanSqueezeSelect(p);
-    SQZ_RETURN_IF_ERROR(cuda::SqueezeSelect(p, plan, compact, select_.get<char>() + off_ws_,
+    if (o.in_place && plan.max_segments != plan_.full_max_segments) {
+      return InternalError("ContextStep: a lookup's segment capacity differs from its plan's");
+    }
+    SQZ_RETURN_IF_ERROR(cuda::SqueezeSelect(p, plan, o.in_place ? full : compact,
+                                            select_.get<char>() + off_ws_,
                                             plan_.select_workspace_bytes, stream_));
+    if (o.in_place) continue;
     // Scatter by decode item index: the layout's decode rows are the decode item indices.
     SQZ_RETURN_IF_ERROR(cuda_ctx::ScatterSelection(compact, plan.max_segments, rows, n, s_.kv_heads,
                                                    full, plan_.full_max_segments, stream_));
@@ -347,7 +406,7 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
       p.block_ids = b.meta + L.off_block_ids;
       p.pool_k = b.pool_k;
       p.pool_v = b.pool_v;
-      p.max_kv_len = plan_.decode_max_kv;
+      p.max_kv_len = plan_.decode_kv_bucket;
       if (plan_.any_squeezed()) {
         p.sparse = FullSegments();
       }
@@ -358,7 +417,7 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
         const int64_t max_chunks = std::max<int64_t>(
             1, (static_cast<int64_t>(b.decode_ws_bytes) - 512) / static_cast<int64_t>(per_chunk));
         plan = cuda::PlanDecodeAttention(p, s_.num_sms,
-                                         (plan_.decode_max_kv + max_chunks - 1) / max_chunks);
+                                         (plan_.decode_kv_bucket + max_chunks - 1) / max_chunks);
       }
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, b.attn, nullptr, b.decode_ws,
                                                       b.decode_ws_bytes, stream_));

@@ -2,7 +2,8 @@
 // (a resident DeviceContext), per layer:
 //   1. SQUEEZED decode items: per lookup class (context_plan.h), their query rows are gathered, one
 //      SqueezeSelect runs over them (batched across requests and contexts, per-request budget or
-//      threshold), and the selections are scattered into the step's per-decode-item segment lists;
+//      threshold), and the selections are scattered into the step's per-decode-item segment lists
+//      (a class of every decode item in order, as at batch 1, skips the gather and the scatter);
 //      DENSE items get one segment covering their whole context, items without one get none.
 //   2. bf16 decode items: one DecodeAttention over [context (dense rows, or the segment lists when
 //      any item is SQUEEZED)] + [own tokens in the paged pool], split-K.
@@ -13,9 +14,16 @@
 //   4. fp32 (the exactness mode), and bf16 decode when the decode kernel lacks the model's GQA
 //      group: ContextAttentionSimple (context keys, then own keys, one online softmax, fp32 math).
 // No host synchronisation inside a step: Prepare makes the step's metadata on the host and copies
-// it in one transfer before the layers run; Attention only enqueues kernels. Steps with contexts
-// run eagerly (no CUDA graph), because their metadata (context pointers, segment capacities,
-// the decode split) changes with the contexts in the batch.
+// it in one transfer before the layers run, through one of two pinned staging buffers that it
+// reuses only after an event says the copy out of it finished (so it waits for nothing in steady
+// decode); Attention only enqueues kernels.
+//
+// CUDA graphs: the launches Attention enqueues read every per-request value (context pointers and
+// lengths, lookup views and values, query rows) from the device metadata, so a decode step's
+// launches depend only on what GraphSignature lists: the plan's sizes (lookup classes, segment
+// capacity, the decode key bucket, workspace sizes) and the device buffers with their offsets. The
+// backend replays a captured step only while that signature is unchanged (a grown buffer, another
+// mix of classes or another key bucket make a new one).
 //
 // Memory: buffers grow (never shrink) to the largest step seen, so the first step of a new shape
 // may allocate; steady decode does not. Ownership: borrows the DeviceContexts for the step (the
@@ -68,15 +76,23 @@ class ContextStep {
   ContextStep(const Shape& shape, cudaStream_t stream) : s_(shape), stream_(stream) {}
   ContextStep(const ContextStep&) = delete;
   ContextStep& operator=(const ContextStep&) = delete;
+  ~ContextStep();
 
   // Plans the step (contexts: [L.items.size()]) and copies its metadata to the device.
   Status Prepare(const StepLayout& L, std::span<const StepContext> contexts);
   // Enqueues the attention of every row at `layer` into b.attn.
   Status Attention(const StepLayout& L, int layer, const Buffers& b);
+  // Appends to *sig (after Prepare) every host value that Attention's launches for the prepared
+  // step depend on, besides the layout and b: two steps with equal signatures (and equal layouts
+  // and buffers) enqueue the same kernels with the same arguments.
+  void GraphSignature(std::vector<int64_t>* sig) const;
 
  private:
   struct ClassOffsets {  // of a class's arrays in the step's metadata
     size_t rows = 0, values = 0, views = 0;
+    // The class is every decode item in row order (always so at batch 1) and T is bf16: its
+    // lookup reads the query rows in place and writes the step's lists (no gather, no scatter).
+    bool in_place = false;
   };
   Status Grow(DeviceMemory* m, size_t bytes, const char* what);
   Status Select(const StepLayout& L, int layer, const Buffers& b);
@@ -94,8 +110,12 @@ class ContextStep {
   std::vector<ClassOffsets> class_offsets_;  // [plan_.classes.size()]
   std::vector<char> host_;                   // the step's metadata before the upload
   size_t off_ctx_len_ = 0, off_row_slot_ = 0, off_row_sel_ = 0, off_ctx_k_ = 0, off_ctx_v_ = 0;
-  DeviceMemory meta_;     // host_ on the device
-  PinnedMemory pinned_;   // staging of host_
+  DeviceMemory meta_;  // host_ on the device
+  // Staging of host_, used in turn; staged_[i] is recorded after the copy out of pinned_[i]
+  // (null until its first use).
+  PinnedMemory pinned_[2];
+  cudaEvent_t staged_[2] = {nullptr, nullptr};
+  int next_staging_ = 0;
   DeviceMemory select_;   // segment lists (full, compact), gathered q, lookup workspace
   DeviceMemory prefill_;  // context partial and (m, l) of a prefill item
   size_t off_full_seg_ = 0, off_full_num_ = 0, off_full_len_ = 0, off_c_seg_ = 0, off_c_num_ = 0,

@@ -41,18 +41,6 @@ float ToFloatHost(T x) {
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// The key count decode attention is planned for: the step's longest sequence rounded up to one of
-// 8 steps per power of two (at least one 64-key tile). Planning for a bucket instead of the exact
-// count lets a CUDA graph serve many steps; the eager path uses the same bucket, so graphs change
-// no result. Keys past a sequence's own count are never read.
-int64_t DecodeKeysBucket(int64_t keys) {
-  if (keys <= 64) return 64;
-  int64_t pow2 = 1;
-  while (pow2 * 2 <= keys) pow2 *= 2;
-  const int64_t step = std::max<int64_t>(64, pow2 / 8);
-  return (keys + step - 1) / step * step;
-}
-
 // An instantiated CUDA graph; destroyed with its owner.
 class GraphExec {
  public:
@@ -116,13 +104,16 @@ class ForwardImpl final : public CudaBackend::Impl {
   void set_cuda_graphs(bool on) override { graphs_on_ = on; }
 
  private:
-  // A decode shape's graph: captured the second time the shape is seen (the first eager run loads
-  // the kernels and lets cuBLASLt choose), replayed after that.
+  // A decode step's graph: captured the second time its signature is seen (the first eager run
+  // loads the kernels and lets cuBLASLt choose), replayed after that.
   struct DecodeGraph {
-    std::vector<int64_t> signature;  // the layout fields the captured launches depend on
     int64_t seen = 0;
+    int64_t last_used = 0;  // graph_clock_ when last seen (the least recent goes first)
     GraphExec exec;
   };
+  // Graphs kept at most: a growing sequence meets a new key bucket every ~12% of its length, and
+  // steps with contexts add one per mix of lookup classes and per grown buffer.
+  static constexpr size_t kMaxGraphs = 64;
   ForwardImpl(const ModelConfig& config, const CudaBackendOptions& options)
       : c_(config),
         o_(options),
@@ -189,8 +180,10 @@ class ForwardImpl final : public CudaBackend::Impl {
   void* gemm_ws_ = nullptr;
   size_t gemm_ws_bytes_ = 0;
   std::vector<T> host_stage_;  // q capture and ReadKv (grown on use; never in a plain decode)
-  std::unique_ptr<DeviceSampler> sampler_;                     // [logit_rows_] rows per pass
-  std::map<std::pair<int64_t, int64_t>, DecodeGraph> graphs_;  // by (batch, decode-key bucket)
+  std::unique_ptr<DeviceSampler> sampler_;  // [logit_rows_] rows per pass
+  // By signature: every host value the captured launches depend on (RunGraph).
+  std::map<std::vector<int64_t>, DecodeGraph> graphs_;
+  int64_t graph_clock_ = 0;  // steps that asked for a graph
   CudaBackend::GraphStats graph_stats_;
   bool graphs_on_;                            // o_.cuda_graphs, or as set_cuda_graphs last said
   std::unique_ptr<ContextStep<T>> ctx_step_;  // attention of steps with fixed contexts
@@ -497,16 +490,32 @@ Status ForwardImpl<T>::Head(const StepLayout& L, int64_t r0, int64_t n) {
 template <typename T>
 Status ForwardImpl<T>::RunGraph(const StepLayout& L, int64_t decode_keys, bool* ran) {
   *ran = false;
-  const std::vector<int64_t> signature = {L.rows,         L.out_rows,      L.decode_items,
-                                          L.off_ids,      L.off_positions, L.off_slots,
-                                          L.off_row_keys, L.off_row_table, L.off_logit_rows,
-                                          L.off_own_len,  L.off_indptr,    L.off_block_ids};
-  DecodeGraph& g = graphs_[{static_cast<int64_t>(L.items.size()), decode_keys}];
-  if (g.signature != signature) {  // a new shape (or, defensively, one laid out otherwise)
-    g.signature = signature;
-    g.seen = 0;
-    g.exec.reset(nullptr);
+  // The layout's sizes and offsets; the plain path's key bucket, or the context step's signature
+  // (its buffers, offsets and plan: a grown buffer or another mix of lookups is another graph).
+  std::vector<int64_t> signature = {static_cast<int64_t>(L.items.size()), L.rows, L.out_rows,
+                                    L.decode_items, ctx_active_ ? 1 : 0};
+  for (int64_t off : {L.off_ids, L.off_positions, L.off_slots, L.off_row_keys, L.off_row_table,
+                      L.off_logit_rows, L.off_own_len, L.off_indptr, L.off_block_ids}) {
+    signature.push_back(off);
   }
+  if (ctx_active_) {
+    ctx_step_->GraphSignature(&signature);
+  } else {
+    signature.push_back(decode_keys);
+  }
+  auto it = graphs_.find(signature);
+  if (it == graphs_.end()) {
+    if (graphs_.size() >= kMaxGraphs) {
+      auto lru = graphs_.begin();
+      for (auto j = graphs_.begin(); j != graphs_.end(); ++j) {
+        if (j->second.last_used < lru->second.last_used) lru = j;
+      }
+      graphs_.erase(lru);
+    }
+    it = graphs_.try_emplace(std::move(signature)).first;
+  }
+  DecodeGraph& g = it->second;
+  g.last_used = ++graph_clock_;
   if (g.exec.get() == nullptr) {
     if (++g.seen < 2) return OkStatus();  // the first time runs eagerly
     SQZ_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed),
@@ -554,7 +563,8 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
   const bool one_pass = want_rows && L.out_rows <= logit_rows_;
   const int64_t decode_keys = DecodeKeysBucket(L.max_decode_keys);
   bool graphed = false;
-  if (graphs_on_ && one_pass && !capture && !ctx_active_ &&
+  // Decode steps with contexts too: their launches depend only on ContextStep's signature.
+  if (graphs_on_ && one_pass && !capture &&
       L.decode_items == static_cast<int64_t>(L.items.size()) &&
       L.decode_items <= o_.graph_max_batch) {
     SQZ_RETURN_IF_ERROR(RunGraph(L, decode_keys, &graphed));

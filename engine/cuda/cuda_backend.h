@@ -28,8 +28,7 @@
 //     context, like DENSE (sparse prefill per query block is not built yet), while the CPU
 //     selects per block of 64 tokens; SQUEEZED needs head_dim 64 or 128 and GQA groups <= 8
 //     (else UNIMPLEMENTED: ask for DENSE); the lookup reads bf16 queries and centroids (also in the
-//     fp32 mode), so near-ties may select other clusters than the CPU; steps with contexts run
-//     eagerly (no CUDA graphs); a context longer than the whole budget, or one that does not fit
+//     fp32 mode), so near-ties may select other clusters than the CPU; a context longer than the whole budget, or one that does not fit
 //     beside the contexts of running sequences, is RESOURCE_EXHAUSTED. The share of context keys
 //     read (KeyUsage of the ContextAttention) is not counted on the GPU;
 //   * batch invariance in bf16: a request's logits DO depend on the batch it runs in, at the
@@ -101,7 +100,8 @@ struct CudaBackendOptions {
   // or tokens wanted, at most graph_max_batch sequences) replays a graph captured the second time
   // its shape is seen. The shape is (batch size, decode-key bucket); buckets are 8 per power of two
   // of the longest sequence's key count, so a growing sequence meets a new graph every ~12% of its
-  // length. Graphs replay the very kernels and parameters of the eager path: results are
+  // length. Steps with fixed contexts (DENSE and SQUEEZED) are graphed too, their shape also
+  // covering the mix of lookups and the context step's buffers (context_step.h). Graphs replay the very kernels and parameters of the eager path: results are
   // bit-identical with graphs on or off. Off: every step is launched kernel by kernel.
   bool cuda_graphs = true;
   int64_t graph_max_batch = 16;  // in [1, 256]: graphs of larger batches gain little

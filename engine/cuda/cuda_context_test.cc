@@ -1,7 +1,8 @@
 // CudaBackend with registered fixed contexts against the CPU backend (the oracle), DENSE and
-// SQUEEZED, alone and in mixed batches. Needs a CUDA device: without one every case WARNs
-// "skipped: ..." and passes. SQZ_SHARED_DIR in the environment overrides the compiled-in shared
-// assets folder (the GPU machine gets stories260K carried next to the binary).
+// SQUEEZED, alone and in mixed batches, and their CUDA-graph decode steps against eager ones.
+// Needs a CUDA device: without one every case WARNs "skipped: ..." and passes. SQZ_SHARED_DIR in
+// the environment overrides the compiled-in shared assets folder (the GPU machine gets stories260K
+// carried next to the binary).
 //
 // Protocol of every comparison: both backends run the same steps; a prefill of each request's own
 // prompt after its context (attention DENSE on both: the GPU prefills densely in every mode), then
@@ -74,6 +75,19 @@ std::unique_ptr<CudaBackend> MakeCuda(const Model& m, CudaDType dtype,
   o.kv_blocks = 256;
   o.max_step_tokens = 1024;
   o.context_budget_bytes = budget;
+  auto b = CudaBackend::Create(m, o);
+  INFO(b.status().ToString());
+  REQUIRE(b.ok());
+  return std::move(b).value();
+}
+
+// Two backends that differ only in CUDA graphs (off: every step eager; on: decode steps replayed).
+std::unique_ptr<CudaBackend> MakeCudaGraphs(const Model& m, CudaDType dtype, bool graphs) {
+  CudaBackendOptions o;
+  o.dtype = dtype;
+  o.kv_blocks = 256;
+  o.max_step_tokens = 1024;
+  o.cuda_graphs = graphs;
   auto b = CudaBackend::Create(m, o);
   INFO(b.status().ToString());
   REQUIRE(b.ok());
@@ -205,7 +219,8 @@ Outcome Compare(Backend& cpu, Backend& gpu, const std::vector<Request>& reqs, in
     cb.clear();
     gb.clear();
     for (size_t i = 0; i < n; ++i) {
-      cb.push_back({cs[i], {&next[i], 1},
+      cb.push_back({cs[i],
+                    {&next[i], 1},
                     reqs[i].cpu_decode_ctx ? reqs[i].cpu_decode_ctx : reqs[i].decode_ctx});
       gb.push_back({gs[i], {&next[i], 1}, reqs[i].decode_ctx});
     }
@@ -216,6 +231,133 @@ Outcome Compare(Backend& cpu, Backend& gpu, const std::vector<Request>& reqs, in
     REQUIRE(gpu.FreeSequence(gs[i]).ok());
   }
   return out;
+}
+
+// Runs the same steps on `eager` (CUDA graphs off) and `graphed` (on): `reqs` prefilled in one
+// step, then `steps` decode steps of seeded tokens. Every step's logits must be bit-identical.
+// Returns the graphed backend's replays during the decode steps.
+int64_t RunTwins(CudaBackend& eager, CudaBackend& graphed, const std::vector<Request>& reqs,
+                 int steps, uint32_t seed) {
+  const int64_t vocab = eager.config().vocab;
+  std::mt19937 gen(seed);
+  const size_t n = reqs.size();
+  std::vector<SeqId> es, gs;
+  std::vector<std::vector<int32_t>> prompts;
+  for (const Request& r : reqs) {
+    es.push_back(eager.AddSequence().value());
+    gs.push_back(graphed.AddSequence().value());
+    prompts.push_back(RandomTokens(r.prompt, vocab, gen));
+  }
+  std::vector<float> le(n * vocab), lg(n * vocab);
+  auto run = [&](const std::vector<StepInput>& eb, const std::vector<StepInput>& gb, int step) {
+    std::fill(le.begin(), le.end(), NAN);
+    std::fill(lg.begin(), lg.end(), NAN);
+    REQUIRE(eager.Forward(eb, le.data()).ok());
+    const Status st = graphed.Forward(gb, lg.data());
+    INFO("step " << step << ": " << st.ToString());
+    REQUIRE(st.ok());
+    for (size_t i = 0; i < n; ++i) {
+      INFO("step " << step << " request " << i << " relative L2 "
+                   << RelL2(lg.data() + i * vocab, le.data() + i * vocab, vocab));
+      CHECK(std::memcmp(le.data() + i * vocab, lg.data() + i * vocab, vocab * 4) == 0);
+    }
+  };
+  std::vector<StepInput> eb, gb;
+  for (size_t i = 0; i < n; ++i) {
+    eb.push_back({es[i], prompts[i], reqs[i].prefill_ctx});
+    gb.push_back({gs[i], prompts[i], reqs[i].prefill_ctx});
+  }
+  run(eb, gb, -1);
+  const int64_t replays_before = graphed.graph_stats().replays;
+  for (int s = 0; s < steps; ++s) {
+    const std::vector<int32_t> t = RandomTokens(static_cast<int64_t>(n), vocab, gen);
+    eb.clear();
+    gb.clear();
+    for (size_t i = 0; i < n; ++i) {
+      eb.push_back({es[i], {&t[i], 1}, reqs[i].decode_ctx});
+      gb.push_back({gs[i], {&t[i], 1}, reqs[i].decode_ctx});
+    }
+    run(eb, gb, s);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    REQUIRE(eager.FreeSequence(es[i]).ok());
+    REQUIRE(graphed.FreeSequence(gs[i]).ok());
+  }
+  return graphed.graph_stats().replays - replays_before;
+}
+
+// Decode steps with contexts replay CUDA graphs keyed by everything their launches depend on
+// (context_step.h GraphSignature): a replay must give the eager step's logits bit for bit, also
+// after the step's buffers grew (a graph of the old buffers must not be replayed) and when another
+// context of the same shape takes a captured step's place (context pointers are data, not part of
+// the graph).
+TEST_CASE("CudaBackend contexts: CUDA-graph decode steps equal eager ones bit for bit") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const Model m = RandomModel(71);
+  // a and c have the same length (the same step plan) and different keys; b is shorter.
+  const ContextSnapshot a = Ingest(m, 500, 1), b = Ingest(m, 257, 2), c = Ingest(m, 500, 3);
+  auto a_dense = Attn(a, AttentionMode::kDense);
+  auto a_sq = Attn(a, AttentionMode::kSqueezed, 0.25);
+  auto a_half = Attn(a, AttentionMode::kSqueezed, 0.5);
+  auto b_dense = Attn(b, AttentionMode::kDense);
+  auto c_dense = Attn(c, AttentionMode::kDense);
+  auto c_sq = Attn(c, AttentionMode::kSqueezed, 0.25);
+  AttentionOptions thr;
+  thr.policy = SelectionPolicy::kThreshold;
+  thr.sparsity = 0.7;
+  thr.gqa_reduce = GqaReduce::kMean;
+  auto b_thr = MakeContextAttention(b, thr).value();
+  AttentionOptions hier;
+  hier.kv_budget = 0.3;
+  hier.hierarchical = true;
+  auto a_hier = MakeContextAttention(a, hier).value();
+  const std::vector<Request> four = {{a_dense.get(), a_sq.get(), 17},
+                                     {nullptr, nullptr, 4},
+                                     {b_dense.get(), b_thr.get(), 33},
+                                     {a_dense.get(), a_dense.get(), 3}};
+  const std::vector<Request> four_c = {{c_dense.get(), c_sq.get(), 17},
+                                       {nullptr, nullptr, 4},
+                                       {b_dense.get(), b_thr.get(), 33},
+                                       {c_dense.get(), c_dense.get(), 3}};
+  struct Phase {
+    const char* what;
+    std::vector<Request> reqs;
+  };
+  const std::vector<Phase> phases = {
+      {"DENSE, batch 1", {{a_dense.get(), a_dense.get(), 20}}},
+      {"SQUEEZED budget 0.25, batch 1 (selection buffers appear)",
+       {{a_dense.get(), a_sq.get(), 20}}},
+      {"SQUEEZED threshold (mean), batch 1", {{b_dense.get(), b_thr.get(), 9}}},
+      {"mixed batch of 4", four},
+      {"mixed batch of 6 with a hierarchical lookup (the buffers grow)",
+       {{a_dense.get(), a_sq.get(), 5},
+        {b_dense.get(), b_thr.get(), 12},
+        {a_dense.get(), a_hier.get(), 40},
+        {b_dense.get(), b_dense.get(), 1},
+        {nullptr, nullptr, 7},
+        {a_dense.get(), a_half.get(), 2}}},
+      {"the batch of 4 again, after the growth", four},
+      {"the batch of 4 over another context of the same shape", four_c},
+      {"DENSE, batch 1, after all of it", {{c_dense.get(), c_dense.get(), 1}}},
+  };
+  for (CudaDType dtype : {CudaDType::kBf16, CudaDType::kF32}) {
+    const bool fp32 = dtype == CudaDType::kF32;
+    auto eager = MakeCudaGraphs(m, dtype, false);
+    auto graphed = MakeCudaGraphs(m, dtype, true);
+    for (size_t p = 0; p < phases.size(); ++p) {
+      INFO((fp32 ? "fp32" : "bf16") << ", phase " << p << ": " << phases[p].what);
+      const int64_t replays = RunTwins(*eager, *graphed, phases[p].reqs, 12, 50 + p);
+      // Step 1 eager, step 2 captured, then replays, but for a crossing of a key bucket.
+      CHECK(replays >= 8);
+    }
+    CHECK(eager->graph_stats().replays == 0);
+    const CudaBackend::GraphStats gs = graphed->graph_stats();
+    INFO("captured " << gs.captured << " replays " << gs.replays << " capture error '"
+                     << gs.capture_error << "'");
+    CHECK(gs.capture_error.empty());
+    // At least one graph per lookup mix and per grown buffer (equal signatures may share one).
+    CHECK(gs.captured >= 5);
+  }
 }
 
 TEST_CASE("CudaBackend contexts on stories260K: DENSE matches the CPU (fp32 1e-4, bf16 2e-2)") {
