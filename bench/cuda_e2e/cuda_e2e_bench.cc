@@ -7,13 +7,16 @@
 //      calibration) writing straight into a DeviceContext, installed as a resident context;
 //   2. a check that SQUEEZED at budget 1.0 gives DENSE's logits;
 //   3. decode at batch 1 (ms/token) and batch 32 (tokens/s): every request has a 16-token prompt
-//      after the context, then greedy decode steps (ForwardSample), DENSE and SQUEEZED alternately
-//      timed over the same steps; the ratio squeezed/dense against the goals (1.7x at batch 1, 3x
-//      at batch 32), and each mode's memory floor (weights + context bytes it must read, over the
-//      device-to-device copy bandwidth measured here).
+//      after the context, then greedy decode steps (ForwardSample), DENSE and SQUEEZED timed over
+//      the same steps, each with decode steps replayed as CUDA graphs (up to --graph-max-batch
+//      sequences) and, for comparison, launched eagerly; the ratio squeezed/dense (graphs on)
+//      against the goals (1.7x at batch 1, 3x at batch 32), and each mode's memory floor (weights
+//      + context bytes it must read, over the device-to-device copy bandwidth measured here);
+//      SQZ(1.0) (the lookup, then every row) against DENSE shows what the lookup itself costs.
 // A program, not a test. Usage (flags with defaults):
 //   sqz_cuda_e2e_bench [--layers 32] [--context 131072] [--chunk 4096] [--budget-permille 125]
 //                      [--batches 1,32] [--prompt 16] [--warmup 4] [--steps 32]
+//                      [--graph-max-batch 32] [--eager 1 (0: skip the eager rows)]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -233,6 +236,7 @@ void IngestOnDevice(sqz::CudaBackend& b, int64_t n, int64_t chunk, Ingested* res
 struct Run {
   double ms_per_step = 0;
   double tokens_per_s = 0;
+  int64_t replays = 0;  // of the timed steps, replayed as CUDA graphs
 };
 
 Run Decode(sqz::CudaBackend& b, const sqz::ContextAttention* ctx, int64_t batch, int64_t prompt,
@@ -252,16 +256,22 @@ Run Decode(sqz::CudaBackend& b, const sqz::ContextAttention* ctx, int64_t batch,
   for (int64_t i = 0; i < batch; ++i) in[i] = {seqs[i], prompts[i], ctx};
   CHECK_OK(b.ForwardSample(in, sampling, next.data()), "prompt prefill");
   Clock::time_point t0;
+  int64_t replays0 = 0;
   for (int64_t s = 0; s < warmup + steps; ++s) {
-    if (s == warmup) t0 = Clock::now();
+    if (s == warmup) {
+      t0 = Clock::now();
+      replays0 = b.graph_stats().replays;
+    }
     for (int64_t i = 0; i < batch; ++i) in[i] = {seqs[i], {&next[i], 1}, ctx};
     std::vector<int32_t> out(batch);
     CHECK_OK(b.ForwardSample(in, sampling, out.data()), "decode step");
     next = out;
   }
   const double ms = Ms(t0, Clock::now());
+  const int64_t replays = b.graph_stats().replays - replays0;
   for (sqz::SeqId s : seqs) CHECK_OK(b.FreeSequence(s), "FreeSequence");
   Run r;
+  r.replays = replays;
   r.ms_per_step = ms / steps;
   r.tokens_per_s = 1e3 * batch * steps / ms;
   return r;
@@ -305,6 +315,8 @@ int main(int argc, char** argv) {
   const int64_t prompt = IntArg(argc, argv, "--prompt", 16);
   const int64_t warmup = IntArg(argc, argv, "--warmup", 4);
   const int64_t steps = IntArg(argc, argv, "--steps", 32);
+  const int64_t graph_max_batch = IntArg(argc, argv, "--graph-max-batch", 32);
+  const bool eager_rows = IntArg(argc, argv, "--eager", 1) != 0;
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
 
   const sqz::ModelConfig c = Llama3_8B(layers, context + prompt + warmup + steps + 1024);
@@ -314,6 +326,8 @@ int main(int argc, char** argv) {
   o.kv_blocks = (context + max_batch * (prompt + warmup + steps + 32)) / sqz::kKvBlockTokens + 64;
   o.max_step_tokens = std::max<int64_t>(chunk, max_batch * prompt);
   o.decode_workspace_bytes = int64_t{256} << 20;
+  o.cuda_graphs = true;
+  o.graph_max_batch = graph_max_batch;
   // Room for the one context (bf16 K/V + index), with margin.
   const int64_t ctx_bytes = 2 * layers * c.kv_heads * context * c.head_dim * 2;
   o.context_budget_bytes = ctx_bytes + ctx_bytes / 8 + (int64_t{256} << 20);
@@ -372,24 +386,40 @@ int main(int argc, char** argv) {
   const double sq_ctx = token_bytes * (dm.sink_len + dm.window_len + budget * dm.body_len) +
                         layers * c.kv_heads * k_fine * c.head_dim * 2;  // + bf16 centroids
   const double wbytes = static_cast<double>(b.weight_bytes());
-  std::printf("\n%-6s %-10s %12s %12s %12s %10s\n", "batch", "mode", "ms/step", "tokens/s",
-              "floor ms", "of floor");
+  std::printf("\n%-6s %-10s %-7s %12s %12s %12s %10s %8s\n", "batch", "mode", "launch", "ms/step",
+              "tokens/s", "floor ms", "of floor", "replays");
   int failures = e_full < 1e-2 ? 0 : 1;
+  auto row = [&](int64_t batch, const char* mode, const char* launch, const Run& r, double floor) {
+    std::printf("%-6lld %-10s %-7s %12.3f %12.1f %12.3f %9.2fx %5lld/%lld\n",
+                static_cast<long long>(batch), mode, launch, r.ms_per_step, r.tokens_per_s, floor,
+                r.ms_per_step / floor, static_cast<long long>(r.replays),
+                static_cast<long long>(steps));
+  };
   for (int64_t batch : batches) {
-    const Run rd = Decode(b, dense->get(), batch, prompt, warmup, steps);
-    const Run rs = Decode(b, squeezed->get(), batch, prompt, warmup, steps);
     const double fd = (wbytes + batch * dense_ctx) / (bw * 1e9) * 1e3;
     const double fs = (wbytes + batch * sq_ctx) / (bw * 1e9) * 1e3;
-    std::printf("%-6lld %-10s %12.3f %12.1f %12.3f %9.2fx\n", static_cast<long long>(batch),
-                "DENSE", rd.ms_per_step, rd.tokens_per_s, fd, rd.ms_per_step / fd);
-    std::printf("%-6lld %-10s %12.3f %12.1f %12.3f %9.2fx\n", static_cast<long long>(batch),
-                "SQUEEZED", rs.ms_per_step, rs.tokens_per_s, fs, rs.ms_per_step / fs);
+    if (eager_rows) {
+      b.set_cuda_graphs(false);
+      row(batch, "DENSE", "eager", Decode(b, dense->get(), batch, prompt, warmup, steps), fd);
+      row(batch, "SQUEEZED", "eager", Decode(b, squeezed->get(), batch, prompt, warmup, steps), fs);
+      b.set_cuda_graphs(true);
+    }
+    const Run rd = Decode(b, dense->get(), batch, prompt, warmup, steps);
+    const Run rs = Decode(b, squeezed->get(), batch, prompt, warmup, steps);
+    row(batch, "DENSE", "graphs", rd, fd);
+    row(batch, "SQUEEZED", "graphs", rs, fs);
+    // The lookup's own cost: budget 1.0 runs it and then reads every row, as DENSE does.
+    row(batch, "SQZ(1.0)", "graphs", Decode(b, full->get(), batch, prompt, warmup, steps), fd);
     const double goal = batch == 1 ? 1.7 : 3.0;
     const double speedup = rd.ms_per_step / rs.ms_per_step;
     std::printf("%-6lld speedup squeezed / dense %.2fx (goal %.1fx: %s)\n",
                 static_cast<long long>(batch), speedup, goal, speedup >= goal ? "met" : "MISSED");
     std::fflush(stdout);
   }
+  const sqz::CudaBackend::GraphStats gs = b.graph_stats();
+  std::printf("\nCUDA graphs: %lld captured, %lld replays%s%s\n",
+              static_cast<long long>(gs.captured), static_cast<long long>(gs.replays),
+              gs.capture_error.empty() ? "" : "; capture error: ", gs.capture_error.c_str());
   const auto cs = b.context_stats();
   std::printf("\ncontexts resident %lld (%.2f GB of %.2f GB budget), uploads %lld\n",
               static_cast<long long>(cs.resident), cs.used_bytes / 1e9, cs.budget_bytes / 1e9,
