@@ -1,15 +1,21 @@
-// Test helpers shared by squeeze_select_test.cc and sparse_decode_test.cc: seeded random contexts
+// Test helpers shared by the selection and sparse attention tests (squeeze_select_test.cc,
+// sparse_prefill_select_test.cc, sparse_decode_test.cc, sparse_prefill_attention_test.cc): seeded random contexts
 // with a centroid index (sink | clustered body | window, as squeeze_select.h lays them out), their
 // host copies for the CPU references, and device copies with a SqueezeLayerView.
 #pragma once
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
+#include <functional>
+#include <iterator>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <set>
 #include <vector>
 
+#include "engine/squeeze/selection.h"
 #include "engine/squeeze/snapshot.h"
 #include "kernels/cuda/squeeze_select.h"
 #include "kernels/cuda/test_util.h"
@@ -142,6 +148,71 @@ inline bool ExpandSegments(const int2* segs, int32_t num_segments, int32_t selec
     begin = end;
   }
   return begin == selected_len;
+}
+
+// Checks one (request or block, kv head)'s selection as the device wrote it against the context's
+// layout -- a well-formed list, each row at most once, rows ascending, sink and window all there,
+// whole clusters only, body_selected and selected_len consistent -- and returns the selected
+// cluster ids, their keys in *keys.
+inline std::set<int32_t> CheckedSelection(const HostContext& c, int h, const int2* segs,
+                                          int32_t num_segments, int32_t max_segments,
+                                          int32_t selected_len, int32_t body_selected,
+                                          int64_t* keys) {
+  const HeadIndex& idx = c.heads[h];
+  std::vector<int32_t> rows;
+  REQUIRE(num_segments <= max_segments);
+  REQUIRE(ExpandSegments(segs, num_segments, selected_len, c.n_tokens(), &rows));
+  std::vector<char> mask(c.n_tokens(), 0);
+  for (int32_t row : rows) {
+    REQUIRE(mask[row] == 0);
+    mask[row] = 1;
+  }
+  for (int32_t i = 0; i < c.sink; ++i) REQUIRE(mask[i] == 1);
+  for (int32_t i = c.sink + c.body; i < c.n_tokens(); ++i) REQUIRE(mask[i] == 1);
+  REQUIRE(std::is_sorted(rows.begin(), rows.end()));  // sink, clusters by id, window
+  std::set<int32_t> got;
+  *keys = 0;
+  for (int32_t cl = 0; cl < c.k; ++cl) {
+    const int32_t first = c.sink + idx.offsets[cl], last = c.sink + idx.offsets[cl + 1];
+    for (int32_t i = first; i < last; ++i) REQUIRE(mask[i] == mask[first]);
+    if (mask[first]) {
+      got.insert(cl);
+      *keys += idx.counts[cl];
+    }
+  }
+  REQUIRE(body_selected == *keys);
+  REQUIRE(selected_len == *keys + c.sink + c.window);
+  return got;
+}
+
+// Compares a device selection (got, got_keys) with the CPU's (want) on the same inputs. Equal
+// sets must also count the same keys. Otherwise, ties aside: every differing cluster's p (from
+// probabilities(), the CPU's ClusterProbabilities on the same query) must lie within rounding of
+// the cut -- the smallest p the CPU took under the budget policy, or `value` (the threshold).
+// Returns the number of differing clusters.
+inline int DifferingAtTiesOnly(const std::set<int32_t>& got, int64_t got_keys,
+                               const SelectionResult& want, SqueezePolicy policy, float value,
+                               const std::function<std::vector<float>()>& probabilities) {
+  const std::set<int32_t> want_set(want.clusters.begin(), want.clusters.end());
+  std::vector<int32_t> diff;
+  std::set_symmetric_difference(got.begin(), got.end(), want_set.begin(), want_set.end(),
+                                std::back_inserter(diff));
+  if (diff.empty()) {
+    REQUIRE(got_keys == want.selected_keys);
+    return 0;
+  }
+  INFO("clusters differing from the CPU: " << diff.size());
+  const std::vector<float> pr = probabilities();
+  float cut = value;
+  if (policy == SqueezePolicy::kBudget) {
+    cut = INFINITY;
+    for (int32_t cl : want.clusters) cut = std::min(cut, pr[cl]);
+  }
+  for (int32_t cl : diff) {
+    INFO("cluster " << cl << " p=" << pr[cl] << " cut=" << cut);
+    REQUIRE(std::fabs(pr[cl] - cut) <= 1e-4f * cut + 1e-30f);
+  }
+  return static_cast<int>(diff.size());
 }
 
 }  // namespace sqz::cuda::testing

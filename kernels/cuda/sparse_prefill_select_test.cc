@@ -135,56 +135,19 @@ void RunBlocksAndCompare(const BlockCase& cs, const std::vector<HostContext>& co
                     << ") kv head " << h);
       const HeadIndex& idx = c.heads[h];
       const size_t u = size_t(b) * cs.hkv + h;
-      std::vector<int32_t> rows;
-      REQUIRE(h_nseg[u] <= plan.max_segments);
-      REQUIRE(testing::ExpandSegments(h_segs.data() + u * plan.max_segments, h_nseg[u], h_len[u],
-                                      c.n_tokens(), &rows));
-      std::vector<char> mask(c.n_tokens(), 0);
-      for (int32_t row : rows) {
-        REQUIRE(mask[row] == 0);
-        mask[row] = 1;
-      }
-      for (int32_t i = 0; i < c.sink; ++i) REQUIRE(mask[i] == 1);
-      for (int32_t i = c.sink + c.body; i < c.n_tokens(); ++i) REQUIRE(mask[i] == 1);
-      REQUIRE(std::is_sorted(rows.begin(), rows.end()));
-      std::set<int32_t> got;
       int64_t got_keys = 0;
-      for (int32_t cl = 0; cl < c.k; ++cl) {
-        const int32_t first = c.sink + idx.offsets[cl], last = c.sink + idx.offsets[cl + 1];
-        for (int32_t i = first; i < last; ++i) REQUIRE(mask[i] == mask[first]);
-        if (mask[first]) {
-          got.insert(cl);
-          got_keys += idx.counts[cl];
-        }
-      }
-      REQUIRE(h_body[u] == got_keys);
-      REQUIRE(h_len[u] == got_keys + c.sink + c.window);
-
+      const std::set<int32_t> got =
+          testing::CheckedSelection(c, h, h_segs.data() + u * plan.max_segments, h_nseg[u],
+                                    plan.max_segments, h_len[u], h_body[u], &got_keys);
       SelectionResult want;
       SelectClusters(idx, d, q_of(b, h), lengths[b], stride, g, cpu, &scratch, &want);
-      const std::set<int32_t> want_set(want.clusters.begin(), want.clusters.end());
-      std::vector<int32_t> diff;
-      std::set_symmetric_difference(got.begin(), got.end(), want_set.begin(), want_set.end(),
-                                    std::back_inserter(diff));
-      if (diff.empty()) {
-        REQUIRE(got_keys == want.selected_keys);
-        continue;
-      }
       // Ties aside: only clusters whose block p is within rounding of the cut may differ.
-      INFO("clusters differing from the CPU: " << diff.size());
-      total_diff += static_cast<int>(diff.size());
-      std::vector<float> pr(c.k);
-      ClusterProbabilities(idx, d, q_of(b, h), lengths[b], stride, g, cpu.reduce, pr.data(),
-                           &scratch);
-      float cut = values[b];
-      if (cs.policy == SqueezePolicy::kBudget) {
-        cut = INFINITY;
-        for (int32_t cl : want.clusters) cut = std::min(cut, pr[cl]);
-      }
-      for (int32_t cl : diff) {
-        INFO("cluster " << cl << " p=" << pr[cl] << " cut=" << cut);
-        REQUIRE(std::fabs(pr[cl] - cut) <= 1e-4f * cut + 1e-30f);
-      }
+      total_diff += testing::DifferingAtTiesOnly(got, got_keys, want, cs.policy, values[b], [&] {
+        std::vector<float> pr(c.k);
+        ClusterProbabilities(idx, d, q_of(b, h), lengths[b], stride, g, cpu.reduce, pr.data(),
+                             &scratch);
+        return pr;
+      });
     }
   }
   REQUIRE(total_diff <= std::max<int>(2, batch * cs.hkv / 4));
