@@ -18,10 +18,11 @@
 // launch (per_request_value); other differences (policy, reduce, hierarchy, coverage) make separate
 // lookup classes, each one launch per layer.
 //
-// What the GPU does not do like the CPU (documented in cuda_backend.h): selection happens for
-// decode steps only; prefill rows (several new tokens of a request) attend to every context row,
-// so a SQUEEZED request's prefill equals its DENSE prefill (sparse prefill per query block is not
-// built yet). The lookup reads bf16 centroids and bf16 queries, so near-ties may select otherwise.
+// What the GPU does not do like the CPU (documented in cuda_backend.h): the lookups planned here
+// are those of decode steps; prefill rows (several new tokens of a request) attend to every
+// context row, so a SQUEEZED request's prefill equals its DENSE prefill, unless the backend's
+// sparse_prefill option hands them to SqueezedPrefill (context_prefill.h, per query block). The
+// lookup reads bf16 centroids and bf16 queries, so near-ties may select otherwise.
 //
 // Pure host code (no device access): tested without a GPU. Thread safety: stateless functions.
 #pragma once

@@ -188,6 +188,27 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
                                            cudaMemcpyHostToDevice, stream_),
                            "ContextStep: metadata");
   SQZ_CUDA_RETURN_IF_ERROR(cudaEventRecord(staged_[st], stream_), "ContextStep: staging event");
+  return PrepareSparsePrefill(L);
+}
+
+template <typename T>
+Status ContextStep<T>::PrepareSparsePrefill(const StepLayout& L) {
+  sparse_of_.assign(L.items.size(), -1);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (!s_.sparse_prefill) return OkStatus();
+    size_t used = 0;
+    for (size_t i = static_cast<size_t>(L.decode_items); i < L.items.size(); ++i) {
+      const StepContext& c = contexts_[i];
+      if (c.device == nullptr || !SqueezedPrefill::Applies(c.query, *c.device)) continue;
+      if (used == sparse_prefill_.size()) {
+        sparse_prefill_.push_back(std::make_unique<SqueezedPrefill>(SqueezedPrefill::Shape{
+            s_.q_heads, s_.kv_heads, s_.head_dim, s_.layers, s_.num_sms}));
+      }
+      SQZ_RETURN_IF_ERROR(sparse_prefill_[used]->Prepare(*c.device, c.query, L.items[i].n,
+                                                         L.items[i].cached, stream_));
+      sparse_of_[i] = static_cast<int>(used++);
+    }
+  }
   return OkStatus();
 }
 
@@ -336,6 +357,14 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   auto* st_own = reinterpret_cast<cpu::AttentionPartial*>(
       base + Align(rows * d * sizeof(T)) + Align(rows * sizeof(cpu::AttentionPartial)));
   SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, out, q_dim, st_own, stream_));
+  if (sparse_of_[i] >= 0) {
+    // SQUEEZED: each block of query tokens attends to its selected context rows only.
+    SQZ_RETURN_IF_ERROR(
+        sparse_prefill_[sparse_of_[i]]->Run(layer, p.q, p.q_token_stride, ctx_o, q_dim, st_ctx,
+                                            stream_));
+    return cuda::MergeAttentionPartials<bf16>(out, st_own, ctx_o, st_ctx, item.n * s_.q_heads, d,
+                                              stream_);
+  }
   // Every context row precedes every own token: non-causal over the head-major context rows.
   cuda::PrefillAttentionParams c = p;
   const int64_t n = dc->shape().n_tokens;

@@ -9,8 +9,10 @@
 //      any item is SQUEEZED)] + [own tokens in the paged pool], split-K.
 //   3. bf16 prefill items (several new tokens) with a context: PrefillAttention non-causal over
 //      every context row (with (m, l)), causal PrefillAttention over the own keys (with (m, l)),
-//      merged exactly (MergeAttentionPartials). SQUEEZED requests prefill densely (sparse prefill
-//      per query block is not built yet).
+//      merged exactly (MergeAttentionPartials). SQUEEZED requests with Shape::sparse_prefill and
+//      a flat lookup replace the context part by SqueezedPrefill (context_prefill.h: one selection
+//      per block of query tokens, attention over the selected rows); otherwise they prefill
+//      densely.
 //   4. fp32 (the exactness mode), and bf16 decode when the decode kernel lacks the model's GQA
 //      group: ContextAttentionSimple (context keys, then own keys, one online softmax, fp32 math).
 // No host synchronisation inside a step: Prepare makes the step's metadata on the host and copies
@@ -33,11 +35,13 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "common/status.h"
 #include "engine/cuda/context_plan.h"
+#include "engine/cuda/context_prefill.h"
 #include "engine/cuda/device_context.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/paged_sequences.h"
@@ -58,6 +62,7 @@ class ContextStep {
     int layers = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
     int num_sms = 1;
     bool decode_kernel_fits = true;  // head_dim and group compiled in DecodeAttention
+    bool sparse_prefill = false;     // SQUEEZED prefill items select per query block (bf16)
   };
   // The backend's buffers a step's attention reads and writes (device memory).
   struct Buffers {
@@ -97,6 +102,8 @@ class ContextStep {
   Status Grow(DeviceMemory* m, size_t bytes, const char* what);
   Status Select(const StepLayout& L, int layer, const Buffers& b);
   Status PrefillItem(const StepLayout& L, size_t i, int layer, const Buffers& b);
+  // Plans and uploads the sparse prefill of the step's SQUEEZED prefill items (sparse_of_).
+  Status PrepareSparsePrefill(const StepLayout& L);
   cuda::SqueezeSelection Full() const;
   cuda::SqueezeSelection Compact() const;
   // The full selection as DecodeAttention (and the simple kernel) read it.
@@ -118,6 +125,10 @@ class ContextStep {
   int next_staging_ = 0;
   DeviceMemory select_;   // segment lists (full, compact), gathered q, lookup workspace
   DeviceMemory prefill_;  // context partial and (m, l) of a prefill item
+  // Sparse prefill (Shape::sparse_prefill): one SqueezedPrefill per prefill item of the step that
+  // runs sparse (reused across steps); sparse_of_[item] indexes it, -1 for dense context rows.
+  std::vector<std::unique_ptr<SqueezedPrefill>> sparse_prefill_;
+  std::vector<int> sparse_of_;
   size_t off_full_seg_ = 0, off_full_num_ = 0, off_full_len_ = 0, off_c_seg_ = 0, off_c_num_ = 0,
          off_c_len_ = 0, off_q_ = 0, off_ws_ = 0;
 };

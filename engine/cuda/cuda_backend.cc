@@ -225,6 +225,7 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
   cs.head_dim = static_cast<int>(config.head_dim);
   cs.num_sms = impl->num_sms_;
   cs.decode_kernel_fits = impl->DecodeKernelFits();
+  cs.sparse_prefill = options.sparse_prefill;
   impl->ctx_step_ = std::make_unique<ContextStep<T>>(cs, impl->stream_);
   SQZ_ASSIGN_OR_RETURN(impl->sampler_, DeviceSampler::Create(impl->logit_rows_, config.vocab,
                                                              options.max_penalty_tokens));

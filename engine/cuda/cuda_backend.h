@@ -25,8 +25,9 @@
 //
 // Deviations from the Backend guarantees (backend.h):
 //   * fixed contexts: SQUEEZED prefill (a step of several new tokens) attends to the whole
-//     context, like DENSE (sparse prefill per query block is not built yet), while the CPU
-//     selects per block of 64 tokens; SQUEEZED needs head_dim 64 or 128 and GQA groups <= 8
+//     context, like DENSE, while the CPU selects per block of 64 tokens -- unless
+//     CudaBackendOptions::sparse_prefill (bf16, flat lookups; off by default until run on a GPU
+//     through the backend); SQUEEZED needs head_dim 64 or 128 and GQA groups <= 8
 //     (else UNIMPLEMENTED: ask for DENSE); the lookup reads bf16 queries and centroids (also in the
 //     fp32 mode), so near-ties may select other clusters than the CPU; a context longer than the whole budget, or one that does not fit
 //     beside the contexts of running sequences, is RESOURCE_EXHAUSTED. The share of context keys
@@ -110,6 +111,11 @@ struct CudaBackendOptions {
   // per token, 16 GiB per 128K tokens) plus ~3% for the index. More keeps more contexts resident
   // (fewer uploads); it is memory the KV pool and weights cannot use.
   int64_t context_budget_bytes = int64_t{8} << 30;
+  // SQUEEZED requests prefill their own prompt sparsely, one selection per block of query tokens
+  // as the CPU backend does (context_prefill.h; bf16 and flat lookups). Off: their prefill reads
+  // every context row (as DENSE), so only their decode steps are squeezed. Off by default until
+  // the backend's tests of this path have run on a GPU (its kernels have: squeeze_gpu.md).
+  bool sparse_prefill = false;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
   int64_t max_penalty_tokens = 1 << 20;

@@ -69,12 +69,14 @@ Model RandomModel(uint64_t seed) {
 }
 
 std::unique_ptr<CudaBackend> MakeCuda(const Model& m, CudaDType dtype,
-                                      int64_t budget = int64_t{1} << 30) {
+                                      int64_t budget = int64_t{1} << 30,
+                                      bool sparse_prefill = false) {
   CudaBackendOptions o;
   o.dtype = dtype;
   o.kv_blocks = 256;
   o.max_step_tokens = 1024;
   o.context_budget_bytes = budget;
+  o.sparse_prefill = sparse_prefill;
   auto b = CudaBackend::Create(m, o);
   INFO(b.status().ToString());
   REQUIRE(b.ok());
@@ -166,12 +168,14 @@ class Bf16LookupOracle : public ContextAttention {
 };
 
 // One request of a comparison: its context (null: none) for prefill and for decode; the CPU
-// decodes with cpu_decode_ctx where set (a Bf16LookupOracle), else with decode_ctx.
+// decodes with cpu_decode_ctx where set (a Bf16LookupOracle), else with decode_ctx, and prefills
+// with cpu_prefill_ctx where set, else with prefill_ctx.
 struct Request {
   const ContextAttention* prefill_ctx = nullptr;
   const ContextAttention* decode_ctx = nullptr;
   int64_t prompt = 9;
   const ContextAttention* cpu_decode_ctx = nullptr;
+  const ContextAttention* cpu_prefill_ctx = nullptr;
 };
 
 struct Outcome {
@@ -209,7 +213,8 @@ Outcome Compare(Backend& cpu, Backend& gpu, const std::vector<Request>& reqs, in
   };
   std::vector<StepInput> cb, gb;
   for (size_t i = 0; i < n; ++i) {
-    cb.push_back({cs[i], prompts[i], reqs[i].prefill_ctx});
+    cb.push_back({cs[i], prompts[i],
+                  reqs[i].cpu_prefill_ctx ? reqs[i].cpu_prefill_ctx : reqs[i].prefill_ctx});
     gb.push_back({gs[i], prompts[i], reqs[i].prefill_ctx});
   }
   run(cb, gb, &out.worst_prefill);
@@ -438,6 +443,48 @@ TEST_CASE(
     if (fp32) CHECK(q.worst_decode < 1e-2);
     CHECK(q.greedy_agree >= q.greedy_total - 1);
   }
+}
+
+TEST_CASE(
+    "CudaBackend contexts, bf16 sparse prefill: budget 1 equals DENSE; 0.25 follows the CPU's "
+    "selection per query block") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const Model m = RandomModel(21);
+  const ContextSnapshot snap = Ingest(m, 700, 3);
+  auto dense = Attn(snap, AttentionMode::kDense);
+  auto full = Attn(snap, AttentionMode::kSqueezed, 1.0);
+  auto quarter = Attn(snap, AttentionMode::kSqueezed, 0.25);
+  const ContextSnapshot rounded = WithBf16Centroids(snap);
+  AttentionOptions quarter_options;
+  quarter_options.kv_budget = 0.25;
+  const Bf16LookupOracle oracle(rounded, quarter_options);
+  auto cpu = MakeCpu(m);
+  auto gpu = MakeCuda(m, CudaDType::kBf16, int64_t{1} << 30, /*sparse_prefill=*/true);
+  // Budget 1: every row of every block, so the dense context partial (prompts of 150, 64 and 1
+  // tokens: 3, 1 and 1 blocks).
+  const Outcome f = Compare(*cpu, *gpu,
+                            {{full.get(), dense.get(), 150, nullptr, dense.get()},
+                             {full.get(), dense.get(), 64, nullptr, dense.get()},
+                             {full.get(), dense.get(), 1, nullptr, dense.get()}},
+                            2, 5);
+  INFO("budget 1: worst prefill relative L2 " << f.worst_prefill);
+  CHECK(f.worst_prefill < 2e-2);
+  // Budget 0.25: against the CPU's sparse prefill from the same rounded inputs, and against its
+  // dense prefill. The sparse path must have run (far from dense) and follow the CPU's blocks
+  // (closer to the oracle than to dense).
+  const Outcome sparse = Compare(*cpu, *gpu, {{quarter.get(), dense.get(), 150, nullptr, &oracle}},
+                                 1, 6);
+  const Outcome vs_dense =
+      Compare(*cpu, *gpu, {{quarter.get(), dense.get(), 150, nullptr, dense.get()}}, 1, 6);
+  INFO("budget 0.25: worst prefill relative L2 to the CPU's sparse prefill " << sparse.worst_prefill
+       << ", to its dense prefill " << vs_dense.worst_prefill);
+  CHECK(vs_dense.worst_prefill > 3e-2);
+  CHECK(sparse.worst_prefill < vs_dense.worst_prefill);
+  // Off (the default): SQUEEZED requests prefill densely.
+  auto plain = MakeCuda(m, CudaDType::kBf16);
+  const Outcome off =
+      Compare(*cpu, *plain, {{quarter.get(), dense.get(), 150, nullptr, dense.get()}}, 1, 6);
+  CHECK(off.worst_prefill < 2e-2);
 }
 
 TEST_CASE("CudaBackend contexts: a batch mixing contexts, modes and no context matches the CPU") {
