@@ -43,6 +43,8 @@ std::vector<Field> Fields(DaemonConfig& c) {
       {"server.limits.max_new_tokens", K::kInt, &s.limits.max_new_tokens, 1, 1 << 20},
       {"server.limits.default_max_tokens", K::kInt, &s.limits.default_max_tokens, 1, 1 << 20},
       {"server.limits.max_message_bytes", K::kInt, &s.limits.max_message_bytes, 1024, 1LL << 31},
+      {"server.limits.context_load_wait_s", K::kDouble, &s.limits.context_load_wait_s, 0, 3600},
+      {"server.limits.context_loader_threads", K::kInt, &s.limits.context_loader_threads, 1, 64},
       {"server.logging.level", K::kEnum, &s.logging.level, 0, 0,
        {"trace", "debug", "info", "warn", "error", "critical", "off"}},
       {"server.logging.format", K::kEnum, &s.logging.format, 0, 0, {"text", "json"}},

@@ -221,6 +221,27 @@ engine:
   CHECK(with_backend("cpu").ok());
 }
 
+TEST_CASE("context load waiting: server.limits.context_load_wait_s and context_loader_threads") {
+  auto defaults = ParseDaemonConfig("");
+  REQUIRE(defaults.ok());
+  CHECK(defaults->server.limits.context_load_wait_s == 30.0);
+  CHECK(defaults->server.limits.context_loader_threads == 2);
+  auto set = ParseDaemonConfig("server: {limits: {context_load_wait_s: 2.5}}",
+                               {{"server.limits.context_loader_threads", "3"}});
+  REQUIRE(set.ok());
+  CHECK(set->server.limits.context_load_wait_s == 2.5);
+  CHECK(set->server.limits.context_loader_threads == 3);
+  CHECK(ParseDaemonConfig("server: {limits: {context_load_wait_s: 0}}").ok());  // refuse at once
+  auto bad = ParseDaemonConfig("server: {limits: {context_load_wait_s: -1, "
+                               "context_loader_threads: 0}}");
+  REQUIRE_FALSE(bad.ok());
+  const std::string m = bad.status().message();
+  CHECK(m.find("server.limits.context_load_wait_s: must be in [0, 3600], got -1") !=
+        std::string::npos);
+  CHECK(m.find("server.limits.context_loader_threads: must be in [1, 64], got 0") !=
+        std::string::npos);
+}
+
 TEST_CASE("ExpandPath expands ~ and environment variables") {
   setenv("SQZ_TEST_VAR", "/tmp/x", 1);
   CHECK(ExpandPath("${SQZ_TEST_VAR}/m.gguf") == "/tmp/x/m.gguf");

@@ -56,6 +56,8 @@ Daemon::~Daemon() {
   // still reach the registry), then the registry (it finishes pending persistence), the backend
   // and RocksDB.
   if (engine_) engine_->StopAccepting();
+  // No load may finish into an engine that is gone (a corrupt one would re-ingest).
+  if (registry_) registry_->StopAcquiring(UnavailableError("the server is shutting down"));
   engine_.reset();
   registry_.reset();
   backend_.reset();
@@ -91,6 +93,13 @@ void Daemon::RegisterMetrics() {
   r.ingest_seconds = m.AddHistogram("sqz_context_ingestion_seconds",
                                     "Registration to READY, per context.",
                                     {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600});
+  r.load_waiting = m.AddGauge("sqz_context_load_waiting",
+                              "Generate requests waiting for their context to be loaded (room in "
+                              "the resident budget, then the load from storage).");
+  r.load_wait_seconds = m.AddHistogram(
+      "sqz_context_load_wait_seconds",
+      "Time Generate requests waited for a context load (outcome: lease or error).",
+      {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60});
   auto* queue = m.AddGauge("sqz_queue_depth", "Generate requests waiting for admission.");
   auto* running = m.AddGauge("sqz_running_requests", "Generate requests being decoded.");
   auto* ingesting = m.AddGauge("sqz_ingesting_contexts", "Contexts being ingested.");
@@ -230,6 +239,9 @@ Status Daemon::LoadAndServe() {
                               ? std::min<int64_t>(c.server.limits.max_context_tokens, mc.max_positions)
                               : mc.max_positions;
   ro.model = IdentifyModel(*model_.model, model_.fingerprint);
+  ro.loader_threads = static_cast<int>(c.server.limits.context_loader_threads);
+  ro.max_load_wait = std::chrono::milliseconds(
+      static_cast<int64_t>(c.server.limits.context_load_wait_s * 1000.0));
   registry_ = std::make_unique<Registry>(store_.get(), engine_.get(), ro, registry_metrics_);
   SQZ_RETURN_IF_ERROR(registry_->Start());
   state_.model = &model_;
@@ -249,6 +261,11 @@ void Daemon::Shutdown(std::chrono::system_clock::time_point deadline) {
   state_.draining.store(true);
   server_->GetHealthCheckService()->SetServingStatus(false);
   if (engine_) engine_->StopAccepting();
+  // Requests still waiting for their context to be loaded would be refused by the engine now.
+  if (state_.ready.load()) {
+    registry_->StopAcquiring(
+        UnavailableError("the server is shutting down; retry on another replica"));
+  }
   // Drain: let open streams finish until the deadline, then end them with UNAVAILABLE.
   while (state_.streams_in_flight.load() > 0 && std::chrono::system_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

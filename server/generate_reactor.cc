@@ -1,5 +1,7 @@
 #include "server/generate_reactor.h"
 
+#include <utility>
+
 #include "server/status_map.h"
 
 namespace sqz {
@@ -39,16 +41,51 @@ void EventToResponse(const GenerateEvent& e, v1::GenerateResponse* out) {
   t->set_total_s(e.timings.total_s);
 }
 
-GenerateReactor::GenerateReactor(grpc::CallbackServerContext*,
-                                 std::shared_ptr<RequestStream> stream, std::string request_id,
+GenerateReactor::GenerateReactor(std::shared_ptr<RequestStream> stream, std::string request_id,
                                  DoneCallback on_done)
-    : stream_(std::move(stream)), request_id_(std::move(request_id)), on_done_(std::move(on_done)) {
+    : request_id_(std::move(request_id)), on_done_(std::move(on_done)) {
+  Attach(std::move(stream));
+}
+
+GenerateReactor::GenerateReactor(std::string request_id, DoneCallback on_done)
+    : request_id_(std::move(request_id)), on_done_(std::move(on_done)) {}
+
+void GenerateReactor::Attach(std::shared_ptr<RequestStream> stream) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stream_ = std::move(stream);
+    cancel_hook_ = nullptr;
+    // A cancel that came while the context was loading reaches the engine now.
+    if (cancelled_) stream_->Cancel(CancelledError("the client cancelled the call"));
+  }
   stream_->SetWaker([this] { Pump(); });
+}
+
+void GenerateReactor::FinishEarly(const Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cancel_hook_ = nullptr;
+  if (finishing_) return;
+  finishing_ = true;
+  final_event_.final = true;
+  final_event_.status = status;
+  Finish(ToGrpcStatus(status));
+}
+
+void GenerateReactor::SetCancelHook(std::function<void()> hook) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stream_ || finishing_) return;
+    if (!cancelled_) {
+      cancel_hook_ = std::move(hook);
+      return;
+    }
+  }
+  hook();  // the client cancelled before the hook was set
 }
 
 void GenerateReactor::Pump() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (write_in_flight_ || finishing_) return;
+  if (write_in_flight_ || finishing_ || !stream_) return;
   GenerateEvent e;
   if (!stream_->Pop(&e)) return;
   if (e.final) {
@@ -76,7 +113,7 @@ void GenerateReactor::OnWriteDone(bool ok) {
     write_in_flight_ = false;
     if (!ok) {
       // The client is gone: stop the engine work; OnDone follows once we finish.
-      stream_->Cancel(CancelledError("the client closed the stream"));
+      if (stream_) stream_->Cancel(CancelledError("the client closed the stream"));
       if (!finishing_) {
         finishing_ = true;
         Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed: client gone"));
@@ -88,14 +125,32 @@ void GenerateReactor::OnWriteDone(bool ok) {
 }
 
 void GenerateReactor::OnCancel() {
-  stream_->Cancel(CancelledError("the client cancelled the call"));
+  std::function<void()> hook;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    if (stream_) {
+      stream_->Cancel(CancelledError("the client cancelled the call"));
+      return;
+    }
+    hook = std::exchange(cancel_hook_, nullptr);
+  }
+  // Outside mu_: the hook ends the pending acquire, whose callback calls FinishEarly.
+  if (hook) hook();
 }
 
 void GenerateReactor::OnDone() {
-  stream_->ClearWaker();
-  if (!stream_->cancelled()) {
-    // Done without the engine having finished (e.g. the transport failed): stop the engine work.
-    stream_->Cancel(CancelledError("the call ended"));
+  std::shared_ptr<RequestStream> stream;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stream = stream_;
+  }
+  if (stream) {
+    stream->ClearWaker();
+    if (!stream->cancelled()) {
+      // Done without the engine having finished (e.g. the transport failed): stop the engine.
+      stream->Cancel(CancelledError("the call ended"));
+    }
   }
   if (on_done_) on_done_(final_event_);
   delete this;

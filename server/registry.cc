@@ -1,43 +1,22 @@
 #include "server/registry.h"
 
-#include <pthread.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
+#include "server/registry_internal.h"
+
 namespace sqz {
 
-struct Registry::Entry {
-  ContextRecord record;
-  std::shared_ptr<const ContextSnapshot> resident;  // null when not in memory
-  int64_t resident_bytes = 0;
-  int64_t in_flight = 0;
-  bool loading = false;
-  bool deleting = false;
-  std::function<void(Status)> delete_done;  // a Delete waiting for in_flight == 0 and !loading
-  std::shared_ptr<std::atomic<bool>> abandon;  // set to stop an ingestion in progress
-  std::chrono::steady_clock::time_point ingest_start;
-  std::map<int64_t, Watcher> watchers;
-};
+using registry_internal::LoadState;
+using registry_internal::NotFound;
+using registry_internal::RunAll;
+using registry_internal::Visible;
+using registry_internal::WallMs;
 
 namespace {
-
-// Wall-clock milliseconds, for the update time that Get and List show after each state change
-// (the store stamps its own copy when it writes).
-int64_t WallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-bool Visible(const ContextRecord& r, const std::string& owner) {
-  return owner.empty() || r.owner == owner;
-}
-
-Status NotFound(const std::string& id) {
-  return NotFoundError("context " + id + " not found");
-}
 
 ContextState StageState(IngestStage s) {
   switch (s) {
@@ -53,40 +32,25 @@ ContextState StageState(IngestStage s) {
 Registry::Registry(ContextStore* store, Engine* engine, RegistryOptions options,
                    RegistryMetrics metrics)
     : store_(store), engine_(engine), options_(options), metrics_(metrics) {
-  thread_ = std::thread([this] { ThreadLoop(); });
-  pthread_setname_np(thread_.native_handle(), "registry-persist");
+  persist_ = std::make_unique<Workers>("registry-persist", 1);
+  loaders_ = std::make_unique<Workers>("registry-load", std::max(1, options_.loader_threads));
+  timer_ = std::thread([this] { TimerLoop(); });
+  pthread_setname_np(timer_.native_handle(), "registry-timer");
 }
 
 Registry::~Registry() {
+  StopAcquiring(UnavailableError("the server is shutting down"));
   {
-    std::lock_guard<std::mutex> lock(task_mu_);
-    stopping_ = true;
+    std::lock_guard<std::mutex> lock(mu_);
+    timer_stopping_ = true;
   }
-  task_cv_.notify_all();
-  thread_.join();
+  timer_cv_.notify_all();
+  timer_.join();
+  loaders_->Stop();
+  persist_->Stop();
 }
 
-void Registry::Post(std::function<void()> task) {
-  {
-    std::lock_guard<std::mutex> lock(task_mu_);
-    tasks_.push_back(std::move(task));
-  }
-  task_cv_.notify_one();
-}
-
-void Registry::ThreadLoop() {
-  for (;;) {
-    std::function<void()> task;
-    {
-      std::unique_lock<std::mutex> lock(task_mu_);
-      task_cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
-      if (tasks_.empty()) return;  // stopping, all done
-      task = std::move(tasks_.front());
-      tasks_.pop_front();
-    }
-    task();
-  }
-}
+void Registry::Post(std::function<void()> task) { persist_->Post(std::move(task)); }
 
 ContextView Registry::ViewLocked(const Entry& e) const {
   return ContextView{e.record, e.resident != nullptr};
@@ -150,7 +114,9 @@ Status Registry::Start() {
     ReingestForModelLocked(e, lock);
   }
   for (auto& e : pinned) {
-    auto lease = Acquire(e->record.id, "");
+    AcquireOptions now;
+    now.wait_for_room = false;  // nothing is in use yet: waiting could not make room
+    auto lease = Acquire(e->record.id, "", now);
     if (!lease.ok()) spdlog::warn("pinned context {}: {}", e->record.id, lease.status().ToString());
   }
   spdlog::info("registry: {} contexts, {} resumed, {} re-ingested for this model, {} pinned loaded",
@@ -277,6 +243,7 @@ void Registry::Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot
   e->record = record;
   e->abandon.reset();
   const int64_t bytes = SnapshotBytes(*shared);
+  e->known_bytes = bytes;
   if (!e->deleting && MakeRoomLocked(bytes, e.get())) SetResidentLocked(e, shared);
   NotifyLocked(e, false);
   spdlog::info("context {} READY: {} tokens, {:.1f} MiB stored", record.id, record.token_count,
@@ -297,42 +264,6 @@ void Registry::Fail(const std::shared_ptr<Entry>& e, const std::string& why) {
   }
   spdlog::warn("context {} FAILED: {}", copy.id, why);
   Post([this, copy] { (void)store_->UpdateRecord(copy, /*sync=*/true); });
-}
-
-bool Registry::MakeRoomLocked(int64_t bytes, const Entry* keep) {
-  if (bytes > options_.resident_budget_bytes) return false;
-  for (auto it = lru_.rbegin(); resident_bytes_ + bytes > options_.resident_budget_bytes &&
-                                it != lru_.rend();) {
-    auto victim = entries_.find(*it);
-    ++it;
-    if (victim == entries_.end()) continue;
-    Entry& v = *victim->second;
-    if (&v == keep || v.in_flight > 0 || v.record.pinned || !v.resident) continue;
-    resident_bytes_ -= v.resident_bytes;
-    v.resident.reset();
-    v.resident_bytes = 0;
-    lru_.remove(victim->first);
-    if (metrics_.evictions) metrics_.evictions->Inc();
-    spdlog::info("evicted context {} from memory", victim->first);
-    it = lru_.rbegin();  // the list changed: restart from the least recent
-  }
-  PublishResidencyLocked();
-  return resident_bytes_ + bytes <= options_.resident_budget_bytes;
-}
-
-void Registry::SetResidentLocked(const std::shared_ptr<Entry>& e,
-                                 std::shared_ptr<const ContextSnapshot> s) {
-  e->resident_bytes = SnapshotBytes(*s);
-  e->resident = std::move(s);
-  resident_bytes_ += e->resident_bytes;
-  lru_.remove(e->record.id);
-  lru_.push_front(e->record.id);
-  PublishResidencyLocked();
-}
-
-void Registry::PublishResidencyLocked() {
-  if (metrics_.resident_bytes) metrics_.resident_bytes->Set(static_cast<double>(resident_bytes_));
-  if (metrics_.resident_contexts) metrics_.resident_contexts->Set(static_cast<double>(lru_.size()));
 }
 
 StatusOr<ContextView> Registry::Create(CreateContextArgs args) {
@@ -417,7 +348,7 @@ StatusOr<Registry::Page> Registry::List(int64_t page_size, const std::string& pa
 
 void Registry::Delete(const std::string& id, const std::string& owner,
                       std::function<void(Status)> done) {
-  std::shared_ptr<Entry> e;
+  std::vector<std::function<void()>> later;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = entries_.find(id);
@@ -425,16 +356,28 @@ void Registry::Delete(const std::string& id, const std::string& owner,
       done(NotFound(id));
       return;
     }
-    e = it->second;
+    std::shared_ptr<Entry> e = it->second;
     e->deleting = true;  // no new leases; progress and persistence stop
     if (e->abandon) e->abandon->store(true);
     e->delete_done = std::move(done);
-    StartDeleteIfIdleLocked(e);
+    StartDeleteIfIdleLocked(e, &later);
   }
+  RunAll(later);
 }
 
-void Registry::StartDeleteIfIdleLocked(const std::shared_ptr<Entry>& e) {
-  if (!e->deleting || !e->delete_done || e->in_flight > 0 || e->loading) return;
+void Registry::StartDeleteIfIdleLocked(const std::shared_ptr<Entry>& e,
+                                       std::vector<std::function<void()>>* later) {
+  if (!e->deleting) return;
+  if (later && e->load == LoadState::kWaitingForRoom) {
+    // Nothing was read for them yet: they end now (a load in progress completes its waiters).
+    const std::vector<int64_t> waiting = e->tickets;
+    for (int64_t t : waiting) {
+      later->push_back(TakeTicketLocked(
+          t, NotFoundError("context " + e->record.id +
+                           " was deleted while this request waited for it to be loaded")));
+    }
+  }
+  if (!e->delete_done || e->in_flight > 0 || e->load == LoadState::kLoading) return;
   // The registry thread never waits for requests in flight: the deletion is posted when the last
   // lease goes, so persistence and other deletions go on meanwhile.
   Post([this, e, done = std::exchange(e->delete_done, nullptr)] {
@@ -456,95 +399,8 @@ void Registry::StartDeleteIfIdleLocked(const std::shared_ptr<Entry>& e) {
       e->deleting = false;
       done(s.WithContext("deleting context " + id));
     }
+    AdmitWaitingLocked();  // the bytes it held may make room
   });
-}
-
-StatusOr<ContextLease> Registry::Acquire(const std::string& id, const std::string& owner) {
-  std::shared_ptr<Entry> e;
-  std::unique_lock<std::mutex> lock(mu_);
-  auto it = entries_.find(id);
-  if (it == entries_.end() || it->second->deleting || !Visible(it->second->record, owner)) {
-    return NotFound(id);
-  }
-  e = it->second;
-  idle_cv_.wait(lock, [&] { return !e->loading; });
-  if (e->deleting) return NotFound(id);
-  const ContextRecord& r = e->record;
-  const bool other_model = r.model_fingerprint != options_.model.Hash();
-  if (r.state == ContextState::kFailed && !other_model) {
-    return FailedPreconditionError("context " + id + " FAILED: " + r.error);
-  }
-  if (r.state != ContextState::kReady && r.state != ContextState::kFailed) {
-    return FailedPreconditionError("context " + id + " is not ready yet (state " +
-                                   std::string(ContextStateName(r.state)) + ", " +
-                                   std::to_string(static_cast<int>(r.progress * 100)) + "%)");
-  }
-  if (other_model) {
-    // Built for another model, or failed with one (e.g. one too short for it; this one may hold
-    // it). Start() already re-ingests such contexts; this covers a record that changed since.
-    const std::string what = ReingestForModelLocked(e, lock);
-    return FailedPreconditionError("context " + id + " " + what +
-                                   " and is being re-ingested; retry when it is READY again");
-  }
-  if (!e->resident) {
-    // Load outside the lock; other requests for this context wait for it (loading).
-    e->loading = true;
-    const ContextRecord record = e->record;
-    lock.unlock();
-    auto snap = store_->LoadSnapshot(record);
-    lock.lock();
-    e->loading = false;
-    idle_cv_.notify_all();
-    StartDeleteIfIdleLocked(e);  // a Delete that came during the load (this request still runs)
-    if (!snap.ok()) {
-      // Never serve what failed verification: rebuild from the tokens.
-      const std::string why = snap.status().ToString();
-      lock.unlock();
-      spdlog::error("context {}: stored KV failed verification ({}); re-ingesting", id, why);
-      if (metrics_.reingestions) metrics_.reingestions->Inc();
-      {
-        std::lock_guard<std::mutex> relock(mu_);
-        e->record.state = ContextState::kQueued;
-        e->record.update_time_ms = WallMs();
-        e->record.error = "stored KV failed verification and is being rebuilt: " + why;
-        NotifyLocked(e, false);
-      }
-      auto tokens = store_->LoadTokens(id);
-      if (tokens.ok()) {
-        SubmitIngestion(e, std::move(tokens).value());
-      } else {
-        Fail(e, why + "; tokens unreadable: " + tokens.status().message());
-      }
-      return FailedPreconditionError("context " + id +
-                                     ": stored KV failed verification and is being rebuilt (" +
-                                     why + ")");
-    }
-    auto shared = std::make_shared<const ContextSnapshot>(std::move(snap).value());
-    const int64_t bytes = SnapshotBytes(*shared);
-    if (!MakeRoomLocked(bytes, e.get())) {
-      return ResourceExhaustedError(
-          "context " + id + " needs " + std::to_string(bytes >> 20) +
-          " MiB of resident memory; the budget (engine.memory.resident_contexts_mb) is " +
-          std::to_string(options_.resident_budget_bytes >> 20) +
-          " MiB and the rest is held by contexts in use; retry later");
-    }
-    SetResidentLocked(e, std::move(shared));
-    if (metrics_.residency_loads) metrics_.residency_loads->Inc();
-  } else {
-    lru_.remove(id);
-    lru_.push_front(id);
-    if (metrics_.residency_hits) metrics_.residency_hits->Inc();
-  }
-  ++e->in_flight;
-  ContextLease lease;
-  lease.snapshot = e->resident;
-  lease.hold = std::shared_ptr<void>(nullptr, [this, e](void*) {
-    std::lock_guard<std::mutex> lock(mu_);
-    --e->in_flight;
-    idle_cv_.notify_all();
-    StartDeleteIfIdleLocked(e);
-  });
-  return lease;
 }
 
 StatusOr<int64_t> Registry::Watch(const std::string& id, const std::string& owner,
@@ -563,11 +419,6 @@ void Registry::Unwatch(const std::string& id, int64_t handle) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
   if (it != entries_.end()) it->second->watchers.erase(handle);
-}
-
-int64_t Registry::resident_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return resident_bytes_;
 }
 
 }  // namespace sqz

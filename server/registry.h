@@ -14,12 +14,27 @@
 // used, unpinned, idle contexts are evicted and loaded again from the store on use. A blob that
 // fails verification never reaches a query: the context is rebuilt from its tokens.
 //
+// Acquiring a context for a request (AcquireAsync) never blocks the caller: a resident context is
+// leased at once; otherwise the caller's callback runs later, when a loader thread has read the
+// snapshot from the store. Requests for a context being loaded share its load. Before a load
+// starts, its bytes are reserved in the budget (the size seen when it was last resident, else the
+// record's stored_bytes, an upper bound); a load that does not fit even after evicting every idle
+// context waits in a FIFO queue until released leases make room, for at most max_load_wait and
+// the request's deadline. The head of the queue is served first (no overtaking by smaller loads).
+// A context that cannot fit even in an empty budget (or beside the pinned contexts) is refused at
+// once. Dropping a waiting request (cancel, deadline, wait limit, deletion) changes nothing stored.
+//
 // Ownership and threads: borrows the store, the engine and the metrics (they outlive it). Public
-// methods are thread-safe; per-context operations are serialised by mu_. Delete runs on the
+// methods are thread-safe; per-context operations are serialised by mu_. Threads: one
+// "registry-persist" (persistence and deletions), loader_threads "registry-load" (snapshot loads),
+// one "registry-timer" (ends acquires whose deadline or wait limit passed). Delete runs on the
 // registry thread once the context's requests in flight are done and completes through a
-// callback, so neither a gRPC handler nor the registry thread blocks on it.
+// callback, so neither a gRPC handler nor the registry thread blocks on it. Acquire callbacks
+// never run with mu_ held (Delete's `done` does). Internals: registry_internal.h; the lifecycle is
+// in registry.cc, residency and acquires in registry_residency.cc.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -47,6 +62,13 @@ struct RegistryOptions {
   int64_t max_context_tokens = 0;  // > 0
   // The serving model; contexts stored with another identity are stale and re-ingested on use.
   ModelIdentity model;
+  // Threads that load snapshots from the store (server.limits.context_loader_threads, >= 1).
+  // More overlap more loads of different contexts; each load holds its reservation until done.
+  int loader_threads = 2;
+  // How long an acquire may wait for room in the budget before RESOURCE_EXHAUSTED
+  // (server.limits.context_load_wait_s); zero refuses at once when the budget is held by contexts
+  // in use. The request's own deadline also bounds the wait.
+  std::chrono::milliseconds max_load_wait{30000};
 };
 
 struct RegistryMetrics {
@@ -57,6 +79,10 @@ struct RegistryMetrics {
   metrics::Gauge* resident_bytes = nullptr;
   metrics::Gauge* resident_contexts = nullptr;
   metrics::Histogram* ingest_seconds = nullptr;
+  // Acquires waiting for their context to be loaded (room in the budget, then the load itself).
+  metrics::Gauge* load_waiting = nullptr;
+  // Seconds from an acquire that missed to its outcome (lease or error), per acquire.
+  metrics::Histogram* load_wait_seconds = nullptr;
 };
 
 struct CreateContextArgs {
@@ -73,6 +99,15 @@ struct CreateContextArgs {
 struct ContextLease {
   std::shared_ptr<const ContextSnapshot> snapshot;
   std::shared_ptr<void> hold;  // releases the in-flight count when destroyed
+};
+
+// How an acquire may wait for its context to be loaded.
+struct AcquireOptions {
+  // The request's deadline: a pending acquire ends with DEADLINE_EXCEEDED when it passes.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  // false: a load that does not fit the budget now is refused at once with RESOURCE_EXHAUSTED
+  // (pinned loads at start) instead of waiting for room.
+  bool wait_for_room = true;
 };
 
 // The public view of a context.
@@ -110,11 +145,32 @@ class Registry {
   // thread (or inline for an immediate error).
   void Delete(const std::string& id, const std::string& owner, std::function<void(Status)> done);
 
-  // For Generate: FAILED_PRECONDITION unless READY (naming the state and progress, or the
-  // failure), NOT_FOUND as for Get, RESOURCE_EXHAUSTED when it cannot be made resident within the
-  // budget. (A READY or FAILED context whose record names another model -- Start() re-ingests
-  // those -- starts re-ingesting and answers FAILED_PRECONDITION saying what changed.)
-  StatusOr<ContextLease> Acquire(const std::string& id, const std::string& owner);
+  // For Generate. `done` gets the lease, or: NOT_FOUND as for Get (also when the context is
+  // deleted while the acquire waits); FAILED_PRECONDITION unless READY (naming the state and
+  // progress, or the failure; a READY or FAILED context whose record names another model -- Start()
+  // re-ingests those -- starts re-ingesting and says what changed; a snapshot that fails
+  // verification starts its rebuild from the tokens); RESOURCE_EXHAUSTED at once when the context
+  // is larger than the whole budget, or than what the pinned contexts leave of it, naming
+  // engine.memory.resident_contexts_mb; RESOURCE_EXHAUSTED when no room was made within
+  // max_load_wait (or at once with wait_for_room false or a zero wait); DEADLINE_EXCEEDED when
+  // options.deadline passes first; the status given to CancelAcquire or StopAcquiring.
+  // `done` runs exactly once: inline (resident context, or an immediate error), on a
+  // "registry-load" thread, on the "registry-timer" thread, or inside CancelAcquire, Delete or
+  // StopAcquiring. It must not block for long. Returns a ticket for CancelAcquire (never reused;
+  // it may already be finished).
+  using AcquireDone = std::function<void(StatusOr<ContextLease> lease)>;
+  int64_t AcquireAsync(const std::string& id, const std::string& owner, AcquireOptions options,
+                       AcquireDone done);
+  // Ends a pending acquire now, on this thread, with `why` (e.g. CANCELLED); the shared load, if
+  // one runs, goes on (its context becomes resident). No-op when the ticket has finished.
+  void CancelAcquire(int64_t ticket, const Status& why);
+  // Ends every pending acquire with `why`, refuses later ones with it, and waits for loads in
+  // progress to finish. For shutdown, before the engine stops; idempotent.
+  void StopAcquiring(const Status& why);
+  // Blocks until AcquireAsync's outcome: for Start (pinned contexts) and tests, never for a gRPC
+  // callback thread.
+  StatusOr<ContextLease> Acquire(const std::string& id, const std::string& owner,
+                                 AcquireOptions options = {});
 
   // Calls `on_update` with the current view now and after every change, until it returns false or
   // the context is gone. Returns a handle for Unwatch, or NOT_FOUND.
@@ -123,9 +179,13 @@ class Registry {
   void Unwatch(const std::string& id, int64_t handle);
 
   int64_t resident_bytes() const;
+  // Acquires pending now (waiting for room or for their load).
+  int64_t acquires_waiting() const;
 
  private:
   struct Entry;
+  struct Ticket;
+  class Workers;
   void SubmitIngestion(const std::shared_ptr<Entry>& e, std::vector<int32_t> tokens);
   // Re-ingests a READY or FAILED context whose record names another model: QUEUED now (watchers
   // told), tokens reloaded and submitted. Called with mu_ held through `lock`; returns with it
@@ -136,17 +196,37 @@ class Registry {
   void OnIngested(const std::shared_ptr<Entry>& e, StatusOr<ContextSnapshot> snapshot);
   void Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot);
   void Fail(const std::shared_ptr<Entry>& e, const std::string& why);
-  // Makes room for `bytes` by evicting LRU idle unpinned contexts; false when impossible.
+  // Makes room for `bytes` (beside the resident and reserved bytes) by evicting LRU idle unpinned
+  // contexts other than `keep`; false, evicting nothing, when even evicting all of them would not.
   bool MakeRoomLocked(int64_t bytes, const Entry* keep);
+  // Bytes to reserve for loading `e`: its size when last resident, else its stored_bytes.
+  int64_t LoadBytesLocked(const Entry& e) const;
+  int64_t PinnedBytesLocked() const;
+  // A lease on the resident `e`: counts a request in flight until released.
+  ContextLease LeaseLocked(const std::shared_ptr<Entry>& e);
+  // Reserves the load's bytes and posts it to the loaders.
+  void StartLoadLocked(const std::shared_ptr<Entry>& e, int64_t bytes);
+  // Runs on a loader thread: reads and verifies the snapshot, then completes every waiter.
+  void RunLoad(const std::shared_ptr<Entry>& e, const ContextRecord& record);
+  // Starts the loads at the head of the room queue that fit now (FIFO).
+  void AdmitWaitingLocked();
+  int64_t AddTicketLocked(const std::shared_ptr<Entry>& e, const AcquireOptions& options,
+                          AcquireDone done);
+  // Removes a pending ticket (and its entry from the room queue when it was the last waiter);
+  // returns its callback, to be run with `result` once mu_ is released.
+  std::function<void()> TakeTicketLocked(int64_t ticket, StatusOr<ContextLease> result);
+  void PublishWaitingLocked();
+  void TimerLoop();
   void SetResidentLocked(const std::shared_ptr<Entry>& e, std::shared_ptr<const ContextSnapshot> s);
   // Sets the resident bytes and resident contexts gauges after any change of lru_.
   void PublishResidencyLocked();
-  // Posts the pending deletion of `e` once it has no requests in flight and no load running.
-  void StartDeleteIfIdleLocked(const std::shared_ptr<Entry>& e);
+  // Posts the pending deletion of `e` once it has no requests in flight and no load running;
+  // acquires waiting for room for it end with NOT_FOUND through `later` (run after unlocking).
+  void StartDeleteIfIdleLocked(const std::shared_ptr<Entry>& e,
+                               std::vector<std::function<void()>>* later = nullptr);
   void NotifyLocked(const std::shared_ptr<Entry>& e, bool deleted);
   ContextView ViewLocked(const Entry& e) const;
-  void Post(std::function<void()> task);
-  void ThreadLoop();
+  void Post(std::function<void()> task);  // to the registry-persist thread
 
   ContextStore* const store_;
   Engine* const engine_;
@@ -154,17 +234,23 @@ class Registry {
   const RegistryMetrics metrics_;
 
   mutable std::mutex mu_;
-  std::condition_variable idle_cv_;  // in-flight counts reaching zero, loads finishing
+  std::condition_variable loads_cv_;  // loads_running_ reaching zero
+  std::condition_variable timer_cv_;  // a new ticket, or stopping
   std::map<std::string, std::shared_ptr<Entry>> entries_;  // GUARDED_BY(mu_)
   std::list<std::string> lru_;       // GUARDED_BY(mu_): resident ids, most recent first
   int64_t resident_bytes_ = 0;       // GUARDED_BY(mu_)
+  int64_t reserved_bytes_ = 0;       // GUARDED_BY(mu_): loads in progress
+  int64_t loads_running_ = 0;        // GUARDED_BY(mu_)
   int64_t next_watch_ = 1;           // GUARDED_BY(mu_)
+  int64_t next_ticket_ = 1;          // GUARDED_BY(mu_)
+  std::map<int64_t, Ticket> tickets_;  // GUARDED_BY(mu_): pending acquires
+  std::deque<std::shared_ptr<Entry>> room_queue_;  // GUARDED_BY(mu_): loads waiting for room
+  std::optional<Status> stop_acquiring_;           // GUARDED_BY(mu_)
+  bool timer_stopping_ = false;                    // GUARDED_BY(mu_)
 
-  std::mutex task_mu_;
-  std::condition_variable task_cv_;
-  std::deque<std::function<void()>> tasks_;  // GUARDED_BY(task_mu_)
-  bool stopping_ = false;                    // GUARDED_BY(task_mu_)
-  std::thread thread_;
+  std::unique_ptr<Workers> persist_;  // "registry-persist": one thread
+  std::unique_ptr<Workers> loaders_;  // "registry-load": loader_threads threads
+  std::thread timer_;                 // "registry-timer"
 };
 
 }  // namespace sqz

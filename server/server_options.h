@@ -26,6 +26,14 @@ struct LimitsOptions {
   int64_t max_new_tokens = 4096;    // per request
   int64_t default_max_tokens = 256;  // when a request leaves max_tokens at 0
   int64_t max_message_bytes = 64 << 20;
+  // Seconds a Generate call may wait for room in the resident budget
+  // (engine.memory.resident_contexts_mb) for its context's load, while other contexts are held by
+  // requests in flight; then RESOURCE_EXHAUSTED. The client's deadline also bounds it. 0 refuses
+  // at once. Longer rides out bursts; shorter tells clients sooner to retry elsewhere.
+  double context_load_wait_s = 30.0;
+  // Threads loading contexts from storage for Generate (never a gRPC thread). More overlap loads
+  // of different contexts (disk reads and checksums).
+  int64_t context_loader_threads = 2;
 };
 
 struct LoggingOptions {

@@ -145,6 +145,54 @@ void ContextToProto(const ContextView& view, v1::Context* out) {
 
 // ---- GenerationService ----------------------------------------------------------------------
 
+namespace {
+
+// Counts a finished Generate call in the metrics (any outcome) and its stream as closed.
+GenerateReactor::DoneCallback RecordDone(ServingState* state) {
+  return [state](const GenerateEvent& final_event) {
+    const auto& m = state->metrics;
+    const auto& u = final_event.usage;
+    if (!final_event.status.ok() && m.request_errors) m.request_errors->Inc();
+    if (m.generated_tokens) m.generated_tokens->Inc(static_cast<double>(u.completion_tokens));
+    const auto& t = final_event.timings;
+    if (u.completion_tokens > 0 && m.ttft) m.ttft->Observe(t.time_to_first_token_s);
+    if (u.completion_tokens > 1 && m.inter_token) {
+      m.inter_token->Observe((t.total_s - t.time_to_first_token_s) / (u.completion_tokens - 1));
+    }
+    if (u.context_tokens > 0 && m.keys_read) m.keys_read->Observe(u.context_keys_read);
+    state->streams_in_flight.fetch_sub(1);
+  };
+}
+
+// The checks that need the context's length, then Submit. `max_tokens_given`: the request set
+// max_tokens (else the default shrinks to what fits the model).
+StatusOr<std::shared_ptr<RequestStream>> SubmitJob(ServingState& s, GenerateJob job,
+                                                   bool max_tokens_given) {
+  const int64_t context_tokens = job.context ? job.context->dims.n_tokens : 0;
+  const int64_t prompt_tokens = static_cast<int64_t>(job.prompt.size());
+  const int64_t model_len = s.model->model->config.max_positions;
+  if (!max_tokens_given) {
+    const int64_t room = model_len - context_tokens - prompt_tokens;
+    if (room >= 1 && room < job.sampling.max_tokens) {
+      job.sampling.max_tokens = static_cast<int32_t>(room);
+    }
+  }
+  const int64_t total = context_tokens + prompt_tokens + job.sampling.max_tokens;
+  if (total > model_len) {
+    return InvalidArgumentError(
+        "context (" + std::to_string(context_tokens) + ") + prompt (" +
+        std::to_string(prompt_tokens) + ") + max_tokens (" +
+        std::to_string(job.sampling.max_tokens) + ") = " + std::to_string(total) +
+        " tokens exceeds the model's length of " + std::to_string(model_len));
+  }
+  SQZ_ASSIGN_OR_RETURN(auto stream, s.engine->Submit(std::move(job)));
+  if (s.metrics.requests) s.metrics.requests->Inc();
+  if (s.metrics.prompt_tokens) s.metrics.prompt_tokens->Inc(static_cast<double>(prompt_tokens));
+  return stream;
+}
+
+}  // namespace
+
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req) {
   ServingState& s = *state_;
@@ -157,24 +205,22 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
   if (Status r = CheckReady(s); !r.ok()) return fail(r);
   if (s.draining.load()) return fail(UnavailableError("the server is shutting down"));
 
+  // Everything that does not need the context's snapshot is checked before it is acquired.
   GenerateJob job;
   job.arrival = Clock::now();
   job.request_id = req->request_id().empty() ? RandomId(12) : req->request_id();
-  const SqueezeDefaults& defaults = s.config->engine.squeeze;
-  int64_t context_tokens = 0;
-  if (!req->context().empty()) {
+  job.deadline = SteadyDeadline(*ctx);
+  const bool has_context = !req->context().empty();
+  std::string context_id;
+  if (has_context) {
     auto id = ParseContextName(req->context());
     if (!id.ok()) return fail(id.status().WithContext("context"));
-    auto lease = s.registry->Acquire(*id, *owner);
-    if (!lease.ok()) return fail(lease.status());
-    job.context = lease->snapshot;
-    job.lease = lease->hold;
-    context_tokens = job.context->dims.n_tokens;
-    auto attention = AttentionOptionsFromProto(req->attention(), defaults);
+    context_id = *id;
+    auto attention = AttentionOptionsFromProto(req->attention(), s.config->engine.squeeze);
     if (!attention.ok()) return fail(attention.status());
     job.attention = *attention;
   }
-  auto prompt = PromptTokens(s, *req, job.context != nullptr);
+  auto prompt = PromptTokens(s, *req, has_context);
   if (!prompt.ok()) return fail(prompt.status());
   job.prompt = std::move(prompt).value();
   const auto& limits = s.config->server.limits;
@@ -190,55 +236,46 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
   if (!sampling.ok()) return fail(sampling.status());
   job.sampling = std::move(sampling).value();
   job.logprobs = req->sampling().logprobs();
-  const int64_t model_len = s.model->model->config.max_positions;
-  if (!req->sampling().has_max_tokens()) {
-    // The default never pushes a request past the model's length: it shrinks to what fits.
-    const int64_t room = model_len - context_tokens - static_cast<int64_t>(job.prompt.size());
-    if (room >= 1 && room < job.sampling.max_tokens) {
-      job.sampling.max_tokens = static_cast<int32_t>(room);
-    }
-  }
-  const int64_t total = context_tokens + static_cast<int64_t>(job.prompt.size()) +
-                        job.sampling.max_tokens;
-  if (total > model_len) {
-    return fail(InvalidArgumentError(
-        "context (" + std::to_string(context_tokens) + ") + prompt (" +
-        std::to_string(job.prompt.size()) + ") + max_tokens (" +
-        std::to_string(job.sampling.max_tokens) + ") = " + std::to_string(total) +
-        " tokens exceeds the model's length of " + std::to_string(model_len)));
-  }
-  job.deadline = SteadyDeadline(*ctx);
-  const int64_t prompt_tokens = static_cast<int64_t>(job.prompt.size());
+  const bool max_tokens_given = req->sampling().has_max_tokens();
   const std::string request_id = job.request_id;
-  auto stream = s.engine->Submit(std::move(job));
-  if (!stream.ok()) return fail(stream.status());
-  if (s.metrics.requests) s.metrics.requests->Inc();
-  if (s.metrics.prompt_tokens) s.metrics.prompt_tokens->Inc(static_cast<double>(prompt_tokens));
+
+  if (!has_context) {
+    auto stream = SubmitJob(s, std::move(job), max_tokens_given);
+    if (!stream.ok()) return fail(stream.status());
+    s.streams_in_flight.fetch_add(1);
+    return new GenerateReactor(std::move(stream).value(), request_id, RecordDone(state_));
+  }
+  // The context may have to be loaded (or wait for room in memory) first: the reactor is
+  // returned at once and the acquire's callback submits the job, on whichever thread the lease
+  // comes (inline when the context is resident).
   s.streams_in_flight.fetch_add(1);
+  auto* reactor = new GenerateReactor(request_id, RecordDone(state_));
+  AcquireOptions options;
+  options.deadline = job.deadline;
+  auto pending = std::make_shared<GenerateJob>(std::move(job));
   ServingState* state = state_;
-  return new GenerateReactor(ctx, std::move(stream).value(), request_id,
-                             [state](const GenerateEvent& final_event) {
-                               const auto& m = state->metrics;
-                               const auto& u = final_event.usage;
-                               if (!final_event.status.ok() && m.request_errors) {
-                                 m.request_errors->Inc();
-                               }
-                               if (m.generated_tokens) {
-                                 m.generated_tokens->Inc(static_cast<double>(u.completion_tokens));
-                               }
-                               const auto& t = final_event.timings;
-                               if (u.completion_tokens > 0 && m.ttft) {
-                                 m.ttft->Observe(t.time_to_first_token_s);
-                               }
-                               if (u.completion_tokens > 1 && m.inter_token) {
-                                 m.inter_token->Observe((t.total_s - t.time_to_first_token_s) /
-                                                        (u.completion_tokens - 1));
-                               }
-                               if (u.context_tokens > 0 && m.keys_read) {
-                                 m.keys_read->Observe(u.context_keys_read);
-                               }
-                               state->streams_in_flight.fetch_sub(1);
-                             });
+  const int64_t ticket = s.registry->AcquireAsync(
+      context_id, *owner, options,
+      [state, reactor, pending, max_tokens_given](StatusOr<ContextLease> lease) {
+        if (!lease.ok()) {
+          reactor->FinishEarly(lease.status());
+          return;
+        }
+        pending->context = lease->snapshot;
+        pending->lease = lease->hold;
+        auto stream = SubmitJob(*state, std::move(*pending), max_tokens_given);
+        if (!stream.ok()) {
+          reactor->FinishEarly(stream.status());
+          return;
+        }
+        reactor->Attach(std::move(stream).value());
+      });
+  Registry* registry = s.registry;
+  reactor->SetCancelHook([registry, ticket] {
+    registry->CancelAcquire(ticket, CancelledError("the client cancelled the call while its "
+                                                   "context was waiting to be loaded"));
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* GenerationServiceImpl::Tokenize(grpc::CallbackServerContext* ctx,

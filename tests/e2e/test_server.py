@@ -9,6 +9,8 @@ stories260K model. Covers issue 7's "Done when" items:
   6. SIGTERM during 8 open streams; restart on the same data              (ShutdownRestartTest)
   7. health and a generic reflection client                                 (HealthReflectionTest)
   8. examples/python_client.py against the real server                      (ExampleClientTest)
+  9. a context that must wait for room in memory: waits without holding a gRPC thread, is served
+     when the context in use is released; cancel and deadline while waiting (ContextLoadWaitTest)
 
 Usage: test_server.py SQUEEZED STUB_DIR SQZ_GENERATE [unittest arguments, e.g. a class name]
 Needs grpcio, grpcio-health-checking and grpcio-reflection (the project's .venv).
@@ -16,6 +18,7 @@ Needs grpcio, grpcio-health-checking and grpcio-reflection (the project's .venv)
 
 import concurrent.futures
 import os
+import random
 import re
 import signal
 import subprocess
@@ -835,6 +838,148 @@ class ExampleClientTest(ServerWithContexts):
                          rf"{expected.final.usage.prompt_tokens} tokens, completion "
                          rf"{len(expected.ids)} tokens; keys read \d+(\.\d)?%; first token "
                          r"after \d+\.\d+ s")
+
+
+# ---- 9: a Generate whose context must wait for room in memory ---------------------------------
+
+# engine.memory.resident_contexts_mb = 1 and two 400-token contexts: a stories260K snapshot takes
+# ~1.4 KB per token, so one context (~0.55 MiB) fits and two do not. One engine slot
+# (max_running 1) and long requests without a context queued ahead keep the first context's
+# request -- and so its lease -- in the engine for a second or more.
+WAIT_CONFIG = """
+engine:
+  memory: {resident_contexts_mb: 1}
+  scheduler: {max_running: 1}
+"""
+WAIT_CONTEXT_TOKENS = 400
+BLOCKERS = 6
+
+
+class ContextLoadWaitTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = start_server(WAIT_CONFIG,
+                                  args=["--set", "server.metrics_address=127.0.0.1:0"])
+        cls.client = Client(cls.server.address)
+        cls.port = metrics_port(cls.server)
+        rng = random.Random(9)
+        for cid in ("wait-a", "wait-b"):
+            register(cls.client, cid, ids=[rng.randrange(3, 500)
+                                           for _ in range(WAIT_CONTEXT_TOKENS)])
+            watch_until_ready(cls.client, f"contexts/{cid}")
+        size = scrape(cls.port)["sqz_context_resident_bytes"]
+        assert (1 << 20) < 2 * size and size <= (1 << 20), f"one context is {size} bytes"
+        # Alone, each context is loaded (evicting the other) and answers.
+        cls.expected = {cid: generate(cls.client, cls.request(cid)).ids
+                        for cid in ("wait-a", "wait-b")}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.kill()
+
+    @staticmethod
+    def request(cid):
+        return gen_request(f"contexts/{cid}", text=PROMPTS[4], max_tokens=40, mode=Attn.DENSE)
+
+    def metric(self, name):
+        return scrape(self.port).get(name, 0.0)
+
+    def hold_context_a(self):
+        """Queues BLOCKERS long requests without a context, then one over wait-a behind them:
+        wait-a is leased (resident) until that request leaves the engine. Returns the threads'
+        results (dict) and the threads."""
+        results, threads = {}, []
+
+        def run(key, req):
+            try:
+                r = generate(self.client, req, timeout=120)
+                results[key] = (r, time.time())
+            except grpc.RpcError as e:
+                results[key] = (e, time.time())
+
+        for i in range(BLOCKERS):
+            threads.append(threading.Thread(target=run, args=(
+                f"blocker-{i}", gen_request(text=PROMPTS[i % len(PROMPTS)], max_tokens=480))))
+            threads[-1].start()
+        self.assertTrue(lib.wait_until(
+            lambda: self.metric("sqz_queue_depth") + self.metric("sqz_running_requests") >=
+            BLOCKERS, timeout=10), "the blocking requests did not reach the engine")
+        threads.append(threading.Thread(target=run, args=("a", self.request("wait-a"))))
+        threads[-1].start()
+        self.assertTrue(lib.wait_until(
+            lambda: self.client.ctx.GetContext(ctx_pb.GetContextRequest(name="contexts/wait-a"),
+                                               timeout=5).resident, timeout=10))
+        return results, threads
+
+    def test_second_context_waits_for_the_first_to_finish_and_rpcs_are_answered_meanwhile(self):
+        waits_before = self.metric("sqz_context_load_wait_seconds_count")
+        results, threads = self.hold_context_a()
+        for i in range(3):  # three requests over wait-b share one load
+            def run_b(key=f"b-{i}"):
+                try:
+                    results[key] = (generate(self.client, self.request("wait-b"), timeout=60),
+                                    time.time())
+                except grpc.RpcError as e:
+                    results[key] = (e, time.time())
+            threads.append(threading.Thread(target=run_b))
+            threads[-1].start()
+        self.assertTrue(lib.wait_until(lambda: self.metric("sqz_context_load_waiting") == 3,
+                                       timeout=10),
+                        f"the wait-b requests are not waiting: {results}")
+        # Meanwhile other RPCs are answered at once: no gRPC thread is held by the waiting calls.
+        health = health_pb2_grpc.HealthStub(self.client.channel)
+        for _ in range(5):
+            t0 = time.time()
+            self.assertEqual(health.Check(health_pb2.HealthCheckRequest(service=""),
+                                          timeout=2).status,
+                             health_pb2.HealthCheckResponse.SERVING)
+            listed = self.client.ctx.ListContexts(ctx_pb.ListContextsRequest(), timeout=2)
+            self.assertLess(time.time() - t0, 1.0)
+            self.assertEqual(sorted(c.name for c in listed.contexts),
+                             ["contexts/wait-a", "contexts/wait-b"])
+        self.assertNotIn("a", results, "wait-a's request ended before the checks: raise BLOCKERS")
+        self.assertEqual(self.metric("sqz_context_load_waiting"), 3)
+        for t in threads:
+            t.join(120)
+        for key, (r, _) in results.items():
+            self.assertIsInstance(r, Result, f"{key}: {r}")
+        a_done = results["a"][1]
+        self.assertEqual(results["a"][0].ids, self.expected["wait-a"])
+        for i in range(3):
+            r, done = results[f"b-{i}"]
+            self.assertEqual(r.ids, self.expected["wait-b"])
+            self.assertGreaterEqual(done, a_done)  # served only once wait-a's request ended
+        m = scrape(self.port)
+        self.assertEqual(m["sqz_context_load_waiting"], 0)
+        self.assertEqual(m["sqz_context_load_wait_seconds_count"] - waits_before, 4)  # a, 3x b
+        self.assertLessEqual(m["sqz_context_resident_bytes"], 1 << 20)
+
+    def test_cancel_and_deadline_while_waiting(self):
+        results, threads = self.hold_context_a()
+        cancelled = self.client.gen.Generate(self.request("wait-b"), timeout=60)
+        self.assertTrue(lib.wait_until(lambda: self.metric("sqz_context_load_waiting") == 1,
+                                       timeout=10))
+        t0 = time.time()
+        with self.assertRaises(grpc.RpcError) as late:
+            generate(self.client, self.request("wait-b"), timeout=0.5)
+        self.assertEqual(late.exception.code(), Code.DEADLINE_EXCEEDED)
+        self.assertLess(time.time() - t0, 5)
+        self.assertTrue(lib.wait_until(lambda: self.metric("sqz_context_load_waiting") == 1,
+                                       timeout=5))  # the one to cancel still waits
+        cancelled.cancel()
+        self.assertTrue(lib.wait_until(lambda: self.metric("sqz_context_load_waiting") == 0,
+                                       timeout=5), "the cancelled request still waits")
+        with self.assertRaises(grpc.RpcError) as e:
+            next(cancelled)
+        self.assertEqual(e.exception.code(), Code.CANCELLED)
+        self.assertNotIn("a", results, "wait-a's request ended before the checks: raise BLOCKERS")
+        for t in threads:
+            t.join(120)
+        # Nothing was lost: wait-b still answers as before.
+        self.assertEqual(generate(self.client, self.request("wait-b")).ids,
+                         self.expected["wait-b"])
+        self.assertEqual(self.metric("sqz_context_load_waiting"), 0)
 
 
 if __name__ == "__main__":
