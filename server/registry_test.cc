@@ -1,7 +1,8 @@
 // Registry acquires over a real RocksDB store in a temporary directory: shared loads, waiting for
 // room in the resident budget, the wait limit and deadlines, cancellation, deletion and shutdown
 // while waiting. The contexts are stored READY for the registry's model before it starts, so the
-// registry never needs the engine (it gets none: a call into it would crash the test).
+// registry never needs the engine (it gets none: a call into it would crash the test), except in
+// the corruption case, which rebuilds a context on a real engine over stories260K.
 #include "server/registry.h"
 
 #include <pthread.h>
@@ -10,9 +11,12 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
+#include "engine/model/cpu_backend.h"
+#include "engine/model/hf_loader.h"
 #include "server/metrics.h"
 #include "storage/test_util.h"
 
@@ -113,14 +117,15 @@ struct Fixture {
   }
 
   // Starts the registry with a budget of `contexts` x one context's stored bytes.
-  void Start(double contexts, std::chrono::milliseconds wait = 30s, int loaders = 2) {
+  void Start(double contexts, std::chrono::milliseconds wait = 30s, int loaders = 2,
+             Engine* engine = nullptr) {
     RegistryOptions o;
     o.resident_budget_bytes = static_cast<int64_t>(contexts * static_cast<double>(one));
     o.max_context_tokens = 4096;
     o.model = TestModel();
     o.loader_threads = loaders;
     o.max_load_wait = wait;
-    registry = std::make_unique<Registry>(store.get(), /*engine=*/nullptr, o, m);
+    registry = std::make_unique<Registry>(store.get(), engine, o, m);
     REQUIRE(registry->Start().ok());
   }
 
@@ -397,6 +402,52 @@ TEST_CASE("many acquires over three contexts and a budget of two never exceed it
   CHECK(ok == 120);  // every acquire got its own context's snapshot, none was refused
   CHECK_FALSE(over);
   CHECK(f.registry->acquires_waiting() == 0);
+}
+
+TEST_CASE(
+    "a stored snapshot that fails verification is never served: every waiter gets "
+    "FAILED_PRECONDITION and the context is rebuilt from its tokens") {
+  const std::string model_dir = std::string(SQZ_SHARED_DIR) + "/models/stories260K";
+  if (!std::filesystem::exists(model_dir + "/model.safetensors")) {
+    WARN("skipped: " << model_dir << " not found (the shared test models)");
+    return;
+  }
+  Fixture f;  // declared first: destroyed after the engine, whose callbacks reach the registry
+  auto model = LoadHfModel(model_dir);
+  REQUIRE(model.ok());
+  auto tokenizer = Tokenizer::FromHfDirectory(model_dir);
+  REQUIRE(tokenizer.ok());
+  auto backend = CpuBackend::Create(**model, CpuBackendOptions{});
+  REQUIRE(backend.ok());
+  auto engine = Engine::Start(backend->get(), tokenizer->get(), EngineLimits{});
+  REQUIRE(engine.ok());
+  // A blob rewritten behind the registry's back: its checksum no longer matches the manifest.
+  REQUIRE(f.store->PutBlob("b", 1, 0, ContextStore::BlobKind::kKv, std::string(96, 'x')).ok());
+  f.Start(100, 30s, 2, engine->get());  // room for the rebuilt snapshot (5 layers, 4 KV heads)
+  Outcome b1, b2;
+  f.registry->AcquireAsync("b", "", {}, b1.Callback());
+  f.registry->AcquireAsync("b", "", {}, b2.Callback());
+  for (Outcome* o : {&b1, &b2}) {
+    REQUIRE(o->Wait());
+    CHECK(o->code() == StatusCode::kFailedPrecondition);
+    CHECK(Contains(o->message(), "failed verification and is being rebuilt"));
+  }
+  CHECK(f.m.residency_loads->value() == 0);
+  CHECK(f.registry->resident_bytes() == 0);
+  // Rebuilt by the engine from the stored tokens, then served.
+  const auto end = std::chrono::steady_clock::now() + 60s;
+  while (f.registry->Get("b", "")->record.state != ContextState::kReady &&
+         std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(20ms);
+  }
+  REQUIRE(f.registry->Get("b", "")->record.state == ContextState::kReady);
+  auto rebuilt = f.registry->Acquire("b", "");
+  INFO(rebuilt.status().ToString());
+  REQUIRE(rebuilt.ok());
+  CHECK(rebuilt->snapshot->dims.layers == (*model)->config.layers);  // the engine's, not the blob's
+  CHECK(rebuilt->snapshot->dims.n_tokens == 129);
+  rebuilt = InternalError("released");
+  (*engine).reset();  // before the registry (its ingestion callbacks reach it)
 }
 
 }  // namespace

@@ -852,7 +852,7 @@ engine:
   scheduler: {max_running: 1}
 """
 WAIT_CONTEXT_TOKENS = 400
-BLOCKERS = 6
+BLOCKERS = 8
 
 
 class ContextLoadWaitTest(unittest.TestCase):
