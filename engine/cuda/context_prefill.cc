@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "engine/cuda/host_layout.h"
 #include "kernels/cuda/cuda_status.h"
 
 namespace sqz {
@@ -12,19 +13,9 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-size_t Align(size_t bytes, size_t a = 256) { return (bytes + a - 1) / a * a; }
-
-// Appends `bytes` (aligned to `align`) to a host layout; returns its offset.
-size_t Take(std::vector<char>* host, size_t bytes, size_t align = 16) {
-  const size_t off = Align(host->size(), align);
-  host->resize(off + bytes);
-  return off;
-}
-
-template <typename X>
-X* At(std::vector<char>& host, size_t off) {
-  return reinterpret_cast<X*>(host.data() + off);
-}
+using host_layout::Align;
+using host_layout::At;
+using host_layout::Take;
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "engine/cuda/context_kernels.h"
+#include "engine/cuda/host_layout.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/model_ops.h"
@@ -20,19 +21,9 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-size_t Align(size_t bytes, size_t a = 256) { return (bytes + a - 1) / a * a; }
-
-// Appends `bytes` (aligned to `align`) to a host layout; returns its offset.
-size_t Take(std::vector<char>* host, size_t bytes, size_t align = 8) {
-  const size_t off = Align(host->size(), align);
-  host->resize(off + bytes);
-  return off;
-}
-
-template <typename X>
-X* At(std::vector<char>& host, size_t off) {
-  return reinterpret_cast<X*>(host.data() + off);
-}
+using host_layout::Align;
+using host_layout::At;
+using host_layout::Take;
 
 // A SQUEEZED item whose context has a body to select from; a context of only sink and window
 // (no clusters) is attended densely, which is what selection would give.
