@@ -84,6 +84,7 @@ std::vector<Field> Fields(DaemonConfig& c) {
       {"storage.path", K::kString, &c.storage.path},
       {"storage.blob_min_bytes", K::kInt, &c.storage.blob_min_bytes, 0, 1 << 30},
       {"storage.block_cache_mb", K::kInt, &c.storage.block_cache_mb, 1, 1 << 20},
+      {"storage.kv_dtype", K::kEnum, &c.storage.kv_dtype, 0, 0, {"fp32", "bf16"}},
   };
 }
 

@@ -242,6 +242,19 @@ TEST_CASE("context load waiting: server.limits.context_load_wait_s and context_l
         std::string::npos);
 }
 
+TEST_CASE("storage.kv_dtype: fp32 by default, bf16 on request, nothing else") {
+  auto defaults = ParseDaemonConfig("");
+  REQUIRE(defaults.ok());
+  CHECK(defaults->storage.kv_dtype == "fp32");
+  auto set = ParseDaemonConfig("", {{"storage.kv_dtype", "bf16"}});
+  REQUIRE(set.ok());
+  CHECK(set->storage.kv_dtype == "bf16");
+  auto bad = ParseDaemonConfig("storage: {kv_dtype: fp16}");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message().find(
+            "storage.kv_dtype: must be one of [fp32, bf16], got 'fp16'") != std::string::npos);
+}
+
 TEST_CASE("ExpandPath expands ~ and environment variables") {
   setenv("SQZ_TEST_VAR", "/tmp/x", 1);
   CHECK(ExpandPath("${SQZ_TEST_VAR}/m.gguf") == "/tmp/x/m.gguf");

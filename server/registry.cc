@@ -223,6 +223,8 @@ void Registry::Persist(const std::shared_ptr<Entry>& e, ContextSnapshot snapshot
   }
   record.model = options_.model;
   record.model_fingerprint = options_.model.Hash();
+  // Serve from now on exactly what a later load returns (bf16 storage rounds the K/V).
+  store_->RoundForStorage(&snapshot);
   Status s = store_->UpdateRecord(record, /*sync=*/false);
   if (s.ok()) s = store_->PutSnapshot(snapshot, &record);
   if (s.ok()) s = store_->CommitReady(record);

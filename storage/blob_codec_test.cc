@@ -1,6 +1,8 @@
 #include "storage/blob_codec.h"
 
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
 #include <random>
 
 #include "storage/test_util.h"
@@ -26,9 +28,8 @@ TEST_CASE("sealed blobs open to their payload; every header and payload change i
     CHECK(*opened == payload);
     CHECK(sum == Checksum(payload));
     CHECK(Open(sealed, Kind::kKv, "blob X", nullptr).status().code() == StatusCode::kDataLoss);
-    // Every single-bit change outside the reserved bytes is caught.
+    // Every single-bit change is caught (the encoding field too: an index blob has none).
     for (size_t at = 0; at < sealed.size(); ++at) {
-      if (at >= 12 && at < 16) continue;
       std::string bad = sealed;
       bad[at] ^= static_cast<char>(1 << (at % 8));
       const Status s = Open(bad, Kind::kIndex, "blob X", nullptr).status();
@@ -107,6 +108,63 @@ TEST_CASE("malformed payloads are DATA_LOSS, never a crash or a short read") {
   const Status st = DecodeMeta(future, &s);
   CHECK(st.code() == StatusCode::kDataLoss);
   CHECK(Contains(st.message(), "snapshot format version"));
+}
+
+TEST_CASE("bf16 rounding is to nearest even; NaN and infinities survive") {
+  auto bits = [](float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return u;
+  };
+  auto from = [](uint32_t u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+  };
+  CHECK(RoundToBf16(1.0f) == 1.0f);
+  CHECK(RoundToBf16(-2.5f) == -2.5f);
+  CHECK(bits(RoundToBf16(from(0x3f808000u))) == 0x3f800000u);  // tie, even below
+  CHECK(bits(RoundToBf16(from(0x3f818000u))) == 0x3f820000u);  // tie, even above
+  CHECK(bits(RoundToBf16(from(0x3f808001u))) == 0x3f810000u);  // just above the tie
+  CHECK(bits(RoundToBf16(from(0x3f807fffu))) == 0x3f800000u);  // just below
+  CHECK(std::isinf(RoundToBf16(INFINITY)));
+  CHECK(std::isinf(RoundToBf16(from(0x7f7fffffu))));  // the largest float rounds to infinity
+  CHECK(std::isnan(RoundToBf16(from(0x7f800001u))));  // a NaN whose payload is in the low half
+  CHECK(RoundToBf16(0.0f) == 0.0f);
+}
+
+TEST_CASE("kv payloads in bf16: half the element bytes, decode to the rounded values") {
+  for (int64_t n : {21, 129}) {
+    const ContextSnapshot snap = testing::MakeSnapshot(static_cast<uint32_t>(n), n, 2, 2, 8);
+    ContextSnapshot rounded = snap;
+    RoundKvToBf16(&rounded);
+    for (size_t i = 0; i < snap.heads.size(); ++i) {
+      const HeadIndex& h = snap.heads[i];
+      const std::string f32 = EncodeKv(h);
+      const std::string bf16 = EncodeKv(h, false, KvDType::kBf16);
+      const size_t elems = h.sink_k.size() + h.sink_v.size() + h.window_k.size() +
+                           h.window_v.size() + h.body_k.size() + h.body_v.size();
+      CHECK(f32.size() - bf16.size() == 2 * elems);
+      HeadIndex got;
+      REQUIRE(DecodeKv(bf16, &got, KvDType::kBf16).ok());
+      CHECK(got.body_k == rounded.heads[i].body_k);
+      CHECK(got.sink_v == rounded.heads[i].sink_v);
+      CHECK(got.window_k == rounded.heads[i].window_k);
+      // Read with the wrong element type, the payload does not parse.
+      HeadIndex wrong;
+      CHECK(DecodeKv(bf16, &wrong, KvDType::kF32).code() == StatusCode::kDataLoss);
+      // Sealed with its encoding, the blob opens to it; other kinds have no such encoding.
+      const std::string sealed = Seal(Kind::kKv, bf16, static_cast<uint32_t>(KvDType::kBf16));
+      uint32_t encoding = 7;
+      REQUIRE(Open(sealed, Kind::kKv, "b", nullptr, &encoding).ok());
+      CHECK(encoding == static_cast<uint32_t>(KvDType::kBf16));
+      const Status s = Open(Seal(Kind::kIndex, "abc", 1), Kind::kIndex, "b", nullptr).status();
+      CHECK(s.code() == StatusCode::kDataLoss);
+      CHECK(Contains(s.message(), "encoding 1 is unknown"));
+      CHECK(Open(Seal(Kind::kKv, bf16, 2), Kind::kKv, "b", nullptr).status().code() ==
+            StatusCode::kDataLoss);
+    }
+  }
 }
 
 }  // namespace

@@ -99,6 +99,10 @@ StatusOr<std::unique_ptr<ContextStore>> ContextStore::Open(const StoreOptions& o
     return InvalidArgumentError("storage.block_cache_mb must be >= 1, got " +
                                 std::to_string(options.block_cache_mb));
   }
+  if (options.kv_dtype != "fp32" && options.kv_dtype != "bf16") {
+    return InvalidArgumentError("storage.kv_dtype must be fp32 or bf16, got '" + options.kv_dtype +
+                                "'");
+  }
   std::unique_ptr<ContextStore> store(new ContextStore());
   store->options_ = options;
   std::error_code ec;
@@ -347,7 +351,7 @@ StatusOr<BlobEntry> ContextStore::PutSealed(const std::string& id, int32_t layer
 StatusOr<std::string_view> ContextStore::ReadSealed(const std::string& id, int32_t layer,
                                                     int32_t head, BlobKind kind,
                                                     rocksdb::PinnableSlice* value,
-                                                    uint64_t* checksum) const {
+                                                    uint64_t* checksum, uint32_t* encoding) const {
   SQZ_RETURN_IF_ERROR(ValidateContextId(id));
   if (layer < 0 || head < 0) {
     return InvalidArgumentError("context " + id + ": bad blob address layer " +
@@ -361,7 +365,8 @@ StatusOr<std::string_view> ContextStore::ReadSealed(const std::string& id, int32
       db_->Get(ro, kind == BlobKind::kKv ? kv_ : index_, BlobKey(id, layer, head, kind), value);
   if (s.IsNotFound()) return DataLossError(what + " is missing");
   SQZ_RETURN_IF_ERROR(FromRocks(s, "reading " + what));
-  return blob::Open(std::string_view(value->data(), value->size()), kind, what, checksum);
+  return blob::Open(std::string_view(value->data(), value->size()), kind, what, checksum,
+                    encoding);
 }
 
 StatusOr<std::string> ContextStore::GetBlob(const std::string& id, int32_t layer, int32_t head,
@@ -401,8 +406,11 @@ Status ContextStore::PutSnapshot(const ContextSnapshot& snapshot, ContextRecord*
   record->manifest.clear();
   record->stored_bytes = 0;
   record->thresholds = snapshot.thresholds_global;
+  const blob::KvDType kv_dtype =
+      options_.kv_dtype == "bf16" ? blob::KvDType::kBf16 : blob::KvDType::kF32;
   auto put = [&](int32_t layer, int32_t head, blob::Kind kind, std::string buffer) -> Status {
-    const uint64_t sum = blob::SealReserved(kind, &buffer);
+    const uint32_t encoding = kind == blob::Kind::kKv ? static_cast<uint32_t>(kv_dtype) : 0;
+    const uint64_t sum = blob::SealReserved(kind, &buffer, encoding);
     SQZ_ASSIGN_OR_RETURN(BlobEntry e, PutSealed(id, layer, head, kind, std::move(buffer), sum));
     record->stored_bytes += static_cast<int64_t>(e.bytes);
     record->manifest.push_back(std::move(e));
@@ -412,7 +420,7 @@ Status ContextStore::PutSnapshot(const ContextSnapshot& snapshot, ContextRecord*
   for (int l = 0; s.ok() && l < snapshot.dims.layers; ++l) {
     for (int h = 0; s.ok() && h < snapshot.dims.kv_heads; ++h) {
       const HeadIndex& head = snapshot.head(l, h);
-      s = put(l, h, blob::Kind::kKv, blob::EncodeKv(head, true));
+      s = put(l, h, blob::Kind::kKv, blob::EncodeKv(head, true, kv_dtype));
       if (s.ok()) s = put(l, h, blob::Kind::kIndex, blob::EncodeIndex(head, true));
     }
   }
@@ -428,6 +436,10 @@ Status ContextStore::PutSnapshot(const ContextSnapshot& snapshot, ContextRecord*
     (void)db_->Write(rocksdb::WriteOptions(), &undo);
   }
   return s;
+}
+
+void ContextStore::RoundForStorage(ContextSnapshot* snapshot) const {
+  if (options_.kv_dtype == "bf16") blob::RoundKvToBf16(snapshot);
 }
 
 Status ContextStore::CommitReady(ContextRecord record) {
@@ -476,10 +488,11 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
   for (const auto& e : record.manifest) manifest[e.key] = &e;
   const std::string& id = record.id;
   // Reads one blob into *value, verified against its header and against the manifest.
-  auto read = [&](uint32_t layer, uint32_t head, blob::Kind kind,
-                  rocksdb::PinnableSlice* value) -> StatusOr<std::string_view> {
+  auto read = [&](uint32_t layer, uint32_t head, blob::Kind kind, rocksdb::PinnableSlice* value,
+                  uint32_t* encoding = nullptr) -> StatusOr<std::string_view> {
     uint64_t sum = 0;
-    SQZ_ASSIGN_OR_RETURN(std::string_view payload, ReadSealed(id, layer, head, kind, value, &sum));
+    SQZ_ASSIGN_OR_RETURN(std::string_view payload,
+                         ReadSealed(id, layer, head, kind, value, &sum, encoding));
     const auto it = manifest.find(ManifestKey(layer, head, kind));
     if (it == manifest.end()) {
       return DataLossError(BlobName(id, layer, head, kind) + " is not in the context's manifest");
@@ -520,8 +533,10 @@ StatusOr<ContextSnapshot> ContextStore::LoadSnapshot(const ContextRecord& record
       const int h = static_cast<int>(i % d.kv_heads);
       HeadIndex& head = snap.heads[i];
       Status& s = results[i];
-      auto kv = read(l, h, blob::Kind::kKv, &value);
-      s = kv.ok() ? blob::DecodeKv(*kv, &head).WithContext(BlobName(id, l, h, blob::Kind::kKv))
+      uint32_t encoding = 0;
+      auto kv = read(l, h, blob::Kind::kKv, &value, &encoding);
+      s = kv.ok() ? blob::DecodeKv(*kv, &head, static_cast<blob::KvDType>(encoding))
+                        .WithContext(BlobName(id, l, h, blob::Kind::kKv))
                   : kv.status();
       if (s.ok()) {
         auto ix = read(l, h, blob::Kind::kIndex, &value);

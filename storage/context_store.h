@@ -115,7 +115,11 @@ class ContextStore {
   // index blob per (layer, kv head), and fills record->manifest, stored_bytes and thresholds.
   // NOT_FOUND when the record is gone (also when a Delete raced with the writes: then the blobs
   // are removed again); FAILED_PRECONDITION when it is DELETING or READY.
+  // K/V elements are written in StoreOptions::kv_dtype.
   Status PutSnapshot(const ContextSnapshot& snapshot, ContextRecord* record);
+  // Rounds the snapshot's K/V as PutSnapshot will store them (bf16: in place; fp32: nothing), so
+  // that the caller may keep serving exactly what a later LoadSnapshot returns.
+  void RoundForStorage(ContextSnapshot* snapshot) const;
   // Makes the blobs durable, then marks the record READY (with record's manifest, sizes and
   // thresholds) in one synced write. NOT_FOUND / FAILED_PRECONDITION (DELETING) as UpdateRecord;
   // INVALID_ARGUMENT when the manifest is empty.
@@ -186,10 +190,10 @@ class ContextStore {
   StatusOr<BlobEntry> PutSealed(const std::string& id, int32_t layer, int32_t head, BlobKind kind,
                                 std::string sealed, uint64_t checksum);
   // Reads one sealed blob into *value and verifies its header and checksum; returns the payload
-  // (a view into *value) and sets *checksum.
+  // (a view into *value) and sets *checksum (and *encoding when given).
   StatusOr<std::string_view> ReadSealed(const std::string& id, int32_t layer, int32_t head,
                                         BlobKind kind, rocksdb::PinnableSlice* value,
-                                        uint64_t* checksum) const;
+                                        uint64_t* checksum, uint32_t* encoding = nullptr) const;
 
   StoreOptions options_;
   std::unique_ptr<rocksdb::DB> db_;

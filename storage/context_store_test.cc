@@ -433,9 +433,70 @@ TEST_CASE("an open store cannot be opened twice; bad options are refused") {
   o = Options(dir.path / "other");
   o.block_cache_mb = 0;
   CHECK(ContextStore::Open(o).status().code() == StatusCode::kInvalidArgument);
+  o = Options(dir.path / "other");
+  o.kv_dtype = "fp16";
+  const Status dtype = ContextStore::Open(o).status();
+  CHECK(dtype.code() == StatusCode::kInvalidArgument);
+  CHECK(Contains(dtype.message(), "storage.kv_dtype must be fp32 or bf16, got 'fp16'"));
   o = Options(dir.path / "file" / "db");
   { std::ofstream(dir.path / "file") << "x"; }
   CHECK(ContextStore::Open(o).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("bf16 K/V storage: half the KV bytes, loads the rounded snapshot, reads fp32 contexts") {
+  TempDir dir;
+  const ContextSnapshot snap = MakeSnapshot(31, 257, 2, 2, 16);
+  ContextSnapshot rounded = snap;
+  blob::RoundKvToBf16(&rounded);
+  REQUIRE(!(rounded == snap));  // random K/V are not all bf16 values
+  const std::vector<int32_t> tokens(257, 3);
+  int64_t f32_bytes = 0, bf16_bytes = 0;
+  {
+    auto store = OpenOrDie(dir.path);  // fp32 (the default)
+    StoreReady(store.get(), "old", snap, tokens);
+    f32_bytes = store->GetRecord("old")->stored_bytes;
+    ContextSnapshot same = snap;
+    store->RoundForStorage(&same);
+    CHECK(same == snap);  // fp32 storage changes nothing
+  }
+  StoreOptions o = Options(dir.path);
+  o.kv_dtype = "bf16";
+  {
+    auto store = std::move(ContextStore::Open(o)).value();
+    StoreReady(store.get(), "new", snap, tokens);
+    bf16_bytes = store->GetRecord("new")->stored_bytes;
+    CHECK(*store->LoadSnapshot("new") == rounded);
+    CHECK(*store->LoadSnapshot("old") == snap);  // written as fp32, read as fp32
+    ContextSnapshot r = snap;
+    store->RoundForStorage(&r);
+    CHECK(r == rounded);
+  }
+  // KV elements are 2 of the 4 bytes; the index and meta blobs are unchanged.
+  int64_t kv_floats = 0;
+  for (const HeadIndex& h : snap.heads) {
+    kv_floats += static_cast<int64_t>(h.sink_k.size() + h.sink_v.size() + h.window_k.size() +
+                                      h.window_v.size() + h.body_k.size() + h.body_v.size());
+  }
+  CHECK(f32_bytes - bf16_bytes == 2 * kv_floats);
+  // Reopened as fp32, the bf16 context still loads (the encoding is in each blob's header).
+  auto store = OpenOrDie(dir.path);
+  CHECK(*store->LoadSnapshot("new") == rounded);
+  // A kv blob whose encoding field was altered fails its checksum.
+  auto r = store->GetRecord("new");
+  REQUIRE(r.ok());
+  store.reset();
+  {
+    RawDb raw(dir.path);
+    std::string value;
+    const std::string key = raw.BlobKey("new", 1, 0, static_cast<char>(blob::Kind::kKv));
+    REQUIRE(raw.db->Get(rocksdb::ReadOptions(), raw.cf[3], key, &value).ok());
+    value[12] = 0;  // bf16 -> fp32
+    REQUIRE(raw.db->Put(rocksdb::WriteOptions(), raw.cf[3], key, value).ok());
+  }
+  store = OpenOrDie(dir.path);
+  const Status s = store->LoadSnapshot(*r).status();
+  CHECK(s.code() == StatusCode::kDataLoss);
+  CHECK(Contains(s.message(), "context new layer 1 kv head 0 kv blob: blob checksum mismatch"));
 }
 
 TEST_CASE("bad ids and missing contexts get clear errors") {

@@ -25,6 +25,12 @@ struct StoreOptions {
   bool verify_blob_crc = false;
   // Threads that read and decode one snapshot's blobs in parallel (LoadSnapshot), >= 1.
   int32_t load_threads = 4;
+  // Element type of the K/V that PutSnapshot writes: "fp32" (the snapshot's own values) or "bf16"
+  // (half the bytes and the load time; values rounded to nearest even, which is what the GPU
+  // backend keeps anyway). Snapshots are read in whatever type they were written, so a store may
+  // hold both. With "bf16" the server rounds a snapshot before persisting it (RoundForStorage), so
+  // what it serves before and after a restart is the same.
+  std::string kv_dtype = "fp32";
 };
 
 }  // namespace sqz

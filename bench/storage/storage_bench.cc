@@ -8,7 +8,10 @@
 //
 //   sqz-bench-storage [--dir PATH] [--tokens N] [--layers L] [--kv-heads H] [--head-dim D]
 //                     [--load-threads T] [--verify-blob-crc 0|1] [--blobs-bypass-wal 0|1]
-// (the last three are StoreOptions, storage/store_options.h).
+//                     [--kv-dtype fp32|bf16|both]
+// (the last four are StoreOptions, storage/store_options.h). With "both" (the default) the same
+// snapshot is stored both ways in one run and the bf16 times are printed against the fp32 ones;
+// throughputs count the snapshot's fp32 bytes (what the caller gets back per second).
 //
 // "Cold" reads drop the files' pages from the page cache first (posix_fadvise DONTNEED after
 // fsync), so they come from the disk; "warm" reads repeat from the page cache.
@@ -22,6 +25,8 @@
 #include <filesystem>
 #include <numeric>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "storage/context_store.h"
 
@@ -44,6 +49,7 @@ struct Args {
   int32_t load_threads = 4;
   bool verify_blob_crc = false;
   bool blobs_bypass_wal = true;
+  std::string kv_dtype = "both";
 };
 
 // xorshift64*: fast deterministic filler.
@@ -171,54 +177,77 @@ int Run(const Args& a) {
   std::printf("disk ceiling (one file, same bytes):  write+fsync %.2f GB/s, cold read %.2f GB/s\n",
               disk_write, disk_read);
 
-  StoreOptions o;
-  o.path = (dir / "db").string();
-  o.load_threads = a.load_threads;
-  o.verify_blob_crc = a.verify_blob_crc;
-  o.blobs_bypass_wal = a.blobs_bypass_wal;
-  std::printf("store options: blobs_bypass_wal %d, verify_blob_crc %d, load_threads %d\n",
-              o.blobs_bypass_wal, o.verify_blob_crc, o.load_threads);
-  const std::vector<int32_t> tokens(static_cast<size_t>(a.tokens), 1);
-  double persist_s = 0, put_s = 0;
-  {
-    auto store = std::move(ContextStore::Open(o)).value();
-    ContextRecord r;
-    r.id = "bench";
-    r.token_count = a.tokens;
-    SQZ_CHECK(store->CreateRecord(r, tokens).ok());
+  struct Times {
+    double persist = 0, cold = 0, warm = 0, disk_gib = 0;
+  };
+  std::vector<std::pair<std::string, Times>> runs;
+  for (const char* name : {"fp32", "bf16"}) {
+    const std::string dtype = name;
+    if (a.kv_dtype != "both" && a.kv_dtype != dtype) continue;
+    Times tm;
+    StoreOptions o;
+    o.path = (dir / ("db-" + dtype)).string();
+    o.load_threads = a.load_threads;
+    o.verify_blob_crc = a.verify_blob_crc;
+    o.blobs_bypass_wal = a.blobs_bypass_wal;
+    o.kv_dtype = dtype;
+    std::printf("\nstore options: kv_dtype %s, blobs_bypass_wal %d, verify_blob_crc %d, "
+                "load_threads %d\n",
+                dtype.c_str(), o.blobs_bypass_wal, o.verify_blob_crc, o.load_threads);
+    const std::vector<int32_t> tokens(static_cast<size_t>(a.tokens), 1);
+    double put_s = 0;
+    ContextSnapshot expected = snap;
+    {
+      auto store = std::move(ContextStore::Open(o)).value();
+      store->RoundForStorage(&expected);
+      ContextRecord r;
+      r.id = "bench";
+      r.token_count = a.tokens;
+      SQZ_CHECK(store->CreateRecord(r, tokens).ok());
+      t = Clock::now();
+      SQZ_CHECK(store->PutSnapshot(snap, &r).ok());
+      put_s = Seconds(t);
+      const Status s = store->CommitReady(r);
+      SQZ_CHECK(s.ok()) << s.ToString();
+      tm.persist = Seconds(t);
+      tm.disk_gib = static_cast<double>(store->DiskBytes()) / (1 << 30);
+      std::printf("store on disk: %.3f GiB (SST + blob files)\n", tm.disk_gib);
+    }
+    DropCache(o.path);
     t = Clock::now();
-    SQZ_CHECK(store->PutSnapshot(snap, &r).ok());
-    put_s = Seconds(t);
-    const Status s = store->CommitReady(r);
-    SQZ_CHECK(s.ok()) << s.ToString();
-    persist_s = Seconds(t);
-    std::printf("store on disk: %.3f GiB (SST + blob files)\n",
-                static_cast<double>(store->DiskBytes()) / (1 << 30));
+    auto store = std::move(ContextStore::Open(o)).value();
+    const double open_s = Seconds(t);
+    t = Clock::now();
+    auto cold = store->LoadSnapshot("bench");
+    tm.cold = Seconds(t);
+    SQZ_CHECK(cold.ok()) << cold.status().ToString();
+    SQZ_CHECK(*cold == expected) << "loaded snapshot differs";
+    cold = Status(StatusCode::kCancelled, "released");
+    t = Clock::now();
+    auto warm = store->LoadSnapshot("bench");
+    tm.warm = Seconds(t);
+    SQZ_CHECK(warm.ok());
+    const double gb = static_cast<double>(bytes) / 1e9;
+    std::printf(
+        "persist (PutSnapshot %.2f s + CommitReady %.2f s): %.2f s = %.2f GB/s (%.2fx the "
+        "disk's write+fsync)\n",
+        put_s, tm.persist - put_s, tm.persist, gb / tm.persist, gb / tm.persist / disk_write);
+    std::printf("reopen: %.2f s\n", open_s);
+    std::printf("load cold: %.2f s = %.2f GB/s (%.2fx the disk's cold read)\n", tm.cold,
+                gb / tm.cold, gb / tm.cold / disk_read);
+    std::printf("load warm: %.2f s = %.2f GB/s\n", tm.warm, gb / tm.warm);
+    store.reset();
+    fs::remove_all(o.path);
+    runs.emplace_back(dtype, tm);
   }
-  DropCache(o.path);
-  t = Clock::now();
-  auto store = std::move(ContextStore::Open(o)).value();
-  const double open_s = Seconds(t);
-  t = Clock::now();
-  auto cold = store->LoadSnapshot("bench");
-  const double cold_s = Seconds(t);
-  SQZ_CHECK(cold.ok()) << cold.status().ToString();
-  SQZ_CHECK(*cold == snap) << "loaded snapshot differs";
-  cold = Status(StatusCode::kCancelled, "released");
-  t = Clock::now();
-  auto warm = store->LoadSnapshot("bench");
-  const double warm_s = Seconds(t);
-  SQZ_CHECK(warm.ok());
-  const double gb = static_cast<double>(bytes) / 1e9;
-  std::printf(
-      "persist (PutSnapshot %.2f s + CommitReady %.2f s): %.2f s = %.2f GB/s (%.2fx the "
-      "disk's write+fsync)\n",
-      put_s, persist_s - put_s, persist_s, gb / persist_s, gb / persist_s / disk_write);
-  std::printf("reopen: %.2f s\n", open_s);
-  std::printf("load cold: %.2f s = %.2f GB/s (%.2fx the disk's cold read)\n", cold_s, gb / cold_s,
-              gb / cold_s / disk_read);
-  std::printf("load warm: %.2f s = %.2f GB/s\n", warm_s, gb / warm_s);
-  store.reset();
+  if (runs.size() == 2) {
+    const Times& f = runs[0].second;
+    const Times& b = runs[1].second;
+    std::printf(
+        "\nbf16 against fp32 (same run): disk %.2fx the bytes, persist %.2fx faster, cold load "
+        "%.2fx faster, warm load %.2fx faster\n",
+        b.disk_gib / f.disk_gib, f.persist / b.persist, f.cold / b.cold, f.warm / b.warm);
+  }
   fs::remove_all(dir);
   return 0;
 }
@@ -247,16 +276,19 @@ int main(int argc, char** argv) {
       a.verify_blob_crc = std::atoi(v) != 0;
     else if (k == "--blobs-bypass-wal")
       a.blobs_bypass_wal = std::atoi(v) != 0;
+    else if (k == "--kv-dtype")
+      a.kv_dtype = v;
     else {
       std::fprintf(stderr, "unknown flag %s\n", k.c_str());
       return 2;
     }
   }
-  if ((argc - 1) % 2 != 0 || a.tokens < 105 || a.layers < 1 || a.kv_heads < 1 || a.head_dim < 1) {
+  if ((argc - 1) % 2 != 0 || a.tokens < 105 || a.layers < 1 || a.kv_heads < 1 || a.head_dim < 1 ||
+      (a.kv_dtype != "fp32" && a.kv_dtype != "bf16" && a.kv_dtype != "both")) {
     std::fprintf(stderr,
                  "usage: sqz-bench-storage [--dir PATH] [--tokens N>=105] [--layers L] "
                  "[--kv-heads H] [--head-dim D] [--load-threads T] [--verify-blob-crc 0|1] "
-                 "[--blobs-bypass-wal 0|1]\n");
+                 "[--blobs-bypass-wal 0|1] [--kv-dtype fp32|bf16|both]\n");
     return 2;
   }
   return sqz::Run(a);
