@@ -11,7 +11,7 @@ after it; valid marks positions whose next token is not padding.
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -59,13 +59,16 @@ def context_ids(enc: Encoder, doc: tasks.Document) -> List[int]:
 
 
 def build_sequence(enc: Encoder, doc_seed: int, length: int,
-                   needle_share: float = NEEDLE_SHARE, twohop_share: float = TWOHOP_SHARE
+                   needle_share: float = NEEDLE_SHARE, twohop_share: float = TWOHOP_SHARE,
+                   max_facts: Optional[int] = None
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One training sequence: ids [L] int64, ans_mask [L] bool, valid [L] bool."""
+    """One training sequence: ids [L] int64, ans_mask [L] bool, valid [L] bool. max_facts caps the
+    fact sentences of its document (tasks.generate)."""
     n_qa = qa_count(length)
     kind = "needle" if random.Random(doc_seed ^ 0x5EED).random() < needle_share else "facts"
     doc = tasks.generate(doc_seed, length - n_qa * QA_RESERVE, n_questions=n_qa,
-                         count_tokens=enc.count, kind=kind, twohop_share=twohop_share)
+                         count_tokens=enc.count, kind=kind, twohop_share=twohop_share,
+                         max_facts=max_facts)
     ids = context_ids(enc, doc)
     ans = [False] * len(ids)
     for q in doc.questions:
@@ -94,10 +97,13 @@ def init_worker(model_file: str) -> None:
     _ENC = Encoder(model_file)
 
 
-def make_batch(spec: Tuple[int, int, int, int]) -> Tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """spec = (base_seed, step, length, batch) -> (step, ids [B, L], ans_mask, valid)."""
-    base_seed, step, length, batch = spec
-    rows = [build_sequence(_ENC, tasks.train_seed(base_seed, step, b), length)
+def make_batch(spec: tuple) -> Tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """spec = (base_seed, step, length, batch[, max_facts]) -> (step, ids [B, L], ans_mask,
+    valid)."""
+    base_seed, step, length, batch = spec[:4]
+    max_facts = spec[4] if len(spec) > 4 else None
+    rows = [build_sequence(_ENC, tasks.train_seed(base_seed, step, b), length,
+                           max_facts=max_facts)
             for b in range(batch)]
     return (step, np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
             np.stack([r[2] for r in rows]))

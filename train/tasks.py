@@ -183,7 +183,8 @@ def _fact_sentence(r: random.Random, attr: Attribute, entity: str, value: str) -
 
 def generate(seed: int, target_tokens: int, n_questions: int = 8,
              count_tokens: Optional[Callable[[str], int]] = None,
-             kind: Optional[str] = None, twohop_share: float = 0.15) -> Document:
+             kind: Optional[str] = None, twohop_share: float = 0.15,
+             max_facts: Optional[int] = None) -> Document:
     """One document of at most target_tokens tokens (1 for <s> plus count_tokens of each
     sentence), filled to within one sentence of it, with up to n_questions questions, all drawn
     from `seed`.
@@ -192,7 +193,11 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
     (filler and one fact at a random depth); None draws it (one document in five is a needle one).
     Every question's answer is stated by exactly one fact sentence; a two-hop question also needs
     the one relation sentence that starts from the asked place.
+    max_facts (facts documents): at most this many fact sentences, spread over the whole document
+    (a training curriculum grows it; None: no cap, the documents of the benchmark).
     """
+    if max_facts is not None and max_facts < 1:
+        raise ValueError(f"max_facts must be >= 1, got {max_facts}")
     if target_tokens < 64:
         raise ValueError(f"target_tokens must be >= 64, got {target_tokens}")
     if n_questions < 1:
@@ -236,11 +241,16 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
         items.insert(r.randint(0, len(items)), needle)
     else:
         fact_share = r.uniform(0.15, 0.5)
+        n_facts = len(candidates)
+        if max_facts is not None:
+            # About max_facts facts over the whole document (about 12 tokens per sentence).
+            n_facts = min(n_facts, max_facts)
+            fact_share = min(fact_share, n_facts * 12 / budget)
         ci = 0
         related = set()
         while True:
             u = r.random()
-            if u < fact_share and ci < len(candidates):
+            if u < fact_share and ci < n_facts:
                 item = new_fact(ci)
                 ci += 1
             elif u < fact_share + 0.04 and len(related) + 2 <= len(places):

@@ -6,8 +6,10 @@ One command does everything the GPU machine is asked for (see train/README.md):
   2. a throughput probe at every curriculum length (on a throwaway copy of the model) that sizes
      the number of steps to the wall-clock budget, unless --steps is given;
   3. training: AdamW, bf16 autocast, loss on answer tokens plus a small LM loss, a length
-     curriculum 512 -> 16384 tokens, batches made by worker processes; a checkpoint
-     (model, optimizer, step) every --ckpt-every seconds, --resume continues from it;
+     curriculum 256 -> 16384 tokens (curriculum.py: fixed shares of the steps, or --curriculum
+     gated: stages of length and facts per document advanced by answer accuracy), batches made by
+     worker processes; a checkpoint (model, optimizer, step, curriculum) every --ckpt-every
+     seconds, --resume continues from it;
   4. export: config.json, model.safetensors (bf16), tokenizer files, generation_config.json;
   5. dense exact-match evaluation of the exported weights (fp32) on held-out documents.
 
@@ -40,13 +42,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import data  # noqa: E402
 import tasks  # noqa: E402
+from curriculum import GatedCurriculum, length_at, phases_for  # noqa: E402
 from model import Config, Llama, flops_per_token, num_params  # noqa: E402
-
-# (share of the steps at which a phase starts, its longest length). Steps draw a shorter length of
-# an earlier phase 30% of the time, so short contexts are not forgotten.
-PHASES = [(0.00, 256), (0.12, 512), (0.22, 1024), (0.32, 2048), (0.42, 4096), (0.54, 8192),
-          (0.68, 16384)]
-
 
 def log(msg: str, fh=None) -> None:
     print(msg, flush=True)
@@ -73,20 +70,6 @@ def set_determinism(seed: int) -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-
-
-def phases_for(max_len: int):
-    return [(f, L) for f, L in PHASES if L <= max_len]
-
-
-def length_at(step: int, total: int, seed: int, max_len: int) -> int:
-    ph = phases_for(max_len)
-    frac = step / max(1, total)
-    k = max(i for i, (f, _) in enumerate(ph) if frac >= f)
-    r = random.Random(seed * 7919 + step)
-    if k > 0 and r.random() < 0.3:
-        return ph[r.randrange(k)][1]
-    return ph[k][1]
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -134,6 +117,20 @@ def train_step(model: Llama, opt, batch, device, lm_weight: float, lr: float, au
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss_a.detach(), loss_lm.detach(), acc_a.detach()
+
+
+class LazySpecs:
+    """The specs of steps [first, last), each made by spec_for(step) only when Batches submits it
+    (the gated curriculum decides a step's length from the accuracies seen until then)."""
+
+    def __init__(self, first: int, last: int, spec_for):
+        self.first, self.last, self.spec_for = first, last, spec_for
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.spec_for(self.first + i)
 
 
 class Batches:
@@ -312,6 +309,15 @@ def main() -> None:
     ap.add_argument("--shape", default="",
                     help="model shape overrides, e.g. hidden_size=384,num_hidden_layers=6 "
                          "(fields of model.Config; the default is the 5-layer, 256-wide model)")
+    ap.add_argument("--curriculum", choices=("fixed", "gated"), default="fixed",
+                    help="fixed: lengths by share of the steps (runs 1-4); gated: stages of "
+                         "(length, facts) advanced by answer accuracy (curriculum.py; needs "
+                         "--steps)")
+    ap.add_argument("--gate", type=float, default=0.9,
+                    help="gated: answer-token accuracy over the last 50 steps of a stage that "
+                         "starts the next one")
+    ap.add_argument("--gate-min-steps", type=int, default=100,
+                    help="gated: steps a stage runs at least before its gate is checked")
     ap.add_argument("--strict-determinism", action="store_true",
                     help="torch.use_deterministic_algorithms without warn_only (deterministic "
                          "attention backward; errors for ops without a deterministic version)")
@@ -363,6 +369,10 @@ def main() -> None:
 
     # 2. Steps.
     total = args.steps
+    if total <= 0 and args.curriculum == "gated":
+        # Its lengths depend on how training goes, so no probe can size it in advance.
+        log("--curriculum gated needs --steps", fh)
+        sys.exit(2)
     if total <= 0:
         step_s = probe_step_seconds(cfg, args, pool, device, lengths)
         for L in lengths:
@@ -393,8 +403,18 @@ def main() -> None:
         opt.load_state_dict(ck["opt"])
         first, total = ck["step"], ck["total"]
         log(f"resumed at step {first} of {total}", fh)
-    specs = [(args.seed, s, L, max(1, args.tokens_per_step // L))
-             for s in range(first, total) for L in [length_at(s, total, args.seed, args.max_len)]]
+    gated = None
+    if args.curriculum == "gated":
+        gated = GatedCurriculum(args.seed, args.max_len, gate=args.gate,
+                                min_steps=args.gate_min_steps,
+                                window=min(50, args.gate_min_steps))
+        if first > 0:
+            gated.load_state(ck["curriculum"])
+        specs = LazySpecs(first, total, lambda s: gated.spec(s, args.tokens_per_step))
+    else:
+        specs = [(args.seed, s, L, max(1, args.tokens_per_step // L))
+                 for s in range(first, total)
+                 for L in [length_at(s, total, args.seed, args.max_len)]]
     t0 = last_ckpt = time.perf_counter()
     tokens = 0
     flops = 0.0
@@ -411,6 +431,10 @@ def main() -> None:
             flops += b[1].size * flops_per_token(cfg, L)
             acc_la, acc_ll, acc_acc, n_acc = acc_la + float(la), acc_ll + float(ll), \
                 acc_acc + float(acc), n_acc + 1
+            if gated is not None:
+                passed = gated.observe(step, float(acc))
+                if passed:
+                    log(passed, fh)
             if (step + 1) % 20 == 0 or step + 1 == total:
                 el = time.perf_counter() - t0
                 log(f"step {step + 1:5d}/{total} L={L:6d} loss_ans {acc_la / n_acc:.4f} "
@@ -423,7 +447,8 @@ def main() -> None:
             pause = args.stop_after > 0 and step + 1 - first >= args.stop_after
             if now - last_ckpt > args.ckpt_every or step + 1 == total or pause:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                            "total": total, "cfg": dataclasses.asdict(cfg)}, ckpt_path)
+                            "total": total, "cfg": dataclasses.asdict(cfg),
+                            "curriculum": gated.state() if gated else None}, ckpt_path)
                 last_ckpt = now
             if pause and step + 1 < total:
                 log(f"paused after step {step + 1} of {total} (--stop-after): checkpoint "

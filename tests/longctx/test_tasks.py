@@ -24,6 +24,7 @@ if not os.path.exists(SPM):
     print(f"skipped: {SPM} is missing")
     sys.exit(77)
 
+import curriculum  # noqa: E402
 import data  # noqa: E402
 import tasks  # noqa: E402
 
@@ -152,6 +153,99 @@ class SequenceTest(unittest.TestCase):
         c = data.make_batch((1, 18, 512, 3))
         self.assertTrue((a[1] == b[1]).all())
         self.assertFalse((a[1] == c[1]).all())
+
+    def test_fact_cap_spreads_few_facts_over_long_documents(self):
+        for seed in range(6):
+            doc = tasks.generate(seed, 4000, count_tokens=ENC.count, kind="facts", max_facts=8)
+            facts = [f for f in doc.facts if f.attribute != "next_to"]
+            self.assertLessEqual(len(facts), 8)
+            self.assertGreaterEqual(len(facts), 2)
+            uncapped = tasks.generate(seed, 4000, count_tokens=ENC.count, kind="facts")
+            self.assertGreater(len([f for f in uncapped.facts if f.attribute != "next_to"]), 8)
+        # Spread: over many documents the capped facts reach the second half.
+        depths = [f.sentence / len(d.sentences) for seed in range(20)
+                  for d in [tasks.generate(seed, 4000, count_tokens=ENC.count, kind="facts",
+                                           max_facts=8)] for f in d.facts]
+        self.assertGreater(max(depths), 0.6)
+        with self.assertRaises(ValueError):
+            tasks.generate(1, 500, max_facts=0)
+
+    def test_batch_spec_with_a_fact_cap(self):
+        data.init_worker(SPM)
+        a = data.make_batch((1, 17, 1024, 2, 4))
+        b = data.make_batch((1, 17, 1024, 2))
+        self.assertEqual(a[1].shape, (2, 1024))
+        self.assertFalse((a[1] == b[1]).all())
+
+
+class GatedCurriculumTest(unittest.TestCase):
+    def run_steps(self, cur, first, last, acc_of, specs):
+        for s in range(first, last):
+            specs[s] = cur.spec(s, 65536)  # asked at most lag steps ahead, as Batches does
+            cur.observe(s, acc_of(s))
+
+    def test_stays_below_the_gate_and_advances_above_it(self):
+        cur = curriculum.GatedCurriculum(3, 16384, gate=0.9, window=10, min_steps=20, lag=4)
+        specs = {}
+        self.run_steps(cur, 0, 200, lambda s: 0.85, specs)
+        self.assertEqual(cur.stage, 0)
+        self.assertTrue(all(sp[2] == 256 for sp in specs.values()))
+        self.run_steps(cur, 200, 230, lambda s: 0.95, specs)
+        self.assertEqual(cur.stage, 1)
+        t = cur.passed[0]
+        # The window's mean first reaches 0.9 with five steps at 0.95 and five at 0.85.
+        self.assertEqual(t, 204)
+        # The new stage applies from step t + lag on; before that nothing draws it.
+        self.assertTrue(all(specs[s][2] == 256 for s in range(t + 4)))
+        later = [specs[s][2] for s in range(t + 4, 230)]
+        self.assertIn(512, later)
+        # About 30% of a later stage's steps revisit an earlier one.
+        self.run_steps(cur, 230, 2230, lambda s: 0.5, specs)
+        share = sum(specs[s][2] == 256 for s in range(230, 2230)) / 2000
+        self.assertAlmostEqual(share, curriculum.REVISIT, delta=0.05)
+
+    def test_stages_and_fact_caps_in_order(self):
+        cur = curriculum.GatedCurriculum(1, 4096, gate=0.5, window=5, min_steps=5, lag=2)
+        self.assertTrue(all(L <= 4096 for L, _ in cur.stages))
+        seen = []
+        s = 0
+        while cur.stage + 1 < len(cur.stages) and s < 10000:
+            cur.spec(s, 65536)
+            msg = cur.observe(s, 1.0)
+            if msg:
+                seen.append(msg)
+            s += 1
+        self.assertEqual(cur.stage, len(cur.stages) - 1)
+        self.assertEqual(len(seen), len(cur.stages) - 1)
+        self.assertIn("stage 1 (length 512, all facts)", seen[0])
+
+    def test_resumed_curriculum_repeats_the_schedule(self):
+        acc = lambda s: 0.95 if (s // 37) % 3 else 0.6  # noqa: E731
+        whole = curriculum.GatedCurriculum(5, 16384, gate=0.9, window=8, min_steps=10, lag=16)
+        specs_whole = {}
+        self.run_steps(whole, 0, 600, acc, specs_whole)
+        first = curriculum.GatedCurriculum(5, 16384, gate=0.9, window=8, min_steps=10, lag=16)
+        specs_resumed = {}
+        self.run_steps(first, 0, 250, acc, specs_resumed)
+        # Batches had already asked for steps 250 .. 265 when the run paused; they are asked
+        # again after the resume and must come out the same.
+        ahead = {s: first.spec(s, 65536) for s in range(250, 266)}
+        state = first.state()
+        second = curriculum.GatedCurriculum(5, 16384, gate=0.9, window=8, min_steps=10, lag=16)
+        second.load_state(state)
+        self.run_steps(second, 250, 600, acc, specs_resumed)
+        self.assertGreater(whole.stage, 2)
+        self.assertEqual(specs_whole, specs_resumed)
+        self.assertEqual({s: specs_whole[s] for s in ahead}, ahead)
+
+    def test_asking_too_far_ahead_and_bad_settings_raise(self):
+        cur = curriculum.GatedCurriculum(1, 1024, lag=4)
+        with self.assertRaises(RuntimeError):
+            cur.spec(4, 65536)  # step 0 not observed yet
+        with self.assertRaises(RuntimeError):
+            cur.observe(1, 0.5)  # steps come in order
+        with self.assertRaises(ValueError):
+            curriculum.GatedCurriculum(1, 1024, gate=0.0)
 
 
 if __name__ == "__main__":
