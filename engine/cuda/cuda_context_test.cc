@@ -410,19 +410,37 @@ TEST_CASE("CudaBackend contexts on stories260K: DENSE matches the CPU (fp32 1e-4
   CHECK(gpu->SequenceLength(s) == 0);
 }
 
+// One random model with head_dim 64 and a 700-token context, its DENSE, SQUEEZED budget 1 and
+// budget 0.25 attentions, and the CPU oracle of the 0.25 lookup as the GPU makes it.
+struct QuarterBudget {
+  QuarterBudget()
+      : m(RandomModel(21)),
+        snap(Ingest(m, 700, 3)),
+        dense(Attn(snap, AttentionMode::kDense)),
+        full(Attn(snap, AttentionMode::kSqueezed, 1.0)),
+        quarter(Attn(snap, AttentionMode::kSqueezed, 0.25)),
+        rounded(WithBf16Centroids(snap)),
+        oracle(rounded, Options()) {}
+  static AttentionOptions Options() {
+    AttentionOptions o;
+    o.kv_budget = 0.25;
+    return o;
+  }
+  const Model m;
+  const ContextSnapshot snap;
+  std::unique_ptr<SnapshotAttention> dense, full, quarter;
+  const ContextSnapshot rounded;
+  const Bf16LookupOracle oracle;
+};
+
 TEST_CASE(
     "CudaBackend contexts, head_dim 64: SQUEEZED at budget 1 equals DENSE; 0.25 is close "
     "to the CPU's") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
-  const Model m = RandomModel(21);
-  const ContextSnapshot snap = Ingest(m, 700, 3);
-  auto dense = Attn(snap, AttentionMode::kDense);
-  auto full = Attn(snap, AttentionMode::kSqueezed, 1.0);
-  auto quarter = Attn(snap, AttentionMode::kSqueezed, 0.25);
-  const ContextSnapshot rounded = WithBf16Centroids(snap);
-  AttentionOptions quarter_options;
-  quarter_options.kv_budget = 0.25;
-  const Bf16LookupOracle quarter_oracle(rounded, quarter_options);
+  const QuarterBudget b;
+  const Model& m = b.m;
+  const auto &dense = b.dense, &full = b.full, &quarter = b.quarter;
+  const Bf16LookupOracle& quarter_oracle = b.oracle;
   auto cpu = MakeCpu(m);
   for (CudaDType dtype : {CudaDType::kF32, CudaDType::kBf16}) {
     const bool fp32 = dtype == CudaDType::kF32;
@@ -449,15 +467,10 @@ TEST_CASE(
     "CudaBackend contexts, bf16 sparse prefill: budget 1 equals DENSE; 0.25 follows the CPU's "
     "selection per query block") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
-  const Model m = RandomModel(21);
-  const ContextSnapshot snap = Ingest(m, 700, 3);
-  auto dense = Attn(snap, AttentionMode::kDense);
-  auto full = Attn(snap, AttentionMode::kSqueezed, 1.0);
-  auto quarter = Attn(snap, AttentionMode::kSqueezed, 0.25);
-  const ContextSnapshot rounded = WithBf16Centroids(snap);
-  AttentionOptions quarter_options;
-  quarter_options.kv_budget = 0.25;
-  const Bf16LookupOracle oracle(rounded, quarter_options);
+  const QuarterBudget b;
+  const Model& m = b.m;
+  const auto &dense = b.dense, &full = b.full, &quarter = b.quarter;
+  const Bf16LookupOracle& oracle = b.oracle;
   auto cpu = MakeCpu(m);
   auto gpu = MakeCuda(m, CudaDType::kBf16, int64_t{1} << 30, /*sparse_prefill=*/true);
   // Budget 1: every row of every block, so the dense context partial (prompts of 150, 64 and 1
