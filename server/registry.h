@@ -18,7 +18,8 @@
 // leased at once; otherwise the caller's callback runs later, when a loader thread has read the
 // snapshot from the store. Requests for a context being loaded share its load. Before a load
 // starts, its bytes are reserved in the budget (the size seen when it was last resident, else the
-// record's stored_bytes, an upper bound); a load that does not fit even after evicting every idle
+// record's resident_bytes, else -- records from before it -- its stored_bytes); a load that does
+// not fit even after evicting every idle
 // context waits in a FIFO queue until released leases make room, for at most max_load_wait and
 // the request's deadline. The head of the queue is served first (no overtaking by smaller loads).
 // A context that cannot fit even in an empty budget (or beside the pinned contexts) is refused at
@@ -199,7 +200,8 @@ class Registry {
   // Makes room for `bytes` (beside the resident and reserved bytes) by evicting LRU idle unpinned
   // contexts other than `keep`; false, evicting nothing, when even evicting all of them would not.
   bool MakeRoomLocked(int64_t bytes, const Entry* keep);
-  // Bytes to reserve for loading `e`: its size when last resident, else its stored_bytes.
+  // Bytes to reserve for loading `e`: its size when last resident, else the record's
+  // resident_bytes, else its stored_bytes.
   int64_t LoadBytesLocked(const Entry& e) const;
   int64_t PinnedBytesLocked() const;
   // A lease on the resident `e`: counts a request in flight until released.

@@ -56,7 +56,10 @@ bool Registry::MakeRoomLocked(int64_t bytes, const Entry* keep) {
 }
 
 int64_t Registry::LoadBytesLocked(const Entry& e) const {
-  return e.known_bytes > 0 ? e.known_bytes : e.record.stored_bytes;
+  // The size in memory when known (loaded before, or recorded at persist time); records written
+  // before resident_bytes existed fall back to the stored size (an upper bound for fp32 K/V).
+  if (e.known_bytes > 0) return e.known_bytes;
+  return e.record.resident_bytes > 0 ? e.record.resident_bytes : e.record.stored_bytes;
 }
 
 int64_t Registry::PinnedBytesLocked() const {

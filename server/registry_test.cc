@@ -263,6 +263,47 @@ TEST_CASE(
   CHECK(*c->snapshot == f.snaps["c"]);
 }
 
+TEST_CASE(
+    "with bf16 storage a cold load reserves the snapshot's size in memory, not its smaller "
+    "stored size") {
+  TempDir dir;
+  StoreOptions so = testing::Options(dir.path);
+  so.kv_dtype = "bf16";
+  auto store = std::move(ContextStore::Open(so)).value();
+  const ContextSnapshot a = MakeSnapshot(41, 129, 2, 2, 8), b = MakeSnapshot(42, 129, 2, 2, 8);
+  const int64_t a_mem = SnapshotBytes(a), b_mem = SnapshotBytes(b);
+  StoreContext(store.get(), "a", a);
+  const int64_t b_stored = StoreContext(store.get(), "b", b).stored_bytes;
+  // A budget where "b" fits beside a leased "a" by its stored size but not by its size in memory.
+  const int64_t budget = a_mem + (b_stored + b_mem) / 2;
+  REQUIRE(a_mem + b_stored <= budget);
+  REQUIRE(budget < a_mem + b_mem);
+  metrics::Registry metrics;
+  RegistryMetrics m;
+  RegistryOptions o;
+  o.resident_budget_bytes = budget;
+  o.max_context_tokens = 4096;
+  o.model = TestModel();
+  Registry registry(store.get(), nullptr, o, m);
+  REQUIRE(registry.Start().ok());
+  std::optional<ContextLease> lease_a = *registry.Acquire("a", "");
+  Outcome got_b;
+  registry.AcquireAsync("b", "", {}, got_b.Callback());
+  // Reserving only the stored bytes would start the load now and then find no room for it
+  // (RESOURCE_EXHAUSTED); reserving the size in memory makes it wait for "a" instead.
+  std::this_thread::sleep_for(300ms);
+  CHECK_FALSE(got_b.finished());
+  CHECK(registry.acquires_waiting() == 1);
+  lease_a.reset();
+  REQUIRE(got_b.Wait());
+  REQUIRE(got_b.get().ok());
+  ContextSnapshot b_rounded = b;
+  store->RoundForStorage(&b_rounded);
+  CHECK(*got_b.get()->snapshot == b_rounded);
+  CHECK(registry.resident_bytes() == b_mem);
+  got_b.get() = InternalError("released");
+}
+
 TEST_CASE("a zero wait limit refuses at once when the budget is held") {
   Fixture f;
   f.Start(1.5, /*wait=*/0ms);

@@ -105,6 +105,7 @@ std::string EncodeRecord(const ContextRecord& r) {
             {"update_time_ms", r.update_time_ms},
             {"error", r.error},
             {"stored_bytes", r.stored_bytes},
+            {"resident_bytes", r.resident_bytes},
             {"thresholds", r.thresholds},
             {"manifest", manifest}};
   // Invalid UTF-8 in a label or message must not make dump() throw.
@@ -151,6 +152,7 @@ StatusOr<ContextRecord> DecodeRecord(const std::string& id, std::string_view tex
     r.update_time_ms = j.at("update_time_ms").get<int64_t>();
     r.error = j.at("error").get<std::string>();
     r.stored_bytes = j.at("stored_bytes").get<int64_t>();
+    if (j.contains("resident_bytes")) r.resident_bytes = j.at("resident_bytes").get<int64_t>();
     if (j.contains("thresholds")) r.thresholds = j.at("thresholds").get<std::vector<float>>();
     for (const auto& b : j.at("manifest")) {
       r.manifest.push_back({b.at("key").get<std::string>(), b.at("checksum").get<uint64_t>(),

@@ -7,7 +7,8 @@
 //    "weights_digest": ..., "format_version": 1},
 //    "token_count": 421, "content_digest": "hex", "options": {SqueezeOptions fields by name},
 //    "owner": "...", "labels": {"k": "v"}, "pinned": false, "create_time_ms": ...,
-//    "update_time_ms": ..., "error": "...", "stored_bytes": ..., "thresholds": [floats],
+//    "update_time_ms": ..., "error": "...", "stored_bytes": ..., "resident_bytes": ...,
+//    "thresholds": [floats],
 //    "manifest": [{"key": "0/1/kv", "checksum": u64, "bytes": u64}, ...]}
 // Integers are exact (u64 stays u64). A record with a newer format_version is refused
 // (FAILED_PRECONDITION); a malformed one is DATA_LOSS naming the context.
@@ -75,6 +76,10 @@ struct ContextRecord {
   // Filled by PutSnapshot: payload bytes of all blobs, the calibrated global thresholds
   // ([kNumGqaReduce][kNumSparsities], as ContextSnapshot::thresholds_global) and the manifest.
   int64_t stored_bytes = 0;
+  // Also filled by PutSnapshot: the snapshot's bytes in memory once loaded (SnapshotBytes), which
+  // differ from stored_bytes when K/V are stored in bf16. 0 in records written before it existed
+  // (the key is optional: older builds ignore it, this one reads its absence as 0).
+  int64_t resident_bytes = 0;
   std::vector<float> thresholds;
   std::vector<BlobEntry> manifest;  // READY: every blob's checksum
   bool operator==(const ContextRecord&) const = default;

@@ -31,6 +31,7 @@ ContextRecord Full() {
   r.update_time_ms = 1764400000001;
   r.error = "line 1\nline \"2\"";
   r.stored_bytes = std::numeric_limits<int64_t>::max();
+  r.resident_bytes = (int64_t{1} << 40) + 3;
   r.thresholds = {0.0f, 1e-30f, 0.125f, 3.4e38f};
   r.manifest = {{"meta", 1, 2}, {"0/0/kv", 0xfedcba9876543210ULL, 1ULL << 40}};
   return r;
@@ -58,10 +59,12 @@ TEST_CASE("fields added after the first records are optional on read") {
   auto j = nlohmann::json::parse(EncodeRecord(Full()));
   j.erase("model");
   j.erase("thresholds");
+  j.erase("resident_bytes");
   auto back = DecodeRecord("contract-7", j.dump());
   REQUIRE(back.ok());
   CHECK(back->model == ModelIdentity{});
   CHECK(back->thresholds.empty());
+  CHECK(back->resident_bytes == 0);  // unknown: readers fall back to stored_bytes
   CHECK(back->model_fingerprint == Full().model_fingerprint);
 }
 

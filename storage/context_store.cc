@@ -212,6 +212,7 @@ Status ContextStore::CreateRecord(const ContextRecord& record, std::span<const i
   r.state = ContextState::kQueued;
   r.manifest.clear();
   r.stored_bytes = 0;
+  r.resident_bytes = 0;
   if (r.create_time_ms == 0) r.create_time_ms = NowMs();
   r.update_time_ms = r.create_time_ms;
   rocksdb::WriteBatch batch;
@@ -405,6 +406,7 @@ Status ContextStore::PutSnapshot(const ContextSnapshot& snapshot, ContextRecord*
   }
   record->manifest.clear();
   record->stored_bytes = 0;
+  record->resident_bytes = SnapshotBytes(snapshot);
   record->thresholds = snapshot.thresholds_global;
   const blob::KvDType kv_dtype =
       options_.kv_dtype == "bf16" ? blob::KvDType::kBf16 : blob::KvDType::kF32;
@@ -632,6 +634,7 @@ Status ContextStore::MarkStaleImpl(const std::string& id, uint64_t fingerprint,
   r.progress = 0.0;
   r.manifest.clear();
   r.stored_bytes = 0;
+  r.resident_bytes = 0;
   r.thresholds.clear();
   r.model_fingerprint = fingerprint;
   r.model = current != nullptr ? *current : ModelIdentity{};

@@ -72,6 +72,7 @@ TEST_CASE("records, tokens and snapshots round-trip across reopen") {
     CHECK(r.manifest.size() == 1 + 2 * 2 * 2);
     CHECK(r.stored_bytes > SnapshotBytes(snap));  // payloads carry array lengths too
     CHECK(r.stored_bytes < SnapshotBytes(snap) + 4096);
+    CHECK(r.resident_bytes == SnapshotBytes(snap));
     CHECK(r.thresholds == snap.thresholds_global);
     REQUIRE(store->CommitReady(r).ok());
   }
@@ -465,6 +466,9 @@ TEST_CASE("bf16 K/V storage: half the KV bytes, loads the rounded snapshot, read
     auto store = std::move(ContextStore::Open(o)).value();
     StoreReady(store.get(), "new", snap, tokens);
     bf16_bytes = store->GetRecord("new")->stored_bytes;
+    // What the snapshot takes in memory once loaded does not change with the stored type.
+    CHECK(store->GetRecord("new")->resident_bytes == SnapshotBytes(snap));
+    CHECK(store->GetRecord("old")->resident_bytes == SnapshotBytes(snap));
     CHECK(*store->LoadSnapshot("new") == rounded);
     CHECK(*store->LoadSnapshot("old") == snap);  // written as fp32, read as fp32
     ContextSnapshot r = snap;
