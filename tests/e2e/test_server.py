@@ -165,11 +165,13 @@ def scrape(port):
     return out
 
 
-def metrics_port(server):
-    m = re.search(r"metrics on http://[^:]+:(\d+)/metrics", server.output())
-    if not m:
+def metrics_port(server, timeout=10.0):
+    """The metrics port from squeezed's log: the line comes just after the server is ready, so
+    a loaded machine may print it a moment after start() returns."""
+    pattern = r"metrics on http://[^:]+:(\d+)/metrics"
+    if not lib.wait_until(lambda: re.search(pattern, server.output()), timeout=timeout):
         raise AssertionError("no metrics address in the log:\n" + server.output())
-    return int(m.group(1))
+    return int(re.search(pattern, server.output()).group(1))
 
 
 def start_server(config_text=None, args=(), **kw):
