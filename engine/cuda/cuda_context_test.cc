@@ -167,6 +167,23 @@ class Bf16LookupOracle : public ContextAttention {
   std::unique_ptr<SnapshotAttention> inner_;
 };
 
+// The lookups the mixed-batch cases use beside budget ones: threshold at sparsity 0.7 with the
+// GQA mean, and a hierarchical budget of 0.3.
+AttentionOptions ThresholdMean() {
+  AttentionOptions o;
+  o.policy = SelectionPolicy::kThreshold;
+  o.sparsity = 0.7;
+  o.gqa_reduce = GqaReduce::kMean;
+  return o;
+}
+
+AttentionOptions Hierarchical() {
+  AttentionOptions o;
+  o.kv_budget = 0.3;
+  o.hierarchical = true;
+  return o;
+}
+
 // One request of a comparison: its context (null: none) for prefill and for decode; the CPU
 // decodes with cpu_decode_ctx where set (a Bf16LookupOracle), else with decode_ctx, and prefills
 // with cpu_prefill_ctx where set, else with prefill_ctx.
@@ -307,14 +324,8 @@ TEST_CASE("CudaBackend contexts: CUDA-graph decode steps equal eager ones bit fo
   auto b_dense = Attn(b, AttentionMode::kDense);
   auto c_dense = Attn(c, AttentionMode::kDense);
   auto c_sq = Attn(c, AttentionMode::kSqueezed, 0.25);
-  AttentionOptions thr;
-  thr.policy = SelectionPolicy::kThreshold;
-  thr.sparsity = 0.7;
-  thr.gqa_reduce = GqaReduce::kMean;
+  const AttentionOptions thr = ThresholdMean(), hier = Hierarchical();
   auto b_thr = MakeContextAttention(b, thr).value();
-  AttentionOptions hier;
-  hier.kv_budget = 0.3;
-  hier.hierarchical = true;
   auto a_hier = MakeContextAttention(a, hier).value();
   const std::vector<Request> four = {{a_dense.get(), a_sq.get(), 17},
                                      {nullptr, nullptr, 4},
@@ -507,14 +518,8 @@ TEST_CASE("CudaBackend contexts: a batch mixing contexts, modes and no context m
   auto a_dense = Attn(a, AttentionMode::kDense);
   auto a_sq = Attn(a, AttentionMode::kSqueezed, 0.25);
   auto b_dense = Attn(b, AttentionMode::kDense);
-  AttentionOptions thr;
-  thr.policy = SelectionPolicy::kThreshold;
-  thr.sparsity = 0.7;
-  thr.gqa_reduce = GqaReduce::kMean;
+  const AttentionOptions thr = ThresholdMean(), hier = Hierarchical();
   auto b_thr = MakeContextAttention(b, thr).value();
-  AttentionOptions hier;
-  hier.kv_budget = 0.3;
-  hier.hierarchical = true;
   auto a_hier = MakeContextAttention(a, hier).value();
   const ContextSnapshot a_rounded = WithBf16Centroids(a), b_rounded = WithBf16Centroids(b);
   AttentionOptions quarter;

@@ -215,4 +215,12 @@ inline int DifferingAtTiesOnly(const std::set<int32_t>& got, int64_t got_keys,
   return static_cast<int>(diff.size());
 }
 
+// A threshold between two adjacent estimates a quarter of the way down (descending) of the
+// probabilities pr of one head's clusters, so about a quarter of them pass it.
+inline float ThresholdAQuarterDown(std::vector<float> pr) {
+  std::sort(pr.begin(), pr.end(), std::greater<float>());
+  const size_t at = pr.size() / 4;
+  return at + 1 < pr.size() ? 0.5f * (pr[at] + pr[at + 1]) : 0.5f * pr[0];
+}
+
 }  // namespace sqz::cuda::testing
