@@ -445,7 +445,9 @@ def main() -> None:
                 n_acc = 0
             now = time.perf_counter()
             pause = args.stop_after > 0 and step + 1 - first >= args.stop_after
-            if now - last_ckpt > args.ckpt_every or step + 1 == total or pause:
+            over = args.deadline_seconds > 0 and \
+                now - t_start > args.deadline_seconds - args.reserve_seconds
+            if now - last_ckpt > args.ckpt_every or step + 1 == total or pause or over:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                             "total": total, "cfg": dataclasses.asdict(cfg),
                             "curriculum": gated.state() if gated else None}, ckpt_path)
@@ -455,12 +457,11 @@ def main() -> None:
                     f"{ckpt_path}", fh)
                 stopped_early = True
                 break
-            over = args.deadline_seconds > 0 and \
-                now - t_start > args.deadline_seconds - args.reserve_seconds
             if over and step + 1 < total:
                 log(f"STOPPED EARLY at step {step + 1} of {total}: deadline "
                     f"{args.deadline_seconds:.0f}s minus {args.reserve_seconds:.0f}s "
-                    f"(the model is not the --steps {total} one)", fh)
+                    f"(the model is not the --steps {total} one; --resume continues from the "
+                    f"checkpoint {ckpt_path})", fh)
                 stopped_early = True
                 break
     except Exception:  # noqa: BLE001 - keep what was trained: export and evaluate it
