@@ -12,11 +12,16 @@
 //      sequences) and, for comparison, launched eagerly; the ratio squeezed/dense (graphs on)
 //      against the goals (1.7x at batch 1, 3x at batch 32), and each mode's memory floor (weights
 //      + context bytes it must read, over the device-to-device copy bandwidth measured here);
-//      SQZ(1.0) (the lookup, then every row) against DENSE shows what the lookup itself costs.
+//      SQZ(1.0) (the lookup, then every row) against DENSE shows what the lookup itself costs;
+//   4. prompt prefill after the context at batch 1 (--prefill-prompts tokens each): DENSE, and
+//      SQUEEZED with the context attended densely and with the sparse prefill (a selection per
+//      block of query tokens, CudaBackendOptions::sparse_prefill), with the last position's
+//      logits against DENSE's.
 // A program, not a test. Usage (flags with defaults):
 //   sqz_cuda_e2e_bench [--layers 32] [--context 131072] [--chunk 4096] [--budget-permille 125]
 //                      [--batches 1,32] [--prompt 16] [--warmup 4] [--steps 32]
 //                      [--graph-max-batch 32] [--eager 1 (0: skip the eager rows)]
+//                      [--prefill-prompts 256,1024 (empty: none)] [--prefill-reps 3]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -42,6 +47,7 @@ namespace {
 
 using sqz::bench::IntArg;
 using sqz::bench::Llama3_8B;
+using sqz::bench::Median;
 using sqz::bench::RandomTokens;
 
 using Clock = std::chrono::steady_clock;
@@ -277,6 +283,32 @@ Run Decode(sqz::CudaBackend& b, const sqz::ContextAttention* ctx, int64_t batch,
   return r;
 }
 
+// Prefill of one request's n-token prompt after the context under `ctx`: the median wall time of
+// `reps` prefills (after one untimed run that grows the buffers) and the last position's logits.
+struct PrefillRun {
+  double ms = 0;
+  std::vector<float> logits;
+};
+
+PrefillRun Prefill(sqz::CudaBackend& b, const sqz::ContextAttention* ctx, int64_t n, int reps) {
+  const auto prompt = RandomTokens(n, b.config().vocab, 4242);
+  PrefillRun r;
+  r.logits.resize(b.config().vocab);
+  std::vector<double> ms;
+  for (int i = 0; i <= reps; ++i) {
+    auto s = b.AddSequence();
+    CHECK_OK(s.status(), "AddSequence");
+    std::vector<sqz::StepInput> in = {{*s, prompt, ctx}};
+    cudaStreamSynchronize(b.stream());
+    const auto t0 = Clock::now();
+    CHECK_OK(b.Forward(in, r.logits.data()), "prompt prefill");  // returns with the logits
+    if (i > 0) ms.push_back(Ms(t0, Clock::now()));
+    CHECK_OK(b.FreeSequence(*s), "FreeSequence");
+  }
+  r.ms = Median(ms);
+  return r;
+}
+
 double RelL2(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -317,14 +349,24 @@ int main(int argc, char** argv) {
   const int64_t steps = IntArg(argc, argv, "--steps", 32);
   const int64_t graph_max_batch = IntArg(argc, argv, "--graph-max-batch", 32);
   const bool eager_rows = IntArg(argc, argv, "--eager", 1) != 0;
+  const std::vector<int64_t> prefill_prompts =
+      ListArg(argc, argv, "--prefill-prompts", {256, 1024});
+  const int prefill_reps = static_cast<int>(IntArg(argc, argv, "--prefill-reps", 3));
+  const int64_t longest_prompt = std::max<int64_t>(
+      prompt, prefill_prompts.empty()
+                  ? 0
+                  : *std::max_element(prefill_prompts.begin(), prefill_prompts.end()));
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
 
-  const sqz::ModelConfig c = Llama3_8B(layers, context + prompt + warmup + steps + 1024);
+  const sqz::ModelConfig c =
+      Llama3_8B(layers, context + std::max(prompt + warmup + steps, longest_prompt) + 1024);
   sqz::CudaBackendOptions o;
   o.dtype = sqz::CudaDType::kBf16;
   // The ingestion prefill holds the whole context in the pool; requests need a few blocks each.
-  o.kv_blocks = (context + max_batch * (prompt + warmup + steps + 32)) / sqz::kKvBlockTokens + 64;
-  o.max_step_tokens = std::max<int64_t>(chunk, max_batch * prompt);
+  o.kv_blocks = (context + max_batch * (prompt + warmup + steps + 32) + longest_prompt) /
+                    sqz::kKvBlockTokens +
+                64;
+  o.max_step_tokens = std::max({chunk, max_batch * prompt, longest_prompt});
   o.decode_workspace_bytes = int64_t{256} << 20;
   o.cuda_graphs = true;
   o.graph_max_batch = graph_max_batch;
@@ -414,6 +456,34 @@ int main(int argc, char** argv) {
     const double speedup = rd.ms_per_step / rs.ms_per_step;
     std::printf("%-6lld speedup squeezed / dense %.2fx (goal %.1fx: %s)\n",
                 static_cast<long long>(batch), speedup, goal, speedup >= goal ? "met" : "MISSED");
+    std::fflush(stdout);
+  }
+  if (!prefill_prompts.empty()) {
+    std::printf("\n%-8s %-28s %10s %12s %10s %14s\n", "prompt", "mode", "ms", "tokens/s", "x dense",
+                "logits vs DENSE");
+  }
+  for (int64_t n : prefill_prompts) {
+    b.set_sparse_prefill(false);
+    const PrefillRun pd = Prefill(b, dense->get(), n, prefill_reps);
+    const PrefillRun pq = Prefill(b, squeezed->get(), n, prefill_reps);
+    b.set_sparse_prefill(true);
+    const PrefillRun ps = Prefill(b, squeezed->get(), n, prefill_reps);
+    const PrefillRun pf = Prefill(b, full->get(), n, prefill_reps);
+    b.set_sparse_prefill(false);
+    auto prow = [&](const char* mode, const PrefillRun& r) {
+      std::printf("%-8lld %-28s %10.2f %12.0f %9.2fx %14.2e\n", static_cast<long long>(n), mode,
+                  r.ms, 1e3 * n / r.ms, pd.ms / r.ms, RelL2(r.logits, pd.logits));
+    };
+    prow("DENSE", pd);
+    prow("SQUEEZED, dense prefill", pq);
+    prow("SQUEEZED, sparse prefill", ps);
+    prow("SQZ(1.0), sparse prefill", pf);
+    // Budget 1 selects every cluster of every block: the same keys as DENSE, so the same logits
+    // up to the order of summation.
+    if (!(RelL2(pf.logits, pd.logits) < 1e-2)) {
+      std::printf("FAILED: sparse prefill at budget 1 differs from DENSE\n");
+      failures += 1;
+    }
     std::fflush(stdout);
   }
   const sqz::CudaBackend::GraphStats gs = b.graph_stats();

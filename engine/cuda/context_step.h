@@ -79,6 +79,9 @@ class ContextStep {
   };
 
   ContextStep(const Shape& shape, cudaStream_t stream) : s_(shape), stream_(stream) {}
+  // Turns the sparse prefill of SQUEEZED items on or off from the next step on (benchmarks compare
+  // both on one backend and one resident context).
+  void set_sparse_prefill(bool on) { s_.sparse_prefill = on; }
   ContextStep(const ContextStep&) = delete;
   ContextStep& operator=(const ContextStep&) = delete;
   ~ContextStep();
@@ -109,7 +112,7 @@ class ContextStep {
   // The full selection as DecodeAttention (and the simple kernel) read it.
   cuda::ContextSegments FullSegments() const;
 
-  const Shape s_;
+  Shape s_;  // fixed at construction but for sparse_prefill (set_sparse_prefill)
   cudaStream_t stream_;
   std::span<const StepContext> contexts_;  // the current step's
   std::vector<ContextItemFacts> facts_;    // ... as the planner sees them

@@ -102,6 +102,7 @@ class ForwardImpl final : public CudaBackend::Impl {
   cudaStream_t stream() const override { return stream_; }
   CudaBackend::GraphStats graph_stats() const override { return graph_stats_; }
   void set_cuda_graphs(bool on) override { graphs_on_ = on; }
+  void set_sparse_prefill(bool on) override { ctx_step_->set_sparse_prefill(on); }
 
  private:
   // A decode step's graph: captured the second time its signature is seen (the first eager run
@@ -757,6 +758,7 @@ Status CudaBackend::ForwardSample(std::span<const StepInput> batch,
 CudaBackend::GraphStats CudaBackend::graph_stats() const { return impl_->graph_stats(); }
 
 void CudaBackend::set_cuda_graphs(bool on) { impl_->set_cuda_graphs(on); }
+void CudaBackend::set_sparse_prefill(bool on) { impl_->set_sparse_prefill(on); }
 
 Status CudaBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
   const std::vector<int32_t>* blocks = sequences_.Blocks(seq);

@@ -29,9 +29,10 @@
 //     CudaBackendOptions::sparse_prefill (bf16, flat lookups; off by default until run on a GPU
 //     through the backend); SQUEEZED needs head_dim 64 or 128 and GQA groups <= 8
 //     (else UNIMPLEMENTED: ask for DENSE); the lookup reads bf16 queries and centroids (also in the
-//     fp32 mode), so near-ties may select other clusters than the CPU; a context longer than the whole budget, or one that does not fit
-//     beside the contexts of running sequences, is RESOURCE_EXHAUSTED. The share of context keys
-//     read (KeyUsage of the ContextAttention) is not counted on the GPU;
+//     fp32 mode), so near-ties may select other clusters than the CPU; a context longer than the
+//     whole budget, or one that does not fit beside the contexts of running sequences, is
+//     RESOURCE_EXHAUSTED. The share of context keys read (KeyUsage of the ContextAttention) is not
+//     counted on the GPU;
 //   * batch invariance in bf16: a request's logits DO depend on the batch it runs in, at the
 //     level of bf16 rounding, not bit for bit. Three causes: (1) the linear layers run a GEMV for
 //     steps of at most 8 rows and cuBLASLt above, and cuBLASLt picks its algorithm (tile shape,
@@ -102,8 +103,9 @@ struct CudaBackendOptions {
   // its shape is seen. The shape is (batch size, decode-key bucket); buckets are 8 per power of two
   // of the longest sequence's key count, so a growing sequence meets a new graph every ~12% of its
   // length. Steps with fixed contexts (DENSE and SQUEEZED) are graphed too, their shape also
-  // covering the mix of lookups and the context step's buffers (context_step.h). Graphs replay the very kernels and parameters of the eager path: results are
-  // bit-identical with graphs on or off. Off: every step is launched kernel by kernel.
+  // covering the mix of lookups and the context step's buffers (context_step.h). Graphs replay the
+  // very kernels and parameters of the eager path: results are bit-identical with graphs on or off.
+  // Off: every step is launched kernel by kernel.
   bool cuda_graphs = true;
   int64_t graph_max_batch = 16;  // in [1, 256]: graphs of larger batches gain little
   // Device bytes all resident fixed contexts may hold together (K/V + index). A context needs
@@ -166,6 +168,8 @@ class CudaBackend : public Backend {
   // Turns decode-step graphs on or off from the next step on (benchmarks compare both on one
   // backend); starts as options.cuda_graphs.
   void set_cuda_graphs(bool on);
+  // The same for options.sparse_prefill (bf16 backends; fp32 ones prefill densely either way).
+  void set_sparse_prefill(bool on);
 
   // Makes `context` (filled on the device, e.g. by IngestContext: bench/cuda_e2e) the resident copy
   // of `snapshot`, which then serves requests whose ContextAttention borrows `snapshot` (its dims
