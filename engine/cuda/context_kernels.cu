@@ -2,27 +2,13 @@
 
 #include "engine/cuda/context_kernels.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/warp_row_attention.cuh"
 
 namespace sqz::cuda_ctx {
 namespace {
 
-__device__ __forceinline__ float Load(float x) { return x; }
-__device__ __forceinline__ float Load(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T Store(float x);
-template <>
-__device__ __forceinline__ float Store<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 Store<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-
-__device__ __forceinline__ float WarpTotal(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return __shfl_sync(0xffffffffu, v, 0);
-}
+using cuda::internal::ToFloat;
+using cuda::internal::WarpRowAttention;
 
 template <typename T>
 __global__ void GatherQueryRowsKernel(const T* __restrict__ src, int64_t src_stride,
@@ -32,7 +18,7 @@ __global__ void GatherQueryRowsKernel(const T* __restrict__ src, int64_t src_str
   if (j >= n) return;
   const T* s = src + static_cast<int64_t>(rows[j]) * src_stride;
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < width; c += gridDim.x * blockDim.x) {
-    dst[static_cast<int64_t>(j) * width + c] = __float2bfloat16(Load(s[c]));
+    dst[static_cast<int64_t>(j) * width + c] = __float2bfloat16(ToFloat(s[c]));
   }
 }
 
@@ -64,44 +50,18 @@ __global__ void InitDenseSelectionKernel(const int32_t* __restrict__ ctx_len, in
 
 constexpr int kWarps = 4;
 
-// One warp per (row, q head); lane l holds dims l, l + 32, ... (kPer of them).
+// One warp per (row, q head) (WarpRowAttention): the context's rows (all, or the selection's
+// segments), then the row's own paged tokens.
 template <typename T, int kPer>
 __global__ void __launch_bounds__(kWarps * 32)
     ContextAttentionKernel(ContextAttentionParams<T> p, T* __restrict__ out, int64_t out_stride) {
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (warp >= p.rows * p.q_heads) return;
-  const int lane = threadIdx.x & 31;
   const int64_t r = warp / p.q_heads;
   const int h = static_cast<int>(warp - r * p.q_heads);
   const int kvh = h / (p.q_heads / p.kv_heads);
   const int d = p.head_dim;
-  float q[kPer], o[kPer];
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int e = lane + 32 * i;
-    q[i] = e < d ? Load(p.q[r * p.q_stride + static_cast<int64_t>(h) * d + e]) : 0.0f;
-    o[i] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-  auto attend = [&](const T* k, const T* v) {
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = lane + 32 * i;
-      if (e < d) dot = fmaf(q[i], Load(k[e]), dot);
-    }
-    const float s = WarpTotal(dot) * p.scale;
-    const float m_new = fmaxf(m, s);
-    const float corr = expf(m - m_new);
-    const float pr = expf(s - m_new);
-    l = l * corr + pr;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = lane + 32 * i;
-      if (e < d) o[i] = fmaf(pr, Load(v[e]), o[i] * corr);
-    }
-    m = m_new;
-  };
+  WarpRowAttention<kPer> a(p.q + r * p.q_stride + static_cast<int64_t>(h) * d, d, p.scale);
   const int slot = p.row_slot != nullptr ? p.row_slot[r] : -1;
   if (slot >= 0) {
     const int64_t n = p.ctx_len[slot];
@@ -109,7 +69,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const T* vb = p.ctx_v[slot] + static_cast<int64_t>(kvh) * n * d;
     const int sel = p.row_sel != nullptr ? p.row_sel[r] : -1;
     if (sel < 0) {
-      for (int64_t j = 0; j < n; ++j) attend(kb + j * d, vb + j * d);
+      for (int64_t j = 0; j < n; ++j) a.Attend(kb + j * d, vb + j * d);
     } else {
       const int64_t i = static_cast<int64_t>(sel) * p.kv_heads + kvh;
       const int ns = p.sparse.num_segments[i];
@@ -119,7 +79,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (; key < seg.x; ++key) {
           int64_t row = key + seg.y;
           row = row < 0 ? 0 : (row >= n ? n - 1 : row);
-          attend(kb + row * d, vb + row * d);
+          a.Attend(kb + row * d, vb + row * d);
         }
       }
     }
@@ -129,14 +89,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int64_t j = 0; j < own; ++j) {
     const int64_t block = table[j / 16];
     const int64_t base = ((block * p.kv_heads + kvh) * 16 + j % 16) * d;
-    attend(p.pool_k + base, p.pool_v + base);
+    a.Attend(p.pool_k + base, p.pool_v + base);
   }
-  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int e = lane + 32 * i;
-    if (e < d) out[r * out_stride + static_cast<int64_t>(h) * d + e] = Store<T>(o[i] * inv);
-  }
+  a.Write(out + r * out_stride + static_cast<int64_t>(h) * d);
 }
 
 }  // namespace

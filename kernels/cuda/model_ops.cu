@@ -6,6 +6,7 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/philox.h"
+#include "kernels/cuda/warp_row_attention.cuh"
 
 namespace sqz::cuda {
 namespace {
@@ -107,56 +108,26 @@ __global__ void GatherPagedKvKernel(const T* __restrict__ pool_k, const T* __res
 
 constexpr int kAttnWarps = 4;
 
-// One warp per (row, query head); lane l holds dims l, l + 32, ... (kPer of them).
+// One warp per (row, query head) (WarpRowAttention).
 template <typename T, int kPer>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     PagedAttentionKernel(PagedAttentionParams<T> p, T* __restrict__ out, int64_t out_stride) {
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kAttnWarps + (threadIdx.x >> 5);
   if (warp >= p.rows * p.q_heads) return;
-  const int lane = threadIdx.x & 31;
   const int64_t r = warp / p.q_heads;
   const int h = static_cast<int>(warp - r * p.q_heads);
   const int kvh = h / (p.q_heads / p.kv_heads);
   const int d = p.head_dim;
-  float q[kPer], o[kPer];
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int e = lane + 32 * i;
-    q[i] = e < d ? ToFloat(p.q[r * p.q_stride + static_cast<int64_t>(h) * d + e]) : 0.0f;
-    o[i] = 0.0f;
-  }
+  internal::WarpRowAttention<kPer> a(p.q + r * p.q_stride + static_cast<int64_t>(h) * d, d,
+                                     p.scale);
   const int64_t n = p.row_keys[r];
   const int32_t* table = p.block_ids + p.row_table[r];
-  float m = -INFINITY, l = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
     const int64_t block = table[j / kPageSize];
     const int64_t base = ((block * p.kv_heads + kvh) * kPageSize + j % kPageSize) * d;
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = lane + 32 * i;
-      if (e < d) dot = fmaf(q[i], ToFloat(p.pool_k[base + e]), dot);
-    }
-    // Lane 0's total, broadcast, so every lane uses bit-identical scores.
-    dot = __shfl_sync(0xffffffffu, internal::WarpSum(dot), 0);
-    const float s = dot * p.scale;
-    const float m_new = fmaxf(m, s);
-    const float corr = expf(m - m_new);
-    const float pr = expf(s - m_new);
-    l = l * corr + pr;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int e = lane + 32 * i;
-      if (e < d) o[i] = fmaf(pr, ToFloat(p.pool_v[base + e]), o[i] * corr);
-    }
-    m = m_new;
+    a.Attend(p.pool_k + base, p.pool_v + base);
   }
-  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int e = lane + 32 * i;
-    if (e < d) out[r * out_stride + static_cast<int64_t>(h) * d + e] = FromFloat<T>(o[i] * inv);
-  }
+  a.Write(out + r * out_stride + static_cast<int64_t>(h) * d);
 }
 
 constexpr int kTile = 64, kTileK = 16;
