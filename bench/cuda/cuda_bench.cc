@@ -221,13 +221,31 @@ void BenchDecode() {
 }
 
 // ---- Prefill attention --------------------------------------------------------------------------
+// Relative L2 distance between two bf16 device arrays of n elements (host-side; for a sanity line).
+double RelativeL2Bf16(const bf16* a, const bf16* b, size_t n) {
+  std::vector<bf16> ha(n), hb(n);
+  BENCH_CHECK_CUDA(cudaMemcpy(ha.data(), a, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  BENCH_CHECK_CUDA(cudaMemcpy(hb.data(), b, n * sizeof(bf16), cudaMemcpyDeviceToHost));
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const double x = __bfloat162float(ha[i]), y = __bfloat162float(hb[i]);
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Both tensor-core kernels (PrefillKernel::kWide, the default, and kNarrow) on the same inputs:
+// time, rate, share of the measured GEMM peak, wide / narrow speed-up, and the relative L2
+// distance between their outputs (bf16 rounding: expect about 1e-3, never above 1e-2).
 void BenchPrefill() {
   const int hq = 32, hkv = 8;
-  std::printf("\n%-34s %10s %9s %8s\n", "prefill attention (causal, 32q/8kv)", "ms", "TFLOP/s",
-              "of peak");
+  std::printf("\n%-34s %10s %9s %8s %8s %9s\n", "prefill attention (causal, 32q/8kv)", "ms",
+              "TFLOP/s", "of peak", "x narrow", "rel L2");
   for (int d : {128, 64}) {
     for (int64_t n : {4096, 32768}) {
-      DeviceMem q(n * hq * d * 2), k(n * hkv * d * 2), v(n * hkv * d * 2), out(n * hq * d * 2);
+      DeviceMem q(n * hq * d * 2), k(n * hkv * d * 2), v(n * hkv * d * 2);
+      DeviceMem out_wide(n * hq * d * 2), out_narrow(n * hq * d * 2);
       FillRandomBf16(q.as<bf16>(), n * hq * d, 6);
       FillRandomBf16(k.as<bf16>(), n * hkv * d, 7);
       FillRandomBf16(v.as<bf16>(), n * hkv * d, 8);
@@ -244,19 +262,32 @@ void BenchPrefill() {
       p.head_dim = d;
       p.scale = 1.0f / std::sqrt(static_cast<float>(d));
       p.causal = true;
-      const double ms = TimeMs(
-          [&](int) {
-            BENCH_CHECK_OK(
-                sqz::cuda::PrefillAttention<bf16>(p, out.as<bf16>(), hq * d, nullptr, nullptr));
-          },
-          2, n > 8192 ? 5 : 20);
       // Causal: half of the n x n scores; QK^T and PV at 2 flops per multiply-add each.
       const double flops = 2.0 * 2.0 * n * n / 2.0 * d * hq;
-      const double tflops = flops / (ms * 1e-3) / 1e12;
-      char name[64];
-      std::snprintf(name, sizeof(name), "n %ldK d %d", long(n / 1024), d);
-      std::printf("%-34s %10.3f %9.1f %7.0f%%\n", name, ms, tflops,
-                  g_gemm_tflops > 0 ? 100.0 * tflops / g_gemm_tflops : 0.0);
+      double narrow_ms = 0.0;
+      for (auto kernel : {sqz::cuda::PrefillKernel::kNarrow, sqz::cuda::PrefillKernel::kWide}) {
+        const bool wide = kernel == sqz::cuda::PrefillKernel::kWide;
+        p.kernel = kernel;
+        bf16* out = wide ? out_wide.as<bf16>() : out_narrow.as<bf16>();
+        const double ms = TimeMs(
+            [&](int) {
+              BENCH_CHECK_OK(sqz::cuda::PrefillAttention<bf16>(p, out, hq * d, nullptr, nullptr));
+            },
+            2, n > 8192 ? 5 : 20);
+        if (!wide) narrow_ms = ms;
+        const double tflops = flops / (ms * 1e-3) / 1e12;
+        char name[64];
+        std::snprintf(name, sizeof(name), "n %ldK d %d %s", long(n / 1024), d,
+                      wide ? "wide" : "narrow");
+        std::printf("%-34s %10.3f %9.1f %7.0f%% %8.2f", name, ms, tflops,
+                    g_gemm_tflops > 0 ? 100.0 * tflops / g_gemm_tflops : 0.0, narrow_ms / ms);
+        if (wide) {
+          std::printf(" %9.1e\n", RelativeL2Bf16(out_wide.as<bf16>(), out_narrow.as<bf16>(),
+                                                 static_cast<size_t>(n) * hq * d));
+        } else {
+          std::printf(" %9s\n", "-");
+        }
+      }
     }
   }
 }

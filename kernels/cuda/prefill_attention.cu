@@ -155,6 +155,192 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
 }
 
+// ---- Wide tensor-core path (PrefillKernel::kWide) -----------------------------------------------
+// A block of 4 warps owns 128 query rows of one query head, 32 per warp as two m16 tiles, so each
+// K and V fragment read by ldmatrix feeds two mma (flash_tile.cuh, "Wide tiles"). Keys come in
+// tiles of 64, double-buffered by cp.async as in the narrow kernel, and are consumed in softmax
+// steps of kStep keys. head_dim 64 keeps Q's A fragments in registers and takes a tile in one step;
+// head_dim 128 takes it in two steps of 32 keys and re-reads Q from shared memory in each (the
+// accumulators, 128 registers, leave room for neither Q's 64 nor 64 scores). Only steps that cross
+// a warp's causal diagonal or the end of the keys are masked; steps entirely past a warp's last row
+// are skipped by that warp. ptxas (CUDA 13.0, sm_90) gives 242 registers for head_dim 128 and 255
+// for 64, no spills; shared memory is 102 KiB / 54 KiB per block: two blocks per SM.
+constexpr int kWideMt = 2;  // m16 query tiles per warp
+constexpr int kWideWarps = 4;
+constexpr int kWideThreads = kWideWarps * 32;
+constexpr int kWideBr = kWideWarps * kWideMt * 16;  // 128 query rows per block
+constexpr int kWideBc = 64;                         // keys per tile
+
+template <int D>
+constexpr size_t WideSmemBytes() {
+  // Q [kWideBr][D + kPad], then K and V, two stages each, [kWideBc][D + kPad].
+  return static_cast<size_t>(kWideBr + 4 * kWideBc) * (D + kPad) * sizeof(__nv_bfloat16);
+}
+
+template <int D, typename TOut>
+__global__ void __launch_bounds__(kWideThreads, 2)
+    FlashPrefillWideKernel(PrefillAttentionParams p, TOut* __restrict__ out, int64_t out_stride,
+                           cpu::AttentionPartial* __restrict__ stats) {
+  constexpr int kRow = D + kPad;
+  constexpr int kMt = kWideMt;
+  constexpr bool kQInRegs = D <= 64;
+  // Keys per softmax step: head_dim 128 takes a tile in two halves so that the scores (kMt * kStep
+  // / 2 registers) fit beside the accumulators (kMt * D / 2) without spilling.
+  constexpr int kStep = D <= 64 ? kWideBc : kWideBc / 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kWideBr][kRow]
+  // Stage s of K at q_s + (kWideBr + s * kWideBc) * kRow, of V at q_s + (kWideBr + (2 + s) *
+  // kWideBc) * kRow.
+  auto k_s = [&](int stage) { return q_s + (kWideBr + stage * kWideBc) * kRow; };
+  auto v_s = [&](int stage) { return q_s + (kWideBr + (2 + stage) * kWideBc) * kRow; };
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  // Causal blocks late in the sequence have the most work: start them first.
+  const int64_t q_tile = p.causal ? (gridDim.x - 1 - blockIdx.x) : blockIdx.x;
+  const int64_t q0 = q_tile * kWideBr;
+  const int head = blockIdx.y;
+  const int kv_head = head / (p.n_q_heads / p.n_kv_heads);
+  const __nv_bfloat16* k_base = p.k + kv_head * p.kv_head_stride;
+  const __nv_bfloat16* v_base = p.v + kv_head * p.kv_head_stride;
+
+  // Keys the block needs: [0, kv_end), in n_tiles tiles. The warp's rows are [w0, w0 + 32).
+  int64_t kv_end = p.n_kv;
+  if (p.causal) kv_end = Min64(kv_end, p.q_offset + Min64(q0 + kWideBr, p.n_q));
+  const int n_tiles = kv_end > 0 ? static_cast<int>((kv_end + kWideBc - 1) / kWideBc) : 0;
+  const int64_t w0 = q0 + warp * (kMt * 16);
+  // In steps of kStep keys (a tile is kWideBc / kStep steps): the warp computes steps
+  // [0, warp_steps) (none when all its rows lie past n_q), and steps from mask_step on may hold
+  // keys that some row of the warp must not see (past kv_end, or past its causal diagonal).
+  int warp_steps = 0;
+  if (w0 < p.n_q) {
+    const int64_t warp_kv_end =
+        p.causal ? Min64(kv_end, p.q_offset + Min64(w0 + kMt * 16, p.n_q)) : kv_end;
+    warp_steps = static_cast<int>((warp_kv_end + kStep - 1) / kStep);
+  }
+  const int mask_step =
+      static_cast<int>((p.causal ? Min64(kv_end, p.q_offset + w0 + 1) : kv_end) / kStep);
+
+  // Loads: thread tid copies 16-byte chunk tid % kChunks of rows tid / kChunks + i * kLdRows.
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kLdRows = kWideThreads / kChunks;
+  static_assert(kWideThreads % kChunks == 0 && kWideBc % kLdRows == 0 && kWideBr % kLdRows == 0);
+  const int ld_row = tid / kChunks, ld_col = (tid % kChunks) * 8;
+#pragma unroll 1
+  for (int r = ld_row; r < kWideBr; r += kLdRows) {
+    const int64_t row = q0 + r;
+    const bool valid = row < p.n_q;
+    const __nv_bfloat16* src = valid ? p.q + row * p.q_token_stride + head * D + ld_col : p.q;
+    internal::CpAsync16(q_s + r * kRow + ld_col, src, valid);
+  }
+  auto load_kv = [&](int tile, int stage) {
+    const int64_t j0 = static_cast<int64_t>(tile) * kWideBc;
+    const int64_t rows = kv_end - j0;  // keys of this tile that exist: the rest are zero-filled
+    __nv_bfloat16* k_dst = k_s(stage) + ld_col;
+    __nv_bfloat16* v_dst = v_s(stage) + ld_col;
+#pragma unroll 1
+    for (int r = ld_row; r < kWideBc; r += kLdRows) {
+      const bool valid = r < rows;
+      const int64_t off = (j0 + r) * p.kv_token_stride + ld_col;
+      internal::CpAsync16(k_dst + r * kRow, valid ? k_base + off : p.k, valid);
+      internal::CpAsync16(v_dst + r * kRow, valid ? v_base + off : p.v, valid);
+    }
+  };
+  if (n_tiles > 0) load_kv(0, 0);
+  internal::CpAsyncCommit();
+
+  const __nv_bfloat16* q_warp = q_s + warp * (kMt * 16) * kRow;
+  uint32_t qf[kQInRegs ? kMt : 1][kQInRegs ? D / 16 : 1][4];
+  float o[kMt][D / 8][4];
+  float m[kMt][2], l[kMt][2];
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+  const float scale_log2 = p.scale * kLog2e;
+
+  for (int jt = 0; jt < n_tiles; ++jt) {
+    const int stage = jt & 1;
+    if (jt + 1 < n_tiles) load_kv(jt + 1, stage ^ 1);
+    internal::CpAsyncCommit();
+    internal::CpAsyncWait<1>();
+    __syncthreads();
+    if constexpr (kQInRegs) {
+      if (jt == 0) {
+#pragma unroll
+        for (int kc = 0; kc < D / 16; kc += 2) {
+          uint32_t a[kMt][2][4];
+          internal::LoadQPair<kMt, kRow>(q_warp, kc, lane, a);
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              qf[mt][kc][i] = a[mt][0][i];
+              qf[mt][kc + 1][i] = a[mt][1][i];
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int sub = 0; sub < kWideBc / kStep; ++sub) {
+      const int step = jt * (kWideBc / kStep) + sub;
+      if (step >= warp_steps) break;  // warp-uniform: the other warps may still need this tile
+      const __nv_bfloat16* k_step = k_s(stage) + sub * kStep * kRow;
+      float s[kMt][kStep / 8][4];
+      if constexpr (kQInRegs) {
+        internal::ScoreTileWideRegQ<D, kStep, kRow, kMt>(qf, k_step, lane, s);
+      } else {
+        internal::ScoreTileWideSmemQ<D, kStep, kRow, kMt>(q_warp, k_step, lane, s);
+      }
+      if (step >= mask_step) {
+        // Key j0 + jj is visible to row w0 + rr when jj < end and (not causal or jj <= diag + rr).
+        const int64_t j0 = static_cast<int64_t>(step) * kStep;
+        const int64_t end = kv_end - j0, diag = p.q_offset + w0 - j0;
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+          for (int nt = 0; nt < kStep / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int jj = nt * 8 + 2 * t4 + (e & 1);
+              const int rr = mt * 16 + g + (e >> 1) * 8;
+              if (jj >= end || (p.causal && jj > diag + rr)) s[mt][nt][e] = -INFINITY;
+            }
+          }
+        }
+      }
+      internal::OnlineSoftmaxWide(s, scale_log2, m, l, o);
+      internal::AccumulatePVWide<D, kStep, kRow, kMt>(s, v_s(stage) + sub * kStep * kRow, lane, o);
+    }
+    __syncthreads();  // the next iteration's loads overwrite the other stage only after this
+  }
+  internal::CpAsyncWait<0>();
+
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = l[mt][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const int64_t row = w0 + mt * 16 + g + r * 8;
+      if (row < p.n_q) {
+        TOut* dst = out + row * out_stride + head * D + 2 * t4;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          StorePair(dst + dt * 8, o[mt][dt][2 * r] * inv, o[mt][dt][2 * r + 1] * inv);
+        }
+        if (stats && t4 == 0) stats[row * p.n_q_heads + head] = {m[mt][r] * kLn2, sum};
+      }
+    }
+  }
+}
+
 // ---- Simple path (any head_dim <= 256) ----------------------------------------------------------
 // One warp per (query token, query head); lane i holds dims i, i + 32, ...; one key at a time.
 constexpr int kSimpleMaxDim = 256;
@@ -226,6 +412,19 @@ Status LaunchFlash(const PrefillAttentionParams& p, TOut* out, int64_t out_strid
   return LaunchStatus("PrefillAttention");
 }
 
+template <int D, typename TOut>
+Status LaunchWide(const PrefillAttentionParams& p, TOut* out, int64_t out_stride,
+                  cpu::AttentionPartial* stats, cudaStream_t stream) {
+  constexpr size_t kSmem = WideSmemBytes<D>();
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(FlashPrefillWideKernel<D, TOut>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+      "PrefillAttention: cudaFuncSetAttribute (wide)");
+  const dim3 grid(static_cast<unsigned>((p.n_q + kWideBr - 1) / kWideBr), p.n_q_heads);
+  FlashPrefillWideKernel<D, TOut><<<grid, kWideThreads, kSmem, stream>>>(p, out, out_stride, stats);
+  return LaunchStatus("PrefillAttention (wide)");
+}
+
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // ---- Merge
@@ -292,8 +491,17 @@ Status PrefillAttention(const PrefillAttentionParams& p, TOut* out, int64_t out_
   const bool vec_ok = Aligned16(p.q) && Aligned16(p.k) && Aligned16(p.v) && Aligned16(out) &&
                       p.q_token_stride % 8 == 0 && p.kv_token_stride % 8 == 0 &&
                       p.kv_head_stride % 8 == 0 && out_token_stride % 2 == 0;
-  if (vec_ok && p.head_dim == 64) return LaunchFlash<64>(p, out, out_token_stride, stats, stream);
-  if (vec_ok && p.head_dim == 128) return LaunchFlash<128>(p, out, out_token_stride, stats, stream);
+  if (vec_ok && (p.head_dim == 64 || p.head_dim == 128)) {
+    switch (p.kernel) {
+      case PrefillKernel::kWide:
+        return p.head_dim == 64 ? LaunchWide<64>(p, out, out_token_stride, stats, stream)
+                                : LaunchWide<128>(p, out, out_token_stride, stats, stream);
+      case PrefillKernel::kNarrow:
+        return p.head_dim == 64 ? LaunchFlash<64>(p, out, out_token_stride, stats, stream)
+                                : LaunchFlash<128>(p, out, out_token_stride, stats, stream);
+    }
+    return ArgError(kOp, "unknown PrefillKernel " + std::to_string(static_cast<int>(p.kernel)));
+  }
   const int64_t warps = p.n_q * p.n_q_heads;
   const int64_t blocks = (warps + kSimpleWarps - 1) / kSimpleWarps;
   if (blocks > INT32_MAX) return ArgError(kOp, "too many query tokens for one launch");

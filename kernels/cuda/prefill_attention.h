@@ -10,9 +10,9 @@
 // The optional (m, l) output lets callers merge this partial with others (MergeAttentionPartials).
 //
 // Dispatch: head_dim 64 and 128 with 16-byte aligned pointers and strides that are multiples of 8
-// run on tensor cores (bf16 mma, fp32 softmax and accumulators); any other head_dim up to 256 (8,
-// 48, 96, ...) or unaligned views run a simple correct kernel (one warp per query and head).
-// head_dim > 256 is UNIMPLEMENTED.
+// run on tensor cores (bf16 mma, fp32 softmax and accumulators), in the kernel that params.kernel
+// selects; any other head_dim up to 256 (8, 48, 96, ...) or unaligned views run a simple correct
+// kernel (one warp per query and head). head_dim > 256 is UNIMPLEMENTED.
 // Memory: all pointers are device memory owned by the caller; nothing is allocated.
 // Thread safety: stateless.
 #pragma once
@@ -26,6 +26,17 @@
 #include "kernels/cpu/attention.h"
 
 namespace sqz::cuda {
+
+// The tensor-core kernel for head_dim 64 / 128. Both compute the same function (outputs within
+// bf16 rounding of each other, the same (m, l)); kNarrow, the first one, stays selectable as the
+// fallback and as a cross-check in tests and benchmarks.
+enum class PrefillKernel {
+  // 128 query rows per block, 32 per warp (two m16 tiles): each K / V fragment read from shared
+  // memory feeds two mma; causal tiles past a warp's last row are skipped per warp.
+  kWide,
+  // 64 query rows per block, 16 per warp (one m16 tile): each fragment feeds one mma.
+  kNarrow,
+};
 
 struct PrefillAttentionParams {
   // Query token t, head h at q + t * q_token_stride + h * head_dim: [n_q][>= n_q_heads * head_dim].
@@ -47,6 +58,7 @@ struct PrefillAttentionParams {
   float scale = 0.0f;  // usually 1 / sqrt(head_dim)
   bool causal = true;
   int64_t q_offset = 0;  // with causal: query t sits at key position q_offset + t (>= 0)
+  PrefillKernel kernel = PrefillKernel::kWide;  // head_dim 64 / 128 only; see PrefillKernel
 };
 
 // out: query t, head h at out + t * out_token_stride + h * head_dim ([n_q][>= n_q_heads*head_dim]);

@@ -1,7 +1,9 @@
 #include "kernels/cuda/prefill_attention.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <initializer_list>
 #include <type_traits>
 
 #include "kernels/cpu/attention.h"
@@ -26,10 +28,23 @@ struct Case {
   int hq, hkv, d;
   bool head_major;  // K/V as [hkv][n_kv][d] instead of token-major [n_kv][hkv * d + 8]
   bool misaligned;  // q one element off 16-byte alignment (forces the simple path)
+  // Rows compared with the reference: all when 1; else the first and last 160 and every
+  // check_every-th (long cases, to bound the CPU reference's time). Every row must be finite.
+  int64_t check_every = 1;
 };
 
+bool Checked(const Case& c, int64_t t) {
+  return c.check_every <= 1 || t < 160 || t >= c.n_q - 160 || t % c.check_every == 0;
+}
+
+const char* KernelName(PrefillKernel k) { return k == PrefillKernel::kWide ? "wide" : "narrow"; }
+
+// Runs case c on each tensor-core kernel (both by default; head_dim 64 / 128 with aligned views,
+// the others take the simple path whatever is selected) against one CPU reference.
 template <typename TOut>
-void RunCase(const Case& c, uint32_t seed) {
+void RunCase(const Case& c, uint32_t seed,
+             std::initializer_list<PrefillKernel> kernels = {PrefillKernel::kWide,
+                                                             PrefillKernel::kNarrow}) {
   INFO("n_q=" << c.n_q << " n_kv=" << c.n_kv << " q_offset=" << c.q_offset << " causal=" << c.causal
               << " hq=" << c.hq << " hkv=" << c.hkv << " d=" << c.d
               << " head_major=" << c.head_major << " misaligned=" << c.misaligned
@@ -62,11 +77,6 @@ void RunCase(const Case& c, uint32_t seed) {
   p.causal = c.causal;
   p.q_offset = c.q_offset;
   const int64_t out_stride = c.hq * c.d;
-  DeviceBuffer<TOut> out(c.n_q * out_stride);
-  DeviceBuffer<cpu::AttentionPartial> stats(c.n_q * c.hq);
-  const Status st = PrefillAttention<TOut>(p, out.get(), out_stride, stats.get(), nullptr);
-  INFO(st.ToString());
-  REQUIRE(st.ok());
 
   // Reference.
   std::vector<float> want(c.n_q * out_stride, 0.0f);
@@ -79,29 +89,56 @@ void RunCase(const Case& c, uint32_t seed) {
       std::copy_n(v.begin() + k_at(j, g), c.d, vh.begin() + j * c.d);
     }
     for (int64_t t = 0; t < c.n_q; ++t) {
+      if (!Checked(c, t)) continue;
       const int64_t allowed = c.causal ? std::min(c.n_kv, c.q_offset + t + 1) : c.n_kv;
       cpu::AttendAccumulate(q.data() + q_shift + t * q_stride + h * c.d, kh.data(), c.d, vh.data(),
                             c.d, allowed, c.d, p.scale, want.data() + t * out_stride + h * c.d,
                             &want_stats[t * c.hq + h]);
     }
   }
-  const auto got = testing::ToFloat(out.Download());
-  if (c.n_kv == 0) {
-    for (float x : got) REQUIRE(x == 0.0f);
-  } else {
-    REQUIRE(RelativeL2(got, want) < kTolO);
-  }
-  const auto got_stats = stats.Download();
-  for (size_t i = 0; i < got_stats.size(); ++i) {
-    const auto& a = got_stats[i];
-    const auto& b = want_stats[i];
-    if (b.l == 0.0f) {
-      REQUIRE(a.l == 0.0f);
-      REQUIRE(a.m == -INFINITY);
-      continue;
+  std::vector<float> want_rows;
+  for (int64_t t = 0; t < c.n_q; ++t) {
+    if (Checked(c, t)) {
+      want_rows.insert(want_rows.end(), want.begin() + t * out_stride,
+                       want.begin() + (t + 1) * out_stride);
     }
-    REQUIRE(std::fabs(a.m - b.m) <= 1e-3 + 1e-4 * std::fabs(b.m));
-    REQUIRE(std::fabs(a.l - b.l) <= 1e-3 * b.l);
+  }
+
+  for (PrefillKernel kernel : kernels) {
+    INFO("kernel=" << KernelName(kernel));
+    p.kernel = kernel;
+    DeviceBuffer<TOut> out(c.n_q * out_stride);
+    DeviceBuffer<cpu::AttentionPartial> stats(c.n_q * c.hq);
+    const Status st = PrefillAttention<TOut>(p, out.get(), out_stride, stats.get(), nullptr);
+    INFO(st.ToString());
+    REQUIRE(st.ok());
+    const auto got = testing::ToFloat(out.Download());
+    REQUIRE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }));
+    if (c.n_kv == 0) {
+      REQUIRE(std::all_of(got.begin(), got.end(), [](float x) { return x == 0.0f; }));
+    } else {
+      std::vector<float> got_rows;
+      for (int64_t t = 0; t < c.n_q; ++t) {
+        if (Checked(c, t)) {
+          got_rows.insert(got_rows.end(), got.begin() + t * out_stride,
+                          got.begin() + (t + 1) * out_stride);
+        }
+      }
+      REQUIRE(RelativeL2(got_rows, want_rows) < kTolO);
+    }
+    const auto got_stats = stats.Download();
+    for (size_t i = 0; i < got_stats.size(); ++i) {
+      if (!Checked(c, static_cast<int64_t>(i) / c.hq)) continue;
+      const auto& a = got_stats[i];
+      const auto& b = want_stats[i];
+      if (b.l == 0.0f) {
+        REQUIRE(a.l == 0.0f);
+        REQUIRE(a.m == -INFINITY);
+        continue;
+      }
+      REQUIRE(std::fabs(a.m - b.m) <= 1e-3 + 1e-4 * std::fabs(b.m));
+      REQUIRE(std::fabs(a.l - b.l) <= 1e-3 * b.l);
+    }
   }
 }
 
@@ -130,6 +167,36 @@ TEST_CASE("PrefillAttention matches cpu::AttendAccumulate over shapes, layouts a
   for (int d : {64, 128}) {
     RunCase<bf16>({1000, 1000, 0, true, 8, 2, d, false, false}, seed += 3);
     RunCase<float>({64, 4096, 4032, true, 4, 1, d, true, false}, seed += 3);
+  }
+}
+
+// The wide and narrow tensor-core kernels over the sizes where their tiles (128 and 64 query rows,
+// 32 / 64-key steps) begin and end, GQA groups 1, 4 and 8, queries after a prefix of context keys
+// (q_offset > 0, with and without keys past the last query), and long sequences.
+TEST_CASE("PrefillAttention wide and narrow kernels match the CPU over tile-edge shapes",
+          "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 1000;
+  for (int d : {64, 128}) {
+    for (auto [hq, hkv] : {std::pair{2, 2}, std::pair{4, 1}, std::pair{8, 1}}) {
+      for (int64_t n : {1, 3, 63, 64, 65, 127, 129}) {
+        RunCase<float>({n, n, 0, true, hq, hkv, d, false, false}, seed += 3);
+        // After a prefix of context keys: n_kv = prefix + n, query t at key prefix + t.
+        for (int64_t prefix : {37, 192}) {
+          RunCase<float>({n, prefix + n, prefix, true, hq, hkv, d, (n & 1) != 0, false}, seed += 3);
+        }
+      }
+      // A chunk in the middle of a longer sequence: keys past the chunk's last query exist but
+      // must not be seen.
+      RunCase<float>({129, 1000, 600, true, hq, hkv, d, false, false}, seed += 3);
+      // Not causal (attention to a context).
+      RunCase<float>({65, 300, 0, false, hq, hkv, d, true, false}, seed += 3);
+      RunCase<float>({130, 97, 0, false, hq, hkv, d, false, false}, seed += 3);
+    }
+    RunCase<bf16>({1000, 1000, 0, true, 4, 1, d, false, false}, seed += 3);
+    RunCase<float>({1000, 1300, 300, true, 8, 2, d, true, false}, seed += 3);
+    RunCase<bf16>({4100, 4100, 0, true, 4, 1, d, false, false, 17}, seed += 3);
+    RunCase<float>({257, 4100, 3843, true, 4, 1, d, false, false}, seed += 3);
   }
 }
 
