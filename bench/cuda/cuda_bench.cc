@@ -198,24 +198,33 @@ void BenchDecode() {
       p.ctx_len = len.as<int32_t>();
       p.max_kv_len = ctx;
       const double floor_us = kv_bytes / (g_copy_gbps * 1e9) * 1e6;
-      for (int64_t force : {int64_t{0}, int64_t{256}, int64_t{1024}, int64_t{4096}}) {
-        const sqz::cuda::DecodePlan plan = sqz::cuda::PlanDecodeAttention(p, sms, force);
-        DeviceMem ws(plan.workspace_bytes);
-        const double ms = TimeMs(
-            [&](int i) {
-              p.ctx_k = kp[i % sets]->as<const bf16*>();
-              p.ctx_v = vp[i % sets]->as<const bf16*>();
-              BENCH_CHECK_OK(sqz::cuda::DecodeAttention<bf16>(p, plan, out.as<bf16>(), nullptr,
-                                                              ws.ptr, ws.bytes, nullptr));
-            },
-            3, 30);
-        char name[64];
-        std::snprintf(name, sizeof(name), "ctx %ldK batch %d%s", long(ctx / 1024), batch,
-                      force == 0 ? " (planner)" : "");
-        std::printf("%-34s %8ld %8d %10.1f %9.0f %9.1f %9.2f\n", name, long(plan.chunk_len),
-                    plan.num_chunks, ms * 1e3, kv_bytes / (ms * 1e-3) / 1e9, floor_us,
-                    ms * 1e3 / floor_us);
-      }
+      // Each split twice: the merge fused into the chunk kernel (default), then the previous
+      // path, a separate merge kernel (rows marked "[old]").
+      for (int64_t force : {int64_t{0}, int64_t{256}, int64_t{1024}, int64_t{4096}})
+        for (bool fused : {true, false}) {
+          sqz::cuda::DecodePlanOptions options;
+          options.force_chunk_len = force;
+          options.fused_merge = fused;
+          const sqz::cuda::DecodePlan plan = sqz::cuda::PlanDecodeAttention(p, sms, options);
+          DeviceMem ws(plan.workspace_bytes);
+          if (plan.workspace_bytes > 0) {  // the merge counters start zero
+            BENCH_CHECK_CUDA(cudaMemset(ws.ptr, 0, plan.workspace_bytes));
+          }
+          const double ms = TimeMs(
+              [&](int i) {
+                p.ctx_k = kp[i % sets]->as<const bf16*>();
+                p.ctx_v = vp[i % sets]->as<const bf16*>();
+                BENCH_CHECK_OK(sqz::cuda::DecodeAttention<bf16>(p, plan, out.as<bf16>(), nullptr,
+                                                                ws.ptr, ws.bytes, nullptr));
+              },
+              3, 30);
+          char name[64];
+          std::snprintf(name, sizeof(name), "ctx %ldK batch %d%s%s", long(ctx / 1024), batch,
+                        force == 0 ? " (planner)" : "", fused ? "" : " [old]");
+          std::printf("%-34s %8ld %8d %10.1f %9.0f %9.1f %9.2f\n", name, long(plan.chunk_len),
+                      plan.num_chunks, ms * 1e3, kv_bytes / (ms * 1e-3) / 1e9, floor_us,
+                      ms * 1e3 / floor_us);
+        }
     }
   }
 }

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -154,16 +155,23 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   dp.ctx_k = c->ctx_k;
   dp.ctx_v = c->ctx_v;
   dp.max_kv_len = n_tokens;
-  c->dense_plan = PlanDecodeAttention(dp, num_sms);
+  // SQZ_BENCH_MERGE_KERNEL=1: DecodeAttention's previous path (a separate merge kernel), to
+  // compare with the default merge fused into the chunk kernel.
+  DecodePlanOptions decode_options;
+  const char* merge_kernel = std::getenv("SQZ_BENCH_MERGE_KERNEL");
+  decode_options.fused_merge = merge_kernel == nullptr || std::string(merge_kernel) != "1";
+  c->dense_plan = PlanDecodeAttention(dp, num_sms, decode_options);
   c->sparse = dp;
   c->sparse.sparse =
       ContextSegments{c->segments, c->num_segments, c->selected_len, c->select_plan.max_segments};
   const int64_t body = static_cast<int64_t>(n_tokens) - sink - window;
   c->sparse.max_kv_len = SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, kv_budget, sink, body,
                                                 window, largest_cluster);
-  c->sparse_plan = PlanDecodeAttention(c->sparse, num_sms);
+  c->sparse_plan = PlanDecodeAttention(c->sparse, num_sms, decode_options);
   if (Alloc(&c->dense_ws, c->dense_plan.workspace_bytes) ||
-      Alloc(&c->sparse_ws, c->sparse_plan.workspace_bytes)) {
+      Alloc(&c->sparse_ws, c->sparse_plan.workspace_bytes) ||
+      Check(cudaMemset(c->dense_ws, 0, c->dense_plan.workspace_bytes), "zero workspace") ||
+      Check(cudaMemset(c->sparse_ws, 0, c->sparse_plan.workspace_bytes), "zero workspace")) {
     return fail();
   }
   return c;

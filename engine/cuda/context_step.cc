@@ -430,15 +430,9 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
       if (plan_.any_squeezed()) {
         p.sparse = FullSegments();
       }
-      cuda::DecodePlan plan = cuda::PlanDecodeAttention(p, s_.num_sms);
-      if (plan.workspace_bytes > b.decode_ws_bytes) {
-        // Fewer, longer chunks so that the partials fit the workspace (as the plain path does).
-        const size_t per_chunk = static_cast<size_t>(p.batch) * p.n_q_heads * (4 * d + 8);
-        const int64_t max_chunks = std::max<int64_t>(
-            1, (static_cast<int64_t>(b.decode_ws_bytes) - 512) / static_cast<int64_t>(per_chunk));
-        plan = cuda::PlanDecodeAttention(p, s_.num_sms,
-                                         (plan_.decode_kv_bucket + max_chunks - 1) / max_chunks);
-      }
+      // Fewer, longer chunks where the partials would not fit the workspace.
+      const cuda::DecodePlan plan =
+          cuda::PlanDecodeAttentionWithin(p, s_.num_sms, b.decode_ws_bytes);
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, b.attn, nullptr, b.decode_ws,
                                                       b.decode_ws_bytes, stream_));
     }

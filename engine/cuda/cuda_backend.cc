@@ -285,6 +285,11 @@ Status ForwardImpl<T>::AllocateBuffers() {
   inv_freq_ = reinterpret_cast<float*>(base + inv_freq);
   decode_ws_ = decode_ws_bytes_ ? base + decode_ws : nullptr;
   gemm_ws_ = gemm_ws_bytes_ ? base + gemm_ws : nullptr;
+  // DecodeAttention's workspace starts zeroed (its merge counters; every call leaves them zero).
+  if (decode_ws_ != nullptr) {
+    SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(decode_ws_, 0, decode_ws_bytes_, stream_),
+                             "CudaBackend: zeroing the decode attention workspace");
+  }
   // The pool starts zeroed so that a read of a never-written slot is finite (kernels never read
   // one, but ReadKv of a freshly taken block must not show garbage).
   SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(pool_.get(), 0, pool_.bytes(), stream_),
@@ -368,15 +373,8 @@ Status ForwardImpl<T>::Attention(const StepLayout& L, int layer, int64_t decode_
       p.pool_k = PoolK(layer);
       p.pool_v = PoolV(layer);
       p.max_kv_len = decode_keys;
-      cuda::DecodePlan plan = cuda::PlanDecodeAttention(p, num_sms_);
-      if (plan.workspace_bytes > decode_ws_bytes_) {
-        // Fewer, longer chunks so that the partials fit the workspace.
-        const size_t per_chunk = static_cast<size_t>(p.batch) * p.n_q_heads * (4 * d + 8);
-        const int64_t max_chunks =
-            std::max<int64_t>(1, (static_cast<int64_t>(decode_ws_bytes_) - 512) / per_chunk);
-        const int64_t chunk = (decode_keys + max_chunks - 1) / max_chunks;
-        plan = cuda::PlanDecodeAttention(p, num_sms_, chunk);
-      }
+      // Fewer, longer chunks where the partials would not fit the workspace.
+      const cuda::DecodePlan plan = cuda::PlanDecodeAttentionWithin(p, num_sms_, decode_ws_bytes_);
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, attn_, nullptr, decode_ws_,
                                                       decode_ws_bytes_, stream_));
     }

@@ -29,20 +29,146 @@ constexpr size_t ChunkSmemBytes() {
          (kMaxG * D + kMaxG * kTile + 3 * kMaxG) * sizeof(float);
 }
 
-// Byte offsets of the workspace: partial outputs [batch][n_q_heads][chunks][D] fp32, then stats.
+// Workspace of a split (num_chunks > 1), in order: the fused merge's counters
+// [batch][n_kv_heads] uint32 (DecodeCounterBytes), partial outputs [batch][n_q_heads][chunks][D]
+// fp32, stats [batch][n_q_heads][chunks] (m, l).
 size_t PartialOutBytes(const DecodeAttentionParams& p, int chunks) {
   const size_t bytes = static_cast<size_t>(p.batch) * p.n_q_heads * chunks * p.head_dim * 4;
   return (bytes + 255) / 256 * 256;
 }
 
+constexpr int kMergePiece = 64;  // chunks whose weights the fused merge holds in smem at a time
+
+// Shared memory the fused merge needs (it reuses a chunk kernel's K/V stages), in bytes.
+constexpr size_t kMergeSmemBytes = (2 * kMaxG + kMaxG * kMergePiece) * sizeof(float);
+
+// The fused merge, called by every thread of a chunk block (uniformly) once the block's partials
+// of the group's heads are in ws_o / ws_stats. The block counts itself done on counter
+// (one per (r, kv_head)); the last of the num_chunks blocks to do so resets the counter to zero
+// (for the next launch or graph replay) and merges all chunks' partials into out / stats by the
+// rule of DecodeMergeKernel. The fence before the count publishes this block's partials; the last
+// block reads the others' through L2 (ld.global.cg), never through a possibly stale L1.
+// smem: >= kMergeSmemBytes, free for reuse (no thread still reads it). The partials of the group
+// are the rows qh0 .. qh0 + group - 1 (qh = r * n_q_heads + query head).
+template <int D, typename TOut>
+__device__ void MergeChunksIfLast(int64_t qh0, int group, int num_chunks,
+                                  unsigned* __restrict__ counter, const float* ws_o,
+                                  const cpu::AttentionPartial* ws_stats, TOut* __restrict__ out,
+                                  cpu::AttentionPartial* __restrict__ stats, float* smem) {
+  static_assert(D % 4 == 0, "partial rows are read as float4");
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  __threadfence();
+  __syncthreads();
+  bool last = false;
+  if (tid == 0) {
+    last = atomicAdd(counter, 1u) == static_cast<unsigned>(num_chunks - 1);
+    if (last) *counter = 0u;  // every block of this launch has counted
+  }
+  if (!__syncthreads_or(last)) return;
+  __threadfence();
+
+  float* m_s = smem;         // [kMaxG] max over chunks of m (natural log)
+  float* l_s = m_s + kMaxG;  // [kMaxG] sum over chunks of exp(m_c - m) l_c
+  float* w_s = l_s + kMaxG;  // [kMaxG][kMergePiece] exp(m_c - m) l_c of the current piece
+  const float2* st = reinterpret_cast<const float2*>(ws_stats);  // (m, l) pairs
+  // (m, l) of each head: warp w takes heads w, w + 4; lanes stride the chunks (online), then
+  // combine by shuffles.
+  for (int hh = warp; hh < group; hh += kThreads / 32) {
+    const float2* sh = st + (qh0 + hh) * num_chunks;
+    float m = -INFINITY, l = 0.0f;
+    for (int c = lane; c < num_chunks; c += 32) {
+      const float2 sc = __ldcg(sh + c);
+      if (sc.y > 0.0f) {
+        const float mn = fmaxf(m, sc.x);
+        l = l * expf(m - mn) + sc.y * expf(sc.x - mn);
+        m = mn;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m, off);
+      const float lo = __shfl_xor_sync(0xffffffffu, l, off);
+      const float mn = fmaxf(m, mo);
+      const float base = mn == -INFINITY ? 0.0f : mn;
+      l = l * expf(m - base) + lo * expf(mo - base);
+      m = mn;
+    }
+    if (lane == 0) {
+      m_s[hh] = m;
+      l_s[hh] = l;
+    }
+  }
+  __syncthreads();
+
+  // Output float4 v of head hh is index hh * kVec + v; thread tid owns tid + k * kThreads.
+  constexpr int kVec = D / 4;
+  constexpr int kPerThread = (kMaxG * kVec + kThreads - 1) / kThreads;
+  const int outputs = group * kVec;
+  float4 acc[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) acc[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int c0 = 0; c0 < num_chunks; c0 += kMergePiece) {
+    const int n = min(kMergePiece, num_chunks - c0);
+    for (int i = tid; i < group * kMergePiece; i += kThreads) {
+      const int hh = i / kMergePiece, c = i % kMergePiece;
+      float w = 0.0f;
+      if (c < n) {
+        const float2 sc = __ldcg(st + (qh0 + hh) * num_chunks + c0 + c);
+        w = sc.y > 0.0f ? expf(sc.x - m_s[hh]) * sc.y : 0.0f;
+      }
+      w_s[i] = w;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int o = tid + k * kThreads;
+      if (o < outputs) {
+        const int hh = o / kVec, v = o % kVec;
+        const float4* src =
+            reinterpret_cast<const float4*>(ws_o + ((qh0 + hh) * num_chunks + c0) * D) + v;
+        const float* w = w_s + hh * kMergePiece;
+        float4 a = acc[k];
+#pragma unroll 8
+        for (int c = 0; c < n; ++c) {
+          const float4 x = __ldcg(src + static_cast<int64_t>(c) * kVec);
+          a.x = fmaf(w[c], x.x, a.x);
+          a.y = fmaf(w[c], x.y, a.y);
+          a.z = fmaf(w[c], x.z, a.z);
+          a.w = fmaf(w[c], x.w, a.w);
+        }
+        acc[k] = a;
+      }
+    }
+    __syncthreads();  // w_s is rewritten by the next piece
+  }
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int o = tid + k * kThreads;
+    if (o < outputs) {
+      const int hh = o / kVec, v = o % kVec;
+      const float l = l_s[hh];
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      TOut* dst = out + (qh0 + hh) * D + 4 * v;
+      dst[0] = FromFloat<TOut>(acc[k].x * inv);
+      dst[1] = FromFloat<TOut>(acc[k].y * inv);
+      dst[2] = FromFloat<TOut>(acc[k].z * inv);
+      dst[3] = FromFloat<TOut>(acc[k].w * inv);
+      if (stats && v == 0) stats[qh0 + hh] = {m_s[hh], l};
+    }
+  }
+}
+
 // One block = one (chunk, kv head, request): streams the chunk's keys through a kStages-deep
 // cp.async pipeline and leaves the partial (o, m, l) of each of the group's query heads either in
-// the workspace (several chunks) or directly in out/stats (one chunk).
+// the workspace (several chunks) or directly in out/stats (one chunk). counters (several chunks,
+// fused merge; else nullptr): [batch][n_kv_heads], zero at launch; the last block of each
+// (request, kv head) merges the partials (MergeChunksIfLast).
 template <int D, typename TOut>
 __global__ void __launch_bounds__(kThreads)
     DecodeChunkKernel(DecodeAttentionParams p, int64_t chunk_len, int num_chunks,
                       float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
-                      TOut* __restrict__ out, cpu::AttentionPartial* __restrict__ stats) {
+                      unsigned* __restrict__ counters, TOut* __restrict__ out,
+                      cpu::AttentionPartial* __restrict__ stats) {
   constexpr int kRow = D + kPad;
   constexpr int kChunks = D / 8;  // 16-byte pieces per K/V row
   constexpr int kPairs = D / 2;   // bf16 pairs per V row
@@ -243,6 +369,12 @@ __global__ void __launch_bounds__(kThreads)
       if (dim == 0) ws_stats[qh * num_chunks + chunk] = st;
     }
   }
+  if (num_chunks > 1 && counters != nullptr) {
+    static_assert(kMergeSmemBytes <= kStages * 2 * kTile * kRow * sizeof(__nv_bfloat16));
+    const int64_t qh0 = static_cast<int64_t>(r) * p.n_q_heads + kv_head * group;
+    MergeChunksIfLast<D, TOut>(qh0, group, num_chunks, counters + r * p.n_kv_heads + kv_head, ws_o,
+                               ws_stats, out, stats, reinterpret_cast<float*>(kv_s));
+  }
 }
 
 // ---- Tensor-core chunk kernel (head_dim 32, 64, 96, 128)
@@ -283,7 +415,8 @@ template <int D, typename TOut, bool kSparse>
 __global__ void __launch_bounds__(kThreads)
     DecodeMmaChunkKernel(DecodeAttentionParams p, int64_t chunk_len, int num_chunks,
                          float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
-                         TOut* __restrict__ out, cpu::AttentionPartial* __restrict__ stats) {
+                         unsigned* __restrict__ counters, TOut* __restrict__ out,
+                         cpu::AttentionPartial* __restrict__ stats) {
   static_assert(D % 32 == 0, "K fragments are loaded two k-chunks at a time");
   constexpr int kRow = D + kPad;
   constexpr int kChunks = D / 8;
@@ -319,9 +452,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
-  const __nv_bfloat16* ctx_k = len_ctx > 0 ? p.ctx_k[r] : nullptr;
-  const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
-  const int32_t* blocks = len_own > 0 ? p.block_ids + p.block_indptr[r] : nullptr;
+  // Loaded beside the lengths, not after them (one round trip fewer before the first tile): the
+  // arrays have an entry for every request whenever ctx_len / own_len are given; entries of
+  // requests without keys are never dereferenced.
+  const __nv_bfloat16* ctx_k = p.ctx_len ? p.ctx_k[r] : nullptr;
+  const __nv_bfloat16* ctx_v = p.ctx_len ? p.ctx_v[r] : nullptr;
+  const int32_t* blocks = p.own_len ? p.block_ids + p.block_indptr[r] : nullptr;
 
   // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages], by threads
   // 0 .. 63 (warps 0 and 1; thread t takes key j0 + t; they synchronise among themselves with
@@ -390,17 +526,7 @@ __global__ void __launch_bounds__(kThreads)
     rows_s[(tile % kMmaStages) * kMmaKeys + tid] = static_cast<int32_t>(row);
     if (j == last) cursor_s[(tile + 1) & 1] = min(s, n_segs - 1);
   };
-  if (kSparse) {
-    // Tile 0 first: tiles 1 .. kMmaStages - 1 start from its cursor.
-    find_rows(0);
-    __syncthreads();
-    for (int t = 1; t < kMmaStages && t < n_tiles; ++t) {
-      find_rows(t);
-      __syncthreads();
-    }
-  }
-
-  // Q rows: the group's heads, zero below.
+  // Q rows: the group's heads, zero below (issued first; committed with tile 0).
   for (int c = tid; c < 16 * kChunks; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
     const bool valid = row < group;
@@ -449,12 +575,20 @@ __global__ void __launch_bounds__(kThreads)
       internal::CpAsync16(v_dst + row * kRow + col, vs, valid);
     }
   };
-  // Group 0 holds Q and tile 0.
+  // Group 0 holds Q and tile 0. Sparse: the rows of tile t are found (and published by a barrier)
+  // just before its load, so tile 0's loads are in flight while tiles 1 .. kMmaStages - 1 look up
+  // theirs (each starts from the cursor of the one before). The barrier at the top of the main
+  // loop publishes the rows of tile kMmaStages - 1.
 #pragma unroll
   for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (kSparse && s < n_tiles) {
+      find_rows(s);
+      __syncthreads();
+    }
     if (s < n_tiles) load_tile(s, s);
     internal::CpAsyncCommit();
   }
+  if (kSparse && kMmaStages - 1 < n_tiles) find_rows(kMmaStages - 1);
 
   uint32_t qf[D / 16][4];
   float o[D / 8][4];
@@ -588,6 +722,12 @@ __global__ void __launch_bounds__(kThreads)
       if (dim == 0) ws_stats[qh * num_chunks + chunk] = st;
     }
   }
+  if (num_chunks > 1 && counters != nullptr) {
+    static_assert(kMergeSmemBytes <= kMmaStages * 2 * kMmaKeys * kRow * sizeof(__nv_bfloat16));
+    const int64_t qh0 = static_cast<int64_t>(r) * p.n_q_heads + kv_head * group;
+    MergeChunksIfLast<D, TOut>(qh0, group, num_chunks, counters + r * p.n_kv_heads + kv_head, ws_o,
+                               ws_stats, out, stats, reinterpret_cast<float*>(kv_s));
+  }
 }
 
 // One block per (request, query head): merges its chunks' partials (log-sum-exp rule). The
@@ -646,16 +786,19 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
                            "DecodeAttention: cudaFuncSetAttribute");
   float* ws_o = nullptr;
   cpu::AttentionPartial* ws_stats = nullptr;
+  unsigned* counters = nullptr;
   if (plan.num_chunks > 1) {
-    ws_o = static_cast<float*>(workspace);
-    ws_stats = reinterpret_cast<cpu::AttentionPartial*>(static_cast<char*>(workspace) +
+    char* base = static_cast<char*>(workspace);
+    if (plan.fused_merge) counters = reinterpret_cast<unsigned*>(base);
+    ws_o = reinterpret_cast<float*>(base + DecodeCounterBytes(p));
+    ws_stats = reinterpret_cast<cpu::AttentionPartial*>(base + DecodeCounterBytes(p) +
                                                         PartialOutBytes(p, plan.num_chunks));
   }
   const dim3 grid(plan.num_chunks, p.n_kv_heads, p.batch);
-  kernel<<<grid, kThreads, kSmem, stream>>>(p, plan.chunk_len, plan.num_chunks, ws_o, ws_stats, out,
-                                            stats);
+  kernel<<<grid, kThreads, kSmem, stream>>>(p, plan.chunk_len, plan.num_chunks, ws_o, ws_stats,
+                                            counters, out, stats);
   SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: chunk kernel"));
-  if (plan.num_chunks > 1) {
+  if (plan.num_chunks > 1 && !plan.fused_merge) {
     const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.batch) * p.n_q_heads);
     // Weights of the chunks plus 16 zero floats: the unrolled sum may read a little past them.
     const size_t merge_smem = (static_cast<size_t>(plan.num_chunks) + 16) * sizeof(float);
@@ -676,15 +819,22 @@ bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 
 }  // namespace
 
+size_t DecodeCounterBytes(const DecodeAttentionParams& p) {
+  const size_t bytes = static_cast<size_t>(std::max(p.batch, 0)) * std::max(p.n_kv_heads, 0) * 4;
+  return (bytes + 255) / 256 * 256;
+}
+
 DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
-                               int64_t force_chunk_len) {
+                               const DecodePlanOptions& options) {
   DecodePlan plan;
   const int64_t len = std::max<int64_t>(p.max_kv_len, 0);
-  int64_t chunk = force_chunk_len;
+  int64_t chunk = options.force_chunk_len;
   if (chunk <= 0) {
     // Time model: blocks run in waves of `slots` (2 resident per multiprocessor); a block costs
-    // its keys plus a fixed overhead worth ~256 keys (pipeline fill), the merge kernel ~1024. Take
-    // the split with the smallest modelled time, preferring fewer chunks on ties.
+    // its keys plus a fixed overhead worth ~256 keys (pipeline fill). The merge kernel costs ~1024
+    // keys; the fused merge only its last block's pass over the chunks' partials (from L2, about
+    // a key's worth per chunk and head row) plus a fixed ~64. Take the split with the smallest
+    // modelled time, preferring fewer chunks on ties.
     const int64_t units = std::max<int64_t>(1, static_cast<int64_t>(p.batch) * p.n_kv_heads);
     const int64_t slots = 2 * static_cast<int64_t>(std::max(num_sms, 1));
     const int64_t max_chunks = std::max<int64_t>(1, (len + kDecodeTile - 1) / kDecodeTile);
@@ -695,7 +845,8 @@ DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
       cl = std::max<int64_t>(kDecodeTile, (cl + kDecodeTile - 1) / kDecodeTile * kDecodeTile);
       const int64_t chunks = std::max<int64_t>(1, (len + cl - 1) / cl);
       const int64_t waves = (units * chunks + slots - 1) / slots;
-      const int64_t cost = waves * (cl + 256) + (chunks > 1 ? 1024 : 0);  // + the merge kernel
+      const int64_t merge = chunks == 1 ? 0 : options.fused_merge ? 64 + chunks : 1024;
+      const int64_t cost = waves * (cl + 256) + merge;
       if (best_cost < 0 || cost < best_cost) {
         best_cost = cost;
         chunk = cl;
@@ -706,9 +857,41 @@ DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
   plan.chunk_len = chunk;
   plan.num_chunks = static_cast<int>(std::max<int64_t>(1, (len + chunk - 1) / chunk));
   if (plan.num_chunks > 1) {
-    plan.workspace_bytes = PartialOutBytes(p, plan.num_chunks) + static_cast<size_t>(p.batch) *
-                                                                     p.n_q_heads * plan.num_chunks *
-                                                                     sizeof(cpu::AttentionPartial);
+    plan.fused_merge = options.fused_merge;
+    plan.workspace_bytes = DecodeCounterBytes(p) + PartialOutBytes(p, plan.num_chunks) +
+                           static_cast<size_t>(p.batch) * p.n_q_heads * plan.num_chunks *
+                               sizeof(cpu::AttentionPartial);
+  }
+  return plan;
+}
+
+DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
+                               int64_t force_chunk_len) {
+  DecodePlanOptions options;
+  options.force_chunk_len = force_chunk_len;
+  return PlanDecodeAttention(p, num_sms, options);
+}
+
+DecodePlan PlanDecodeAttentionWithin(const DecodeAttentionParams& p, int num_sms,
+                                     size_t workspace_bytes, const DecodePlanOptions& options) {
+  DecodePlan plan = PlanDecodeAttention(p, num_sms, options);
+  // Fewer chunks until the partials fit: the bytes per chunk give a first guess, then step down
+  // (chunk_len rounding can leave one chunk more than asked for).
+  const size_t per_chunk = static_cast<size_t>(std::max(p.batch, 0)) * std::max(p.n_q_heads, 0) *
+                           (4 * static_cast<size_t>(std::max(p.head_dim, 0)) + 8);
+  const int64_t len = std::max<int64_t>(p.max_kv_len, 0);
+  int64_t chunks = plan.num_chunks;
+  if (plan.workspace_bytes > workspace_bytes && per_chunk > 0) {
+    const size_t fixed = DecodeCounterBytes(p) + 256;
+    chunks =
+        workspace_bytes > fixed ? static_cast<int64_t>((workspace_bytes - fixed) / per_chunk) : 1;
+    chunks = std::clamp<int64_t>(chunks, 1, plan.num_chunks);
+  }
+  DecodePlanOptions forced = options;
+  while (plan.workspace_bytes > workspace_bytes && chunks >= 1) {
+    forced.force_chunk_len = (len + chunks - 1) / chunks;
+    plan = PlanDecodeAttention(p, num_sms, forced);
+    --chunks;
   }
   return plan;
 }
@@ -735,8 +918,11 @@ Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, T
     return ArgError(kOp, "plan does not cover max_kv_len (make it with PlanDecodeAttention)");
   }
   if (p.batch == 0) return OkStatus();
-  const DecodePlan expected = PlanDecodeAttention(p, 1, plan.chunk_len);
-  if (expected.num_chunks != plan.num_chunks) {
+  DecodePlanOptions same;
+  same.force_chunk_len = plan.chunk_len;
+  same.fused_merge = plan.fused_merge || plan.num_chunks == 1;
+  const DecodePlan expected = PlanDecodeAttention(p, 1, same);
+  if (expected.num_chunks != plan.num_chunks || expected.fused_merge != plan.fused_merge) {
     return ArgError(kOp, "plan was made for other params");
   }
   if (workspace_bytes < expected.workspace_bytes ||

@@ -4,9 +4,12 @@
 //   2. its own tokens in the paged pool: blocks of kPageSize tokens, found through a block table,
 // as one key sequence (context keys first, then own tokens; no mask: every key precedes the query).
 // The keys are split into chunks (split-K) so that long sequences fill the GPU; each chunk leaves
-// an exact partial (o, m, l) in the workspace, and a second kernel merges them by the log-sum-exp
-// rule (cpu::MergePartial). The result and its (m, l) can be merged further by the caller
-// (MergeAttentionPartials, prefill_attention.h), e.g. with a Squeezed-Attention partial.
+// an exact partial (o, m, l) in the workspace, and the partials are merged by the log-sum-exp rule
+// (cpu::MergePartial): by default in the same launch, by the chunk block of each (request, kv head)
+// that finishes last (a counter per (request, kv head) in the workspace tells it so), or, with
+// DecodePlanOptions::fused_merge off, by a second kernel (the earlier path, kept as a fallback).
+// The result and its (m, l) can be merged further by the caller (MergeAttentionPartials,
+// prefill_attention.h), e.g. with a Squeezed-Attention partial.
 //
 // Semantics (oracle: cpu::AttendAccumulate over the concatenated keys): for request r and query
 // head h (kv head h / (n_q_heads / n_kv_heads)), s_j = scale * q . k_j, m = max s_j,
@@ -17,10 +20,15 @@
 // entry u / kPageSize at slot u % kPageSize) at pool + ((b * n_kv_heads + h) * kPageSize + i) *
 // head_dim.
 //
-// Usage: plan on the host, size the workspace, launch:
+// Usage: plan on the host, size the workspace, zero it once, launch:
 //   DecodePlan plan = PlanDecodeAttention(params, num_sms);
-//   ... workspace of plan.workspace_bytes ...
+//   ... workspace of plan.workspace_bytes, zeroed once after allocation (cudaMemset) ...
 //   DecodeAttention(params, plan, out, stats, workspace, plan.workspace_bytes, stream);
+// Workspace contract: its first DecodeCounterBytes(params) bytes hold the fused merge's counters.
+// They must be zero before the first call on the workspace, and every completed call leaves them
+// zero (the last block of each (request, kv head) resets its counter), so later calls with any
+// plan, and replays of a captured CUDA graph, find them zero. Calls that share a workspace must
+// not run concurrently. The unfused path never writes the counters.
 // head_dim must be one of kDecodeHeadDims (compiled instances); others are UNIMPLEMENTED. Head
 // dims 32, 64, 96 and 128 run on tensor cores (bf16 probabilities in P V, as in prefill); 8, 16
 // and 48 on a CUDA-core kernel with fp32 probabilities. A sparse context (params.sparse) needs a
@@ -98,18 +106,41 @@ struct DecodeAttentionParams {
 struct DecodePlan {
   int64_t chunk_len = 0;  // keys per chunk, a multiple of kDecodeTile
   int num_chunks = 0;     // chunks per (request, kv head): ceil(max_kv_len / chunk_len), >= 1
-  size_t workspace_bytes = 0;
+  // num_chunks > 1 only: true merges the partials inside the chunk kernel (its last block per
+  // (request, kv head)), false in a second kernel.
+  bool fused_merge = false;
+  size_t workspace_bytes = 0;  // counters, then partial outputs and stats (0 for one chunk)
 };
 
+// Choices of PlanDecodeAttention that tests, benchmarks and fallbacks override.
+struct DecodePlanOptions {
+  // > 0: keys per chunk instead of the modelled choice, rounded up to a multiple of kDecodeTile.
+  int64_t force_chunk_len = 0;
+  // Merge in the chunk kernel's last block (one launch, no merge-kernel latency; needs the zeroed
+  // counters of the workspace contract). false: the separate merge kernel (previous path).
+  bool fused_merge = true;
+};
+
+// Bytes at the start of a workspace that hold the fused merge's counters (one uint32 per
+// (request, kv head), padded to 256 bytes).
+size_t DecodeCounterBytes(const DecodeAttentionParams& params);
+
 // Chooses the split with the smallest modelled time: blocks run in waves over 2 x num_sms slots
-// (num_sms from cudaDevAttrMultiProcessorCount), each costing its keys plus a fixed overhead.
-// force_chunk_len > 0 overrides the choice, rounded up to a multiple of kDecodeTile (tests use it
-// to exercise the merge).
+// (num_sms from cudaDevAttrMultiProcessorCount), each costing its keys plus a fixed overhead, plus
+// the merge (a kernel of its own, or, fused, a pass over the chunks' partials from L2).
+DecodePlan PlanDecodeAttention(const DecodeAttentionParams& params, int num_sms,
+                               const DecodePlanOptions& options);
+// The same with default options and force_chunk_len (tests use it to exercise the merge).
 DecodePlan PlanDecodeAttention(const DecodeAttentionParams& params, int num_sms,
                                int64_t force_chunk_len = 0);
+// The planner's split, or, when its workspace exceeds workspace_bytes, the most chunks whose
+// workspace fits (longer ones; a single chunk needs no workspace).
+DecodePlan PlanDecodeAttentionWithin(const DecodeAttentionParams& params, int num_sms,
+                                     size_t workspace_bytes, const DecodePlanOptions& options = {});
 
 // out: [batch][n_q_heads][head_dim]; stats: [batch][n_q_heads] (m, l) or nullptr.
-// workspace: >= plan.workspace_bytes device bytes, 16-byte aligned. TOut: float or __nv_bfloat16.
+// workspace: >= plan.workspace_bytes device bytes, 16-byte aligned, counters zero (see the
+// workspace contract above). TOut: float or __nv_bfloat16.
 template <typename TOut>
 Status DecodeAttention(const DecodeAttentionParams& params, const DecodePlan& plan, TOut* out,
                        cpu::AttentionPartial* stats, void* workspace, size_t workspace_bytes,

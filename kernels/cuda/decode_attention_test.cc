@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <type_traits>
 
@@ -153,14 +154,27 @@ struct DeviceBatch {
   DeviceBuffer<const bf16*> ctx_k_ptrs, ctx_v_ptrs;
 };
 
+// A workspace as the contract wants it: allocated (poisoned by DeviceBuffer), then zeroed once.
+void ZeroOnce(DeviceBuffer<char>* ws) {
+  if (ws->size() > 0) SQZ_TEST_CUDA(cudaMemset(ws->get(), 0, ws->size()));
+}
+
+// fused: the merge in the chunk kernel's last block (default) or the separate merge kernel. A
+// fused run is repeated on the same workspace (as a replayed graph would) and must give the same
+// bits: the last blocks reset the counters.
 template <typename TOut>
-void RunAndCheck(const Batch& b, int64_t force_chunk) {
+void RunAndCheck(const Batch& b, int64_t force_chunk, bool fused = true) {
   INFO("hq=" << b.hq << " hkv=" << b.hkv << " d=" << b.d << " force_chunk=" << force_chunk
-             << " out=" << (std::is_same_v<TOut, float> ? "f32" : "bf16"));
+             << " out=" << (std::is_same_v<TOut, float> ? "f32" : "bf16") << " fused=" << fused);
   DeviceBatch db(b);
   const DecodeAttentionParams p = db.Params(b);
-  const DecodePlan plan = PlanDecodeAttention(p, NumSms(), force_chunk);
+  DecodePlanOptions options;
+  options.force_chunk_len = force_chunk;
+  options.fused_merge = fused;
+  const DecodePlan plan = PlanDecodeAttention(p, NumSms(), options);
+  REQUIRE(plan.fused_merge == (fused && plan.num_chunks > 1));
   DeviceBuffer<char> ws(plan.workspace_bytes);
+  ZeroOnce(&ws);
   const size_t n = b.ctx_len.size();
   DeviceBuffer<TOut> out(n * b.hq * b.d);
   DeviceBuffer<cpu::AttentionPartial> stats(n * b.hq);
@@ -168,6 +182,17 @@ void RunAndCheck(const Batch& b, int64_t force_chunk) {
       DecodeAttention<TOut>(p, plan, out.get(), stats.get(), ws.get(), ws.size(), nullptr);
   INFO(s.ToString());
   REQUIRE(s.ok());
+  if (plan.fused_merge) {
+    const auto first = out.Download();
+    out.Poison();
+    REQUIRE(
+        DecodeAttention<TOut>(p, plan, out.get(), stats.get(), ws.get(), ws.size(), nullptr).ok());
+    const auto again = out.Download();
+    REQUIRE(std::memcmp(first.data(), again.data(), first.size() * sizeof(TOut)) == 0);
+    std::vector<char> ws_host(ws.size());
+    SQZ_TEST_CUDA(cudaMemcpy(ws_host.data(), ws.get(), DecodeCounterBytes(p), cudaMemcpyDefault));
+    for (size_t i = 0; i < DecodeCounterBytes(p); ++i) REQUIRE(ws_host[i] == 0);
+  }
   std::vector<float> want;
   std::vector<cpu::AttentionPartial> want_st;
   Reference(b, &want, &want_st);
@@ -207,9 +232,11 @@ TEST_CASE("DecodeAttention matches the CPU oracle over contexts, pages, GQA and 
   for (int d : {8, 16, 32, 48, 64, 96, 128}) {
     for (auto [hq, hkv] : {std::pair{32, 8}, std::pair{9, 3}, std::pair{8, 8}, std::pair{8, 1}}) {
       const Batch b = MakeBatch(ctx, own, hq, hkv, d, seed += 20);
-      RunAndCheck<float>(b, 0);   // the planner's split
-      RunAndCheck<float>(b, 64);  // many chunks: exercises the merge
-      if (hq == 32) RunAndCheck<bf16>(b, 192);
+      for (bool fused : {true, false}) {
+        RunAndCheck<float>(b, 0, fused);   // the planner's split
+        RunAndCheck<float>(b, 64, fused);  // many chunks (79 > one merge piece of 64)
+        if (hq == 32) RunAndCheck<bf16>(b, 192, fused);
+      }
     }
   }
 }
@@ -236,12 +263,70 @@ TEST_CASE("DecodeAttention of a request is the same alone and in a batch", "[cud
     p.max_kv_len = 4096;  // the same bound, so the same split
     const DecodePlan plan = PlanDecodeAttention(p, 132, 512);
     DeviceBuffer<char> ws(plan.workspace_bytes);
+    ZeroOnce(&ws);
     DeviceBuffer<float> out(b->ctx_len.size() * 32 * 128);
     REQUIRE(DecodeAttention<float>(p, plan, out.get(), nullptr, ws.get(), ws.size(), nullptr).ok());
     const auto all = out.Download();
     results[i++].assign(all.end() - 32 * 128, all.end());
   }
   REQUIRE(results[0] == results[1]);
+}
+
+TEST_CASE("DecodeAttention's fused merge over awkward splits matches the CPU oracle", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  // One long request beside short ones and own paged tokens: chunk counts that do not divide the
+  // keys, chunks past the end of the short requests (empty partials), exactly one chunk, and more
+  // chunks than one merge piece (64).
+  const std::vector<int32_t> ctx = {4099, 0, 65, 1};
+  const std::vector<int32_t> own = {37, 16, 0, 130};
+  uint32_t seed = 300;
+  for (int d : {64, 128, 48, 16}) {
+    for (auto [hq, hkv] : {std::pair{32, 8}, std::pair{7, 7}, std::pair{16, 2}}) {
+      const Batch b = MakeBatch(ctx, own, hq, hkv, d, seed += 20);
+      for (int64_t chunk :
+           {int64_t{64}, int64_t{128}, int64_t{192}, int64_t{1088}, int64_t{8192}}) {
+        RunAndCheck<float>(b, chunk, true);
+      }
+      RunAndCheck<bf16>(b, 320, true);
+    }
+  }
+}
+
+TEST_CASE("DecodeAttention's fused merge leaves the workspace reusable by any plan", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const Batch b = MakeBatch({3000, 700, 0}, {5, 40, 17}, 32, 8, 128, 500);
+  DeviceBatch db(b);
+  const DecodeAttentionParams p = db.Params(b);
+  std::vector<float> want;
+  std::vector<cpu::AttentionPartial> want_st;
+  Reference(b, &want, &want_st);
+  // One workspace, sized for the most chunks, zeroed once; plans alternate between fused and
+  // unfused and between chunk counts, as layers and steps of a server would.
+  DeviceBuffer<char> ws(PlanDecodeAttention(p, NumSms(), 64).workspace_bytes);
+  ZeroOnce(&ws);
+  DeviceBuffer<float> out(b.ctx_len.size() * b.hq * b.d);
+  int step = 0;
+  for (int64_t chunk : {int64_t{64}, int64_t{0}, int64_t{192}, int64_t{64}, int64_t{4096}}) {
+    for (bool fused : {true, false, true}) {
+      INFO("step " << step++ << " chunk " << chunk << " fused " << fused);
+      DecodePlanOptions options;
+      options.force_chunk_len = chunk;
+      options.fused_merge = fused;
+      const DecodePlan plan = PlanDecodeAttention(p, NumSms(), options);
+      REQUIRE(plan.workspace_bytes <= ws.size());
+      out.Poison();
+      REQUIRE(
+          DecodeAttention<float>(p, plan, out.get(), nullptr, ws.get(), ws.size(), nullptr).ok());
+      const auto got = out.Download();
+      const size_t row = size_t(b.hq) * b.d;
+      for (size_t r = 0; r < b.ctx_len.size(); ++r) {
+        std::vector<float> g(got.begin() + r * row, got.begin() + (r + 1) * row);
+        std::vector<float> w(want.begin() + r * row, want.begin() + (r + 1) * row);
+        for (float x : g) REQUIRE(std::isfinite(x));
+        REQUIRE(RelativeL2(g, w) < Tol<float>(b.d));
+      }
+    }
+  }
 }
 
 TEST_CASE("PlanDecodeAttention sizes the split and the workspace", "[cuda]") {
@@ -257,8 +342,29 @@ TEST_CASE("PlanDecodeAttention sizes the split and the workspace", "[cuda]") {
   REQUIRE(one.num_chunks * 8 == 264);  // one full wave of 2 x 132 blocks
   p.batch = 16;
   REQUIRE(PlanDecodeAttention(p, 132).num_chunks == 2);  // 16 x 8 x 2 = 256 blocks: one wave
+  REQUIRE(PlanDecodeAttention(p, 132, DecodePlanOptions{0, false}).num_chunks == 2);
+  p.max_kv_len = 32768;
+  REQUIRE(PlanDecodeAttention(p, 132).num_chunks == 2);
+  p.max_kv_len = 131072;
   p.batch = 1;
-  REQUIRE(one.workspace_bytes >= size_t(32) * one.num_chunks * (128 * 4 + 8));
+  REQUIRE(one.fused_merge);
+  REQUIRE(one.workspace_bytes >=
+          DecodeCounterBytes(p) + size_t(32) * one.num_chunks * (128 * 4 + 8));
+  REQUIRE(DecodeCounterBytes(p) == 256);
+  const DecodePlan unfused = PlanDecodeAttention(p, 132, DecodePlanOptions{0, false});
+  REQUIRE(!unfused.fused_merge);
+  REQUIRE(unfused.num_chunks == one.num_chunks);
+  // Within a workspace: the planner's split when it fits, else fewer chunks that fit.
+  const DecodePlan roomy = PlanDecodeAttentionWithin(p, 132, one.workspace_bytes);
+  REQUIRE(roomy.num_chunks == one.num_chunks);
+  for (size_t bytes : {size_t{4096}, size_t{40000}, one.workspace_bytes - 1, size_t{0}}) {
+    const DecodePlan within = PlanDecodeAttentionWithin(p, 132, bytes);
+    INFO("bytes " << bytes << " chunks " << within.num_chunks);
+    REQUIRE(within.workspace_bytes <= bytes);
+    REQUIRE(within.chunk_len * within.num_chunks >= p.max_kv_len);
+    REQUIRE(within.num_chunks < one.num_chunks);
+    if (bytes >= 40000) REQUIRE(within.num_chunks > 1);
+  }
   p.max_kv_len = 100;
   const DecodePlan small = PlanDecodeAttention(p, 132);
   REQUIRE(small.num_chunks == 1);

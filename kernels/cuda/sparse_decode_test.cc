@@ -156,10 +156,15 @@ struct DeviceProblem {
 };
 
 // Runs DecodeAttention (fp32 out) and returns the output; stats into *st when given.
+// fused: the merge in the chunk kernel (default) or in its own kernel.
 std::vector<float> RunDecode(const DecodeAttentionParams& p, int64_t force_chunk,
-                             std::vector<cpu::AttentionPartial>* st = nullptr) {
-  const DecodePlan plan = PlanDecodeAttention(p, NumSms(), force_chunk);
+                             std::vector<cpu::AttentionPartial>* st = nullptr, bool fused = true) {
+  DecodePlanOptions options;
+  options.force_chunk_len = force_chunk;
+  options.fused_merge = fused;
+  const DecodePlan plan = PlanDecodeAttention(p, NumSms(), options);
   DeviceBuffer<char> ws(plan.workspace_bytes);
+  if (ws.size() > 0) SQZ_TEST_CUDA(cudaMemset(ws.get(), 0, ws.size()));  // counters zero once
   DeviceBuffer<float> out(size_t(p.batch) * p.n_q_heads * p.head_dim);
   DeviceBuffer<cpu::AttentionPartial> stats(size_t(p.batch) * p.n_q_heads);
   const Status s =
@@ -187,8 +192,9 @@ TEST_CASE("Sparse DecodeAttention over hand-made segment lists matches the CPU o
   for (int d : {64, 128}) {
     for (auto [hq, hkv] : {std::pair{3, 3}, std::pair{8, 2}, std::pair{32, 4}}) {
       for (auto [force_chunk, max_run] :
-           {std::pair<int64_t, int>{0, 9}, {64, 9}, {192, 9}, {0, 1}, {320, 1}}) {
-        // max_run 1: one-row segments, so a 64-key tile spans 64 segments (the widest search).
+           {std::pair<int64_t, int>{0, 9}, {64, 9}, {192, 9}, {0, 1}, {320, 1}, {128, 200}}) {
+        // max_run 1: one-row segments, so a 64-key tile spans 64 segments (the widest search);
+        // max_run 200: segments of up to 200 rows straddling several 128-key chunks.
         INFO("d=" << d << " hq=" << hq << " hkv=" << hkv << " force_chunk=" << force_chunk
                   << " max_run=" << max_run);
         std::vector<HostContext> ctx;
@@ -238,9 +244,12 @@ TEST_CASE("Sparse DecodeAttention over hand-made segment lists matches the CPU o
         DecodeAttentionParams p = dp.Params(pb);
         p.sparse = ContextSegments{dsegs.get(), dnseg.get(), dlen.get(), max_segments};
         p.max_kv_len = *std::max_element(sel_len.begin(), sel_len.end()) + dp.max_own;
-        const std::vector<float> got = RunDecode(p, force_chunk);
         const std::vector<float> want = Reference(pb, ctx, rows);
-        CheckPerRequest(got, want, int(ctx_of.size()), size_t(hq) * d, 1e-2);
+        for (bool fused : {true, false}) {
+          INFO("fused=" << fused);
+          const std::vector<float> got = RunDecode(p, force_chunk, nullptr, fused);
+          CheckPerRequest(got, want, int(ctx_of.size()), size_t(hq) * d, 1e-2);
+        }
       }
     }
   }
