@@ -21,7 +21,9 @@ directions, norm key_norm), each body key a centre plus Gaussian noise, laid out
 (sizes vary, every cluster non-empty); a centroid is the mean of its members. Queries sit near a
 few centres, so attention (and the selection) concentrates as in trained models.
 
-Usage: python3 bench.py LIB [--quick] [--prefill]  (--prefill: the prefill mode, bench_prefill.py)
+Usage: python3 bench.py LIB [--quick] [--select] [--prefill]  (--select: llama3-8b at 128K and
+512K only, batch 1 and 16, for the selection-step table; --prefill: the prefill mode,
+bench_prefill.py)
 """
 import ctypes
 import math
@@ -332,6 +334,8 @@ def main():
     print(f"copy bandwidth (read + write): {bw:.0f} GB/s")
     models = [("llama3-8b", 32, 8, 128), ("llama2-7b", 32, 32, 128)]
     lengths = [32768, 131072, 524288] if not quick else [32768]
+    if "--select" in sys.argv:
+        models, lengths = models[:1], [131072, 524288]
     rows = []
     t0 = time.time()
     for name, hq, hkv, d in models:
