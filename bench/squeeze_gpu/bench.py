@@ -6,7 +6,10 @@ variant captured once with torch.cuda.graph, so Python's launch latency stays ou
 before every repetition, median of the repetitions):
   dense   our DecodeAttention over the whole context
   sdpa    torch scaled_dot_product_attention (GQA through enable_gqa)
-  select  SqueezeSelect alone (centroid scores, normaliser, budget cut, segment lists)
+  select  SqueezeSelect alone (centroid scores, normaliser, budget cut, segment lists), with the
+          plan's choice of selection step for the device; a second table times the selection with
+          each step forced (the single-block kernel, clusters of 8 and 16 CTAs per (request, kv
+          head)) and checks that each gives the same segment list
   attn    sparse DecodeAttention alone over the selected segments
   sqz     select + attn back to back
 plus the device-to-device copy bandwidth measured in the same run, and the squeezed memory floor:
@@ -18,7 +21,9 @@ directions, norm key_norm), each body key a centre plus Gaussian noise, laid out
 (sizes vary, every cluster non-empty); a centroid is the mean of its members. Queries sit near a
 few centres, so attention (and the selection) concentrates as in trained models.
 
-Usage: python3 bench.py LIB [--quick] [--prefill]  (--prefill: the prefill mode, bench_prefill.py)
+Usage: python3 bench.py LIB [--quick] [--select] [--prefill]  (--select: llama3-8b at 128K and
+512K only, batch 1 and 16, for the selection-step table; --prefill: the prefill mode,
+bench_prefill.py)
 """
 import ctypes
 import math
@@ -47,6 +52,7 @@ def load(lib_path):
         getattr(lib, name).argtypes = [vp, vp, vp]
     lib.sqzb_selected.argtypes = [vp, i32p, i32p]
     lib.sqzb_destroy.argtypes = [vp]
+    lib.sqzb_set_select_ctas.argtypes = [vp, ctypes.c_int]
     return lib
 
 
@@ -128,10 +134,12 @@ def kernel_times(fn, reps=5):
             if total <= 0:
                 continue
             name = e.key
-            for known in ("ScoreKernel", "SelectKernel", "DecodeMmaChunkKernel",
+            for known in ("ScoreKernel", "ClusterSelectKernel", "SelectKernel",
+                          "DecodeMmaChunkKernel",
                           "DecodeMergeKernel"):
                 if known in e.key:
                     name = known
+                    break
             name = name[:40]
             times[name] = times.get(name, 0.0) + total / reps
         return times
@@ -250,6 +258,24 @@ def run_case(lib, timer, bw, sms, name, hq, hkv, d, n_tokens, batch, gen, reps):
             "dense")
         t_sel, _ = time_graph(timer, lambda: check(lib, lib.sqzb_select(h, stream())), reps,
                               "select")
+        # The selection step forced to each path (graph replays), then back to the plan's choice;
+        # every path must reproduce the plan's selected key counts.
+        auto_ctas = lib.sqzb_set_select_ctas(h, 0)
+        sel_paths = {}
+        for ctas in (1, 8, 16):
+            if lib.sqzb_set_select_ctas(h, ctas) != ctas:
+                continue
+            try:
+                check(lib, lib.sqzb_select(h, stream()))
+                t, _ = time_graph(timer, lambda: check(lib, lib.sqzb_select(h, stream())), reps,
+                                  f"select/{ctas}")
+                torch.cuda.synchronize()
+                got = (ctypes.c_int32 * (batch * hkv))()
+                check(lib, lib.sqzb_selected(h, got, plan))
+                sel_paths[ctas] = (t, list(got) == list(sel))
+            except RuntimeError as e:  # e.g. clusters of 16 that the device cannot schedule
+                print(f"  select with {ctas} CTAs: {str(e)[:120]}", file=sys.stderr)
+        lib.sqzb_set_select_ctas(h, 0)
         t_attn, _ = time_graph(
             timer, lambda: check(lib, lib.sqzb_sparse_attention(h, out_sqz.data_ptr(), stream())),
             reps, "attn")
@@ -277,7 +303,8 @@ def run_case(lib, timer, bw, sms, name, hq, hkv, d, n_tokens, batch, gen, reps):
                    attn=t_attn, sqz=t_sqz, floor=floor_ms, dense_floor=dense_floor_ms,
                    share=selected / (batch * hkv * n_tokens), err_dense_sdpa=sdpa_err,
                    err_sqz=sqz_vs_sdpa, plan=list(plan), kc=kc, eager=t_eager,
-                   replay_diff=replay_diff, kernels=kernels)
+                   replay_diff=replay_diff, kernels=kernels, auto_ctas=auto_ctas,
+                   sel_paths=sel_paths)
         return res
     finally:
         lib.sqzb_destroy(h)
@@ -307,6 +334,8 @@ def main():
     print(f"copy bandwidth (read + write): {bw:.0f} GB/s")
     models = [("llama3-8b", 32, 8, 128), ("llama2-7b", 32, 32, 128)]
     lengths = [32768, 131072, 524288] if not quick else [32768]
+    if "--select" in sys.argv:
+        models, lengths = models[:1], [131072, 524288]
     rows = []
     t0 = time.time()
     for name, hq, hkv, d in models:
@@ -334,6 +363,23 @@ def main():
               f"{sp_dense:.2f} | {sp_sdpa} | {r['share']:.3f} | {fmt(r['floor'])} | "
               f"{r['sqz'] / r['floor']:.2f} | {r['dense'] / r['dense_floor']:.2f} | "
               f"{fmt(r['eager'])} | {r['err_sqz']:.3f} |")
+    print()
+    print("Selection step by path (SqueezeSelect alone, graph replays, us; same: the path's"
+          " selected key counts equal the plan's choice's):")
+    print("| model | context | batch | plan's CTAs | 1 CTA (single-block) | 8 CTAs | 16 CTAs |"
+          " 1 / 8 | 1 / 16 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p = r["sel_paths"]
+
+        def cell(c):
+            return "n/a" if c not in p else f"{fmt(p[c][0])}{'' if p[c][1] else ' DIFFERS'}"
+
+        def ratio(c):
+            return "n/a" if 1 not in p or c not in p else f"{p[1][0] / p[c][0]:.2f}"
+
+        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {r['auto_ctas']} | {cell(1)} |"
+              f" {cell(8)} | {cell(16)} | {ratio(8)} | {ratio(16)} |")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ int Check(cudaError_t e, const char* what) {
 struct Case {
   SqueezeSelectParams select;
   SqueezeSelectPlan select_plan;
+  int auto_select_ctas = 1;  // the plan's choice for the device's SM count
   DecodeAttentionParams dense, sparse;
   DecodePlan dense_plan, sparse_plan;
   // Owned device memory.
@@ -86,7 +87,8 @@ const char* sqzb_last_error() { return g_error.c_str(); }
 
 // Creates a case. Device pointers: k, v [hkv][n_tokens][d] bf16 (sink | body in cluster order |
 // window); centroids [hkv][k][d] bf16; counts [hkv][k], offsets [hkv][k + 1] int32; q
-// [batch][hq][d] bf16. largest_cluster bounds the selection (host-side). num_sms sizes the split.
+// [batch][hq][d] bf16. largest_cluster bounds the selection (host-side). num_sms sizes the split
+// and picks the selection step's path (sqzb_set_select_ctas overrides it).
 // Returns the case, or nullptr (sqzb_last_error says why).
 void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int window,
                   int num_clusters, int largest_cluster, const void* k, const void* v,
@@ -135,7 +137,8 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   sp.reduce = SqueezeReduce::kMax;
   sp.kv_budget = kv_budget;
   sp.max_clusters = num_clusters;
-  c->select_plan = PlanSqueezeSelect(sp);
+  c->select_plan = PlanSqueezeSelect(sp, num_sms);
+  c->auto_select_ctas = c->select_plan.select_ctas;
   if (Alloc(&c->select_ws, c->select_plan.workspace_bytes) ||
       Alloc(&c->segments, sizeof(int2) * c->units * c->select_plan.max_segments) ||
       Alloc(&c->num_segments, 4 * c->units) || Alloc(&c->selected_len, 4 * c->units) ||
@@ -185,6 +188,19 @@ int sqzb_select(void* handle, void* stream) {
   const SqueezeSelection out{c->segments, c->num_segments, c->selected_len, c->body_selected};
   return Check(SqueezeSelect(c->select, c->select_plan, out, c->select_ws,
                              c->select_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
+}
+
+// Selection step path of later calls: ctas CTAs per (request, kv head) (1: the single-block
+// kernel; 2, 4, 8, 16: a cluster), or 0 for the plan's choice. Returns the CTAs now in use, or -1
+// when the case's shapes do not fit that cluster size.
+int sqzb_set_select_ctas(void* handle, int ctas) {
+  Case* c = static_cast<Case*>(handle);
+  if (ctas == 0) ctas = c->auto_select_ctas;
+  if (ctas != 1 && !SqueezeClusterSelectFits(c->select, ctas)) {
+    return Fail("select_ctas " + std::to_string(ctas) + " does not fit this case");
+  }
+  c->select_plan.select_ctas = ctas;
+  return ctas;
 }
 
 // Sparse attention over the last selection; out: [batch][hq][d] bf16.

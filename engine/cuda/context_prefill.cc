@@ -98,7 +98,7 @@ Status SqueezedPrefill::Prepare(const DeviceContext& context, const DeviceContex
   sp.max_clusters = max_clusters_;
   sp.block_starts = reinterpret_cast<const int32_t*>(meta_.get<char>() + off_starts_);
   sp.max_block_tokens = max_block_tokens_;
-  select_plan_ = cuda::PlanSqueezeSelect(sp);
+  select_plan_ = cuda::PlanSqueezeSelect(sp, s_.num_sms);
   cuda::SparsePrefillParams ap;
   ap.num_blocks = nb;
   ap.n_q_heads = s_.q_heads;

@@ -293,7 +293,7 @@ Status ContextStep<T>::Select(const StepLayout& L, int layer, const Buffers& b) 
     p.coarse_coverage = c.lookup.coarse_coverage;
     p.max_clusters = c.max_clusters;
     p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
-    const cuda::SqueezeSelectPlan plan = cuda::PlanSqueezeSelect(p);
+    const cuda::SqueezeSelectPlan plan = cuda::PlanSqueezeSelect(p, s_.num_sms);
     if (o.in_place && plan.max_segments != plan_.full_max_segments) {
       return InternalError("ContextStep: a lookup's segment capacity differs from its plan's");
     }

@@ -1,7 +1,7 @@
 // Test helpers shared by the selection and sparse attention tests (squeeze_select_test.cc,
-// sparse_prefill_select_test.cc, sparse_decode_test.cc, sparse_prefill_attention_test.cc): seeded random contexts
-// with a centroid index (sink | clustered body | window, as squeeze_select.h lays them out), their
-// host copies for the CPU references, and device copies with a SqueezeLayerView.
+// sparse_prefill_select_test.cc, sparse_decode_test.cc, sparse_prefill_attention_test.cc): seeded
+// random contexts with a centroid index (sink | clustered body | window, as squeeze_select.h lays
+// them out), their host copies for the CPU references, and device copies with a SqueezeLayerView.
 #pragma once
 
 #include <algorithm>
@@ -221,6 +221,103 @@ inline float ThresholdAQuarterDown(std::vector<float> pr) {
   std::sort(pr.begin(), pr.end(), std::greater<float>());
   const size_t at = pr.size() / 4;
   return at + 1 < pr.size() ? 0.5f * (pr[at] + pr[at + 1]) : 0.5f * pr[0];
+}
+
+// Gives clusters c = 0, every, 2 * every, ... of every head of c the centroid of cluster 0 (1: all
+// of them), so their scores and p tie exactly and the budget cut falls among equal p.
+inline void TieCentroids(HostContext* c, int every) {
+  for (HeadIndex& idx : c->heads) {
+    for (int32_t cl = every; cl < c->k; cl += every) {
+      std::copy(idx.centroids.begin(), idx.centroids.begin() + c->d,
+                idx.centroids.begin() + size_t(cl) * c->d);
+    }
+  }
+}
+
+// One SqueezeSelect call's outputs, downloaded ([units] counts, [units][max_segments] segments).
+struct SelectionOutputs {
+  std::vector<int2> segments;
+  std::vector<int32_t> num_segments, selected_len, body_selected;
+};
+
+// Runs SqueezeSelect(p) with plan.select_ctas = ctas (1: the single-block kernel, else a cluster
+// of that many CTAs per (request, kv head)) into fresh (poisoned) outputs, eagerly or through a
+// captured CUDA graph, and downloads them. Empty outputs (and a warning) where the device cannot
+// schedule clusters of 16 CTAs (UNIMPLEMENTED).
+inline SelectionOutputs RunSqueezeSelect(const SqueezeSelectParams& p, SqueezeSelectPlan plan,
+                                         int ctas, const DeviceBuffer<char>& ws,
+                                         bool graph = false) {
+  if (ctas > 8) {
+    plan.select_ctas = ctas;
+    DeviceBuffer<int2> segs(size_t(p.batch) * p.n_kv_heads * plan.max_segments);
+    DeviceBuffer<int32_t> counts(size_t(p.batch) * p.n_kv_heads);
+    const SqueezeSelection probe{segs.get(), counts.get(), counts.get(), nullptr};
+    const Status s = SqueezeSelect(p, plan, probe, ws.get(), ws.size(), nullptr);
+    SQZ_TEST_CUDA(cudaDeviceSynchronize());
+    if (s.code() == StatusCode::kUnimplemented) {
+      WARN("clusters of " << ctas << " CTAs not compared: " << s.ToString());
+      return SelectionOutputs{};
+    }
+  }
+  plan.select_ctas = ctas;
+  INFO("select_ctas " << ctas << (graph ? " (graph)" : ""));
+  const size_t units = size_t(p.batch) * p.n_kv_heads;
+  DeviceBuffer<int2> segs(units * plan.max_segments);
+  DeviceBuffer<int32_t> nseg(units), sel_len(units), body_sel(units);
+  const SqueezeSelection out{segs.get(), nseg.get(), sel_len.get(), body_sel.get()};
+  if (graph) {
+    cudaStream_t stream;
+    SQZ_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t g_raw;
+    SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    const Status s = SqueezeSelect(p, plan, out, ws.get(), ws.size(), stream);
+    SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &g_raw));
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+    cudaGraphExec_t exec;
+    SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, g_raw, 0));
+    SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
+    SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+    SQZ_TEST_CUDA(cudaGraphExecDestroy(exec));
+    SQZ_TEST_CUDA(cudaGraphDestroy(g_raw));
+    SQZ_TEST_CUDA(cudaStreamDestroy(stream));
+  } else {
+    const Status s = SqueezeSelect(p, plan, out, ws.get(), ws.size(), nullptr);
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+  }
+  SQZ_TEST_CUDA(cudaGetLastError());
+  return SelectionOutputs{segs.Download(), nseg.Download(), sel_len.Download(),
+                          body_sel.Download()};
+}
+
+// The cluster sizes the selection of p can run with (SqueezeClusterSelectFits).
+inline std::vector<int> ClusterSizesFor(const SqueezeSelectParams& p) {
+  std::vector<int> sizes;
+  for (int ctas : {2, 4, 8, 16}) {
+    if (SqueezeClusterSelectFits(p, ctas)) sizes.push_back(ctas);
+  }
+  return sizes;
+}
+
+// The cluster path must reproduce the single-block kernel exactly: counts, and every segment
+// the counts name.
+inline void RequireSameSelection(const SelectionOutputs& want, const SelectionOutputs& got,
+                                 int32_t max_segments) {
+  if (got.num_segments.empty() && got.selected_len.empty()) return;  // not run (see above)
+  REQUIRE(got.num_segments.size() == want.num_segments.size());
+  for (size_t u = 0; u < want.num_segments.size(); ++u) {
+    INFO("(request, kv head) " << u);
+    REQUIRE(got.num_segments[u] == want.num_segments[u]);
+    REQUIRE(got.selected_len[u] == want.selected_len[u]);
+    REQUIRE(got.body_selected[u] == want.body_selected[u]);
+    for (int32_t s = 0; s < std::min(want.num_segments[u], max_segments); ++s) {
+      const int2 a = want.segments[u * max_segments + s], b = got.segments[u * max_segments + s];
+      INFO("segment " << s);
+      REQUIRE(b.x == a.x);
+      REQUIRE(b.y == a.y);
+    }
+  }
 }
 
 }  // namespace sqz::cuda::testing

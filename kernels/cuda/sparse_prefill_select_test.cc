@@ -29,7 +29,8 @@ struct BlockCase {
 
 // Block b has lengths[b] tokens (consecutive in q) and reads contexts[ctx_of[b]]. Runs
 // SqueezeSelect in block mode (eagerly, or replaying a CUDA graph of the call) and compares every
-// (block, kv head) with SelectClusters over the block's tokens.
+// (block, kv head) with SelectClusters over the block's tokens; the cluster selection must match
+// the single-block kernel exactly.
 void RunBlocksAndCompare(const BlockCase& cs, const std::vector<HostContext>& contexts,
                          const std::vector<int>& ctx_of, const std::vector<int32_t>& lengths,
                          uint32_t seed, bool graph = false) {
@@ -94,35 +95,17 @@ void RunBlocksAndCompare(const BlockCase& cs, const std::vector<HostContext>& co
   const SqueezeSelectPlan plan = PlanSqueezeSelect(p);
   REQUIRE(plan.block_rows >= max_len * g);
   DeviceBuffer<char> ws(plan.workspace_bytes);
-  const size_t units = size_t(batch) * cs.hkv;
-  DeviceBuffer<int2> segs(units * plan.max_segments);
-  DeviceBuffer<int32_t> nseg(units), sel_len(units), body_sel(units);
-  const SqueezeSelection out{segs.get(), nseg.get(), sel_len.get(), body_sel.get()};
-  if (graph) {
-    cudaStream_t stream;
-    SQZ_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    cudaGraph_t g_raw;
-    SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    const Status s = SqueezeSelect(p, plan, out, ws.get(), ws.size(), stream);
-    SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &g_raw));
-    INFO(s.ToString());
-    REQUIRE(s.ok());
-    cudaGraphExec_t exec;
-    SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, g_raw, 0));
-    SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
-    SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
-    SQZ_TEST_CUDA(cudaGraphExecDestroy(exec));
-    SQZ_TEST_CUDA(cudaGraphDestroy(g_raw));
-    SQZ_TEST_CUDA(cudaStreamDestroy(stream));
-  } else {
-    const Status s = SqueezeSelect(p, plan, out, ws.get(), ws.size(), nullptr);
-    INFO(s.ToString());
-    REQUIRE(s.ok());
+  const testing::SelectionOutputs single = testing::RunSqueezeSelect(p, plan, 1, ws, graph);
+  // The cluster selection (every size the shapes fit) must give the same outputs exactly.
+  for (int ctas : testing::ClusterSizesFor(p)) {
+    INFO("cluster selection of " << ctas << " CTAs against the single-block kernel");
+    testing::RequireSameSelection(single, testing::RunSqueezeSelect(p, plan, ctas, ws, graph),
+                                  plan.max_segments);
   }
-  const auto h_segs = segs.Download();
-  const auto h_nseg = nseg.Download();
-  const auto h_len = sel_len.Download();
-  const auto h_body = body_sel.Download();
+  const std::vector<int2>& h_segs = single.segments;
+  const std::vector<int32_t>& h_nseg = single.num_segments;
+  const std::vector<int32_t>& h_len = single.selected_len;
+  const std::vector<int32_t>& h_body = single.body_selected;
 
   int total_diff = 0;
   for (int b = 0; b < batch; ++b) {
@@ -199,6 +182,21 @@ TEST_CASE("SqueezeSelect per query block: budgets 0 to 1, empty blocks, a captur
   std::vector<HostContext> ctx;
   ctx.push_back(MakeContext(32, 128, 700, 0, 4, 100, seed++, 40, 2.0f, false));
   RunBlocksAndCompare(cs, ctx, {0, 0, 0}, {64, 64, 17}, seed++, /*graph=*/true);
+}
+
+TEST_CASE("SqueezeSelect per query block: 6554 clusters, where the cluster selection pays",
+          "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 7900;
+  for (auto policy : {SqueezePolicy::kBudget, SqueezePolicy::kThreshold}) {
+    std::vector<HostContext> ctx;
+    ctx.push_back(MakeContext(8, 128, 6554, 0, 4, 100, seed++, 40, 2.0f, false));
+    BlockCase cs;
+    cs.hq = 32;
+    cs.hkv = 8;
+    cs.policy = policy;
+    RunBlocksAndCompare(cs, ctx, {0, 0}, {16, 5}, seed++);
+  }
 }
 
 // Host-side checks of block mode: no GPU needed.

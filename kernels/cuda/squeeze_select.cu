@@ -7,13 +7,16 @@
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/sparse_prefill_select.h"
 #include "kernels/cuda/squeeze_select.h"
+#include "kernels/cuda/squeeze_select_cluster.h"
+#include "kernels/cuda/squeeze_select_common.cuh"
 
 namespace sqz::cuda {
 namespace {
 
 constexpr int kScoreThreads = 128;
 constexpr int kScoreChunk = internal::kSelectChunk;  // items (centroids) per scoring block
-constexpr int kSelectThreads = 512;
+using internal::BlockExclusiveScan2;
+using internal::kSelectThreads;
 constexpr int kMaxG = kSqueezeMaxGroup;
 
 // Which index level a launch works on.
@@ -86,11 +89,6 @@ __device__ __forceinline__ int NumItems(const SqueezeLayerView& v, Level level, 
 __device__ __forceinline__ bool Hierarchical(const SqueezeLayerView& v, Level level) {
   return level == Level::kFine && v.num_coarse > 0;
 }
-// Body keys B of kv head h: n_tokens - S - W (offsets[h][k] by the view's contract).
-__device__ __forceinline__ int64_t body_of(const SqueezeLayerView& v, int h) {
-  return max(0, v.n_tokens - max(v.sink_len, 0) - max(v.window_len, 0));
-}
-
 // Scores one chunk of kScoreChunk items for the g query heads of (request, kv head) on tensor
 // cores, and leaves the scores (s = scale * q . c; -inf for items that are not candidates) and the
 // chunk's (max, sum of weight * exp(s - max)) per head. Items: the fine clusters (flat level), the
@@ -236,41 +234,6 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(SqueezeSelectParams
   }
 }
 
-// Exclusive scan of two ints over the block (kSelectThreads threads); returns the block totals.
-// scratch: 2 * 32 ints of shared memory. Contains barriers: call from all threads.
-__device__ __forceinline__ int2 BlockExclusiveScan2(int a, int b, int* ea, int* eb, int* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  int ia = a, ib = b;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int ta = __shfl_up_sync(0xffffffffu, ia, off);
-    const int tb = __shfl_up_sync(0xffffffffu, ib, off);
-    if (lane >= off) {
-      ia += ta;
-      ib += tb;
-    }
-  }
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 31) {
-    scratch[warp] = ia;
-    scratch[32 + warp] = ib;
-  }
-  __syncthreads();
-  int wa = 0, wb = 0, ta = 0, tb = 0;
-  for (int w = 0; w < warps; ++w) {
-    const int sa = scratch[w], sb = scratch[32 + w];
-    if (w < warp) {
-      wa += sa;
-      wb += sb;
-    }
-    ta += sa;
-    tb += sb;
-  }
-  *ea = wa + ia - a;
-  *eb = wb + ib - b;
-  return make_int2(ta, tb);
-}
-
 // Shared memory of SelectKernel for max_items items when they fit (fine and flat levels): keys
 // (4 bytes), weights (2 bytes; 0xFFFF: read the cluster size from global memory) and flags (1
 // byte) per item; 0 otherwise (everything stays in the workspace and global memory).
@@ -328,28 +291,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     const float* cs = hier ? a.coarse_scores + (unit * g + warp) * a.max_coarse : nullptr;
     const uint8_t* kept = hier ? a.coarse_flags + unit * a.max_coarse : nullptr;
     const int32_t* cw = hier ? a.coarse_weights + unit * a.max_coarse : nullptr;
-    float m = -INFINITY;
-    for (int c = lane; c < a.chunks; c += 32) m = fmaxf(m, st[c].x);
-    for (int c = lane; c < k1; c += 32) {
-      if (!kept[c]) m = fmaxf(m, cs[c]);
-    }
-    m = internal::WarpMax(m);
-    double z = 0.0;
-    if (m > -INFINITY) {
-      for (int c = lane; c < a.chunks; c += 32) {
-        const float2 sc = st[c];
-        if (sc.y > 0.0f) z += static_cast<double>(sc.y) * exp(static_cast<double>(sc.x - m));
-      }
-      for (int c = lane; c < k1; c += 32) {
-        if (!kept[c]) z += static_cast<double>(cw[c]) * expf(cs[c] - m);
-      }
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) z += __shfl_xor_sync(0xffffffffu, z, off);
-    if (lane == 0) {
-      m_s[warp] = m;
-      inv_s[warp] = z > 0.0 ? static_cast<float>(1.0 / z) : 0.0f;
-    }
+    internal::HeadNormaliser(st, a.chunks, cs, kept, cw, k1, &m_s[warp], &inv_s[warp]);
   }
   for (int i = tid; i < 256; i += kSelectThreads) hist_s[i] = cnt_s[i] = 0;
   __syncthreads();
@@ -361,7 +303,6 @@ __global__ void __launch_bounds__(kSelectThreads)
                     ? p.per_request_value[r]
                     : (p.policy == SqueezePolicy::kBudget ? p.kv_budget : p.threshold);
   if (coarse) value = p.coarse_coverage;
-  const float group_scale = p.reduce == SqueezeReduce::kMean ? 1.0f / g : 1.0f;
   uint32_t total_w = 0, kmin = 0xFFFFFFFFu, kmax = 0;
   for (int i0 = 0; i0 < n; i0 += kSelectThreads * kPer) {
     float sc[kPer][kMaxG];
@@ -394,20 +335,13 @@ __global__ void __launch_bounds__(kSelectThreads)
         pr = cand ? sc[e][0] : 0.0f;
       } else {
         cand = sc[e][0] > -INFINITY;  // scored (every head, or none)
-#pragma unroll
-        for (int j = 0; j < kMaxG; ++j) {
-          if (j < g) {
-            const float ex = sc[e][j] > -INFINITY ? expf(sc[e][j] - m_s[j]) * inv_s[j] : 0.0f;
-            pr = p.reduce == SqueezeReduce::kMax ? (j == 0 ? ex : fmaxf(pr, ex)) : pr + ex;
-          }
-        }
-        pr *= group_scale;
+        pr = internal::ItemProbability(sc[e], g, m_s, inv_s, p.reduce);
       }
       if (!budget) {
         if (id[e] >= 0 && id[e] < k) flags[id[e]] = cand && pr > value;
         continue;
       }
-      const uint32_t key = cand ? __float_as_uint(pr) + 1u : 0u;
+      const uint32_t key = internal::SelectKey(cand, pr);
       if (i < n) {
         keys[i] = key;
         if (w16) w16[i] = static_cast<uint16_t>(min(w[e], 0xFFFFu));
@@ -428,7 +362,8 @@ __global__ void __launch_bounds__(kSelectThreads)
     // (about log2 p), so the first pass spreads a context's p over many bins (few atomics
     // collide); at most 4 passes.
     const float frac = fminf(fmaxf(value, 0.0f), 1.0f);
-    const int64_t need = static_cast<int64_t>(ceil(static_cast<double>(frac) * body_of(v, h)));
+    const int64_t need =
+        static_cast<int64_t>(ceil(static_cast<double>(frac) * internal::SelectBodyOf(v)));
     uint32_t tw = total_w;  // the candidates' total weight, exact; their key range
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -457,9 +392,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     if (!take_all && need > 0) {
       tied_items = 2;  // unknown until a pass counts them
       while (lo < hi) {
-        // Bins of 2^shift keys, the smallest power of two for which 256 bins cover [lo, hi].
-        int shift = 0;
-        while (((static_cast<uint64_t>(hi) - lo) >> shift) >= 256) ++shift;
+        const int shift = internal::CutShift(lo, hi);
         const uint32_t width = 1u << shift;
         for (int i = tid; i < 256; i += kSelectThreads) hist_s[i] = cnt_s[i] = 0;
         __syncthreads();
@@ -472,34 +405,7 @@ __global__ void __launch_bounds__(kSelectThreads)
           }
         }
         __syncthreads();
-        if (warp == 0) {
-          // Lane l holds bins 255 - 8l .. 248 - 8l (descending); a warp scan gives the weight
-          // above each lane's run; the lane whose run crosses need_rem finds the bin.
-          uint32_t run[8], sum = 0;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            run[e] = hist_s[255 - 8 * lane - e];
-            sum += run[e];
-          }
-          uint32_t incl = sum;
-#pragma unroll
-          for (int off = 1; off < 32; off <<= 1) {
-            const uint32_t t = __shfl_up_sync(0xffffffffu, incl, off);
-            if (lane >= off) incl += t;
-          }
-          const uint32_t nr = static_cast<uint32_t>(need_rem);
-          uint32_t above = incl - sum;
-          if (above < nr && incl >= nr) {
-            int e = 0;
-            for (; e < 7; ++e) {
-              if (above + run[e] >= nr) break;
-              above += run[e];
-            }
-            cut_s[0] = static_cast<uint32_t>(255 - 8 * lane - e);
-            cut_s[1] = above;
-            cut_s[2] = cnt_s[255 - 8 * lane - e];
-          }
-        }
+        if (warp == 0) internal::FindCutBin(hist_s, cnt_s, need_rem, cut_s);
         __syncthreads();
         const uint32_t bin = cut_s[0];
         need_rem -= cut_s[1];
@@ -552,7 +458,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   // start, end at an end).
   constexpr int kSeg = 8;
   const int S = max(v.sink_len, 0), W = max(v.window_len, 0);
-  const int body = static_cast<int>(body_of(v, h));
+  const int body = static_cast<int>(internal::SelectBodyOf(v));
   auto selected = [&](int pos) -> bool {
     if (pos <= 0) return pos == 0 && S > 0;
     if (pos == k + 1) return W > 0;
@@ -663,6 +569,15 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
         <<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p, fine);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: scoring"));
   }
+  if (plan.select_ctas > 1) {
+    internal::ClusterSelectArgs args;
+    args.max_items = p.max_clusters;
+    args.chunks = plan.fine_chunks;
+    args.scores = fine.scores;
+    args.stats = fine.stats;
+    args.probs = fine.probs;
+    return internal::LaunchClusterSelect(p, args, plan.select_ctas, out, plan.max_segments, stream);
+  }
   const size_t smem = SelectSmemBytes(p.max_clusters, false);
   if (smem > 0) {
     SQZ_CUDA_RETURN_IF_ERROR(
@@ -679,7 +594,11 @@ bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 
 }  // namespace
 
-SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& p) {
+bool SqueezeClusterSelectFits(const SqueezeSelectParams& p, int ctas) {
+  return !p.hierarchical && internal::ClusterSelectSmemBytes(p.max_clusters, ctas) > 0;
+}
+
+SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& p, int num_sms) {
   SqueezeSelectPlan plan;
   const int k = std::max(p.max_clusters, 0);
   const int k1 = p.hierarchical ? std::max(p.max_coarse, 0) : 0;
@@ -693,6 +612,14 @@ SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& p) {
         std::max(p.max_block_tokens, 0) * internal::BlockRowsPerToken(p.n_q_heads / p.n_kv_heads);
   }
   plan.workspace_bytes = Carve(p, plan.fine_chunks, plan.coarse_chunks, plan.block_rows).total;
+  const int64_t units = static_cast<int64_t>(std::max(p.batch, 0)) * std::max(p.n_kv_heads, 0);
+  for (int ctas : {8, 4, 2}) {
+    if (units > 0 && units * ctas <= num_sms && k >= ctas * kSqueezeClusterMinItems &&
+        SqueezeClusterSelectFits(p, ctas)) {
+      plan.select_ctas = ctas;
+      break;
+    }
+  }
   return plan;
 }
 
@@ -741,6 +668,10 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
       plan.block_rows != expected.block_rows || plan.max_segments != expected.max_segments ||
       plan.workspace_bytes != expected.workspace_bytes) {
     return ArgError(kOp, "plan was made for other params (make it with PlanSqueezeSelect)");
+  }
+  if (plan.select_ctas != 1 && !SqueezeClusterSelectFits(p, plan.select_ctas)) {
+    return ArgError(kOp, "select_ctas " + std::to_string(plan.select_ctas) +
+                             " is not 1, nor a cluster size (2, 4, 8, 16) these params fit");
   }
   if (p.batch == 0) return OkStatus();
   if (workspace_bytes < plan.workspace_bytes || !workspace || !Aligned16(workspace)) {

@@ -32,7 +32,11 @@
 // (request, kv head), combines the chunks into the exact normaliser, forms p, finds the budget cut
 // by a range search over the 32-bit keys (float bits of p; 256 bins per pass, weights = cluster
 // sizes; keys in shared memory when they fit) with ties broken by position through a block scan,
-// and writes the segment list with a second block scan.
+// and writes the segment list with a second block scan. At small batches, where one block per
+// (request, kv head) leaves most SMs idle, (2) instead runs as a thread-block cluster of
+// plan.select_ctas CTAs per (request, kv head), each over a slice of the clusters, combining its
+// sums and histograms with the others through distributed shared memory; its outputs are identical
+// (squeeze_select_cluster.h). Flat lookups only (token or block mode).
 // Hierarchical lookups run (1) and (2) on the coarse level first, then score only the fine
 // centroids under kept groups.
 //
@@ -47,7 +51,7 @@
 // of blocks are UNIMPLEMENTED).
 //
 // Usage: plan on the host (sizes only), provide the workspace and outputs, launch:
-//   SqueezeSelectPlan plan = PlanSqueezeSelect(params);
+//   SqueezeSelectPlan plan = PlanSqueezeSelect(params, num_sms);
 //   SqueezeSelect(params, plan, out, workspace, plan.workspace_bytes, stream);
 //   DecodeAttention(... with .sparse = out.segments view, .max_kv_len = SqueezeMaxSelectedKeys +
 //   own tokens ...).
@@ -129,16 +133,31 @@ struct SqueezeSelectParams {
   int32_t max_block_tokens = 0;
 };
 
-// Sizes made on the host from the params alone (no device access).
+// Sizes made on the host from the params and the device's SM count (no device access).
 struct SqueezeSelectPlan {
   int fine_chunks = 0;       // scoring blocks per (request, kv head) on the fine level
   int32_t block_rows = 0;    // block mode: (token, head) rows per (block, kv head) bound, else 0
   int coarse_chunks = 0;     // ... on the coarse level (0 when flat)
   int32_t max_segments = 0;  // segment capacity per (request, kv head) the outputs must have
   size_t workspace_bytes = 0;
+  // CTAs of the selection step per (request, kv head): 1 runs the single-block kernel; 2, 4, 8 or
+  // 16 a thread-block cluster of that many (same outputs; 16 is a non-portable cluster size that
+  // Hopper allows; SqueezeSelect returns UNIMPLEMENTED where the device cannot schedule it).
+  // The plan picks the largest of 2, 4, 8 with batch * n_kv_heads * ctas <=
+  // num_sms and at least kSqueezeClusterMinItems clusters per CTA, for flat lookups whose slices
+  // fit in shared memory (SqueezeClusterSelectFits); else 1. Callers may override it with any
+  // value that SqueezeClusterSelectFits accepts (1 always): the workspace does not depend on it.
+  int select_ctas = 1;
 };
 
-SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& params);
+inline constexpr int kSqueezeClusterMinItems = 512;
+
+// num_sms: the device's SM count (cudaDevAttrMultiProcessorCount); 0 keeps select_ctas = 1.
+SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& params, int num_sms = 0);
+
+// Whether the selection of params can run as clusters of ctas CTAs (2, 4, 8 or 16): flat lookups
+// whose per-CTA slice of max_clusters fits in shared memory.
+bool SqueezeClusterSelectFits(const SqueezeSelectParams& params, int ctas);
 
 // Outputs, device memory owned by the caller ([batch][n_kv_heads] each; segments
 // [batch][n_kv_heads][plan.max_segments]); body_selected (optional) receives the selected body

@@ -24,11 +24,14 @@ struct Case {
   SqueezePolicy policy = SqueezePolicy::kBudget;
   SqueezeReduce reduce = SqueezeReduce::kMax;
   bool hierarchical = false;
-  float value = 0.125f;  // budget (threshold cases compute theirs from the CPU's p)
+  float value = 0.125f;        // budget (threshold cases compute theirs from the CPU's p)
+  std::vector<float> budgets;  // budget policy: request r gets budgets[r % size] when not empty
+  bool ties = false;           // many exactly tied p: any number may differ from the CPU at the cut
 };
 
 // Runs SqueezeSelect over `ctx` (request r uses contexts[ctx_of[r]]) and compares every
-// (request, kv head) with SelectClusters on the same data.
+// (request, kv head) with SelectClusters on the same data, then runs the cluster selection with
+// every cluster size the shapes fit and requires the single-block kernel's outputs exactly.
 void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
                    const std::vector<int>& ctx_of, uint32_t seed) {
   const int batch = static_cast<int>(ctx_of.size());
@@ -61,6 +64,9 @@ void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
   // Per-request values: budgets as given; thresholds between two adjacent p of head 0 (flat p),
   // a quarter of the way down.
   std::vector<float> values(batch, cs.value);
+  for (int r = 0; r < batch && !cs.budgets.empty(); ++r) {
+    values[r] = cs.budgets[r % cs.budgets.size()];
+  }
   if (cs.policy == SqueezePolicy::kThreshold) {
     for (int r = 0; r < batch; ++r) {
       const HeadIndex& idx = contexts[ctx_of[r]].heads[0];
@@ -92,18 +98,19 @@ void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
   p.max_clusters = max_k;
   p.max_coarse = max_k1;
   const SqueezeSelectPlan plan = PlanSqueezeSelect(p);
+  REQUIRE(plan.select_ctas == 1);  // no SM count: the single-block kernel
   DeviceBuffer<char> ws(plan.workspace_bytes);
-  const size_t units = size_t(batch) * cs.hkv;
-  DeviceBuffer<int2> segs(units * plan.max_segments);
-  DeviceBuffer<int32_t> nseg(units), sel_len(units), body_sel(units);
-  const SqueezeSelection out{segs.get(), nseg.get(), sel_len.get(), body_sel.get()};
-  const Status s = SqueezeSelect(p, plan, out, ws.get(), ws.size(), nullptr);
-  INFO(s.ToString());
-  REQUIRE(s.ok());
-  const auto h_segs = segs.Download();
-  const auto h_nseg = nseg.Download();
-  const auto h_len = sel_len.Download();
-  const auto h_body = body_sel.Download();
+  const testing::SelectionOutputs single = testing::RunSqueezeSelect(p, plan, 1, ws);
+  for (int ctas : testing::ClusterSizesFor(p)) {
+    INFO("cluster selection of " << ctas << " CTAs against the single-block kernel");
+    testing::RequireSameSelection(single, testing::RunSqueezeSelect(p, plan, ctas, ws),
+                                  plan.max_segments);
+  }
+  if (cs.hierarchical) REQUIRE(testing::ClusterSizesFor(p).empty());
+  const std::vector<int2>& h_segs = single.segments;
+  const std::vector<int32_t>& h_nseg = single.num_segments;
+  const std::vector<int32_t>& h_len = single.selected_len;
+  const std::vector<int32_t>& h_body = single.body_selected;
 
   int total_diff = 0;
   for (int r = 0; r < batch; ++r) {
@@ -151,7 +158,7 @@ void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
     }
   }
   // Near-ties are rare on random data: most heads must match exactly.
-  REQUIRE(total_diff <= std::max<int>(2, batch * cs.hkv / 4));
+  if (!cs.ties) REQUIRE(total_diff <= std::max<int>(2, batch * cs.hkv / 4));
 }
 
 TEST_CASE("SqueezeSelect matches SelectClusters over shapes, policies and GQA", "[cuda]") {
@@ -214,6 +221,68 @@ TEST_CASE("SqueezeSelect hierarchical lookup matches SelectClusters", "[cuda]") 
         cs.reduce = reduce;
         cs.hierarchical = true;
         RunAndCompare(cs, ctx, {0, 1, 2, 3}, seed++);
+      }
+    }
+  }
+}
+
+TEST_CASE("SqueezeSelect cluster selection over awkward sizes, budgets and ties", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 900;
+  struct Shape {
+    int32_t k;
+    int hkv, batch, g;
+  };
+  // Budgets 0, tiny, 0.125 and 1 across the requests of a batch (one each at batch 1).
+  const std::vector<float> budgets = {0.0f, 0.001f, 0.125f, 1.0f};
+  for (const Shape& sh : {Shape{1, 1, 1, 4}, Shape{3, 2, 3, 1}, Shape{127, 1, 1, 8},
+                          Shape{129, 2, 3, 4}, Shape{1000, 8, 1, 4}, Shape{6554, 8, 1, 4},
+                          Shape{6554, 2, 16, 4}, Shape{26000, 8, 1, 4}, Shape{26000, 1, 3, 2}}) {
+    INFO("k=" << sh.k << " hkv=" << sh.hkv << " batch=" << sh.batch << " g=" << sh.g);
+    const bool big = int64_t{sh.k} * sh.hkv * sh.batch > 60000;
+    for (auto policy : {SqueezePolicy::kBudget, SqueezePolicy::kThreshold}) {
+      for (auto reduce : {SqueezeReduce::kMax, SqueezeReduce::kMean}) {
+        if (big && reduce == SqueezeReduce::kMean && policy == SqueezePolicy::kThreshold) continue;
+        std::vector<HostContext> ctx;
+        ctx.push_back(MakeContext(sh.hkv, 128, sh.k, 0, 4, 100, seed++, 40, 2.0f, false));
+        std::vector<int> ctx_of(sh.batch, 0);
+        Case cs;
+        cs.hq = sh.hkv * sh.g;
+        cs.hkv = sh.hkv;
+        cs.policy = policy;
+        cs.reduce = reduce;
+        if (policy == SqueezePolicy::kThreshold || sh.batch > 1) {
+          cs.budgets = budgets;
+          RunAndCompare(cs, ctx, ctx_of, seed++);
+          continue;
+        }
+        for (float budget : budgets) {
+          cs.value = budget;
+          RunAndCompare(cs, ctx, ctx_of, seed++);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("SqueezeSelect cluster selection breaks ties by position as the single-block kernel",
+          "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 1900;
+  // Every cluster tied (the cut is by position alone), or every third one tied with cluster 0.
+  for (int every : {1, 3}) {
+    for (auto [k, batch] : {std::pair{1000, 1}, std::pair{6554, 3}, std::pair{26000, 1}}) {
+      for (auto reduce : {SqueezeReduce::kMax, SqueezeReduce::kMean}) {
+        std::vector<HostContext> ctx;
+        ctx.push_back(MakeContext(8, 128, k, 0, 4, 100, seed++, 40, 2.0f, false));
+        testing::TieCentroids(&ctx[0], every);
+        Case cs;
+        cs.hq = 32;
+        cs.hkv = 8;
+        cs.reduce = reduce;
+        cs.budgets = {0.125f, 0.001f, 0.5f};
+        cs.ties = true;
+        RunAndCompare(cs, ctx, std::vector<int>(batch, 0), seed++);
       }
     }
   }
@@ -315,6 +384,14 @@ TEST_CASE("SqueezeSelect rejects bad shapes and out-of-range settings", "[squeez
     s = SqueezeSelect(p, PlanSqueezeSelect(other), out, any, size_t{1} << 40, nullptr);
     CHECK(s.code() == StatusCode::kInvalidArgument);
     CHECK(s.message().find("plan") != std::string::npos);
+    // A cluster size the params do not fit, or none at all.
+    for (int ctas : {0, 3, 32}) {
+      SqueezeSelectPlan bad = plan;
+      bad.select_ctas = ctas;
+      s = SqueezeSelect(p, bad, out, any, plan.workspace_bytes, nullptr);
+      CHECK(s.code() == StatusCode::kInvalidArgument);
+      CHECK(s.message().find("select_ctas") != std::string::npos);
+    }
     // Missing outputs.
     SqueezeSelection none = out;
     none.selected_len = nullptr;
@@ -348,6 +425,37 @@ TEST_CASE("PlanSqueezeSelect sizes chunks, segments and the workspace", "[squeez
   CHECK(hier.workspace_bytes > plan.workspace_bytes);
   p.max_clusters = 1;
   CHECK(PlanSqueezeSelect(p).max_segments == 2);  // sink | cluster 0 | window: two runs at most
+}
+
+TEST_CASE("PlanSqueezeSelect picks the cluster selection for small batches", "[squeeze_select]") {
+  SqueezeSelectParams p;
+  p.batch = 1;
+  p.n_q_heads = 32;
+  p.n_kv_heads = 8;
+  p.head_dim = 128;
+  p.max_clusters = 6554;
+  CHECK(PlanSqueezeSelect(p).select_ctas == 1);       // no SM count
+  CHECK(PlanSqueezeSelect(p, 132).select_ctas == 8);  // 64 CTAs on 132 SMs
+  p.batch = 3;
+  CHECK(PlanSqueezeSelect(p, 132).select_ctas == 4);  // 96 CTAs
+  p.batch = 16;
+  CHECK(PlanSqueezeSelect(p, 132).select_ctas == 1);  // 128 blocks already fill the device
+  p.batch = 1;
+  p.max_clusters = 1000;  // too few clusters per CTA for 8 or 4
+  CHECK(PlanSqueezeSelect(p, 132).select_ctas == 1);
+  p.max_clusters = 26000;
+  CHECK(PlanSqueezeSelect(p, 132).select_ctas == 8);
+  CHECK(SqueezeClusterSelectFits(p, 16));
+  CHECK_FALSE(SqueezeClusterSelectFits(p, 3));
+  CHECK_FALSE(SqueezeClusterSelectFits(p, 32));
+  p.max_clusters = 1 << 30;  // slices too large for shared memory
+  CHECK(PlanSqueezeSelect(p, 132).select_ctas == 1);
+  CHECK_FALSE(SqueezeClusterSelectFits(p, 16));
+  p.max_clusters = 26000;
+  p.hierarchical = true;  // the coarse level and the fine one under it stay single-block
+  p.max_coarse = 100;
+  CHECK(PlanSqueezeSelect(p, 132).select_ctas == 1);
+  CHECK_FALSE(SqueezeClusterSelectFits(p, 8));
 }
 
 }  // namespace
