@@ -38,6 +38,7 @@ class CudaBackend::Impl {
   virtual cudaStream_t stream() const = 0;
   virtual CudaBackend::GraphStats graph_stats() const = 0;
   virtual void set_cuda_graphs(bool on) = 0;
+  virtual void set_streaming_gemv(bool on) = 0;
 };
 
 }  // namespace sqz
