@@ -3,9 +3,12 @@
 //   * device-to-device copy bandwidth (read + write bytes) and the cuBLASLt bf16 GEMM rate;
 //   * prefill of a `context`-token sequence in chunks: tokens/s and its FLOP rate as a share of
 //     the measured GEMM rate;
+//   * decode's linear layers alone, per shape and row count 1..8: the warp-per-row and the
+//     streaming Gemv (kernels/cuda/gemv.h) and cuBLASLt, as a share of the copy bandwidth;
 //   * decode at batch 1 after that prefill: median step time against the memory floor
 //     (weights read by a step + the sequence's KV bytes, over the copy bandwidth), kernel by
-//     kernel, replaying CUDA graphs, and with greedy sampling on the device;
+//     kernel, replaying CUDA graphs, and with greedy sampling on the device, with the streaming
+//     Gemv and with the warp-per-row one;
 //   * decode throughput at batch `batch` (each sequence with a `batch_prompt`-token prompt), with
 //     logits to the host and with greedy sampling on the device.
 // Usage: sqz_cuda_model_bench [--layers 32] [--context 32768] [--chunk 4096] [--steps 64]
@@ -17,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -107,10 +111,35 @@ double GemmRate() {
   return 2.0 * m * n * k / (ms * 1e-3) / 1e12;
 }
 
-// Decode's linear layers at one row: our Gemv against cuBLASLt, per Llama-3-8B shape, with weight
-// copies rotated so that nothing is served from L2. Returns the Gemv time of one decode step's
-// linear layers (layers x (qkv + o + gate_up + down) + LM head), in ms.
-double LinearBreakdown(int64_t layers, double bw) {
+// Median time (ms) of `reps` runs of fn on `stream`, timed with events.
+template <typename Fn>
+double TimeOn(cudaStream_t stream, int reps, Fn fn) {
+  cudaEvent_t a, b;
+  BENCH_CHECK_CUDA(cudaEventCreate(&a));
+  BENCH_CHECK_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) fn();  // warm-up
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    BENCH_CHECK_CUDA(cudaEventRecord(a, stream));
+    fn();
+    BENCH_CHECK_CUDA(cudaEventRecord(b, stream));
+    BENCH_CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return Median(t);
+}
+
+// Decode's linear layers at 1..8 rows, per Llama-3-8B shape, weight copies rotated so that nothing
+// is served from L2: the warp-per-row Gemv (old), the streaming Gemv (new) and cuBLASLt, each
+// launch timed alone ("alone"), and the two Gemvs in runs of kRun launches on distinct weight
+// copies ("in a run", per launch; the new one launched with PDL, as in a decode step where each
+// Gemv follows another kernel). Returns one decode step's linear layers at m = 1 (layers x (qkv +
+// o + gate_up + down) + LM head) in ms, {old alone, new alone, old in a run, new in a run}.
+std::array<double, 4> LinearBreakdown(int64_t layers, double bw) {
   struct Shape {
     const char* name;
     int64_t n, k;
@@ -121,61 +150,104 @@ double LinearBreakdown(int64_t layers, double bw) {
                           {"gate_up", 28672, 4096, 1},
                           {"down", 4096, 14336, 1},
                           {"lm_head (fp32 out)", 128256, 4096, 0}};
+  constexpr int kRun = 8;
   auto gemm = sqz::cuda::Gemm::Create();
   BENCH_CHECK_OK(gemm.status());
+  auto old_plan = sqz::cuda::PlanGemv(sqz::cuda::GemvKernel::kWarpPerRow, false);
+  auto new_plan = sqz::cuda::PlanGemv(sqz::cuda::GemvKernel::kStreaming, true);
+  auto new_plain = sqz::cuda::PlanGemv(sqz::cuda::GemvKernel::kStreaming, false);
+  BENCH_CHECK_OK(old_plan.status());
+  BENCH_CHECK_OK(new_plan.status());
+  BENCH_CHECK_OK(new_plain.status());
+  std::printf("\nGemv plan: %d SMs, streaming blocks per SM by m:", new_plan->sm_count);
+  for (int b : new_plan->blocks_per_sm) std::printf(" %d", b);
+  std::printf("\n");
+  cudaStream_t stream = nullptr;
+  BENCH_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   void* ws = nullptr;
   BENCH_CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
-  double step_ms = 0;
-  std::printf("\n%-20s %7s %6s %12s %9s %12s %9s\n", "linear, m = 1", "n", "k", "Gemv us", "GB/s",
-              "cuBLASLt us", "GB/s");
+  std::array<double, 4> step_ms = {0, 0, 0, 0};
+  std::printf("%-18s %2s %7s %6s | %-13s %-13s %-13s | %-13s %-19s | %s\n", "linear", "m", "n", "k",
+              "old alone", "new alone", "cuBLASLt", "old in a run", "new in a run (PDL)",
+              "new/old");
+  std::printf("%-18s %2s %7s %6s | %-13s %-13s %-13s | %-13s %-19s | %s\n", "", "", "", "",
+              "us    GB/s", "us    GB/s", "us    GB/s", "us    GB/s", "us    GB/s  %copy",
+              "alone run");
   for (const Shape& s : shapes) {
     const size_t wbytes = static_cast<size_t>(s.n) * s.k * 2;
-    const int copies = static_cast<int>(std::max<size_t>(2, (size_t{512} << 20) / wbytes + 1));
+    const int copies =
+        static_cast<int>(std::max<size_t>(kRun + 1, (size_t{512} << 20) / wbytes + 1));
     bf16 *w = nullptr, *a = nullptr;
     void* out = nullptr;
     BENCH_CHECK_CUDA(cudaMalloc(&w, wbytes * copies));
-    BENCH_CHECK_CUDA(cudaMalloc(&a, s.k * 2));
-    BENCH_CHECK_CUDA(cudaMalloc(&out, s.n * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&a, sqz::cuda::kGemvMaxRows * s.k * 2));
+    BENCH_CHECK_CUDA(cudaMalloc(&out, sqz::cuda::kGemvMaxRows * s.n * 4));
     BENCH_CHECK_OK(
         sqz::cuda::FillUniform(w, static_cast<int64_t>(wbytes / 2) * copies, 0.02f, 5, nullptr));
-    BENCH_CHECK_OK(sqz::cuda::FillUniform(a, s.k, 1.0f, 6, nullptr));
+    BENCH_CHECK_OK(sqz::cuda::FillUniform(a, sqz::cuda::kGemvMaxRows * s.k, 1.0f, 6, nullptr));
+    BENCH_CHECK_CUDA(cudaDeviceSynchronize());
     const bool fp32 = s.per_step == 0;
     int i = 0;
-    const double ours = TimeEvents(20, [&] {
+    auto gemv = [&](const sqz::cuda::GemvPlan& plan, int64_t m) {
+      const bf16* wi = w + (i++ % copies) * (wbytes / 2);
+      if (fp32) {
+        BENCH_CHECK_OK(sqz::cuda::Gemv<float>(plan, a, wi, nullptr, m, s.n, s.k,
+                                              static_cast<float*>(out), stream));
+      } else {
+        BENCH_CHECK_OK(sqz::cuda::Gemv<bf16>(plan, a, wi, nullptr, m, s.n, s.k,
+                                             static_cast<bf16*>(out), stream));
+      }
+    };
+    auto lt = [&](int64_t m) {
       const bf16* wi = w + (i++ % copies) * (wbytes / 2);
       if (fp32) {
         BENCH_CHECK_OK(
-            sqz::cuda::Gemv<float>(a, wi, nullptr, 1, s.n, s.k, static_cast<float*>(out), nullptr));
+            (*gemm)->MatMulTransB<float>(a, wi, nullptr, m, s.n, s.k, static_cast<float*>(out), ws,
+                                         sqz::cuda::Gemm::kRecommendedWorkspaceBytes, stream));
       } else {
         BENCH_CHECK_OK(
-            sqz::cuda::Gemv<bf16>(a, wi, nullptr, 1, s.n, s.k, static_cast<bf16*>(out), nullptr));
+            (*gemm)->MatMulTransB<bf16>(a, wi, nullptr, m, s.n, s.k, static_cast<bf16*>(out), ws,
+                                        sqz::cuda::Gemm::kRecommendedWorkspaceBytes, stream));
       }
-    });
-    const double lt = TimeEvents(20, [&] {
-      const bf16* wi = w + (i++ % copies) * (wbytes / 2);
-      if (fp32) {
-        BENCH_CHECK_OK(
-            (*gemm)->MatMulTransB<float>(a, wi, nullptr, 1, s.n, s.k, static_cast<float*>(out), ws,
-                                         sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
-      } else {
-        BENCH_CHECK_OK(
-            (*gemm)->MatMulTransB<bf16>(a, wi, nullptr, 1, s.n, s.k, static_cast<bf16*>(out), ws,
-                                        sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
+    };
+    auto gbs = [&](double ms) { return wbytes / (ms * 1e-3) / 1e9; };
+    for (int64_t m = 1; m <= sqz::cuda::kGemvMaxRows; ++m) {
+      const double old1 = TimeOn(stream, 20, [&] { gemv(*old_plan, m); });
+      const double new1 = TimeOn(stream, 20, [&] { gemv(*new_plain, m); });
+      const double lt1 = TimeOn(stream, 20, [&] { lt(m); });
+      const double old_run = TimeOn(stream, 10,
+                                    [&] {
+                                      for (int r = 0; r < kRun; ++r) gemv(*old_plan, m);
+                                    }) /
+                             kRun;
+      const double new_run = TimeOn(stream, 10,
+                                    [&] {
+                                      for (int r = 0; r < kRun; ++r) gemv(*new_plan, m);
+                                    }) /
+                             kRun;
+      std::printf(
+          "%-18s %2lld %7lld %6lld | %6.1f %6.0f %6.1f %6.0f %6.1f %6.0f | %6.1f %6.0f %6.1f %6.0f "
+          "%5.1f%% | %.2f %.2f\n",
+          s.name, static_cast<long long>(m), static_cast<long long>(s.n),
+          static_cast<long long>(s.k), old1 * 1e3, gbs(old1), new1 * 1e3, gbs(new1), lt1 * 1e3,
+          gbs(lt1), old_run * 1e3, gbs(old_run), new_run * 1e3, gbs(new_run),
+          100 * gbs(new_run) / bw, new1 / old1, new_run / old_run);
+      if (m == 1) {
+        const double times[4] = {old1, new1, old_run, new_run};
+        for (int t = 0; t < 4; ++t) step_ms[t] += (s.per_step ? layers : 1) * times[t];
       }
-    });
-    std::printf("%-20s %7lld %6lld %12.1f %9.0f %12.1f %9.0f\n", s.name,
-                static_cast<long long>(s.n), static_cast<long long>(s.k), ours * 1e3,
-                wbytes / (ours * 1e-3) / 1e9, lt * 1e3, wbytes / (lt * 1e-3) / 1e9);
-    step_ms += (s.per_step ? layers : 1) * ours;
+    }
     cudaFree(w);
     cudaFree(a);
     cudaFree(out);
   }
   cudaFree(ws);
+  cudaStreamDestroy(stream);
   std::printf(
-      "one decode step's linear layers through Gemv: %.3f ms (weights at %.0f GB/s "
-      "copy bandwidth alone: see the floor below)\n",
-      step_ms, bw);
+      "one decode step's linear layers at m = 1: old %.3f ms alone, %.3f in runs; new %.3f ms "
+      "alone, %.3f in runs (PDL); their weights at the %.0f GB/s copy bandwidth: see the floor "
+      "below\n",
+      step_ms[0], step_ms[2], step_ms[1], step_ms[3], bw);
   return step_ms;
 }
 
@@ -200,7 +272,7 @@ int main(int argc, char** argv) {
       "TFLOP/s\n",
       bw, gemm_tflops);
 
-  const double linear_ms = LinearBreakdown(layers, bw);
+  const std::array<double, 4> linear_ms = LinearBreakdown(layers, bw);
 
   const sqz::ModelConfig c = Llama3_8B(layers, /*max_positions=*/131072);
   sqz::CudaBackendOptions o;
@@ -262,24 +334,36 @@ int main(int argc, char** argv) {
       context / prefill_s, prefill_tflops, 100 * linear_flops / (linear_flops + attn_flops),
       100 * attn_flops / (linear_flops + attn_flops), 100 * prefill_tflops / gemm_tflops);
 
-  // ---- Decode at batch 1 after the prefill, three ways in turn (each `steps` steps, the sequence
-  // growing by `steps` tokens per way): kernel by kernel with the logits copied to the host (the
-  // old path), replaying CUDA graphs with the logits copied, and graphs + greedy sampling on the
-  // device (ForwardSample: only the token id reaches the host).
+  // ---- Decode at batch 1 after the prefill, five ways in turn (each `steps` steps, the sequence
+  // growing by `steps` + 3 tokens per way): with the earlier warp-per-row Gemv (kernel by kernel,
+  // then graphs + greedy sampling on the device), then with the streaming Gemv kernel by kernel
+  // with the logits copied to the host, replaying CUDA graphs with the logits copied, and graphs +
+  // greedy sampling on the device (ForwardSample: only the token id reaches the host). Each way's
+  // floor is taken at its own mean sequence length.
   struct Way {
     const char* name;
-    bool graphs, sample;
-    double ms = 0;
+    bool streaming_gemv, graphs, sample;
+    double ms = 0, floor_ms = 0;
   };
-  std::vector<Way> ways = {{"eager, logits to host", false, false},
-                           {"CUDA graph, logits to host", true, false},
-                           {"CUDA graph, greedy on device", true, true}};
+  std::vector<Way> ways = {{"old Gemv, eager, logits to host", false, false, false},
+                           {"old Gemv, graph, greedy on device", false, true, true},
+                           {"eager, logits to host", true, false, false},
+                           {"CUDA graph, logits to host", true, true, false},
+                           {"CUDA graph, greedy on device", true, true, true}};
   int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
                                       logits.begin());
-  const sqz::TokenSampling greedy;  // temperature 0
+  const sqz::TokenSampling greedy;                            // temperature 0
+  const double weight_read = b.weight_bytes() - embed_bytes;  // one embedding row per step
+  auto floor_at = [&](double kv_len) {
+    const double kv_bytes = static_cast<double>(layers) * kv_len * c.kv_dim() * 2 * 2;
+    return (weight_read + kv_bytes) / (bw * 1e9) * 1e3;
+  };
+  int64_t seq_len = context;
   for (Way& way : ways) {
+    b.set_streaming_gemv(way.streaming_gemv);
     b.set_cuda_graphs(way.graphs);
     std::vector<double> step_ms;
+    way.floor_ms = floor_at(static_cast<double>(seq_len) + 1.5 + 0.5 * (steps + 3));
     for (int64_t s = 0; s < steps + 3; ++s) {
       sqz::StepInput in{seq, {&next, 1}};
       const auto a = Clock::now();
@@ -292,26 +376,27 @@ int main(int argc, char** argv) {
       }
       const double ms = Seconds(a, Clock::now()) * 1e3;
       if (s >= 3) step_ms.push_back(ms);  // first steps: cuBLASLt plans, graph capture
+      ++seq_len;
     }
     way.ms = Median(step_ms);
   }
   const double decode_ms = ways.back().ms;
-  const double kv_len = static_cast<double>(context) + 1.5 * steps;
-  const double kv_bytes = static_cast<double>(layers) * kv_len * c.kv_dim() * 2 * 2;
-  const double weight_read = b.weight_bytes() - embed_bytes;  // one embedding row per step
-  const double floor_ms = (weight_read + kv_bytes) / (bw * 1e9) * 1e3;
+  const double floor_ms = ways.back().floor_ms;
   std::printf(
-      "decode batch 1 at %lld cached tokens: floor %.3f ms = (weights %.2f GB + KV %.2f GB) / "
-      "%.0f GB/s; graphs captured %lld, replayed %lld%s%s\n",
-      static_cast<long long>(context), floor_ms, weight_read / 1e9, kv_bytes / 1e9, bw,
+      "decode batch 1 at %lld cached tokens: floor %.3f ms = (weights %.2f GB + KV) / %.0f GB/s "
+      "(KV %.2f GB at %lld tokens); graphs captured %lld, replayed %lld%s%s\n",
+      static_cast<long long>(context), floor_ms, weight_read / 1e9, bw,
+      static_cast<double>(layers) * context * c.kv_dim() * 4 / 1e9, static_cast<long long>(context),
       static_cast<long long>(b.graph_stats().captured),
       static_cast<long long>(b.graph_stats().replays),
       b.graph_stats().capture_error.empty() ? "" : "; capture failed: ",
       b.graph_stats().capture_error.c_str());
   for (const Way& way : ways) {
-    std::printf("  %-30s median %.3f ms/step (%.1f tokens/s), measured / floor = %.3f\n", way.name,
-                way.ms, 1e3 / way.ms, way.ms / floor_ms);
+    std::printf(
+        "  %-36s median %.3f ms/step (%.1f tokens/s), floor %.3f ms, measured / floor = %.3f\n",
+        way.name, way.ms, 1e3 / way.ms, way.floor_ms, way.ms / way.floor_ms);
   }
+  b.set_streaming_gemv(true);
   BENCH_CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.
@@ -371,8 +456,10 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "\nsummary: layers %lld | prefill %.0f tok/s (%.1f%% of GEMM rate) | decode b1 "
-      "%.3f ms (%.3fx floor; its linear layers alone %.3f ms)\n",
+      "%.3f ms (%.3fx floor; old Gemv %.3f ms, %.3fx) | its linear layers at m = 1: new %.3f ms in "
+      "runs (old %.3f)\n",
       static_cast<long long>(layers), context / prefill_s, 100 * prefill_tflops / gemm_tflops,
-      decode_ms, decode_ms / floor_ms, linear_ms);
+      decode_ms, decode_ms / floor_ms, ways[1].ms, ways[1].ms / ways[1].floor_ms, linear_ms[3],
+      linear_ms[2]);
   return 0;
 }

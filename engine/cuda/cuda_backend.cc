@@ -103,6 +103,10 @@ class ForwardImpl final : public CudaBackend::Impl {
   CudaBackend::GraphStats graph_stats() const override { return graph_stats_; }
   void set_cuda_graphs(bool on) override { graphs_on_ = on; }
   void set_sparse_prefill(bool on) override { ctx_step_->set_sparse_prefill(on); }
+  void set_streaming_gemv(bool on) override {
+    gemv_plan_.kernel = on ? cuda::GemvKernel::kStreaming : cuda::GemvKernel::kWarpPerRow;
+    graphs_.clear();
+  }
 
  private:
   // A decode step's graph: captured the second time its signature is seen (the first eager run
@@ -159,6 +163,7 @@ class ForwardImpl final : public CudaBackend::Impl {
   int num_sms_ = 1;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;  // bf16 only
+  cuda::GemvPlan gemv_plan_;          // bf16 only: linear layers at <= 8 rows
   std::unique_ptr<CudaWeights<T>> weights_;
   DeviceMemory pool_;     // [2][layers][kv_blocks][kv_heads][16][head_dim]: K then V
   DeviceMemory scratch_;  // per-step buffers below
@@ -204,6 +209,10 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
       "CudaBackend: multiprocessor count");
   if constexpr (std::is_same_v<T, bf16>) {
     SQZ_ASSIGN_OR_RETURN(impl->gemm_, cuda::Gemm::Create());
+    SQZ_ASSIGN_OR_RETURN(impl->gemv_plan_,
+                         cuda::PlanGemv(options.streaming_gemv ? cuda::GemvKernel::kStreaming
+                                                               : cuda::GemvKernel::kWarpPerRow,
+                                        options.gemv_programmatic_launch));
   }
   const int64_t weight_bytes = config.ParameterCount() * static_cast<int64_t>(sizeof(T));
   if (options.weights_budget_bytes > 0 && weight_bytes > options.weights_budget_bytes) {
@@ -310,7 +319,9 @@ Status ForwardImpl<T>::Linear(const T* a, const T* w, const T* bias, int64_t m, 
     return cuda::MatMulTransBF32(a, w, bias, m, n, k, out, stream_);
   } else {
     // Few rows (decode): the memory-bound GEMV streams the weights faster than cuBLASLt.
-    if (cuda::GemvSupported(a, w, m, k)) return cuda::Gemv<bf16>(a, w, bias, m, n, k, out, stream_);
+    if (cuda::GemvSupported(a, w, m, k)) {
+      return cuda::Gemv<bf16>(gemv_plan_, a, w, bias, m, n, k, out, stream_);
+    }
     return gemm_->MatMulTransB<bf16>(a, w, bias, m, n, k, out, gemm_ws_, gemm_ws_bytes_, stream_);
   }
 }
@@ -322,8 +333,8 @@ Status ForwardImpl<T>::LmHead(const T* a, int64_t m, float* out) {
                                  stream_);
   } else {
     if (cuda::GemvSupported(a, weights_->lm_head(), m, c_.hidden)) {
-      return cuda::Gemv<float>(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
-                               stream_);
+      return cuda::Gemv<float>(gemv_plan_, a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden,
+                               out, stream_);
     }
     return gemm_->MatMulTransB<float>(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
                                       gemm_ws_, gemm_ws_bytes_, stream_);
@@ -757,6 +768,8 @@ CudaBackend::GraphStats CudaBackend::graph_stats() const { return impl_->graph_s
 
 void CudaBackend::set_cuda_graphs(bool on) { impl_->set_cuda_graphs(on); }
 void CudaBackend::set_sparse_prefill(bool on) { impl_->set_sparse_prefill(on); }
+
+void CudaBackend::set_streaming_gemv(bool on) { impl_->set_streaming_gemv(on); }
 
 Status CudaBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
   const std::vector<int32_t>* blocks = sequences_.Blocks(seq);

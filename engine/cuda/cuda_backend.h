@@ -118,6 +118,15 @@ struct CudaBackendOptions {
   // every context row (as DENSE), so only their decode steps are squeezed. Off by default until
   // the backend's tests of this path have run on a GPU (its kernels have: squeeze_gpu.md).
   bool sparse_prefill = false;
+  // bf16 linear layers at <= 8 rows (decode) run kernels/cuda/gemv's streaming kernel: one wave
+  // of persistent blocks, launched as a programmatic dependent of the kernel before it (its first
+  // weight loads overlap that kernel's tail). Off: the earlier warp-per-feature kernel, kept as a
+  // fallback and for comparison. The two sum in the same order (same bits) for n >= 16384 and
+  // differ at the level of bf16 rounding below.
+  bool streaming_gemv = true;
+  // With streaming_gemv: launch it as a programmatic dependent (PDL) of the previous kernel. Off:
+  // plain launches (the fallback should PDL launches fail, e.g. in graph capture).
+  bool gemv_programmatic_launch = true;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
   int64_t max_penalty_tokens = 1 << 20;
@@ -170,6 +179,9 @@ class CudaBackend : public Backend {
   void set_cuda_graphs(bool on);
   // The same for options.sparse_prefill (bf16 backends; fp32 ones prefill densely either way).
   void set_sparse_prefill(bool on);
+  // Switches the linear layers' GEMV (options.streaming_gemv) from the next step on; drops the
+  // captured graphs, which hold the kernels. Benchmarks compare both on one backend.
+  void set_streaming_gemv(bool on);
 
   // Makes `context` (filled on the device, e.g. by IngestContext: bench/cuda_e2e) the resident copy
   // of `snapshot`, which then serves requests whose ContextAttention borrows `snapshot` (its dims

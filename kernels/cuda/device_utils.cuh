@@ -58,6 +58,24 @@ __device__ __forceinline__ float BlockMax(float v, float* scratch) {
   return WarpMax(v);
 }
 
+// Programmatic dependent launch (PDL, sm_90). A kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start before the previous kernel on its
+// stream has completed; WaitForPriorGrid blocks until that kernel has completed and its writes
+// are visible, so nothing that kernel writes (or reads and this one writes) may be touched before
+// it. AllowDependentLaunch lets such a dependent of this kernel be scheduled once every block of
+// this kernel has called it (the dependent still waits for this kernel's completion before it
+// reads its results). Both are no-ops for kernels launched normally.
+__device__ __forceinline__ void WaitForPriorGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Blocks for a grid-stride loop over n items with `threads` per block: enough to fill the device
 // several times over, never more than needed.
 inline unsigned GridFor(int64_t n, int threads) {

@@ -81,6 +81,7 @@ __global__ void SiluMulKernel(const T* gate, const T* up, int64_t n, T* out) {
 template <typename T>
 __global__ void SwiGluKernel(const T* __restrict__ gate_up, int64_t rows, int64_t cols,
                              T* __restrict__ out) {
+  internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

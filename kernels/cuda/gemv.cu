@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -44,8 +45,9 @@ __device__ __forceinline__ void Dot8(const uint4& w, const uint4& a, float& acc)
 // fill the GPU) and their partial sums are added in warp order: a fixed order whatever m.
 template <int M, int kSplit, typename TOut>
 __global__ void __launch_bounds__(kWarps * 32)
-    GemvKernel(const bf16* __restrict__ a, const bf16* __restrict__ w,
-               const TOut* __restrict__ bias, int64_t n, int64_t k, TOut* __restrict__ out) {
+    WarpPerRowGemvKernel(const bf16* __restrict__ a, const bf16* __restrict__ w,
+                         const TOut* __restrict__ bias, int64_t n, int64_t k,
+                         TOut* __restrict__ out) {
   __shared__ float partial[kWarps][M];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kWarps / kSplit) + warp / kSplit;
@@ -90,12 +92,230 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// ---- kStreaming.
+constexpr int kStreamWarps = 8;  // warps per block
+constexpr int kStreamLoads = 8;  // 16-byte weight loads in flight per lane
+// Output features a warp reads at once: from 3 rows on, two features share each activation load
+// (halving the L1 traffic and unpacking per weight byte, which otherwise bound m = 8).
+template <int M>
+constexpr int kStreamFeatures = M >= 3 ? 2 : 1;
+// Blocks per SM the register budget must allow: 4 (64 registers) for m = 1, 3 (80; m = 2 spills at
+// 64) up to m = 3, else 2 (128; m >= 4 spills at 80). Two blocks still keep 16 warps x 32 lanes x
+// 8 x 16 B = 64 KB of weight loads in flight per SM.
+template <int M>
+constexpr int kStreamMinBlocks = M >= 4 ? 2 : (M >= 2 ? 3 : 4);
+
+// The 8 bf16 of a 16-byte vector as floats (exact: a bf16 is the high half of its fp32), from the
+// 32-bit words so that the vector is loaded whole.
+__device__ __forceinline__ void Unpack8(const uint4 v, float f[8]) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(words[i] << 16);              // element 2i: the low half
+    f[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);  // element 2i + 1
+  }
+}
+
+// One warp: output features [row, row + T) for all M activation rows. Activations are read with
+// plain (coherent, L1-cached) loads after WaitForPriorGrid: the kernel before may still be writing
+// them while this one starts (PDL), so neither __ldg nor __restrict__ on a. w_row: [T][kv] 16-byte
+// vectors (the features' weight rows, consecutive), av: [M][kv], bias: [n] or null, out: [M][n].
+// Lane l adds vectors l, l + 32, l + 64, ... in that order (as WarpPerRowGemvKernel with kSplit 1),
+// 8 loads in flight. The first batch of weight loads is issued before WaitForPriorGrid (*waited
+// false).
+template <int M, int T, typename TOut>
+__device__ __forceinline__ void StreamFeatures(const uint4* __restrict__ w_row, const uint4* av,
+                                               const TOut* bias, int64_t n, int64_t kv, int64_t row,
+                                               int lane, TOut* out, bool* waited) {
+  constexpr int U = kStreamLoads / T;
+  float acc[T][M];
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[t][m] = 0.0f;
+  }
+  // Warp-uniform trip count (every lane waits at the same point, even where kv < 32 * U).
+  for (int64_t start = 0; start < kv; start += 32 * U) {
+    const int64_t base = start + lane;
+    uint4 wv[T][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t idx = base + 32 * u;
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        wv[t][u] = idx < kv ? LoadStream(w_row + t * kv + idx) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (!*waited) {  // weights in flight; a, bias and out only after the previous kernel is done
+      internal::WaitForPriorGrid();
+      *waited = true;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t idx = base + 32 * u;
+      if (idx < kv) {
+        float wf[T][8];
+#pragma unroll
+        for (int t = 0; t < T; ++t) Unpack8(wv[t][u], wf[t]);
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          float af[8];
+          Unpack8(av[m * kv + idx], af);
+#pragma unroll
+          for (int t = 0; t < T; ++t) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[t][m] = fmaf(wf[t][i], af[i], acc[t][m]);
+          }
+        }
+      }
+    }
+  }
+  // Every lane ends with every sum (xor butterfly); lane t * M + m writes out[m][row + t].
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float s = internal::WarpSum(acc[t][m]);
+      if (lane == t * M + m) {
+        const float b = bias ? ToFloat(bias[row + t]) : 0.0f;
+        out[m * n + row + t] = FromFloat<TOut>(s + b);
+      }
+    }
+  }
+}
+
+// A single wave of gridDim.x blocks; global warp g of W takes output features
+// [g * n / W, (g + 1) * n / W) (contiguous, balanced to within one feature), kStreamFeatures<M>
+// at a time. a: [M][k], w: [n][k], bias: [n] or null, out: [M][n].
+template <int M, typename TOut>
+__global__ void __launch_bounds__(kStreamWarps * 32, kStreamMinBlocks<M>)
+    StreamingGemvKernel(const bf16* a, const bf16* __restrict__ w, const TOut* bias, int64_t n,
+                        int64_t k, TOut* out) {
+  internal::AllowDependentLaunch();
+  constexpr int T = kStreamFeatures<M>;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kStreamWarps;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kStreamWarps + (threadIdx.x >> 5);
+  const int64_t end = (warp + 1) * n / warps;
+  const int64_t kv = k / 8;
+  const uint4* wv = reinterpret_cast<const uint4*>(w);
+  const uint4* av = reinterpret_cast<const uint4*>(a);
+  bool waited = false;
+  int64_t row = warp * n / warps;
+  for (; row + T <= end; row += T) {
+    StreamFeatures<M, T, TOut>(wv + row * kv, av, bias, n, kv, row, lane, out, &waited);
+  }
+  if constexpr (T > 1) {
+    if (row < end)
+      StreamFeatures<M, 1, TOut>(wv + row * kv, av, bias, n, kv, row, lane, out, &waited);
+  }
+}
+
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+Status CheckArgs(const char* op, const bf16* a, const bf16* w, int64_t m, int64_t n, int64_t k,
+                 const void* out) {
+  if (!GemvSupported(a, w, m, k)) {
+    return ArgError(op, "needs 1 <= m <= " + std::to_string(kGemvMaxRows) +
+                            ", k % 8 == 0 and 16-byte aligned a and w; got m=" + std::to_string(m) +
+                            " k=" + std::to_string(k));
+  }
+  if (n < 1) return ArgError(op, "n must be >= 1");
+  if (!out) return ArgError(op, "null out");
+  return OkStatus();
+}
+
+// Resident StreamingGemvKernel<M, TOut> blocks per SM.
+template <int M, typename TOut>
+Status StreamingOccupancy(int* blocks) {
+  return CudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                        blocks, StreamingGemvKernel<M, TOut>, kStreamWarps * 32, 0),
+                    "PlanGemv: occupancy");
+}
+
+template <int M>
+Status StreamingBlocksPerSm(int* blocks) {
+  int b32 = 0, b16 = 0;
+  SQZ_RETURN_IF_ERROR((StreamingOccupancy<M, float>(&b32)));
+  SQZ_RETURN_IF_ERROR((StreamingOccupancy<M, bf16>(&b16)));
+  *blocks = std::min(b32, b16);
+  if (*blocks < 1) return ArgError("PlanGemv", "the streaming kernel does not fit on an SM");
+  return OkStatus();
+}
+
+template <int M, typename TOut>
+Status LaunchStreaming(const GemvPlan& plan, const bf16* a, const bf16* w, const TOut* bias,
+                       int64_t n, int64_t k, TOut* out, cudaStream_t stream) {
+  // One wave; no more blocks than give every warp a feature (tiny n).
+  const int64_t wave = static_cast<int64_t>(plan.sm_count) * plan.blocks_per_sm[M - 1];
+  const int64_t blocks = std::min(wave, (n + kStreamWarps - 1) / kStreamWarps);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kStreamWarps * 32);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = plan.programmatic_launch ? 1 : 0;
+  return CudaStatus(
+      cudaLaunchKernelEx(&config, StreamingGemvKernel<M, TOut>, a, w, bias, n, k, out), "Gemv");
+}
 
 }  // namespace
 
+StatusOr<GemvPlan> PlanGemv(GemvKernel kernel, bool programmatic_launch) {
+  GemvPlan plan;
+  plan.kernel = kernel;
+  plan.programmatic_launch = programmatic_launch;
+  int device = 0;
+  SQZ_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "PlanGemv: device"));
+  SQZ_RETURN_IF_ERROR(
+      CudaStatus(cudaDeviceGetAttribute(&plan.sm_count, cudaDevAttrMultiProcessorCount, device),
+                 "PlanGemv: SM count"));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<1>(&plan.blocks_per_sm[0]));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<2>(&plan.blocks_per_sm[1]));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<3>(&plan.blocks_per_sm[2]));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<4>(&plan.blocks_per_sm[3]));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<5>(&plan.blocks_per_sm[4]));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<6>(&plan.blocks_per_sm[5]));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<7>(&plan.blocks_per_sm[6]));
+  SQZ_RETURN_IF_ERROR(StreamingBlocksPerSm<8>(&plan.blocks_per_sm[7]));
+  static_assert(kGemvMaxRows == 8);
+  return plan;
+}
+
 bool GemvSupported(const bf16* a, const bf16* w, int64_t m, int64_t k) {
   return m >= 1 && m <= kGemvMaxRows && k > 0 && k % 8 == 0 && Aligned16(a) && Aligned16(w);
+}
+
+template <typename TOut>
+Status Gemv(const GemvPlan& plan, const bf16* a, const bf16* w, const TOut* bias, int64_t m,
+            int64_t n, int64_t k, TOut* out, cudaStream_t stream) {
+  constexpr const char* kOp = "Gemv";
+  static_assert(std::is_same_v<TOut, float> || std::is_same_v<TOut, bf16>);
+  if (plan.kernel == GemvKernel::kWarpPerRow) return Gemv<TOut>(a, w, bias, m, n, k, out, stream);
+  SQZ_RETURN_IF_ERROR(CheckArgs(kOp, a, w, m, n, k, out));
+  if (plan.sm_count < 1 || m > kGemvMaxRows || plan.blocks_per_sm[m - 1] < 1) {
+    return ArgError(kOp, "a kStreaming plan must come from PlanGemv");
+  }
+  switch (m) {
+#define SQZ_STREAMING_CASE(M) \
+  case M:                     \
+    return LaunchStreaming<M, TOut>(plan, a, w, bias, n, k, out, stream);
+    SQZ_STREAMING_CASE(1)
+    SQZ_STREAMING_CASE(2)
+    SQZ_STREAMING_CASE(3)
+    SQZ_STREAMING_CASE(4)
+    SQZ_STREAMING_CASE(5)
+    SQZ_STREAMING_CASE(6)
+    SQZ_STREAMING_CASE(7)
+    SQZ_STREAMING_CASE(8)
+#undef SQZ_STREAMING_CASE
+    default:
+      return ArgError(kOp, "m outside the compiled range");
+  }
 }
 
 template <typename TOut>
@@ -103,13 +323,7 @@ Status Gemv(const bf16* a, const bf16* w, const TOut* bias, int64_t m, int64_t n
             TOut* out, cudaStream_t stream) {
   constexpr const char* kOp = "Gemv";
   static_assert(std::is_same_v<TOut, float> || std::is_same_v<TOut, bf16>);
-  if (!GemvSupported(a, w, m, k)) {
-    return ArgError(kOp, "needs 1 <= m <= " + std::to_string(kGemvMaxRows) +
-                             ", k % 8 == 0 and 16-byte aligned a and w; got m=" +
-                             std::to_string(m) + " k=" + std::to_string(k));
-  }
-  if (n < 1) return ArgError(kOp, "n must be >= 1");
-  if (!out) return ArgError(kOp, "null out");
+  SQZ_RETURN_IF_ERROR(CheckArgs(kOp, a, w, m, n, k, out));
   // Short n (fewer than ~4 waves of one-row-per-warp blocks): 4 warps per output feature.
   const bool split = n < kSplitBelowN;
   const int64_t per_block = split ? kWarps / 4 : kWarps;
@@ -118,13 +332,13 @@ Status Gemv(const bf16* a, const bf16* w, const TOut* bias, int64_t m, int64_t n
   const unsigned grid = static_cast<unsigned>(blocks);
   const int threads = kWarps * 32;
   switch (m) {
-#define SQZ_GEMV_CASE(M)                                                           \
-  case M:                                                                          \
-    if (split) {                                                                   \
-      GemvKernel<M, 4, TOut><<<grid, threads, 0, stream>>>(a, w, bias, n, k, out); \
-    } else {                                                                       \
-      GemvKernel<M, 1, TOut><<<grid, threads, 0, stream>>>(a, w, bias, n, k, out); \
-    }                                                                              \
+#define SQZ_GEMV_CASE(M)                                                                     \
+  case M:                                                                                    \
+    if (split) {                                                                             \
+      WarpPerRowGemvKernel<M, 4, TOut><<<grid, threads, 0, stream>>>(a, w, bias, n, k, out); \
+    } else {                                                                                 \
+      WarpPerRowGemvKernel<M, 1, TOut><<<grid, threads, 0, stream>>>(a, w, bias, n, k, out); \
+    }                                                                                        \
     break;
     SQZ_GEMV_CASE(1)
     SQZ_GEMV_CASE(2)
@@ -141,6 +355,10 @@ Status Gemv(const bf16* a, const bf16* w, const TOut* bias, int64_t m, int64_t n
   return LaunchStatus(kOp);
 }
 
+template Status Gemv<float>(const GemvPlan&, const bf16*, const bf16*, const float*, int64_t,
+                            int64_t, int64_t, float*, cudaStream_t);
+template Status Gemv<bf16>(const GemvPlan&, const bf16*, const bf16*, const bf16*, int64_t, int64_t,
+                           int64_t, bf16*, cudaStream_t);
 template Status Gemv<float>(const bf16*, const bf16*, const float*, int64_t, int64_t, int64_t,
                             float*, cudaStream_t);
 template Status Gemv<bf16>(const bf16*, const bf16*, const bf16*, int64_t, int64_t, int64_t, bf16*,

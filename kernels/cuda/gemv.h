@@ -3,11 +3,21 @@
 //   out[m][n] = sum_k a[m][k] * w[n][k] (+ bias[n]),   1 <= m <= kGemvMaxRows.
 // a: [m][k] activations, w: [n][k] a Hugging Face Linear weight, bias: [n] of the output type or
 // nullptr, out: [m][n]; row-major device memory owned by the caller.
-// Memory-bound: one warp per output feature (four for n < 16384, so that short shapes fill the
-// GPU) streams its weight row once with 16-byte loads (kept out of L1) while the few activation
-// rows stay in L1/L2; each output element is summed in a fixed order, independent of m (batch
-// invariant). Needs k % 8 == 0 and 16-byte aligned a and w
-// (GemvSupported); other shapes are the caller's to send to cuBLASLt (gemm.h).
+// Memory-bound: the weights are streamed once with 16-byte loads kept out of L1 while the few
+// activation rows stay in L1/L2. Two kernels (GemvKernel):
+//   * kStreaming (the default): one wave of persistent blocks (SMs x resident blocks per SM, sized
+//     once by PlanGemv) over balanced contiguous ranges of output features, one warp per feature
+//     (two at a time from m = 3 on), 8 weight loads in flight per lane. Optionally launched as a
+//     programmatic dependent of the previous kernel on the stream (PDL): its first weight loads
+//     are issued before it waits for that kernel, so the ramp overlaps the previous kernel's tail.
+//   * kWarpPerRow: the first kernel (one warp per feature, four for n < 16384, one block per 8
+//     or 2 features), kept for comparison and as a fallback.
+// Each output element is summed in a fixed order independent of m (batch invariant): a lane adds
+// its 16-byte vectors in increasing k, then the warp's 32 lanes are added by an xor butterfly.
+// kStreaming and kWarpPerRow give the same bits where kWarpPerRow uses one warp per feature
+// (n >= 16384); below that kWarpPerRow adds four warps' partial sums (bf16-rounding-level
+// differences). Needs k % 8 == 0 and 16-byte aligned a and w (GemvSupported); other shapes are the
+// caller's to send to cuBLASLt (gemm.h).
 // Thread safety: stateless. Nothing allocated.
 #pragma once
 
@@ -22,10 +32,39 @@ namespace sqz::cuda {
 
 inline constexpr int kGemvMaxRows = 8;
 
+enum class GemvKernel {
+  kWarpPerRow,  // the first kernel (fallback, comparison)
+  kStreaming,   // persistent single wave, optionally PDL-launched
+};
+
+// How Gemv launches on one device: made once by PlanGemv, then read by every call (a plain value;
+// copy it freely).
+struct GemvPlan {
+  GemvKernel kernel = GemvKernel::kStreaming;
+  // kStreaming only: launch as a programmatic dependent (PDL) of the previous kernel on the
+  // stream. The kernel reads only w before waiting for that kernel to complete, so w must not be
+  // written by the kernel launched just before it (weights never are); a, bias and out are touched
+  // only after the wait. Kernels launched without PDL wait as usual. Captured into CUDA graphs as
+  // programmatic edges.
+  bool programmatic_launch = true;
+  int sm_count = 0;                      // multiprocessors of the device
+  int blocks_per_sm[kGemvMaxRows] = {};  // resident kStreaming blocks per SM, by m - 1
+};
+
+// The plan for the current device (queries its SM count and the kernels' occupancy). INTERNAL when
+// CUDA fails (no device).
+StatusOr<GemvPlan> PlanGemv(GemvKernel kernel, bool programmatic_launch);
+
 // Whether Gemv takes these arguments (m in [1, kGemvMaxRows], k % 8 == 0, a and w 16-byte aligned).
 bool GemvSupported(const __nv_bfloat16* a, const __nv_bfloat16* w, int64_t m, int64_t k);
 
-// INVALID_ARGUMENT when !GemvSupported or n < 1; INTERNAL if the launch fails.
+// INVALID_ARGUMENT when !GemvSupported, n < 1, or a kStreaming plan not made by PlanGemv;
+// INTERNAL if the launch fails.
+template <typename TOut>
+Status Gemv(const GemvPlan& plan, const __nv_bfloat16* a, const __nv_bfloat16* w, const TOut* bias,
+            int64_t m, int64_t n, int64_t k, TOut* out, cudaStream_t stream);
+
+// The kWarpPerRow kernel (no plan needed).
 template <typename TOut>
 Status Gemv(const __nv_bfloat16* a, const __nv_bfloat16* w, const TOut* bias, int64_t m, int64_t n,
             int64_t k, TOut* out, cudaStream_t stream);

@@ -1,9 +1,12 @@
 #include "kernels/cuda/gemv.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/test_util.h"
 
 namespace sqz::cuda {
@@ -20,41 +23,134 @@ using testing::RelativeL2;
 template <typename T>
 constexpr double kTol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
 
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
+struct Variant {
+  const char* name;
+  GemvKernel kernel;
+  bool pdl;
+};
+constexpr Variant kVariants[] = {{"warp per row", GemvKernel::kWarpPerRow, false},
+                                 {"streaming", GemvKernel::kStreaming, false},
+                                 {"streaming, PDL", GemvKernel::kStreaming, true}};
+
+GemvPlan Plan(const Variant& v) {
+  auto plan = PlanGemv(v.kernel, v.pdl);
+  SQZ_CHECK(plan.ok()) << plan.status().ToString();
+  return *plan;
+}
+
 TEMPLATE_TEST_CASE("Gemv matches the CPU product for 1..8 rows and is batch invariant", "[cuda]",
                    float, bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();
+  // Every n with every k up to 16M weights, plus Llama-3-8B's decode shapes (qkv, gate_up, down;
+  // the LM head's n with a short k). n >= 16384 takes kWarpPerRow's one-warp-per-feature path.
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (int64_t n : {1, 3, 127, 129, 1000, 6144, 28672, 128256}) {
+    for (int64_t k : {8, 24, 64, 4096, 14336}) {
+      if (n * k <= (int64_t{16} << 20)) shapes.push_back({n, k});
+    }
+  }
+  shapes.insert(shapes.end(), {{6144, 4096}, {28672, 4096}, {4096, 14336}});
   uint32_t seed = 40;
-  for (int64_t k : {8, 24, 4096, 14336}) {
-    // n >= 16384 takes the one-warp-per-feature path, smaller n the 4-warp split.
-    for (int64_t n : {1, 3, 127, 129, 1000, 16411}) {
-      if (k == 14336 && n > 129) continue;
-      if (k == 4096 && n > 1000) continue;
-      for (int64_t m : {1, 2, 3, 5, 8}) {
-        for (bool with_bias : {false, true}) {
-          const auto a_f = testing::RoundBf16(RandomFloats(m * k, seed++));
-          const auto w_f = testing::RoundBf16(RandomFloats(n * k, seed++, 0.05f));
-          const auto b_f = testing::ToFloat(Make<TestType>(RandomFloats(n, seed++)));
-          std::vector<float> want(m * n);
-          cpu::MatMulTransB(a_f.data(), w_f.data(), with_bias ? b_f.data() : nullptr, m, n, k,
-                            want.data());
-          DeviceBuffer<bf16> a(testing::ToBf16(a_f)), w(testing::ToBf16(w_f));
-          DeviceBuffer<TestType> b(Make<TestType>(b_f)), out(m * n), out1(n);
-          REQUIRE(Gemv<TestType>(a.get(), w.get(), with_bias ? b.get() : nullptr, m, n, k,
+  for (const auto& [n, k] : shapes) {
+    constexpr int64_t kRows = kGemvMaxRows;
+    const auto a_f = testing::RoundBf16(RandomFloats(kRows * k, seed++));
+    const auto w_f = testing::RoundBf16(RandomFloats(n * k, seed++, 0.05f));
+    const auto b_f = testing::ToFloat(Make<TestType>(RandomFloats(n, seed++)));
+    std::vector<float> product(kRows * n);
+    cpu::MatMulTransB(a_f.data(), w_f.data(), nullptr, kRows, n, k, product.data());
+    DeviceBuffer<bf16> a(testing::ToBf16(a_f)), w(testing::ToBf16(w_f));
+    DeviceBuffer<TestType> b(Make<TestType>(b_f));
+    for (int64_t m = 1; m <= kRows; ++m) {
+      for (bool with_bias : {false, true}) {
+        std::vector<float> want(product.begin(), product.begin() + m * n);
+        if (with_bias) {
+          for (int64_t i = 0; i < m * n; ++i) want[i] += b_f[i % n];
+        }
+        INFO("m " << m << " n " << n << " k " << k << " bias " << with_bias);
+        std::vector<std::vector<float>> got;
+        for (const Variant& v : kVariants) {
+          INFO(v.name);
+          const GemvPlan plan = Plan(v);
+          DeviceBuffer<TestType> out(m * n), out1(n);
+          REQUIRE(Gemv<TestType>(plan, a.get(), w.get(), with_bias ? b.get() : nullptr, m, n, k,
                                  out.get(), nullptr)
                       .ok());
-          const auto got = testing::ToFloat(out.Download());
-          INFO("m " << m << " n " << n << " k " << k << " bias " << with_bias);
-          CHECK(RelativeL2(got, want) < kTol<TestType>);
+          got.push_back(testing::ToFloat(out.Download()));
+          CHECK(RelativeL2(got.back(), want) < kTol<TestType>);
           // The last row alone: the same bits.
-          REQUIRE(Gemv<TestType>(a.get() + (m - 1) * k, w.get(), with_bias ? b.get() : nullptr, 1,
-                                 n, k, out1.get(), nullptr)
+          REQUIRE(Gemv<TestType>(plan, a.get() + (m - 1) * k, w.get(),
+                                 with_bias ? b.get() : nullptr, 1, n, k, out1.get(), nullptr)
                       .ok());
           const auto got1 = testing::ToFloat(out1.Download());
-          CHECK(std::equal(got1.begin(), got1.end(), got.end() - n));
+          CHECK(std::equal(got1.begin(), got1.end(), got.back().end() - n));
         }
+        // PDL changes when the kernel starts, not what it computes; the streaming kernel sums in
+        // the order of the one-warp-per-feature kernel.
+        CHECK(SameBits(got[2], got[1]));
+        if (n >= 16384) CHECK(SameBits(got[1], got[0]));
       }
     }
   }
+}
+
+// A decode layer's chain: RMSNorm (which lets a dependent start early) -> Gemv -> Gemv reading the
+// first one's output, on a stream, eagerly and replayed from a captured CUDA graph: with PDL the
+// second kernel of each pair must still see the first one's writes.
+TEST_CASE("Gemv launched as a programmatic dependent sees the previous kernel's output", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const int64_t d = 4096, n1 = 6144, n2 = 1000;
+  cudaStream_t stream = nullptr;
+  SQZ_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  uint32_t seed = 7;
+  for (int64_t m : {1, 3, 8}) {
+    INFO("m " << m);
+    const auto norm_w = testing::RoundBf16(RandomFloats(d, seed++));
+    const auto w1_f = testing::RoundBf16(RandomFloats(n1 * d, seed++, 0.02f));
+    const auto w2_f = testing::RoundBf16(RandomFloats(n2 * n1, seed++, 0.02f));
+    DeviceBuffer<bf16> nw(testing::ToBf16(norm_w)), w1(testing::ToBf16(w1_f)),
+        w2(testing::ToBf16(w2_f)), xn(m * d), y1(m * n1), y2(m * n2);
+    DeviceBuffer<float> x(m * d);
+    // Runs the chain on fresh x; returns y2.
+    auto run = [&](const GemvPlan& plan, cudaGraphExec_t graph, uint32_t x_seed) {
+      x.Upload(RandomFloats(m * d, x_seed));
+      y1.Poison();
+      y2.Poison();
+      SQZ_TEST_CUDA(cudaDeviceSynchronize());  // the uploads are not ordered with `stream`
+      if (graph) {
+        SQZ_TEST_CUDA(cudaGraphLaunch(graph, stream));
+      } else {
+        REQUIRE(AddRmsNorm<bf16>(x.get(), nullptr, nw.get(), m, d, 1e-5f, xn.get(), stream).ok());
+        REQUIRE(Gemv<bf16>(plan, xn.get(), w1.get(), nullptr, m, n1, d, y1.get(), stream).ok());
+        REQUIRE(Gemv<bf16>(plan, y1.get(), w2.get(), nullptr, m, n2, n1, y2.get(), stream).ok());
+      }
+      SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+      return testing::ToFloat(y2.Download());
+    };
+    const GemvPlan plain = Plan(kVariants[1]), pdl = Plan(kVariants[2]);
+    // The graph: the same launches captured with PDL.
+    SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+    REQUIRE(AddRmsNorm<bf16>(x.get(), nullptr, nw.get(), m, d, 1e-5f, xn.get(), stream).ok());
+    REQUIRE(Gemv<bf16>(pdl, xn.get(), w1.get(), nullptr, m, n1, d, y1.get(), stream).ok());
+    REQUIRE(Gemv<bf16>(pdl, y1.get(), w2.get(), nullptr, m, n2, n1, y2.get(), stream).ok());
+    cudaGraph_t graph = nullptr;
+    SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    for (uint32_t x_seed = 100; x_seed < 104; ++x_seed) {
+      INFO("x seed " << x_seed);
+      const auto want = run(plain, nullptr, x_seed);
+      CHECK(std::any_of(want.begin(), want.end(), [](float v) { return v != 0.0f; }));
+      CHECK(SameBits(run(pdl, nullptr, x_seed), want));
+      CHECK(SameBits(run(pdl, exec, x_seed), want));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(stream);
 }
 
 TEST_CASE("Gemv refuses what it does not support", "[cuda]") {
@@ -66,11 +162,19 @@ TEST_CASE("Gemv refuses what it does not support", "[cuda]") {
   CHECK_FALSE(GemvSupported(a.get(), w.get(), 0, 16));
   CHECK_FALSE(GemvSupported(a.get(), w.get(), 1, 12));
   CHECK_FALSE(GemvSupported(a.get() + 1, w.get(), 1, 16));
-  const Status s = Gemv<float>(a.get(), w.get(), nullptr, 9, 2, 16, out.get(), nullptr);
+  for (const Variant& v : kVariants) {
+    INFO(v.name);
+    const GemvPlan plan = Plan(v);
+    const Status s = Gemv<float>(plan, a.get(), w.get(), nullptr, 9, 2, 16, out.get(), nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("m <= 8") != std::string::npos);
+    CHECK(Gemv<float>(plan, a.get(), w.get(), nullptr, 1, 0, 16, out.get(), nullptr).code() ==
+          StatusCode::kInvalidArgument);
+  }
+  // A streaming plan that PlanGemv did not size.
+  const Status s = Gemv<float>(GemvPlan{}, a.get(), w.get(), nullptr, 1, 2, 16, out.get(), nullptr);
   CHECK(s.code() == StatusCode::kInvalidArgument);
-  CHECK(s.message().find("m <= 8") != std::string::npos);
-  CHECK(Gemv<float>(a.get(), w.get(), nullptr, 1, 0, 16, out.get(), nullptr).code() ==
-        StatusCode::kInvalidArgument);
+  CHECK(s.message().find("PlanGemv") != std::string::npos);
 }
 
 }  // namespace

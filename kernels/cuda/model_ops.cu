@@ -38,6 +38,7 @@ template <typename T, bool kGather>
 __global__ void AddRmsNormKernel(float* x, const T* __restrict__ delta,
                                  const int32_t* __restrict__ rows, const T* __restrict__ w,
                                  int64_t d, float eps, T* __restrict__ y) {
+  internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
   __shared__ float scratch[32];
   const int64_t src_row = kGather ? rows[blockIdx.x] : blockIdx.x;
   float* xr = x + src_row * d;
