@@ -478,9 +478,11 @@ int main(int argc, char** argv) {
     prow("SQUEEZED, dense prefill", pq);
     prow("SQUEEZED, sparse prefill", ps);
     prow("SQZ(1.0), sparse prefill", pf);
-    // Budget 1 selects every cluster of every block: the same keys as DENSE, so the same logits
-    // up to the order of summation.
-    if (!(RelL2(pf.logits, pd.logits) < 1e-2)) {
+    // Budget 1 selects every cluster of every block: the same keys as DENSE through another kernel
+    // (its own key splits and merge), so the same logits up to bf16 rounding, which 32 layers of
+    // random weights amplify: 1.5e-2 - 1.6e-2 measured on the H200, against 1.2e-1 at budget
+    // 0.125 (the kernels themselves agree within 5e-3: kernels/cuda/sparse_prefill_attention_test).
+    if (!(RelL2(pf.logits, pd.logits) < 5e-2)) {
       std::printf("FAILED: sparse prefill at budget 1 differs from DENSE\n");
       failures += 1;
     }

@@ -396,7 +396,7 @@ int main(int argc, char** argv) {
         "  %-36s median %.3f ms/step (%.1f tokens/s), floor %.3f ms, measured / floor = %.3f\n",
         way.name, way.ms, 1e3 / way.ms, way.floor_ms, way.ms / way.floor_ms);
   }
-  b.set_streaming_gemv(true);
+  b.set_streaming_gemv(sqz::CudaBackendOptions{}.streaming_gemv);
   BENCH_CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.
