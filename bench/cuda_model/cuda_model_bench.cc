@@ -51,67 +51,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Median time (ms) of `reps` runs of fn on the default stream, timed with events.
-template <typename Fn>
-double TimeEvents(int reps, Fn fn) {
-  cudaEvent_t a, b;
-  BENCH_CHECK_CUDA(cudaEventCreate(&a));
-  BENCH_CHECK_CUDA(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) fn();  // warm-up
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    BENCH_CHECK_CUDA(cudaEventRecord(a));
-    fn();
-    BENCH_CHECK_CUDA(cudaEventRecord(b));
-    BENCH_CHECK_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return Median(t);
-}
-
-// Copy bandwidth in GB/s (read + write bytes) over 2 GiB buffers of random data.
-double CopyBandwidth() {
-  const size_t bytes = size_t{2} << 30;
-  void *src = nullptr, *dst = nullptr;
-  BENCH_CHECK_CUDA(cudaMalloc(&src, bytes));
-  BENCH_CHECK_CUDA(cudaMalloc(&dst, bytes));
-  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(src), bytes / 2, 1.0f, 1, nullptr));
-  const double ms = TimeEvents(
-      10, [&] { BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice)); });
-  cudaFree(src);
-  cudaFree(dst);
-  return 2.0 * bytes / (ms * 1e-3) / 1e9;
-}
-
-// cuBLASLt bf16 GEMM rate (TFLOP/s) at m = 8192, n = 14336, k = 4096 (an 8B MLP projection).
-double GemmRate() {
-  const int64_t m = 8192, n = 14336, k = 4096;
-  void *a = nullptr, *w = nullptr, *out = nullptr, *ws = nullptr;
-  BENCH_CHECK_CUDA(cudaMalloc(&a, m * k * 2));
-  BENCH_CHECK_CUDA(cudaMalloc(&w, n * k * 2));
-  BENCH_CHECK_CUDA(cudaMalloc(&out, m * n * 2));
-  BENCH_CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
-  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(a), m * k, 1.0f, 2, nullptr));
-  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(w), n * k, 0.02f, 3, nullptr));
-  auto gemm = sqz::cuda::Gemm::Create();
-  BENCH_CHECK_OK(gemm.status());
-  const double ms = TimeEvents(10, [&] {
-    BENCH_CHECK_OK((*gemm)->MatMulTransB<bf16>(
-        static_cast<bf16*>(a), static_cast<bf16*>(w), nullptr, m, n, k, static_cast<bf16*>(out), ws,
-        sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
-  });
-  cudaFree(a);
-  cudaFree(w);
-  cudaFree(out);
-  cudaFree(ws);
-  return 2.0 * m * n * k / (ms * 1e-3) / 1e12;
-}
-
-// Median time (ms) of `reps` runs of fn on `stream`, timed with events.
+// Median time (ms) of `reps` runs of fn on `stream` (nullptr: the default stream), timed with
+// events.
 template <typename Fn>
 double TimeOn(cudaStream_t stream, int reps, Fn fn) {
   cudaEvent_t a, b;
@@ -131,6 +72,45 @@ double TimeOn(cudaStream_t stream, int reps, Fn fn) {
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   return Median(t);
+}
+
+// Copy bandwidth in GB/s (read + write bytes) over 2 GiB buffers of random data.
+double CopyBandwidth() {
+  const size_t bytes = size_t{2} << 30;
+  void *src = nullptr, *dst = nullptr;
+  BENCH_CHECK_CUDA(cudaMalloc(&src, bytes));
+  BENCH_CHECK_CUDA(cudaMalloc(&dst, bytes));
+  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(src), bytes / 2, 1.0f, 1, nullptr));
+  const double ms = TimeOn(nullptr, 10, [&] {
+    BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
+  });
+  cudaFree(src);
+  cudaFree(dst);
+  return 2.0 * bytes / (ms * 1e-3) / 1e9;
+}
+
+// cuBLASLt bf16 GEMM rate (TFLOP/s) at m = 8192, n = 14336, k = 4096 (an 8B MLP projection).
+double GemmRate() {
+  const int64_t m = 8192, n = 14336, k = 4096;
+  void *a = nullptr, *w = nullptr, *out = nullptr, *ws = nullptr;
+  BENCH_CHECK_CUDA(cudaMalloc(&a, m * k * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&w, n * k * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&out, m * n * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&ws, sqz::cuda::Gemm::kRecommendedWorkspaceBytes));
+  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(a), m * k, 1.0f, 2, nullptr));
+  BENCH_CHECK_OK(sqz::cuda::FillUniform(static_cast<bf16*>(w), n * k, 0.02f, 3, nullptr));
+  auto gemm = sqz::cuda::Gemm::Create();
+  BENCH_CHECK_OK(gemm.status());
+  const double ms = TimeOn(nullptr, 10, [&] {
+    BENCH_CHECK_OK((*gemm)->MatMulTransB<bf16>(
+        static_cast<bf16*>(a), static_cast<bf16*>(w), nullptr, m, n, k, static_cast<bf16*>(out), ws,
+        sqz::cuda::Gemm::kRecommendedWorkspaceBytes, nullptr));
+  });
+  cudaFree(a);
+  cudaFree(w);
+  cudaFree(out);
+  cudaFree(ws);
+  return 2.0 * m * n * k / (ms * 1e-3) / 1e12;
 }
 
 // Decode's linear layers at 1..8 rows, per Llama-3-8B shape, weight copies rotated so that nothing
