@@ -569,7 +569,8 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
         <<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p, fine);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: scoring"));
   }
-  if (plan.select_ctas > 1) {
+  // Clusters need sm_90; on older devices the single-block kernel gives the same outputs.
+  if (plan.select_ctas > 1 && internal::DeviceSupportsClusters()) {
     internal::ClusterSelectArgs args;
     args.max_items = p.max_clusters;
     args.chunks = plan.fine_chunks;

@@ -36,6 +36,7 @@ struct Published {
 __global__ void __launch_bounds__(kThreads)
     ClusterSelectKernel(SqueezeSelectParams p, ClusterSelectArgs a, SqueezeSelection out,
                         int max_segments, int slice_cap) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) uint32_t dyn_s[];
   __shared__ float m_s[kMaxG], inv_s[kMaxG];
   __shared__ uint32_t hist_s[2][256], cnt_s[2][256];    // own pass histograms; passes alternate
@@ -388,6 +389,9 @@ __global__ void __launch_bounds__(kThreads)
     if (out.body_selected) out.body_selected[unit] = carry_rows - S - W;
   }
   cluster.sync();  // no CTA leaves while another may still read its shared memory
+#else
+  __trap();  // thread-block clusters need sm_90: SqueezeSelect never launches this below it
+#endif
 }
 
 }  // namespace
@@ -397,6 +401,13 @@ size_t ClusterSelectSmemBytes(int max_items, int ctas) {
   const size_t slice = (static_cast<size_t>(max_items) + ctas - 1) / ctas;
   const size_t bytes = (slice * 9 + 15) / 16 * 16;
   return bytes <= kSmemLimit ? bytes : 0;
+}
+
+bool DeviceSupportsClusters() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         major >= 9;
 }
 
 Status LaunchClusterSelect(const SqueezeSelectParams& p, const ClusterSelectArgs& a, int ctas,

@@ -38,6 +38,10 @@ struct ClusterSelectArgs {
   const float* probs = nullptr;   // block mode: [batch][n_kv_heads][max_items] p, < 0: none
 };
 
+// Whether the current device runs thread-block clusters (compute capability 9.0 and up); the
+// library is also built for sm_80, where SqueezeSelect runs the single-block kernel instead.
+bool DeviceSupportsClusters();
+
 // Launches the cluster selection for params p (validated by SqueezeSelect; not hierarchical) into
 // out (segments [batch][n_kv_heads][max_segments]). UNIMPLEMENTED when ctas = 16 and the device
 // cannot schedule clusters of 16 of these CTAs.
