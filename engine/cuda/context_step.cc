@@ -166,12 +166,27 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
     off_ws_ = take(plan_.select_workspace_bytes);
     SQZ_RETURN_IF_ERROR(Grow(&select_, off, "Squeezed Attention selections"));
   }
+  prefill_ws_bytes_ = 0;
+  if constexpr (std::is_same_v<T, bf16>) {
+    // Key-split workspace of the dense context prefills (sparse ones need none).
+    for (int64_t i = D; i < items; ++i) {
+      const StepContext& c = contexts[i];
+      if (c.device == nullptr ||
+          (s_.sparse_prefill && SqueezedPrefill::Applies(c.query, *c.device))) {
+        continue;
+      }
+      prefill_ws_bytes_ =
+          std::max(prefill_ws_bytes_,
+                   ContextPrefillPlan(L.items[i].n, c.device->shape().n_tokens).workspace_bytes);
+    }
+  }
   if (plan_.max_prefill_rows > 0) {
     const size_t rows = static_cast<size_t>(plan_.max_prefill_rows) * s_.q_heads;
-    SQZ_RETURN_IF_ERROR(Grow(
-        &prefill_,
-        Align(rows * s_.head_dim * sizeof(T)) + 2 * Align(rows * sizeof(cpu::AttentionPartial)),
-        "context prefill partials"));
+    SQZ_RETURN_IF_ERROR(Grow(&prefill_,
+                             Align(rows * s_.head_dim * sizeof(T)) +
+                                 2 * Align(rows * sizeof(cpu::AttentionPartial)) +
+                                 prefill_ws_bytes_,
+                             "context prefill partials"));
   }
   // The copy is ordered on the stream after the previous step's kernels, which read meta_.
   std::memcpy(pinned_[st].get(), host_.data(), host_.size());
@@ -207,7 +222,8 @@ template <typename T>
 void ContextStep<T>::GraphSignature(std::vector<int64_t>* sig) const {
   auto ptr = [](const void* p) { return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p)); };
   auto add = [sig](std::initializer_list<int64_t> v) { sig->insert(sig->end(), v); };
-  add({ptr(meta_.get()), ptr(select_.get()), ptr(prefill_.get())});
+  add({ptr(meta_.get()), ptr(select_.get()), ptr(prefill_.get()),
+       static_cast<int64_t>(prefill_ws_bytes_)});
   for (size_t off : {off_ctx_len_, off_row_slot_, off_row_sel_, off_ctx_k_, off_ctx_v_,
                      off_full_seg_, off_full_num_, off_full_len_, off_c_seg_, off_c_num_,
                      off_c_len_, off_q_, off_ws_, plan_.select_workspace_bytes}) {
@@ -227,6 +243,20 @@ void ContextStep<T>::GraphSignature(std::vector<int64_t>* sig) const {
          static_cast<int64_t>(o.rows), static_cast<int64_t>(o.values),
          static_cast<int64_t>(o.views), o.in_place});
   }
+}
+
+template <typename T>
+cuda::PrefillAttentionPlan ContextStep<T>::ContextPrefillPlan(int64_t n_q, int64_t n_ctx) const {
+  cuda::PrefillAttentionParams c;
+  c.n_q = n_q;
+  c.n_kv = n_ctx;
+  c.n_q_heads = s_.q_heads;
+  c.n_kv_heads = s_.kv_heads;
+  c.head_dim = s_.head_dim;
+  c.causal = false;
+  return s_.context_prefill_kv_splits == 0
+             ? cuda::PlanPrefillAttention(c, s_.num_sms)
+             : cuda::PlanPrefillAttentionSplits(c, s_.context_prefill_kv_splits);
 }
 
 template <typename T>
@@ -347,6 +377,8 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   auto* st_ctx = reinterpret_cast<cpu::AttentionPartial*>(base + Align(rows * d * sizeof(T)));
   auto* st_own = reinterpret_cast<cpu::AttentionPartial*>(
       base + Align(rows * d * sizeof(T)) + Align(rows * sizeof(cpu::AttentionPartial)));
+  void* split_ws =
+      base + Align(rows * d * sizeof(T)) + 2 * Align(rows * sizeof(cpu::AttentionPartial));
   SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, out, q_dim, st_own, stream_));
   if (sparse_of_[i] >= 0) {
     // SQUEEZED: each block of query tokens attends to its selected context rows only.
@@ -366,7 +398,14 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   c.n_kv = n;
   c.causal = false;
   c.q_offset = 0;
-  SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(c, ctx_o, q_dim, st_ctx, stream_));
+  // Split over ranges of context keys when the query tiles alone leave the GPU idle (Prepare sized
+  // the workspace for this plan).
+  const cuda::PrefillAttentionPlan plan = ContextPrefillPlan(item.n, n);
+  if (plan.workspace_bytes > prefill_ws_bytes_) {
+    return InternalError("ContextStep: a context prefill's key-split workspace exceeds its plan's");
+  }
+  SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(c, plan, ctx_o, q_dim, st_ctx, split_ws,
+                                                   prefill_ws_bytes_, stream_));
   return cuda::MergeAttentionPartials<bf16>(out, st_own, ctx_o, st_ctx, item.n * s_.q_heads, d,
                                             stream_);
 }

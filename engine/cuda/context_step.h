@@ -8,11 +8,12 @@
 //   2. bf16 decode items: one DecodeAttention over [context (dense rows, or the segment lists when
 //      any item is SQUEEZED)] + [own tokens in the paged pool], split-K.
 //   3. bf16 prefill items (several new tokens) with a context: PrefillAttention non-causal over
-//      every context row (with (m, l)), causal PrefillAttention over the own keys (with (m, l)),
-//      merged exactly (MergeAttentionPartials). SQUEEZED requests with Shape::sparse_prefill and
-//      a flat lookup replace the context part by SqueezedPrefill (context_prefill.h: one selection
-//      per block of query tokens, attention over the selected rows); otherwise they prefill
-//      densely.
+//      every context row (with (m, l); split over ranges of context keys when few query tiles would
+//      leave the GPU idle, Shape::context_prefill_kv_splits), causal PrefillAttention over the own
+//      keys (with (m, l)), merged exactly (MergeAttentionPartials). SQUEEZED requests with
+//      Shape::sparse_prefill and a flat lookup replace the context part by SqueezedPrefill
+//      (context_prefill.h: one selection per block of query tokens, attention over the selected
+//      rows); otherwise they prefill densely.
 //   4. fp32 (the exactness mode), and bf16 decode when the decode kernel lacks the model's GQA
 //      group: ContextAttentionSimple (context keys, then own keys, one online softmax, fp32 math).
 // No host synchronisation inside a step: Prepare makes the step's metadata on the host and copies
@@ -45,6 +46,7 @@
 #include "engine/cuda/device_context.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/paged_sequences.h"
+#include "kernels/cuda/prefill_attention.h"
 #include "kernels/cuda/squeeze_select.h"
 
 namespace sqz {
@@ -63,6 +65,9 @@ class ContextStep {
     int num_sms = 1;
     bool decode_kernel_fits = true;  // head_dim and group compiled in DecodeAttention
     bool sparse_prefill = false;     // SQUEEZED prefill items select per query block (bf16)
+    // Key splits of the dense context part of a prefill item (CudaBackendOptions has the same
+    // field): 0 lets cuda::PlanPrefillAttention choose, 1 never splits, n > 1 forces n.
+    int context_prefill_kv_splits = 0;
   };
   // The backend's buffers a step's attention reads and writes (device memory).
   struct Buffers {
@@ -82,6 +87,8 @@ class ContextStep {
   // Turns the sparse prefill of SQUEEZED items on or off from the next step on (benchmarks compare
   // both on one backend and one resident context).
   void set_sparse_prefill(bool on) { s_.sparse_prefill = on; }
+  // The same for Shape::context_prefill_kv_splits (>= 0).
+  void set_context_prefill_kv_splits(int splits) { s_.context_prefill_kv_splits = splits; }
   ContextStep(const ContextStep&) = delete;
   ContextStep& operator=(const ContextStep&) = delete;
   ~ContextStep();
@@ -107,6 +114,9 @@ class ContextStep {
   Status PrefillItem(const StepLayout& L, size_t i, int layer, const Buffers& b);
   // Plans and uploads the sparse prefill of the step's SQUEEZED prefill items (sparse_of_).
   Status PrepareSparsePrefill(const StepLayout& L);
+  // The plan of the non-causal PrefillAttention of n_q query tokens over a dense context of n_ctx
+  // rows (Shape::context_prefill_kv_splits).
+  cuda::PrefillAttentionPlan ContextPrefillPlan(int64_t n_q, int64_t n_ctx) const;
   cuda::SqueezeSelection Full() const;
   cuda::SqueezeSelection Compact() const;
   // The full selection as DecodeAttention (and the simple kernel) read it.
@@ -126,8 +136,12 @@ class ContextStep {
   PinnedMemory pinned_[2];
   cudaEvent_t staged_[2] = {nullptr, nullptr};
   int next_staging_ = 0;
-  DeviceMemory select_;   // segment lists (full, compact), gathered q, lookup workspace
-  DeviceMemory prefill_;  // context partial and (m, l) of a prefill item
+  DeviceMemory select_;  // segment lists (full, compact), gathered q, lookup workspace
+  // A prefill item's context partial [max_prefill_rows][q_heads][head_dim], its (m, l) and its own
+  // tokens' (m, l) ([max_prefill_rows][q_heads] each), then prefill_ws_bytes_ of key-split
+  // workspace (the largest of the step's dense context prefills).
+  DeviceMemory prefill_;
+  size_t prefill_ws_bytes_ = 0;
   // Sparse prefill (Shape::sparse_prefill): one SqueezedPrefill per prefill item of the step that
   // runs sparse (reused across steps); sparse_of_[item] indexes it, -1 for dense context rows.
   std::vector<std::unique_ptr<SqueezedPrefill>> sparse_prefill_;

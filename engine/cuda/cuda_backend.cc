@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/check.h"
 #include "engine/cuda/context_step.h"
 #include "engine/cuda/cuda_backend_impl.h"
 #include "engine/cuda/cuda_weights.h"
@@ -103,6 +104,9 @@ class ForwardImpl final : public CudaBackend::Impl {
   CudaBackend::GraphStats graph_stats() const override { return graph_stats_; }
   void set_cuda_graphs(bool on) override { graphs_on_ = on; }
   void set_sparse_prefill(bool on) override { ctx_step_->set_sparse_prefill(on); }
+  void set_context_prefill_kv_splits(int splits) override {
+    ctx_step_->set_context_prefill_kv_splits(splits);
+  }
   void set_streaming_gemv(bool on) override {
     gemv_plan_.kernel = on ? cuda::GemvKernel::kStreaming : cuda::GemvKernel::kWarpPerRow;
     graphs_.clear();
@@ -236,6 +240,7 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
   cs.num_sms = impl->num_sms_;
   cs.decode_kernel_fits = impl->DecodeKernelFits();
   cs.sparse_prefill = options.sparse_prefill;
+  cs.context_prefill_kv_splits = options.context_prefill_kv_splits;
   impl->ctx_step_ = std::make_unique<ContextStep<T>>(cs, impl->stream_);
   SQZ_ASSIGN_OR_RETURN(impl->sampler_, DeviceSampler::Create(impl->logit_rows_, config.vocab,
                                                              options.max_penalty_tokens));
@@ -691,6 +696,11 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::CreateImpl(const ModelConfig
     return InvalidArgumentError("CudaBackendOptions.weights_budget_bytes must be >= 0, got " +
                                 std::to_string(options.weights_budget_bytes));
   }
+  if (options.context_prefill_kv_splits < 0 || options.context_prefill_kv_splits > 65535) {
+    return InvalidArgumentError(
+        "CudaBackendOptions.context_prefill_kv_splits must be in [0, 65535], got " +
+        std::to_string(options.context_prefill_kv_splits));
+  }
   if (options.graph_max_batch < 1 || options.graph_max_batch > 256) {
     return InvalidArgumentError("CudaBackendOptions.graph_max_batch must be in [1, 256], got " +
                                 std::to_string(options.graph_max_batch));
@@ -768,6 +778,10 @@ CudaBackend::GraphStats CudaBackend::graph_stats() const { return impl_->graph_s
 
 void CudaBackend::set_cuda_graphs(bool on) { impl_->set_cuda_graphs(on); }
 void CudaBackend::set_sparse_prefill(bool on) { impl_->set_sparse_prefill(on); }
+void CudaBackend::set_context_prefill_kv_splits(int splits) {
+  SQZ_CHECK_GE(splits, 0);
+  impl_->set_context_prefill_kv_splits(splits);
+}
 
 void CudaBackend::set_streaming_gemv(bool on) { impl_->set_streaming_gemv(on); }
 

@@ -119,6 +119,14 @@ struct CudaBackendOptions {
   // (bench/cuda_e2e, 8B shape, 128K context, budget 0.125): a 256-token prompt in 38 ms instead
   // of 161, 1,024 tokens in 104 instead of 271.
   bool sparse_prefill = true;
+  // Key splits of the dense context part of a prompt prefill (the prompt's non-causal attention to
+  // every context row, kernels/cuda/prefill_attention.h): 0 (the default) lets
+  // cuda::PlanPrefillAttention split the context keys into ranges when the prompt's query tiles x
+  // heads alone would leave SMs idle (a short prompt over a long context: e.g. 4 splits for 129-256
+  // tokens at 32 heads), with a merge of the ranges' partials after; 1 never splits (the single
+  // launch, the fallback); n > 1 forces n splits (tests). Splits cost a workspace of
+  // splits x prompt tokens x q_heads x head_dim fp32 (~16 MiB for 256 tokens of Llama-3-8B).
+  int context_prefill_kv_splits = 0;
   // bf16 linear layers at <= 8 rows (decode) run kernels/cuda/gemv's streaming kernel: one wave
   // of persistent blocks, launched as a programmatic dependent of the kernel before it (its first
   // weight loads overlap that kernel's tail). Off (the default): the warp-per-feature kernel. The
@@ -182,6 +190,8 @@ class CudaBackend : public Backend {
   void set_cuda_graphs(bool on);
   // The same for options.sparse_prefill (bf16 backends; fp32 ones prefill densely either way).
   void set_sparse_prefill(bool on);
+  // The same for options.context_prefill_kv_splits (>= 0).
+  void set_context_prefill_kv_splits(int splits);
   // Switches the linear layers' GEMV (options.streaming_gemv) from the next step on; drops the
   // captured graphs, which hold the kernels. Benchmarks compare both on one backend.
   void set_streaming_gemv(bool on);

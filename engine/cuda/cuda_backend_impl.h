@@ -39,6 +39,7 @@ class CudaBackend::Impl {
   virtual CudaBackend::GraphStats graph_stats() const = 0;
   virtual void set_cuda_graphs(bool on) = 0;
   virtual void set_sparse_prefill(bool on) = 0;
+  virtual void set_context_prefill_kv_splits(int splits) = 0;
   virtual void set_streaming_gemv(bool on) = 0;
 };
 

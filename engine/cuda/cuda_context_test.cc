@@ -511,6 +511,44 @@ TEST_CASE(
   CHECK(off.worst_prefill < 2e-2);
 }
 
+// The dense context part of a prefill split over ranges of context keys (forced: the planner keeps
+// one split for contexts this short) matches the CPU as the single launch does: 3 splits of 256
+// keys over the 700-row context, and 7 of 128 (the last one empty), for prompts of 150, 20 and 1
+// tokens in one step and alone.
+TEST_CASE("CudaBackend contexts, bf16: DENSE prefill with context key splits matches the CPU") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const QuarterBudget b;
+  const Model& m = b.m;
+  const auto& dense = b.dense;
+  auto cpu = MakeCpu(m);
+  for (int splits : {1, 3, 7}) {
+    INFO("context_prefill_kv_splits " << splits);
+    CudaBackendOptions o;
+    o.dtype = CudaDType::kBf16;
+    o.kv_blocks = 256;
+    o.max_step_tokens = 1024;
+    o.context_prefill_kv_splits = splits;
+    auto gpu = CudaBackend::Create(m, o);
+    INFO(gpu.status().ToString());
+    REQUIRE(gpu.ok());
+    const Outcome batch = Compare(*cpu, **gpu,
+                                  {{dense.get(), dense.get(), 150},
+                                   {dense.get(), dense.get(), 20},
+                                   {dense.get(), dense.get(), 1},
+                                   {nullptr, nullptr, 7}},
+                                  3, 12);
+    const Outcome alone = Compare(*cpu, **gpu, {{dense.get(), dense.get(), 33}}, 1, 13);
+    INFO("worst prefill relative L2: batch " << batch.worst_prefill << ", alone "
+                                             << alone.worst_prefill);
+    CHECK(batch.worst_prefill < 2e-2);
+    CHECK(batch.worst_decode < 2e-2);
+    CHECK(alone.worst_prefill < 2e-2);
+  }
+  CudaBackendOptions bad;
+  bad.context_prefill_kv_splits = -1;
+  CHECK(CudaBackend::Create(m, bad).status().code() == StatusCode::kInvalidArgument);
+}
+
 TEST_CASE("CudaBackend contexts: a batch mixing contexts, modes and no context matches the CPU") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = RandomModel(33);

@@ -19,6 +19,23 @@ __device__ __forceinline__ int64_t Min64(int64_t a, int64_t b) { return a < b ? 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// The key range of a launch's blockIdx.z (PrefillAttentionPlan): the block attends to keys
+// [z * keys, min(n_kv, (z + 1) * keys)) and writes its output at out + z * out_elems and its
+// stats at stats + z * stats_elems. One split: keys = n_kv, out_elems = stats_elems = 0.
+struct KvSplit {
+  int64_t keys = 0;
+  int64_t out_elems = 0;
+  int64_t stats_elems = 0;
+};
+
+// The number of keys of split blockIdx.z (0 for a split past n_kv); causal callers clamp it further
+// (causal calls run as one split).
+__device__ __forceinline__ int64_t SplitKeys(const PrefillAttentionParams& p,
+                                             const KvSplit& split) {
+  const int64_t left = p.n_kv - static_cast<int64_t>(blockIdx.z) * split.keys;
+  return left < 0 ? 0 : Min64(left, split.keys);
+}
+
 // ---- Tensor-core path (head_dim 64 / 128) -------------------------------------------------------
 // A block of 4 warps owns 64 query rows of one query head (16 rows per warp) and walks the keys
 // in tiles of 64, double-buffered in shared memory by cp.async. S = Q K^T and O += P V run on
@@ -45,7 +62,7 @@ __device__ __forceinline__ void StorePair(TOut* p, float a, float b) {
 template <int D, typename TOut>
 __global__ void __launch_bounds__(kFlashThreads)
     FlashPrefillKernel(PrefillAttentionParams p, TOut* __restrict__ out, int64_t out_stride,
-                       cpu::AttentionPartial* __restrict__ stats) {
+                       cpu::AttentionPartial* __restrict__ stats, KvSplit split) {
   constexpr int kRow = D + kPad;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kBr][kRow]
@@ -60,10 +77,14 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int64_t q0 = q_tile * kBr;
   const int head = blockIdx.y;
   const int kv_head = head / (p.n_q_heads / p.n_kv_heads);
-  const __nv_bfloat16* k_base = p.k + kv_head * p.kv_head_stride;
-  const __nv_bfloat16* v_base = p.v + kv_head * p.kv_head_stride;
+  const int64_t kv_first = static_cast<int64_t>(blockIdx.z) * split.keys;
+  const __nv_bfloat16* k_base = p.k + kv_head * p.kv_head_stride + kv_first * p.kv_token_stride;
+  const __nv_bfloat16* v_base = p.v + kv_head * p.kv_head_stride + kv_first * p.kv_token_stride;
+  out += blockIdx.z * split.out_elems;
+  if (stats) stats += blockIdx.z * split.stats_elems;
 
-  int64_t kv_end = p.n_kv;
+  // Keys [0, kv_end) from k_base on.
+  int64_t kv_end = SplitKeys(p, split);
   if (p.causal) kv_end = Min64(kv_end, p.q_offset + Min64(q0 + kBr, p.n_q));
   const int n_tiles = kv_end > 0 ? static_cast<int>((kv_end + kBc - 1) / kBc) : 0;
 
@@ -163,7 +184,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 // head_dim 128 takes it in two steps of 32 keys and re-reads Q from shared memory in each (the
 // accumulators, 128 registers, leave room for neither Q's 64 nor 64 scores). Only steps that cross
 // a warp's causal diagonal or the end of the keys are masked; steps entirely past a warp's last row
-// are skipped by that warp. ptxas (CUDA 13.0, sm_90) gives 242 registers for head_dim 128 and 255
+// are skipped by that warp. ptxas (CUDA 13.0, sm_90) gives 244 registers for head_dim 128 and 255
 // for 64, no spills; shared memory is 102 KiB / 54 KiB per block: two blocks per SM.
 constexpr int kWideMt = 2;  // m16 query tiles per warp
 constexpr int kWideWarps = 4;
@@ -180,7 +201,7 @@ constexpr size_t WideSmemBytes() {
 template <int D, typename TOut>
 __global__ void __launch_bounds__(kWideThreads, 2)
     FlashPrefillWideKernel(PrefillAttentionParams p, TOut* __restrict__ out, int64_t out_stride,
-                           cpu::AttentionPartial* __restrict__ stats) {
+                           cpu::AttentionPartial* __restrict__ stats, KvSplit split) {
   constexpr int kRow = D + kPad;
   constexpr int kMt = kWideMt;
   constexpr bool kQInRegs = D <= 64;
@@ -201,11 +222,15 @@ __global__ void __launch_bounds__(kWideThreads, 2)
   const int64_t q0 = q_tile * kWideBr;
   const int head = blockIdx.y;
   const int kv_head = head / (p.n_q_heads / p.n_kv_heads);
-  const __nv_bfloat16* k_base = p.k + kv_head * p.kv_head_stride;
-  const __nv_bfloat16* v_base = p.v + kv_head * p.kv_head_stride;
+  const int64_t kv_first = static_cast<int64_t>(blockIdx.z) * split.keys;
+  const __nv_bfloat16* k_base = p.k + kv_head * p.kv_head_stride + kv_first * p.kv_token_stride;
+  const __nv_bfloat16* v_base = p.v + kv_head * p.kv_head_stride + kv_first * p.kv_token_stride;
+  out += blockIdx.z * split.out_elems;
+  if (stats) stats += blockIdx.z * split.stats_elems;
 
-  // Keys the block needs: [0, kv_end), in n_tiles tiles. The warp's rows are [w0, w0 + 32).
-  int64_t kv_end = p.n_kv;
+  // Keys the block needs: [0, kv_end) from k_base on, in n_tiles tiles. The warp's rows are
+  // [w0, w0 + 32).
+  int64_t kv_end = SplitKeys(p, split);
   if (p.causal) kv_end = Min64(kv_end, p.q_offset + Min64(q0 + kWideBr, p.n_q));
   const int n_tiles = kv_end > 0 ? static_cast<int>((kv_end + kWideBc - 1) / kWideBc) : 0;
   const int64_t w0 = q0 + warp * (kMt * 16);
@@ -349,7 +374,7 @@ constexpr int kSimpleWarps = 4;
 template <typename TOut>
 __global__ void __launch_bounds__(kSimpleWarps * 32)
     SimplePrefillKernel(PrefillAttentionParams p, TOut* __restrict__ out, int64_t out_stride,
-                        cpu::AttentionPartial* __restrict__ stats) {
+                        cpu::AttentionPartial* __restrict__ stats, KvSplit split) {
   constexpr int kPer = kSimpleMaxDim / 32;
   const int lane = threadIdx.x & 31;
   const int64_t wid = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + (threadIdx.x >> 5);
@@ -366,12 +391,16 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
     q[i] = dim < d ? ToFloat(p.q[t * p.q_token_stride + head * d + dim]) * scale_log2 : 0.0f;
     acc[i] = 0.0f;
   }
-  int64_t kv_end = p.n_kv;
+  const int64_t kv_first = static_cast<int64_t>(blockIdx.z) * split.keys;
+  out += blockIdx.z * split.out_elems;
+  if (stats) stats += blockIdx.z * split.stats_elems;
+  int64_t kv_end = SplitKeys(p, split);  // keys kv_first + [0, kv_end)
   if (p.causal) kv_end = Min64(kv_end, p.q_offset + t + 1);
   float m = -INFINITY, l = 0.0f;
   for (int64_t j = 0; j < kv_end; ++j) {
-    const __nv_bfloat16* kj = p.k + j * p.kv_token_stride + kv_head * p.kv_head_stride;
-    const __nv_bfloat16* vj = p.v + j * p.kv_token_stride + kv_head * p.kv_head_stride;
+    const int64_t key = kv_first + j;
+    const __nv_bfloat16* kj = p.k + key * p.kv_token_stride + kv_head * p.kv_head_stride;
+    const __nv_bfloat16* vj = p.v + key * p.kv_token_stride + kv_head * p.kv_head_stride;
     float partial = 0.0f;
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
@@ -400,28 +429,32 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
 
 template <int D, typename TOut>
 Status LaunchFlash(const PrefillAttentionParams& p, TOut* out, int64_t out_stride,
-                   cpu::AttentionPartial* stats, cudaStream_t stream) {
+                   cpu::AttentionPartial* stats, const KvSplit& split, int splits,
+                   cudaStream_t stream) {
   constexpr size_t kSmem = FlashSmemBytes<D>();
   // Per device and cheap; set on every call so that any current device is covered.
   SQZ_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(FlashPrefillKernel<D, TOut>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(kSmem)),
       "PrefillAttention: cudaFuncSetAttribute");
-  const dim3 grid(static_cast<unsigned>((p.n_q + kBr - 1) / kBr), p.n_q_heads);
-  FlashPrefillKernel<D, TOut><<<grid, kFlashThreads, kSmem, stream>>>(p, out, out_stride, stats);
+  const dim3 grid(static_cast<unsigned>((p.n_q + kBr - 1) / kBr), p.n_q_heads, splits);
+  FlashPrefillKernel<D, TOut>
+      <<<grid, kFlashThreads, kSmem, stream>>>(p, out, out_stride, stats, split);
   return LaunchStatus("PrefillAttention");
 }
 
 template <int D, typename TOut>
 Status LaunchWide(const PrefillAttentionParams& p, TOut* out, int64_t out_stride,
-                  cpu::AttentionPartial* stats, cudaStream_t stream) {
+                  cpu::AttentionPartial* stats, const KvSplit& split, int splits,
+                  cudaStream_t stream) {
   constexpr size_t kSmem = WideSmemBytes<D>();
   SQZ_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(FlashPrefillWideKernel<D, TOut>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
       "PrefillAttention: cudaFuncSetAttribute (wide)");
-  const dim3 grid(static_cast<unsigned>((p.n_q + kWideBr - 1) / kWideBr), p.n_q_heads);
-  FlashPrefillWideKernel<D, TOut><<<grid, kWideThreads, kSmem, stream>>>(p, out, out_stride, stats);
+  const dim3 grid(static_cast<unsigned>((p.n_q + kWideBr - 1) / kWideBr), p.n_q_heads, splits);
+  FlashPrefillWideKernel<D, TOut>
+      <<<grid, kWideThreads, kSmem, stream>>>(p, out, out_stride, stats, split);
   return LaunchStatus("PrefillAttention (wide)");
 }
 
@@ -455,11 +488,127 @@ __global__ void MergeKernel(T* o_a, cpu::AttentionPartial* stats_a, const T* o_b
   if (lane == 0) stats_a[row] = {m, wa + wb};
 }
 
+// ---- Merge of key splits
+// ------------------------------------------------------------------------- One warp per (query t,
+// head h) row r = t * n_q_heads + h; lane i holds dims i, i + 32, ... The splits' partials are
+// folded in split order by cpu::MergePartial's rule (fp32), so the result is what merging them
+// pairwise with MergeAttentionPartials would give.
+constexpr int kMergeWarps = 8;
+
+template <typename TOut>
+__global__ void __launch_bounds__(kMergeWarps * 32)
+    MergeSplitsKernel(const float* __restrict__ ws_o,  // [splits][n_q * n_q_heads][d]
+                      const cpu::AttentionPartial* __restrict__ ws_stats,  // [splits][n_q * hq]
+                      int splits, int64_t n_q, int n_q_heads, int d, TOut* __restrict__ out,
+                      int64_t out_stride, cpu::AttentionPartial* __restrict__ stats) {
+  constexpr int kPer = kSimpleMaxDim / 32;
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = n_q * n_q_heads;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  float acc[kPer];
+  const float* o0 = ws_o + r * d;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int dim = lane + 32 * i;
+    acc[i] = dim < d ? o0[dim] : 0.0f;
+  }
+  cpu::AttentionPartial a = ws_stats[r];
+  for (int s = 1; s < splits; ++s) {
+    const cpu::AttentionPartial b = ws_stats[s * rows + r];
+    if (b.l == 0.0f) continue;
+    const float* ob = ws_o + (s * rows + r) * d;
+    if (a.l == 0.0f) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int dim = lane + 32 * i;
+        if (dim < d) acc[i] = ob[dim];
+      }
+      a = b;
+      continue;
+    }
+    const float m = fmaxf(a.m, b.m);
+    const float wa = expf(a.m - m) * a.l, wb = expf(b.m - m) * b.l;
+    const float inv = 1.0f / (wa + wb);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int dim = lane + 32 * i;
+      if (dim < d) acc[i] = (wa * acc[i] + wb * ob[dim]) * inv;
+    }
+    a = {m, wa + wb};
+  }
+  const int64_t t = r / n_q_heads;
+  const int h = static_cast<int>(r % n_q_heads);
+  TOut* dst = out + t * out_stride + static_cast<int64_t>(h) * d;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int dim = lane + 32 * i;
+    if (dim < d) dst[dim] = FromFloat<TOut>(acc[i]);
+  }
+  if (stats && lane == 0) stats[r] = a;
+}
+
+size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Workspace of kv_splits partials (PrefillAttentionPlan): fp32 o, then the stats.
+size_t SplitOutputBytes(const PrefillAttentionParams& p, int kv_splits) {
+  return Align256(static_cast<size_t>(kv_splits) * p.n_q * p.n_q_heads * p.head_dim *
+                  sizeof(float));
+}
+size_t SplitWorkspaceBytes(const PrefillAttentionParams& p, int kv_splits) {
+  return SplitOutputBytes(p, kv_splits) +
+         static_cast<size_t>(kv_splits) * p.n_q * p.n_q_heads * sizeof(cpu::AttentionPartial);
+}
+
+PrefillAttentionPlan SplitPlan(const PrefillAttentionParams& p, int kv_splits) {
+  PrefillAttentionPlan plan;
+  if (kv_splits <= 1 || p.causal) return plan;
+  const int64_t per = (p.n_kv + kv_splits - 1) / kv_splits;
+  plan.kv_splits = kv_splits;
+  plan.split_keys =
+      std::max<int64_t>(1, (per + kPrefillKeyTile - 1) / kPrefillKeyTile) * kPrefillKeyTile;
+  plan.workspace_bytes = SplitWorkspaceBytes(p, kv_splits);
+  return plan;
+}
+
 }  // namespace
+
+PrefillAttentionPlan PlanPrefillAttention(const PrefillAttentionParams& p, int num_sms) {
+  if (p.causal || (p.head_dim != 64 && p.head_dim != 128) || p.n_q <= 0 || p.n_q_heads <= 0 ||
+      num_sms <= 0) {
+    return PrefillAttentionPlan{};
+  }
+  const int64_t rows = p.kernel == PrefillKernel::kWide ? kWideBr : kBr;
+  const int64_t blocks = (p.n_q + rows - 1) / rows * p.n_q_heads;
+  const int64_t slots = int64_t{kPrefillResidentBlocks} * num_sms;
+  if (blocks >= slots) return PrefillAttentionPlan{};
+  const int64_t by_waves = (2 * slots + blocks - 1) / blocks;
+  const int64_t by_keys = p.n_kv / kPrefillMinSplitKeys;
+  const int64_t max_splits = std::min<int64_t>({by_waves, by_keys, 65535});
+  // Time in waves per split: ceil(blocks * s / slots) / s; best = b_waves / b (cross-multiplied).
+  int64_t best = 1, best_waves = 1;
+  for (int64_t s = 2; s <= max_splits; ++s) {
+    const int64_t waves = (blocks * s + slots - 1) / slots;
+    if (waves * best < best_waves * s) best = s, best_waves = waves;
+  }
+  return SplitPlan(p, static_cast<int>(best));
+}
+
+PrefillAttentionPlan PlanPrefillAttentionSplits(const PrefillAttentionParams& p, int kv_splits) {
+  return SplitPlan(p, kv_splits);
+}
 
 template <typename TOut>
 Status PrefillAttention(const PrefillAttentionParams& p, TOut* out, int64_t out_token_stride,
                         cpu::AttentionPartial* stats, cudaStream_t stream) {
+  return PrefillAttention<TOut>(p, PrefillAttentionPlan{}, out, out_token_stride, stats, nullptr, 0,
+                                stream);
+}
+
+template <typename TOut>
+Status PrefillAttention(const PrefillAttentionParams& p, const PrefillAttentionPlan& plan,
+                        TOut* out, int64_t out_token_stride, cpu::AttentionPartial* stats,
+                        void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   constexpr const char* kOp = "PrefillAttention";
   if (p.n_q < 0 || p.n_kv < 0) return ArgError(kOp, "n_q and n_kv must be >= 0");
   if (p.n_q_heads <= 0 || p.n_kv_heads <= 0 || p.n_q_heads % p.n_kv_heads != 0) {
@@ -482,32 +631,75 @@ Status PrefillAttention(const PrefillAttentionParams& p, TOut* out, int64_t out_
     return ArgError(kOp, "kv strides must be positive");
   }
   if (!(p.scale > 0.0f)) return ArgError(kOp, "scale must be > 0");
+  const int splits = plan.kv_splits;
+  if (splits < 1 || splits > 65535) {
+    return ArgError(kOp, "kv_splits must be in [1, 65535], got " + std::to_string(splits));
+  }
+  if (splits > 1) {
+    if (p.causal) return ArgError(kOp, "key splits need a non-causal call");
+    if (plan.split_keys <= 0 || plan.split_keys % kPrefillKeyTile != 0 ||
+        plan.split_keys * splits < p.n_kv) {
+      return ArgError(kOp, "split_keys " + std::to_string(plan.split_keys) +
+                               " must be a positive multiple of " +
+                               std::to_string(kPrefillKeyTile) + " whose " +
+                               std::to_string(splits) + " splits cover n_kv " +
+                               std::to_string(p.n_kv));
+    }
+    const size_t need = SplitWorkspaceBytes(p, splits);
+    if (workspace_bytes < need || (p.n_q > 0 && !Aligned16(workspace))) {
+      return ArgError(kOp, "the workspace of " + std::to_string(splits) + " key splits needs " +
+                               std::to_string(need) + " bytes, 16-byte aligned; got " +
+                               std::to_string(workspace_bytes));
+    }
+  }
   if (p.n_q == 0) return OkStatus();
   if (!p.q || !out || (p.n_kv > 0 && (!p.k || !p.v))) return ArgError(kOp, "null pointer");
   if ((p.n_q + kBr - 1) / kBr > INT32_MAX || p.n_q_heads > 65535) {
     return ArgError(kOp, "too many query tokens or heads for one launch");
   }
 
-  const bool vec_ok = Aligned16(p.q) && Aligned16(p.k) && Aligned16(p.v) && Aligned16(out) &&
-                      p.q_token_stride % 8 == 0 && p.kv_token_stride % 8 == 0 &&
-                      p.kv_head_stride % 8 == 0 && out_token_stride % 2 == 0;
-  if (vec_ok && (p.head_dim == 64 || p.head_dim == 128)) {
-    switch (p.kernel) {
-      case PrefillKernel::kWide:
-        return p.head_dim == 64 ? LaunchWide<64>(p, out, out_token_stride, stats, stream)
-                                : LaunchWide<128>(p, out, out_token_stride, stats, stream);
-      case PrefillKernel::kNarrow:
-        return p.head_dim == 64 ? LaunchFlash<64>(p, out, out_token_stride, stats, stream)
-                                : LaunchFlash<128>(p, out, out_token_stride, stats, stream);
+  // One split writes out directly; several write fp32 partials into the workspace.
+  const bool qkv_vec_ok = Aligned16(p.q) && Aligned16(p.k) && Aligned16(p.v) &&
+                          p.q_token_stride % 8 == 0 && p.kv_token_stride % 8 == 0 &&
+                          p.kv_head_stride % 8 == 0;
+  auto launch = [&](auto* dst, int64_t dst_stride, cpu::AttentionPartial* dst_stats,
+                    const KvSplit& split) -> Status {
+    using TDst = std::remove_pointer_t<decltype(dst)>;
+    const bool vec_ok = qkv_vec_ok && Aligned16(dst) && dst_stride % 2 == 0;
+    if (vec_ok && (p.head_dim == 64 || p.head_dim == 128)) {
+      switch (p.kernel) {
+        case PrefillKernel::kWide:
+          return p.head_dim == 64
+                     ? LaunchWide<64, TDst>(p, dst, dst_stride, dst_stats, split, splits, stream)
+                     : LaunchWide<128, TDst>(p, dst, dst_stride, dst_stats, split, splits, stream);
+        case PrefillKernel::kNarrow:
+          return p.head_dim == 64
+                     ? LaunchFlash<64, TDst>(p, dst, dst_stride, dst_stats, split, splits, stream)
+                     : LaunchFlash<128, TDst>(p, dst, dst_stride, dst_stats, split, splits, stream);
+      }
+      return ArgError(kOp, "unknown PrefillKernel " + std::to_string(static_cast<int>(p.kernel)));
     }
-    return ArgError(kOp, "unknown PrefillKernel " + std::to_string(static_cast<int>(p.kernel)));
-  }
-  const int64_t warps = p.n_q * p.n_q_heads;
-  const int64_t blocks = (warps + kSimpleWarps - 1) / kSimpleWarps;
+    const int64_t warps = p.n_q * p.n_q_heads;
+    const int64_t blocks = (warps + kSimpleWarps - 1) / kSimpleWarps;
+    if (blocks > INT32_MAX) return ArgError(kOp, "too many query tokens for one launch");
+    const dim3 grid(static_cast<unsigned>(blocks), 1, splits);
+    SimplePrefillKernel<TDst>
+        <<<grid, kSimpleWarps * 32, 0, stream>>>(p, dst, dst_stride, dst_stats, split);
+    return LaunchStatus(kOp);
+  };
+  if (splits == 1) return launch(out, out_token_stride, stats, KvSplit{p.n_kv, 0, 0});
+
+  auto* ws_o = static_cast<float*>(workspace);
+  auto* ws_stats = reinterpret_cast<cpu::AttentionPartial*>(static_cast<char*>(workspace) +
+                                                            SplitOutputBytes(p, splits));
+  const int64_t rows = p.n_q * p.n_q_heads;
+  SQZ_RETURN_IF_ERROR(
+      launch(ws_o, row, ws_stats, KvSplit{plan.split_keys, rows * p.head_dim, rows}));
+  const int64_t blocks = (rows + kMergeWarps - 1) / kMergeWarps;
   if (blocks > INT32_MAX) return ArgError(kOp, "too many query tokens for one launch");
-  SimplePrefillKernel<TOut><<<static_cast<unsigned>(blocks), kSimpleWarps * 32, 0, stream>>>(
-      p, out, out_token_stride, stats);
-  return LaunchStatus(kOp);
+  MergeSplitsKernel<TOut><<<static_cast<unsigned>(blocks), kMergeWarps * 32, 0, stream>>>(
+      ws_o, ws_stats, splits, p.n_q, p.n_q_heads, p.head_dim, out, out_token_stride, stats);
+  return LaunchStatus("PrefillAttention (merge of key splits)");
 }
 
 template <typename T>
@@ -530,6 +722,13 @@ template Status PrefillAttention<float>(const PrefillAttentionParams&, float*, i
                                         cpu::AttentionPartial*, cudaStream_t);
 template Status PrefillAttention<__nv_bfloat16>(const PrefillAttentionParams&, __nv_bfloat16*,
                                                 int64_t, cpu::AttentionPartial*, cudaStream_t);
+template Status PrefillAttention<float>(const PrefillAttentionParams&, const PrefillAttentionPlan&,
+                                        float*, int64_t, cpu::AttentionPartial*, void*, size_t,
+                                        cudaStream_t);
+template Status PrefillAttention<__nv_bfloat16>(const PrefillAttentionParams&,
+                                                const PrefillAttentionPlan&, __nv_bfloat16*,
+                                                int64_t, cpu::AttentionPartial*, void*, size_t,
+                                                cudaStream_t);
 template Status MergeAttentionPartials<float>(float*, cpu::AttentionPartial*, const float*,
                                               const cpu::AttentionPartial*, int64_t, int64_t,
                                               cudaStream_t);

@@ -61,11 +61,51 @@ struct PrefillAttentionParams {
   PrefillKernel kernel = PrefillKernel::kWide;  // head_dim 64 / 128 only; see PrefillKernel
 };
 
+// Keys per tile of every PrefillAttention kernel: key splits are multiples of it.
+constexpr int kPrefillKeyTile = 64;
+
+// How a PrefillAttention call runs. One split: a single launch writes out and stats directly (no
+// workspace). kv_splits > 1 (non-causal calls only): split s attends to keys
+// [s * split_keys, min(n_kv, (s + 1) * split_keys)) in blocks with blockIdx.z = s and writes its
+// partial (o, m, l) to the workspace; a second kernel merges the splits' partials in split order by
+// cpu::MergePartial's rule into out and stats. Splits past n_kv are empty partials, which the merge
+// skips. Workspace layout: fp32 o [kv_splits][n_q][n_q_heads][head_dim], then (256-byte aligned)
+// cpu::AttentionPartial [kv_splits][n_q][n_q_heads].
+struct PrefillAttentionPlan {
+  int kv_splits = 1;       // in [1, 65535]
+  int64_t split_keys = 0;  // keys per split, a multiple of kPrefillKeyTile; unused with one split
+  size_t workspace_bytes = 0;  // 0 with one split
+};
+
+// Picks the splits from the shape (n_q, n_kv, n_q_heads, head_dim, causal, kernel; pointers are not
+// read). One split for causal calls, for head dims other than 64 / 128 (the simple kernel), and
+// when the query tiles x heads already fill the device (blocks >= slots = kPrefillResidentBlocks *
+// num_sms). Otherwise, among splits giving at most ~2 waves (blocks * splits <= 2 * slots, rounded
+// up) with at least kPrefillMinSplitKeys keys each, the one that minimises the time in waves,
+// ceil(blocks * splits / slots) / splits (fewest splits on ties). E.g. the wide kernel with 32
+// heads on 132 SMs and 128K keys: 8 splits for 1-128 query tokens, 4 for 129-256, 1 from 641 on.
+constexpr int kPrefillResidentBlocks = 2;  // tensor-core blocks resident per SM (shared memory)
+constexpr int64_t kPrefillMinSplitKeys = 2048;
+PrefillAttentionPlan PlanPrefillAttention(const PrefillAttentionParams& params, int num_sms);
+// kv_splits splits of equal length (rounded up to the key tile: trailing splits may be empty) for
+// non-causal calls with kv_splits > 1; otherwise one split. For tests and forced configurations.
+PrefillAttentionPlan PlanPrefillAttentionSplits(const PrefillAttentionParams& params,
+                                                int kv_splits);
+
 // out: query t, head h at out + t * out_token_stride + h * head_dim ([n_q][>= n_q_heads*head_dim]);
 // stats: [n_q][n_q_heads] (m, l) per query and head, or nullptr. TOut is float or __nv_bfloat16.
+// Runs as one split (the unsplit path).
 template <typename TOut>
 Status PrefillAttention(const PrefillAttentionParams& params, TOut* out, int64_t out_token_stride,
                         cpu::AttentionPartial* stats, cudaStream_t stream);
+// The same as planned: workspace (16-byte aligned device memory, >= plan.workspace_bytes bytes;
+// may be null with one split) holds the splits' partials until the merge. The plan must be one of
+// the planners' for params' shape (INVALID_ARGUMENT for causal calls with splits, a split length
+// that is not a tile multiple or does not cover n_kv, or a short workspace).
+template <typename TOut>
+Status PrefillAttention(const PrefillAttentionParams& params, const PrefillAttentionPlan& plan,
+                        TOut* out, int64_t out_token_stride, cpu::AttentionPartial* stats,
+                        void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // Merges partial b into partial a, in place (cpu::MergePartial, row by row):
 // o_a, o_b: [n][d]; stats_a, stats_b: [n]. T is float or __nv_bfloat16 (fp32 math).

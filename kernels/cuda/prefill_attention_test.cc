@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cpu/attention.h"
@@ -39,12 +40,25 @@ bool Checked(const Case& c, int64_t t) {
 
 const char* KernelName(PrefillKernel k) { return k == PrefillKernel::kWide ? "wide" : "narrow"; }
 
+int SmCount() {
+  int sms = 0;
+  SQZ_TEST_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  return sms;
+}
+
+// Key splits a case runs with (RunCase): kUnsplit is the call without a plan, kPlanned the
+// planner's choice for this device, n > 1 forces n splits (non-causal cases).
+constexpr int kUnsplit = 1;
+constexpr int kPlanned = 0;
+
 // Runs case c on each tensor-core kernel (both by default; head_dim 64 / 128 with aligned views,
-// the others take the simple path whatever is selected) against one CPU reference.
+// the others take the simple path whatever is selected) and each key split choice (splits; when
+// it starts with kUnsplit, the others must also match that output) against one CPU reference.
 template <typename TOut>
 void RunCase(const Case& c, uint32_t seed,
              std::initializer_list<PrefillKernel> kernels = {PrefillKernel::kWide,
-                                                             PrefillKernel::kNarrow}) {
+                                                             PrefillKernel::kNarrow},
+             std::initializer_list<int> splits = {kUnsplit}) {
   INFO("n_q=" << c.n_q << " n_kv=" << c.n_kv << " q_offset=" << c.q_offset << " causal=" << c.causal
               << " hq=" << c.hq << " hkv=" << c.hkv << " d=" << c.d
               << " head_major=" << c.head_major << " misaligned=" << c.misaligned
@@ -104,41 +118,58 @@ void RunCase(const Case& c, uint32_t seed,
     }
   }
 
+  std::vector<float> unsplit;  // this kernel's output without splits, when run first
   for (PrefillKernel kernel : kernels) {
-    INFO("kernel=" << KernelName(kernel));
-    p.kernel = kernel;
-    DeviceBuffer<TOut> out(c.n_q * out_stride);
-    DeviceBuffer<cpu::AttentionPartial> stats(c.n_q * c.hq);
-    const Status st = PrefillAttention<TOut>(p, out.get(), out_stride, stats.get(), nullptr);
-    INFO(st.ToString());
-    REQUIRE(st.ok());
-    const auto got = testing::ToFloat(out.Download());
-    REQUIRE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }));
-    if (c.n_kv == 0) {
-      REQUIRE(std::all_of(got.begin(), got.end(), [](float x) { return x == 0.0f; }));
-    } else {
-      std::vector<float> got_rows;
-      for (int64_t t = 0; t < c.n_q; ++t) {
-        if (Checked(c, t)) {
-          got_rows.insert(got_rows.end(), got.begin() + t * out_stride,
-                          got.begin() + (t + 1) * out_stride);
+    for (int split : splits) {
+      INFO("kernel=" << KernelName(kernel));
+      p.kernel = kernel;
+      const PrefillAttentionPlan plan = split == kPlanned ? PlanPrefillAttention(p, SmCount())
+                                                          : PlanPrefillAttentionSplits(p, split);
+      INFO("splits=" << (split == kPlanned ? std::string("planned") : std::to_string(split))
+                     << " -> kv_splits=" << plan.kv_splits << " split_keys=" << plan.split_keys);
+      DeviceBuffer<TOut> out(c.n_q * out_stride);
+      DeviceBuffer<cpu::AttentionPartial> stats(c.n_q * c.hq);
+      DeviceBuffer<char> workspace(plan.workspace_bytes);  // poisoned: unwritten partials are NaN
+      const Status st = split == kUnsplit
+                            ? PrefillAttention<TOut>(p, out.get(), out_stride, stats.get(), nullptr)
+                            : PrefillAttention<TOut>(p, plan, out.get(), out_stride, stats.get(),
+                                                     workspace.get(), workspace.size(), nullptr);
+      INFO(st.ToString());
+      REQUIRE(st.ok());
+      const auto got = testing::ToFloat(out.Download());
+      REQUIRE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); }));
+      if (split == kUnsplit) {
+        unsplit = got;
+      } else if (!unsplit.empty() && c.n_kv > 0) {
+        REQUIRE(RelativeL2(got, unsplit) < kTolO);
+      }
+      if (c.n_kv == 0) {
+        REQUIRE(std::all_of(got.begin(), got.end(), [](float x) { return x == 0.0f; }));
+      } else {
+        std::vector<float> got_rows;
+        for (int64_t t = 0; t < c.n_q; ++t) {
+          if (Checked(c, t)) {
+            got_rows.insert(got_rows.end(), got.begin() + t * out_stride,
+                            got.begin() + (t + 1) * out_stride);
+          }
         }
+        REQUIRE(RelativeL2(got_rows, want_rows) < kTolO);
       }
-      REQUIRE(RelativeL2(got_rows, want_rows) < kTolO);
-    }
-    const auto got_stats = stats.Download();
-    for (size_t i = 0; i < got_stats.size(); ++i) {
-      if (!Checked(c, static_cast<int64_t>(i) / c.hq)) continue;
-      const auto& a = got_stats[i];
-      const auto& b = want_stats[i];
-      if (b.l == 0.0f) {
-        REQUIRE(a.l == 0.0f);
-        REQUIRE(a.m == -INFINITY);
-        continue;
+      const auto got_stats = stats.Download();
+      for (size_t i = 0; i < got_stats.size(); ++i) {
+        if (!Checked(c, static_cast<int64_t>(i) / c.hq)) continue;
+        const auto& a = got_stats[i];
+        const auto& b = want_stats[i];
+        if (b.l == 0.0f) {
+          REQUIRE(a.l == 0.0f);
+          REQUIRE(a.m == -INFINITY);
+          continue;
+        }
+        REQUIRE(std::fabs(a.m - b.m) <= 1e-3 + 1e-4 * std::fabs(b.m));
+        REQUIRE(std::fabs(a.l - b.l) <= 1e-3 * b.l);
       }
-      REQUIRE(std::fabs(a.m - b.m) <= 1e-3 + 1e-4 * std::fabs(b.m));
-      REQUIRE(std::fabs(a.l - b.l) <= 1e-3 * b.l);
     }
+    unsplit.clear();
   }
 }
 
@@ -198,6 +229,102 @@ TEST_CASE("PrefillAttention wide and narrow kernels match the CPU over tile-edge
     RunCase<bf16>({4100, 4100, 0, true, 4, 1, d, false, false, 17}, seed += 3);
     RunCase<float>({257, 4100, 3843, true, 4, 1, d, false, false}, seed += 3);
   }
+}
+
+// Non-causal calls (a prompt's attention to a context) with key splits: forced 2, 3 and 7 splits
+// (with 64-key tiles, 7 splits of 63-65 keys or of 1 leave trailing splits empty, which the merge
+// must skip) and the planner's, against the unsplit call and the CPU, over query counts around the
+// 128 / 64-row tiles, key counts around the 64-key tile and long ones, GQA groups 1, 4 and 8.
+TEST_CASE("PrefillAttention with key splits matches the unsplit call and the CPU", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const std::initializer_list<int> splits = {kUnsplit, 2, 3, 7, kPlanned};
+  const std::pair<int, int> groups[] = {{2, 2}, {8, 2}, {8, 1}};
+  uint32_t seed = 5000;
+  int shape = 0;
+  auto run = [&](int64_t n_q, int64_t n_kv, int d) {
+    const auto [hq, hkv] = groups[shape++ % 3];
+    RunCase<float>({n_q, n_kv, 0, false, hq, hkv, d, (n_q & 1) != 0, false}, seed += 3,
+                   {PrefillKernel::kWide, PrefillKernel::kNarrow}, splits);
+  };
+  for (int d : {64, 128}) {
+    for (int64_t n_q : {1, 3, 16, 127, 129, 256}) {
+      for (int64_t n_kv : {1, 63, 64, 65}) run(n_q, n_kv, d);
+    }
+    for (int64_t n_q : {3, 127, 256}) run(n_q, 4097, d);
+    for (int64_t n_q : {1, 16, 129}) run(n_q, 20000, d);
+    // bf16 output; no keys at all (every split empty).
+    RunCase<bf16>({16, 20000, 0, false, 8, 1, d, false, false}, seed += 3,
+                  {PrefillKernel::kWide, PrefillKernel::kNarrow}, splits);
+    RunCase<float>({3, 0, 0, false, 4, 1, d, false, false}, seed += 3,
+                   {PrefillKernel::kWide, PrefillKernel::kNarrow}, {kUnsplit, 3});
+  }
+  // The simple kernel (head_dim 48; an unaligned q) splits too.
+  RunCase<float>({5, 300, 0, false, 4, 2, 48, false, false}, seed += 3, {PrefillKernel::kWide},
+                 {kUnsplit, 2, 7});
+  RunCase<bf16>({70, 200, 0, false, 8, 2, 64, false, true}, seed += 3, {PrefillKernel::kWide},
+                {kUnsplit, 3});
+  // The planner splits few query tiles over many keys on this device.
+  PrefillAttentionParams p;
+  p.n_q = 16;
+  p.n_kv = 20000;
+  p.n_q_heads = 8;
+  p.n_kv_heads = 1;
+  p.head_dim = 128;
+  p.causal = false;
+  CHECK(PlanPrefillAttention(p, SmCount()).kv_splits > 1);
+}
+
+// The planner's choices for the shape it was made for (Llama-3-8B attention, 128K context keys, an
+// H200's 132 SMs) and where it must keep one split.
+TEST_CASE("PlanPrefillAttention splits few query tiles over long keys and nothing else") {
+  PrefillAttentionParams p;
+  p.n_kv = 131072;
+  p.n_q_heads = 32;
+  p.n_kv_heads = 8;
+  p.head_dim = 128;
+  p.causal = false;
+  auto splits = [&](int64_t n_q) {
+    p.n_q = n_q;
+    return PlanPrefillAttention(p, 132).kv_splits;
+  };
+  CHECK(splits(1) == 8);
+  CHECK(splits(16) == 8);
+  CHECK(splits(128) == 8);
+  CHECK(splits(129) == 4);
+  CHECK(splits(256) == 4);
+  CHECK(splits(640) == 3);
+  CHECK(splits(641) == 1);
+  CHECK(splits(1024) == 1);
+  p.n_q = 256;
+  const PrefillAttentionPlan plan = PlanPrefillAttention(p, 132);
+  CHECK(plan.split_keys == 32768);
+  CHECK(plan.workspace_bytes == 4u * 256 * 32 * 128 * 4 + 4u * 256 * 32 * 8);
+  p.kernel = PrefillKernel::kNarrow;  // 64-row tiles: 4 x 32 blocks
+  CHECK(PlanPrefillAttention(p, 132).kv_splits == 2);
+  p.kernel = PrefillKernel::kWide;
+  // At least kPrefillMinSplitKeys keys per split.
+  p.n_kv = 3 * kPrefillMinSplitKeys - 1;
+  CHECK(PlanPrefillAttention(p, 132).kv_splits == 2);
+  p.n_kv = kPrefillMinSplitKeys * 2 - 1;
+  CHECK(PlanPrefillAttention(p, 132).kv_splits == 1);
+  p.n_kv = 131072;
+  // Causal, the simple kernel's head dims and full grids keep one split, with no workspace.
+  p.causal = true;
+  CHECK(PlanPrefillAttention(p, 132).kv_splits == 1);
+  CHECK(PlanPrefillAttention(p, 132).workspace_bytes == 0);
+  CHECK(PlanPrefillAttentionSplits(p, 4).kv_splits == 1);
+  p.causal = false;
+  p.head_dim = 96;
+  CHECK(PlanPrefillAttention(p, 132).kv_splits == 1);
+  p.head_dim = 128;
+  CHECK(PlanPrefillAttention(p, 8).kv_splits == 1);  // 64 blocks fill 16 slots
+  // Forced: equal tile-multiple lengths covering the keys.
+  p.n_kv = 65;
+  const PrefillAttentionPlan seven = PlanPrefillAttentionSplits(p, 7);
+  CHECK(seven.kv_splits == 7);
+  CHECK(seven.split_keys == 64);
+  p.n_kv = 20000;
+  CHECK(PlanPrefillAttentionSplits(p, 3).split_keys == 6720);
 }
 
 TEST_CASE("MergeAttentionPartials of two key ranges equals attention over their union", "[cuda]") {
@@ -287,6 +414,24 @@ TEST_CASE("PrefillAttention rejects unsupported or inconsistent shapes", "[cuda]
   p.scale = 0.0f;
   REQUIRE(PrefillAttention<float>(p, out, 6 * 64, nullptr, nullptr).code() ==
           StatusCode::kInvalidArgument);
+  // Key splits: only non-causal, tile-multiple lengths that cover the keys, a large workspace.
+  p.scale = 0.125f;
+  p.causal = false;
+  PrefillAttentionPlan plan = PlanPrefillAttentionSplits(p, 2);
+  REQUIRE(plan.kv_splits == 2);
+  void* ws = reinterpret_cast<void*>(0x2000);
+  s = PrefillAttention<float>(p, plan, out, 6 * 64, nullptr, ws, plan.workspace_bytes - 1, nullptr);
+  REQUIRE(s.code() == StatusCode::kInvalidArgument);
+  REQUIRE(s.message().find("workspace") != std::string::npos);
+  plan.split_keys = 32;
+  s = PrefillAttention<float>(p, plan, out, 6 * 64, nullptr, ws, plan.workspace_bytes, nullptr);
+  REQUIRE(s.code() == StatusCode::kInvalidArgument);
+  REQUIRE(s.message().find("split_keys") != std::string::npos);
+  plan.split_keys = 64;
+  p.causal = true;
+  s = PrefillAttention<float>(p, plan, out, 6 * 64, nullptr, ws, plan.workspace_bytes, nullptr);
+  REQUIRE(s.code() == StatusCode::kInvalidArgument);
+  REQUIRE(s.message().find("non-causal") != std::string::npos);
 }
 
 }  // namespace
