@@ -9,7 +9,10 @@ before every repetition, median of the repetitions):
   select  SqueezeSelect alone (centroid scores, normaliser, budget cut, segment lists), with the
           plan's choice of selection step for the device; a second table times the selection with
           each step forced (the single-block kernel, clusters of 8 and 16 CTAs per (request, kv
-          head)) and checks that each gives the same segment list
+          head)) and checks that each gives the same segment list; a third table times it with
+          the centroids scored once for the whole batch (grouped scoring, the default) and per
+          request (SQZ_BENCH_UNGROUPED=1 makes that the default of the other tables), with the
+          scoring kernel's own time, and checks that both give the same segment list
   attn    sparse DecodeAttention alone over the selected segments
   sqz     select + attn back to back
 plus the device-to-device copy bandwidth measured in the same run, and the squeezed memory floor:
@@ -27,6 +30,7 @@ bench_prefill.py)
 """
 import ctypes
 import math
+import os
 import statistics
 import sys
 import time
@@ -53,6 +57,7 @@ def load(lib_path):
     lib.sqzb_selected.argtypes = [vp, i32p, i32p]
     lib.sqzb_destroy.argtypes = [vp]
     lib.sqzb_set_select_ctas.argtypes = [vp, ctypes.c_int]
+    lib.sqzb_set_grouped_scoring.argtypes = [vp, ctypes.c_int]
     return lib
 
 
@@ -134,7 +139,7 @@ def kernel_times(fn, reps=5):
             if total <= 0:
                 continue
             name = e.key
-            for known in ("ScoreKernel", "ClusterSelectKernel", "SelectKernel",
+            for known in ("GroupedScoreKernel", "ScoreKernel", "ClusterSelectKernel", "SelectKernel",
                           "DecodeMmaChunkKernel",
                           "DecodeMergeKernel"):
                 if known in e.key:
@@ -276,6 +281,23 @@ def run_case(lib, timer, bw, sms, name, hq, hkv, d, n_tokens, batch, gen, reps):
             except RuntimeError as e:  # e.g. clusters of 16 that the device cannot schedule
                 print(f"  select with {ctas} CTAs: {str(e)[:120]}", file=sys.stderr)
         lib.sqzb_set_select_ctas(h, 0)
+        # Scoring grouped (one group: the batch shares its context) and per request, at the
+        # plan's selection step; both must give the plan's selected key counts. Then back to the
+        # default (grouped unless SQZ_BENCH_UNGROUPED=1).
+        score_paths = {}
+        for grouped in (1, 0):
+            lib.sqzb_set_grouped_scoring(h, grouped)
+            check(lib, lib.sqzb_select(h, stream()))
+            t, _ = time_graph(timer, lambda: check(lib, lib.sqzb_select(h, stream())), reps,
+                              f"select/grouped={grouped}")
+            torch.cuda.synchronize()
+            got = (ctypes.c_int32 * (batch * hkv))()
+            check(lib, lib.sqzb_selected(h, got, plan))
+            kt = kernel_times(lambda: check(lib, lib.sqzb_select(h, stream())))
+            score_us = kt.get("GroupedScoreKernel" if grouped else "ScoreKernel")
+            score_paths[grouped] = (t, score_us, list(got) == list(sel))
+        lib.sqzb_set_grouped_scoring(
+            h, 0 if os.environ.get("SQZ_BENCH_UNGROUPED") == "1" else 1)
         t_attn, _ = time_graph(
             timer, lambda: check(lib, lib.sqzb_sparse_attention(h, out_sqz.data_ptr(), stream())),
             reps, "attn")
@@ -304,7 +326,8 @@ def run_case(lib, timer, bw, sms, name, hq, hkv, d, n_tokens, batch, gen, reps):
                    share=selected / (batch * hkv * n_tokens), err_dense_sdpa=sdpa_err,
                    err_sqz=sqz_vs_sdpa, plan=list(plan), kc=kc, eager=t_eager,
                    replay_diff=replay_diff, kernels=kernels, auto_ctas=auto_ctas,
-                   sel_paths=sel_paths)
+                   sel_paths=sel_paths, score_paths=score_paths,
+                   cent_once_us=hkv * kc * d * 2 / (bw * 1e9) * 1e6)
         return res
     finally:
         lib.sqzb_destroy(h)
@@ -380,6 +403,28 @@ def main():
 
         print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {r['auto_ctas']} | {cell(1)} |"
               f" {cell(8)} | {cell(16)} | {ratio(8)} | {ratio(16)} |")
+    print()
+    print("Scoring grouped (the batch's centroids scored once per chunk) vs per request (select us:"
+          " SqueezeSelect alone, graph replays; score us: the scoring kernel, profiler; same: the"
+          " selected key counts equal the plan's; read once: the centroid bytes over the copy"
+          " bandwidth):")
+    print("| model | context | batch | select grouped | select per request | score grouped |"
+          " score per request | per request / grouped (score) | score grouped / read once |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p = r["score_paths"]
+
+        def sel_cell(k):
+            return "n/a" if k not in p else f"{fmt(p[k][0])}{'' if p[k][2] else ' DIFFERS'}"
+
+        def us(k):
+            return "n/a" if k not in p or p[k][1] is None else f"{p[k][1]:.1f}"
+
+        ratio = ("n/a" if us(0) == "n/a" or us(1) == "n/a" or p[1][1] == 0
+                 else f"{p[0][1] / p[1][1]:.2f}")
+        once = "n/a" if us(1) == "n/a" else f"{p[1][1] / r['cent_once_us']:.2f}"
+        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {sel_cell(1)} | {sel_cell(0)} |"
+              f" {us(1)} | {us(0)} | {ratio} | {once} |")
 
 
 if __name__ == "__main__":

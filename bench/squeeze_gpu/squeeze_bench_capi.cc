@@ -42,6 +42,9 @@ struct Case {
   SqueezeSelectParams select;
   SqueezeSelectPlan select_plan;
   int auto_select_ctas = 1;  // the plan's choice for the device's SM count
+  // Every request reads the one context: a single scoring group (SqueezeSelectParams
+  // group_starts), set on select while grouped scoring is on.
+  int32_t* group_starts = nullptr;  // device [2]: 0, batch
   DecodeAttentionParams dense, sparse;
   DecodePlan dense_plan, sparse_plan;
   // Owned device memory.
@@ -62,8 +65,8 @@ struct Case {
     for (void* p :
          {static_cast<void*>(views), static_cast<void*>(ctx_len), static_cast<void*>(ctx_k),
           static_cast<void*>(ctx_v), static_cast<void*>(segments), static_cast<void*>(num_segments),
-          static_cast<void*>(selected_len), static_cast<void*>(body_selected), select_ws, dense_ws,
-          sparse_ws}) {
+          static_cast<void*>(selected_len), static_cast<void*>(body_selected),
+          static_cast<void*>(group_starts), select_ws, dense_ws, sparse_ws}) {
       if (p) cudaFree(p);
     }
   }
@@ -85,10 +88,15 @@ extern "C" {
 
 const char* sqzb_last_error() { return g_error.c_str(); }
 
+// Scores the case's requests together (on: one group over the shared context) or each alone
+// (off: the per-request scoring kernel). Returns on.
+int sqzb_set_grouped_scoring(void* handle, int on);
+
 // Creates a case. Device pointers: k, v [hkv][n_tokens][d] bf16 (sink | body in cluster order |
 // window); centroids [hkv][k][d] bf16; counts [hkv][k], offsets [hkv][k + 1] int32; q
 // [batch][hq][d] bf16. largest_cluster bounds the selection (host-side). num_sms sizes the split
-// and picks the selection step's path (sqzb_set_select_ctas overrides it).
+// and picks the selection step's path (sqzb_set_select_ctas overrides it). Scoring is grouped
+// unless the environment sets SQZ_BENCH_UNGROUPED=1 (sqzb_set_grouped_scoring overrides it).
 // Returns the case, or nullptr (sqzb_last_error says why).
 void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int window,
                   int num_clusters, int largest_cluster, const void* k, const void* v,
@@ -110,6 +118,7 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   view.offsets = offsets;
   std::vector<SqueezeLayerView> views(batch, view);
   std::vector<int32_t> lens(batch, n_tokens);
+  const std::vector<int32_t> starts = {0, batch};
   std::vector<const __nv_bfloat16*> kp(batch, static_cast<const __nv_bfloat16*>(k));
   std::vector<const __nv_bfloat16*> vp(batch, static_cast<const __nv_bfloat16*>(v));
   if (Alloc(&c->views, sizeof(SqueezeLayerView) * batch) || Alloc(&c->ctx_len, 4 * batch) ||
@@ -121,6 +130,9 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
       Check(cudaMemcpy(c->ctx_k, kp.data(), sizeof(void*) * batch, cudaMemcpyHostToDevice),
             "upload") ||
       Check(cudaMemcpy(c->ctx_v, vp.data(), sizeof(void*) * batch, cudaMemcpyHostToDevice),
+            "upload") ||
+      Alloc(&c->group_starts, 4 * starts.size()) ||
+      Check(cudaMemcpy(c->group_starts, starts.data(), 4 * starts.size(), cudaMemcpyHostToDevice),
             "upload")) {
     return fail();
   }
@@ -137,6 +149,8 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   sp.reduce = SqueezeReduce::kMax;
   sp.kv_budget = kv_budget;
   sp.max_clusters = num_clusters;
+  const char* ungrouped = std::getenv("SQZ_BENCH_UNGROUPED");
+  sqzb_set_grouped_scoring(c, ungrouped == nullptr || std::string(ungrouped) != "1");
   c->select_plan = PlanSqueezeSelect(sp, num_sms);
   c->auto_select_ctas = c->select_plan.select_ctas;
   if (Alloc(&c->select_ws, c->select_plan.workspace_bytes) ||
@@ -188,6 +202,14 @@ int sqzb_select(void* handle, void* stream) {
   const SqueezeSelection out{c->segments, c->num_segments, c->selected_len, c->body_selected};
   return Check(SqueezeSelect(c->select, c->select_plan, out, c->select_ws,
                              c->select_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
+}
+
+int sqzb_set_grouped_scoring(void* handle, int on) {
+  Case* c = static_cast<Case*>(handle);
+  c->select.group_starts = on ? c->group_starts : nullptr;
+  c->select.num_groups = on ? 1 : 0;
+  c->select.max_group_size = on ? c->select.batch : 0;
+  return on ? 1 : 0;
 }
 
 // Selection step path of later calls: ctas CTAs per (request, kv head) (1: the single-block

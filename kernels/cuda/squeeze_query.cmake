@@ -3,8 +3,8 @@
 # the sparse mode of DecodeAttention (decode_attention.h) and SparsePrefillAttention
 # (sparse_prefill_attention.h). Included by kernels/cuda/CMakeLists.txt (so only when SQZ_HAVE_CUDA).
 sqz_add_library(sqz_kernels_squeeze_query
-  SOURCES squeeze_select.cu squeeze_select_cluster.cu sparse_prefill_select.cu
-          sparse_prefill_attention.cu
+  SOURCES squeeze_select.cu squeeze_select_cluster.cu squeeze_select_grouped.cu
+          sparse_prefill_select.cu sparse_prefill_attention.cu
   DEPS sqz_kernels_cuda)
 target_compile_options(sqz_kernels_squeeze_query PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-O3 -Xptxas=-warn-spills -lineinfo>)

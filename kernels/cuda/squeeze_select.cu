@@ -9,6 +9,7 @@
 #include "kernels/cuda/squeeze_select.h"
 #include "kernels/cuda/squeeze_select_cluster.h"
 #include "kernels/cuda/squeeze_select_common.cuh"
+#include "kernels/cuda/squeeze_select_grouped.h"
 
 namespace sqz::cuda {
 namespace {
@@ -219,18 +220,8 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(SqueezeSelectParams
     if (base + it < a.max_items) a.scores[(unit * g + j) * a.max_items + base + it] = s_s[i];
   }
   for (int j = warp; j < g; j += kScoreThreads / 32) {
-    float m = -INFINITY;
-    for (int it = lane; it < kScoreChunk; it += 32) m = fmaxf(m, s_s[j * kScoreChunk + it]);
-    m = internal::WarpMax(m);
-    float z = 0.0f;
-    if (m > -INFINITY) {
-      for (int it = lane; it < kScoreChunk; it += 32) {
-        const float sc = s_s[j * kScoreChunk + it];
-        if (sc > -INFINITY) z += w_s[it] * expf(sc - m);
-      }
-    }
-    z = internal::WarpSum(z);
-    if (lane == 0) a.stats[(unit * g + j) * a.chunks + chunk] = make_float2(m, z);
+    const float2 st = internal::ChunkRowStats<kScoreChunk>(s_s + j * kScoreChunk, w_s);
+    if (lane == 0) a.stats[(unit * g + j) * a.chunks + chunk] = st;
   }
 }
 
@@ -564,6 +555,9 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
         p, plan.fine_chunks, plan.block_rows, reinterpret_cast<float2*>(ws + w.block_stats),
         reinterpret_cast<float2*>(ws + w.block_norm), probs, stream));
     fine.probs = probs;
+  } else if (p.group_starts && !p.hierarchical) {
+    SQZ_RETURN_IF_ERROR(
+        internal::LaunchGroupedScore(p, plan.fine_chunks, fine.scores, fine.stats, stream));
   } else {
     ScoreKernel<D>
         <<<dim3(p.batch, plan.fine_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p, fine);
@@ -675,6 +669,16 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
                              " is not 1, nor a cluster size (2, 4, 8, 16) these params fit");
   }
   if (p.batch == 0) return OkStatus();
+  if (p.group_starts && !p.hierarchical && !p.block_starts) {
+    if (p.num_groups < 1 || p.num_groups > p.batch) {
+      return ArgError(kOp, "num_groups " + std::to_string(p.num_groups) +
+                               " is outside [1, batch] (group_starts is set)");
+    }
+    if (p.max_group_size < 1 || p.max_group_size > p.batch) {
+      return ArgError(kOp, "max_group_size " + std::to_string(p.max_group_size) +
+                               " is outside [1, batch] (group_starts is set)");
+    }
+  }
   if (workspace_bytes < plan.workspace_bytes || !workspace || !Aligned16(workspace)) {
     return ArgError(kOp, "workspace of " + std::to_string(workspace_bytes) +
                              " bytes; the plan needs " + std::to_string(plan.workspace_bytes) +

@@ -27,18 +27,27 @@
 //
 // Implementation: (1) a scoring kernel, one block per (request, chunk of 256 centroids, kv head),
 // requests fastest so that requests sharing a context read its centroids once from L2 (tensor
-// cores: the group's query heads are the rows of an m16 tile), leaves scores and per-chunk
-// (max, sum N exp(s - max)) in the workspace; (2) a select kernel, one block per
-// (request, kv head), combines the chunks into the exact normaliser, forms p, finds the budget cut
-// by a range search over the 32-bit keys (float bits of p; 256 bins per pass, weights = cluster
-// sizes; keys in shared memory when they fit) with ties broken by position through a block scan,
-// and writes the segment list with a second block scan. At small batches, where one block per
-// (request, kv head) leaves most SMs idle, (2) instead runs as a thread-block cluster of
-// plan.select_ctas CTAs per (request, kv head), each over a slice of the clusters, combining its
-// sums and histograms with the others through distributed shared memory; its outputs are identical
-// (squeeze_select_cluster.h). Flat lookups only (token or block mode).
+// cores: the group's query heads are the rows of an m16 tile; see "Shared contexts" for the
+// grouped kernel), leaves scores and per-chunk (max, sum N exp(s - max)) in the workspace;
+// (2) a select kernel, one block per (request, kv head), combines the chunks into the exact
+// normaliser, forms p, finds the budget cut by a range search over the 32-bit keys (float bits of
+// p; 256 bins per pass, weights = cluster sizes; keys in shared memory when they fit) with ties
+// broken by position through a block scan, and writes the segment list with a second block scan. At
+// small batches, where one block per (request, kv head) leaves most SMs idle, (2) instead runs as a
+// thread-block cluster of plan.select_ctas CTAs per (request, kv head), each over a slice of the
+// clusters, combining its sums and histograms with the others through distributed shared memory;
+// its outputs are identical (squeeze_select_cluster.h). Flat lookups only (token or block mode).
 // Hierarchical lookups run (1) and (2) on the coarse level first, then score only the fine
 // centroids under kept groups.
+//
+// Shared contexts: with params.group_starts set, decode requests over the same context are scored
+// together, one block per (sub-group of up to 64 / g requests, chunk, kv head): the chunk's
+// centroids are loaded into shared memory once and the sub-group's (request, query head) pairs are
+// the rows of up to four m16 tiles, so a batch over one context reads its centroids about once
+// instead of once per request. Every row's scores and per-chunk stats are computed in the same
+// order as the per-request kernel's, so the workspace, and with it the selection, is bit-identical
+// (the select kernels do not change). Flat lookups only: hierarchical lookups keep the per-request
+// kernel on both levels.
 //
 // Blocks of query tokens (prefill; ALGORITHM.md online step 4): with params.block_starts set, entry
 // r of the batch is a block of query tokens instead of one token, and
@@ -131,6 +140,17 @@ struct SqueezeSelectParams {
   // blocks are read only up to it). views, per_request_value and the outputs are per block.
   const int32_t* block_starts = nullptr;
   int32_t max_block_tokens = 0;
+  // Requests over one context, scored together (decode, flat lookups; see "Shared contexts" at the
+  // top of this file). group_starts: device [num_groups + 1], 0 = group_starts[0] <= ... <=
+  // group_starts[num_groups] = batch; group i is requests [group_starts[i], group_starts[i + 1]),
+  // whose views must agree on num_clusters, centroids and counts (one context, one layer).
+  // max_group_size: host bound of every group's size, >= 1 (longer groups are scored only up to
+  // it: wrong results, never out-of-bounds accesses). nullptr: every request is scored on its own
+  // (the per-request kernel; also what hierarchical lookups and blocks of query tokens always do,
+  // whatever these fields say). The outputs do not depend on the grouping, bit for bit.
+  const int32_t* group_starts = nullptr;
+  int32_t num_groups = 0;
+  int32_t max_group_size = 0;
 };
 
 // Sizes made on the host from the params and the device's SM count (no device access).

@@ -59,6 +59,28 @@ __device__ __forceinline__ void HeadNormaliser(const float2* stats, int chunks,
   }
 }
 
+// One query head's statistics over one scoring chunk, computed by one whole warp: (m, z) with
+// m = max_i s[i] and z = sum_i w[i] * exp(s[i] - m) over the items with s[i] > -inf (z = 0 when
+// there is none). Lane l takes items l, l + 32, ... in order, then a butterfly sums the lanes: the
+// per-request and the grouped scoring kernels both call this, so their stats agree bit for bit.
+//   s: [kChunk] scores (-inf: not a candidate), w: [kChunk] weights (cluster sizes); shared memory
+template <int kChunk>
+__device__ __forceinline__ float2 ChunkRowStats(const float* s, const float* w) {
+  const int lane = threadIdx.x & 31;
+  float m = -INFINITY;
+  for (int it = lane; it < kChunk; it += 32) m = fmaxf(m, s[it]);
+  m = WarpMax(m);
+  float z = 0.0f;
+  if (m > -INFINITY) {
+    for (int it = lane; it < kChunk; it += 32) {
+      const float sc = s[it];
+      if (sc > -INFINITY) z = __fmaf_rn(w[it], expf(sc - m), z);
+    }
+  }
+  z = WarpSum(z);
+  return make_float2(m, z);
+}
+
 // p of one item from its g scores (sc[j] = -inf: not scored) and the heads' (m, 1 / z): the max or
 // the mean over the group of exp(s_j - m_j) / z_j.
 __device__ __forceinline__ float ItemProbability(const float (&sc)[kSqueezeMaxGroup], int g,

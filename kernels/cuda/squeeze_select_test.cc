@@ -27,7 +27,51 @@ struct Case {
   float value = 0.125f;        // budget (threshold cases compute theirs from the CPU's p)
   std::vector<float> budgets;  // budget policy: request r gets budgets[r % size] when not empty
   bool ties = false;           // many exactly tied p: any number may differ from the CPU at the cut
+  bool grouped_graph = false;  // run the grouped scoring through a captured CUDA graph
 };
+
+// Groups for params.group_starts: runs of adjacent requests over the same context.
+std::vector<int32_t> GroupStarts(const std::vector<int>& ctx_of) {
+  std::vector<int32_t> starts = {0};
+  for (size_t r = 1; r < ctx_of.size(); ++r) {
+    if (ctx_of[r] != ctx_of[r - 1]) starts.push_back(static_cast<int32_t>(r));
+  }
+  starts.push_back(static_cast<int32_t>(ctx_of.size()));
+  return starts;
+}
+
+// Scores p per request and grouped by context (GroupStarts(ctx_of)), each into a poisoned
+// workspace, and requires the same workspace bytes (scores and per-chunk stats bit for bit) and the
+// same selection as `want` (the per-request run of the caller).
+void RequireGroupedScoringSame(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
+                               const std::vector<int>& ctx_of, DeviceBuffer<char>& ws,
+                               const testing::SelectionOutputs& want, bool graph) {
+  const std::vector<int32_t> starts = GroupStarts(ctx_of);
+  int32_t largest = 0;
+  for (size_t i = 0; i + 1 < starts.size(); ++i) {
+    largest = std::max(largest, starts[i + 1] - starts[i]);
+  }
+  INFO("grouped scoring: " << starts.size() - 1 << " groups, largest " << largest
+                           << (graph ? " (graph)" : ""));
+  ws.Poison();
+  const testing::SelectionOutputs alone = testing::RunSqueezeSelect(p, plan, 1, ws);
+  const std::vector<char> ws_alone = ws.Download();
+  SqueezeSelectParams grouped = p;
+  DeviceBuffer<int32_t> dstarts(starts);
+  grouped.group_starts = dstarts.get();
+  grouped.num_groups = static_cast<int32_t>(starts.size()) - 1;
+  grouped.max_group_size = largest;
+  ws.Poison();
+  const testing::SelectionOutputs together = testing::RunSqueezeSelect(grouped, plan, 1, ws, graph);
+  const std::vector<char> ws_together = ws.Download();
+  REQUIRE(ws_alone.size() == ws_together.size());
+  const auto diff = std::mismatch(ws_alone.begin(), ws_alone.end(), ws_together.begin());
+  INFO("first differing workspace byte " << (diff.first - ws_alone.begin()) << " of "
+                                         << ws_alone.size());
+  REQUIRE(diff.first == ws_alone.end());
+  testing::RequireSameSelection(want, alone, plan.max_segments);
+  testing::RequireSameSelection(want, together, plan.max_segments);
+}
 
 // Runs SqueezeSelect over `ctx` (request r uses contexts[ctx_of[r]]) and compares every
 // (request, kv head) with SelectClusters on the same data, then runs the cluster selection with
@@ -107,6 +151,7 @@ void RunAndCompare(const Case& cs, const std::vector<HostContext>& contexts,
                                   plan.max_segments);
   }
   if (cs.hierarchical) REQUIRE(testing::ClusterSizesFor(p).empty());
+  if (!cs.hierarchical) RequireGroupedScoringSame(p, plan, ctx_of, ws, single, cs.grouped_graph);
   const std::vector<int2>& h_segs = single.segments;
   const std::vector<int32_t>& h_nseg = single.num_segments;
   const std::vector<int32_t>& h_len = single.selected_len;
@@ -185,6 +230,50 @@ TEST_CASE("SqueezeSelect matches SelectClusters over shapes, policies and GQA", 
       }
     }
   }
+}
+
+TEST_CASE("SqueezeSelect scores requests over one context together, as each alone", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  uint32_t seed = 2500;
+  for (int d : {64, 128}) {
+    for (auto [hq, hkv] : {std::pair{2, 2}, std::pair{8, 2}, std::pair{16, 2}}) {
+      for (auto policy : {SqueezePolicy::kBudget, SqueezePolicy::kThreshold}) {
+        const SqueezeReduce reduce = hq == 16 ? SqueezeReduce::kMean : SqueezeReduce::kMax;
+        // Contexts of k = 1, 3, 129, 1000 and 6554 clusters; groups of 1, 2, 3, 5, 16 and 17
+        // requests (17: two sub-groups at GQA 4, three at GQA 8), in an order that puts
+        // different contexts and cluster counts side by side.
+        std::vector<HostContext> ctx;
+        for (int32_t k : {1, 3, 129, 1000, 6554}) {
+          ctx.push_back(MakeContext(hkv, d, k, 0, 4, 7, seed++, 40, 2.0f, false));
+        }
+        std::vector<int> ctx_of;
+        for (auto [c, n] : {std::pair{2, 3}, std::pair{0, 1}, std::pair{4, 16}, std::pair{1, 2},
+                            std::pair{3, 5}, std::pair{2, 17}, std::pair{4, 1}}) {
+          ctx_of.insert(ctx_of.end(), n, c);
+        }
+        Case cs;
+        cs.hq = hq;
+        cs.hkv = hkv;
+        cs.d = d;
+        cs.policy = policy;
+        cs.reduce = reduce;
+        cs.budgets = {0.125f, 0.0f, 0.03125f, 0.5f, 1.0f};
+        cs.grouped_graph = policy == SqueezePolicy::kThreshold;
+        RunAndCompare(cs, ctx, ctx_of, seed++);
+      }
+    }
+  }
+  // GQA 1 puts 64 requests on a block: a group of 67 is cut into two sub-groups.
+  std::vector<HostContext> ctx;
+  ctx.push_back(MakeContext(4, 128, 129, 0, 4, 7, seed++, 40, 2.0f, false));
+  ctx.push_back(MakeContext(4, 128, 1000, 0, 4, 7, seed++, 40, 2.0f, false));
+  std::vector<int> ctx_of(67, 1);
+  ctx_of.push_back(0);
+  Case cs;
+  cs.hq = 4;
+  cs.hkv = 4;
+  cs.budgets = {0.125f, 0.25f};
+  RunAndCompare(cs, ctx, ctx_of, seed++);
 }
 
 TEST_CASE("SqueezeSelect budgets 0, 1 and in between, and budgets per request", "[cuda]") {
@@ -369,6 +458,14 @@ TEST_CASE("SqueezeSelect rejects bad shapes and out-of-range settings", "[squeez
   q = p;
   q.q = nullptr;
   expect(q, StatusCode::kInvalidArgument, "null q");
+  q = p;
+  q.group_starts = static_cast<const int32_t*>(any);
+  q.num_groups = 3;  // more groups than requests
+  q.max_group_size = 1;
+  expect(q, StatusCode::kInvalidArgument, "num_groups");
+  q.num_groups = 1;
+  q.max_group_size = 0;
+  expect(q, StatusCode::kInvalidArgument, "max_group_size");
   q = p;
   q.q_stride = 32 * 128 + 4;
   expect(q, StatusCode::kInvalidArgument, "multiple of 8");
