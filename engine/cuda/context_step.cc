@@ -97,6 +97,25 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
       o.in_place =
           c.items[j] == static_cast<int32_t>(j) && L.items[j].row0 == static_cast<int64_t>(j);
     }
+    if (s_.group_lookups && !c.lookup.hierarchical) {
+      // Runs of adjacent items over one context (the kernel needs a group's views to agree).
+      std::vector<int32_t> starts = {0};
+      for (size_t j = 1; j < n; ++j) {
+        if (contexts[c.items[j]].device != contexts[c.items[j - 1]].device) {
+          starts.push_back(static_cast<int32_t>(j));
+        }
+      }
+      starts.push_back(static_cast<int32_t>(n));
+      const int32_t groups = static_cast<int32_t>(starts.size()) - 1;
+      if (groups < static_cast<int32_t>(n)) {
+        o.groups = Take(&host_, starts.size() * 4);
+        std::memcpy(&At<int32_t>(host_, o.groups)[0], starts.data(), starts.size() * 4);
+        o.num_groups = groups;
+        for (int32_t g = 0; g < groups; ++g) {
+          o.max_group = std::max(o.max_group, starts[g + 1] - starts[g]);
+        }
+      }
+    }
     class_offsets_.push_back(o);
   }
 
@@ -207,8 +226,8 @@ Status ContextStep<T>::PrepareSparsePrefill(const StepLayout& L) {
       const StepContext& c = contexts_[i];
       if (c.device == nullptr || !SqueezedPrefill::Applies(c.query, *c.device)) continue;
       if (used == sparse_prefill_.size()) {
-        sparse_prefill_.push_back(std::make_unique<SqueezedPrefill>(SqueezedPrefill::Shape{
-            s_.q_heads, s_.kv_heads, s_.head_dim, s_.layers, s_.num_sms}));
+        sparse_prefill_.push_back(std::make_unique<SqueezedPrefill>(
+            SqueezedPrefill::Shape{s_.q_heads, s_.kv_heads, s_.head_dim, s_.layers, s_.num_sms}));
       }
       SQZ_RETURN_IF_ERROR(sparse_prefill_[used]->Prepare(*c.device, c.query, L.items[i].n,
                                                          L.items[i].cached, stream_));
@@ -241,7 +260,8 @@ void ContextStep<T>::GraphSignature(std::vector<int64_t>* sig) const {
          c.max_coarse, c.select.fine_chunks, c.select.block_rows, c.select.coarse_chunks,
          c.select.max_segments, static_cast<int64_t>(c.select.workspace_bytes),
          static_cast<int64_t>(o.rows), static_cast<int64_t>(o.values),
-         static_cast<int64_t>(o.views), o.in_place});
+         static_cast<int64_t>(o.views), o.in_place, static_cast<int64_t>(o.groups), o.num_groups,
+         o.max_group});
   }
 }
 
@@ -323,6 +343,11 @@ Status ContextStep<T>::Select(const StepLayout& L, int layer, const Buffers& b) 
     p.coarse_coverage = c.lookup.coarse_coverage;
     p.max_clusters = c.max_clusters;
     p.max_coarse = c.lookup.hierarchical ? c.max_coarse : 0;
+    if (o.num_groups > 0) {
+      p.group_starts = reinterpret_cast<const int32_t*>(meta + o.groups);
+      p.num_groups = o.num_groups;
+      p.max_group_size = o.max_group;
+    }
     const cuda::SqueezeSelectPlan plan = cuda::PlanSqueezeSelect(p, s_.num_sms);
     if (o.in_place && plan.max_segments != plan_.full_max_segments) {
       return InternalError("ContextStep: a lookup's segment capacity differs from its plan's");
@@ -382,9 +407,8 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, out, q_dim, st_own, stream_));
   if (sparse_of_[i] >= 0) {
     // SQUEEZED: each block of query tokens attends to its selected context rows only.
-    SQZ_RETURN_IF_ERROR(
-        sparse_prefill_[sparse_of_[i]]->Run(layer, p.q, p.q_token_stride, ctx_o, q_dim, st_ctx,
-                                            stream_));
+    SQZ_RETURN_IF_ERROR(sparse_prefill_[sparse_of_[i]]->Run(layer, p.q, p.q_token_stride, ctx_o,
+                                                            q_dim, st_ctx, stream_));
     return cuda::MergeAttentionPartials<bf16>(out, st_own, ctx_o, st_ctx, item.n * s_.q_heads, d,
                                               stream_);
   }

@@ -2,9 +2,10 @@
 // (a resident DeviceContext), per layer:
 //   1. SQUEEZED decode items: per lookup class (context_plan.h), their query rows are gathered, one
 //      SqueezeSelect runs over them (batched across requests and contexts, per-request budget or
-//      threshold), and the selections are scattered into the step's per-decode-item segment lists
-//      (a class of every decode item in order, as at batch 1, skips the gather and the scatter);
-//      DENSE items get one segment covering their whole context, items without one get none.
+//      threshold; with Shape::group_lookups, adjacent requests over one context scored together),
+//      and the selections are scattered into the step's per-decode-item segment lists (a class of
+//      every decode item in order, as at batch 1, skips the gather and the scatter); DENSE items
+//      get one segment covering their whole context, items without one get none.
 //   2. bf16 decode items: one DecodeAttention over [context (dense rows, or the segment lists when
 //      any item is SQUEEZED)] + [own tokens in the paged pool], split-K.
 //   3. bf16 prefill items (several new tokens) with a context: PrefillAttention non-causal over
@@ -68,6 +69,10 @@ class ContextStep {
     // Key splits of the dense context part of a prefill item (CudaBackendOptions has the same
     // field): 0 lets cuda::PlanPrefillAttention choose, 1 never splits, n > 1 forces n.
     int context_prefill_kv_splits = 0;
+    // SQUEEZED decode items of one lookup class that are adjacent in it and share a context are
+    // scored together (SqueezeSelectParams::group_starts: the context's centroids read once per
+    // group instead of once per request; flat lookups; the selections are bit-identical).
+    bool group_lookups = false;
   };
   // The backend's buffers a step's attention reads and writes (device memory).
   struct Buffers {
@@ -89,6 +94,8 @@ class ContextStep {
   void set_sparse_prefill(bool on) { s_.sparse_prefill = on; }
   // The same for Shape::context_prefill_kv_splits (>= 0).
   void set_context_prefill_kv_splits(int splits) { s_.context_prefill_kv_splits = splits; }
+  // The same for Shape::group_lookups.
+  void set_group_lookups(bool on) { s_.group_lookups = on; }
   ContextStep(const ContextStep&) = delete;
   ContextStep& operator=(const ContextStep&) = delete;
   ~ContextStep();
@@ -108,6 +115,10 @@ class ContextStep {
     // The class is every decode item in row order (always so at batch 1) and T is bf16: its
     // lookup reads the query rows in place and writes the step's lists (no gather, no scatter).
     bool in_place = false;
+    // Shape::group_lookups: runs of adjacent items over one context, as group_starts [num_groups
+    // + 1] at `groups`; num_groups 0 when no run is longer than one item (per-request scoring).
+    size_t groups = 0;
+    int32_t num_groups = 0, max_group = 0;
   };
   Status Grow(DeviceMemory* m, size_t bytes, const char* what);
   Status Select(const StepLayout& L, int layer, const Buffers& b);
@@ -122,7 +133,7 @@ class ContextStep {
   // The full selection as DecodeAttention (and the simple kernel) read it.
   cuda::ContextSegments FullSegments() const;
 
-  Shape s_;  // fixed at construction but for sparse_prefill (set_sparse_prefill)
+  Shape s_;  // fixed at construction but for the fields the set_* calls above change
   cudaStream_t stream_;
   std::span<const StepContext> contexts_;  // the current step's
   std::vector<ContextItemFacts> facts_;    // ... as the planner sees them

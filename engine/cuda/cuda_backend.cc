@@ -104,6 +104,7 @@ class ForwardImpl final : public CudaBackend::Impl {
   CudaBackend::GraphStats graph_stats() const override { return graph_stats_; }
   void set_cuda_graphs(bool on) override { graphs_on_ = on; }
   void set_sparse_prefill(bool on) override { ctx_step_->set_sparse_prefill(on); }
+  void set_group_context_lookups(bool on) override { ctx_step_->set_group_lookups(on); }
   void set_context_prefill_kv_splits(int splits) override {
     ctx_step_->set_context_prefill_kv_splits(splits);
   }
@@ -241,6 +242,7 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
   cs.decode_kernel_fits = impl->DecodeKernelFits();
   cs.sparse_prefill = options.sparse_prefill;
   cs.context_prefill_kv_splits = options.context_prefill_kv_splits;
+  cs.group_lookups = options.group_context_lookups;
   impl->ctx_step_ = std::make_unique<ContextStep<T>>(cs, impl->stream_);
   SQZ_ASSIGN_OR_RETURN(impl->sampler_, DeviceSampler::Create(impl->logit_rows_, config.vocab,
                                                              options.max_penalty_tokens));
@@ -778,6 +780,7 @@ CudaBackend::GraphStats CudaBackend::graph_stats() const { return impl_->graph_s
 
 void CudaBackend::set_cuda_graphs(bool on) { impl_->set_cuda_graphs(on); }
 void CudaBackend::set_sparse_prefill(bool on) { impl_->set_sparse_prefill(on); }
+void CudaBackend::set_group_context_lookups(bool on) { impl_->set_group_context_lookups(on); }
 void CudaBackend::set_context_prefill_kv_splits(int splits) {
   SQZ_CHECK_GE(splits, 0);
   impl_->set_context_prefill_kv_splits(splits);

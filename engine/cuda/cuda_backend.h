@@ -127,6 +127,12 @@ struct CudaBackendOptions {
   // launch, the fallback); n > 1 forces n splits (tests). Splits cost a workspace of
   // splits x prompt tokens x q_heads x head_dim fp32 (~16 MiB for 256 tokens of Llama-3-8B).
   int context_prefill_kv_splits = 0;
+  // SQUEEZED decode requests over the same resident context that are adjacent in a step's lookup
+  // are scored together (kernels/cuda/squeeze_select.h, "Shared contexts": the context's centroids
+  // read once per group instead of once per request; bit-identical selections; flat lookups).
+  // The kernel is measured (docs/benchmarks/squeeze_gpu.md, run 8: scoring 3-9x faster at batch
+  // 16 over one context); this wiring has not yet run on a GPU, so it is off by default.
+  bool group_context_lookups = false;
   // bf16 linear layers at <= 8 rows (decode) run kernels/cuda/gemv's streaming kernel: one wave
   // of persistent blocks, launched as a programmatic dependent of the kernel before it (its first
   // weight loads overlap that kernel's tail). Off (the default): the warp-per-feature kernel. The
@@ -192,6 +198,8 @@ class CudaBackend : public Backend {
   void set_sparse_prefill(bool on);
   // The same for options.context_prefill_kv_splits (>= 0).
   void set_context_prefill_kv_splits(int splits);
+  // The same for options.group_context_lookups.
+  void set_group_context_lookups(bool on);
   // Switches the linear layers' GEMV (options.streaming_gemv) from the next step on; drops the
   // captured graphs, which hold the kernels. Benchmarks compare both on one backend.
   void set_streaming_gemv(bool on);

@@ -40,6 +40,7 @@ class CudaBackend::Impl {
   virtual void set_cuda_graphs(bool on) = 0;
   virtual void set_sparse_prefill(bool on) = 0;
   virtual void set_context_prefill_kv_splits(int splits) = 0;
+  virtual void set_group_context_lookups(bool on) = 0;
   virtual void set_streaming_gemv(bool on) = 0;
 };
 

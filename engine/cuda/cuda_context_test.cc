@@ -255,9 +255,10 @@ Outcome Compare(Backend& cpu, Backend& gpu, const std::vector<Request>& reqs, in
   return out;
 }
 
-// Runs the same steps on `eager` (CUDA graphs off) and `graphed` (on): `reqs` prefilled in one
-// step, then `steps` decode steps of seeded tokens. Every step's logits must be bit-identical.
-// Returns the graphed backend's replays during the decode steps.
+// Runs the same steps on two backends that must agree bit for bit, e.g. `eager` (CUDA graphs off)
+// and `graphed` (on): `reqs` prefilled in one step, then `steps` decode steps of seeded tokens.
+// Every step's logits must be bit-identical. Returns the second backend's graph replays during the
+// decode steps.
 int64_t RunTwins(CudaBackend& eager, CudaBackend& graphed, const std::vector<Request>& reqs,
                  int steps, uint32_t seed) {
   const int64_t vocab = eager.config().vocab;
@@ -374,6 +375,40 @@ TEST_CASE("CudaBackend contexts: CUDA-graph decode steps equal eager ones bit fo
     // At least one graph per lookup mix and per grown buffer (equal signatures may share one).
     CHECK(gs.captured >= 5);
   }
+}
+
+// Lookups of decode requests over one context scored together (group_context_lookups) select
+// exactly what per-request lookups select, so every step's logits are bit-identical, with CUDA
+// graphs on: the grouping is part of a step's graph signature, so a step of the same sizes grouped
+// otherwise (the second phase) must not replay the first phase's graph.
+TEST_CASE("CudaBackend contexts: lookups grouped by context equal per-request ones bit for bit") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const Model m = RandomModel(91);
+  // a and c: the same shape (the same plan), different keys.
+  const ContextSnapshot a = Ingest(m, 500, 1), c = Ingest(m, 500, 3);
+  auto a_dense = Attn(a, AttentionMode::kDense);
+  auto a_sq = Attn(a, AttentionMode::kSqueezed, 0.25);
+  auto c_dense = Attn(c, AttentionMode::kDense);
+  auto c_sq = Attn(c, AttentionMode::kSqueezed, 0.25);
+  auto a_hier = MakeContextAttention(a, Hierarchical()).value();
+  auto plain = MakeCuda(m, CudaDType::kBf16);
+  auto grouped = MakeCuda(m, CudaDType::kBf16);
+  grouped->set_group_context_lookups(true);
+  // The flat class: a a a c c a (groups of 3, 2, 1); the hierarchical request is never grouped.
+  const std::vector<Request> runs = {
+      {a_dense.get(), a_sq.get(), 5},  {a_dense.get(), a_sq.get(), 9},
+      {a_dense.get(), a_sq.get(), 3},  {c_dense.get(), c_sq.get(), 4},
+      {c_dense.get(), c_sq.get(), 7},  {a_dense.get(), a_sq.get(), 2},
+      {a_dense.get(), a_hier.get(), 6}};
+  RunTwins(*plain, *grouped, runs, 6, 31);
+  // The same sizes, grouped otherwise: a c a c c a (five groups, the largest of 2).
+  const std::vector<Request> mixed = {
+      {a_dense.get(), a_sq.get(), 5},  {c_dense.get(), c_sq.get(), 9},
+      {a_dense.get(), a_sq.get(), 3},  {c_dense.get(), c_sq.get(), 4},
+      {c_dense.get(), c_sq.get(), 7},  {a_dense.get(), a_sq.get(), 2},
+      {a_dense.get(), a_hier.get(), 6}};
+  const int64_t replays = RunTwins(*plain, *grouped, mixed, 6, 32);
+  CHECK(replays >= 3);
 }
 
 TEST_CASE("CudaBackend contexts on stories260K: DENSE matches the CPU (fp32 1e-4, bf16 2e-2)") {
