@@ -201,11 +201,11 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
   }
   if (plan_.max_prefill_rows > 0) {
     const size_t rows = static_cast<size_t>(plan_.max_prefill_rows) * s_.q_heads;
-    SQZ_RETURN_IF_ERROR(Grow(&prefill_,
-                             Align(rows * s_.head_dim * sizeof(T)) +
-                                 2 * Align(rows * sizeof(cpu::AttentionPartial)) +
-                                 prefill_ws_bytes_,
-                             "context prefill partials"));
+    off_pf_ctx_stats_ = Align(rows * s_.head_dim * sizeof(T));
+    off_pf_own_stats_ = off_pf_ctx_stats_ + Align(rows * sizeof(cpu::AttentionPartial));
+    off_pf_ws_ = off_pf_own_stats_ + Align(rows * sizeof(cpu::AttentionPartial));
+    SQZ_RETURN_IF_ERROR(
+        Grow(&prefill_, off_pf_ws_ + prefill_ws_bytes_, "context prefill partials"));
   }
   // The copy is ordered on the stream after the previous step's kernels, which read meta_.
   std::memcpy(pinned_[st].get(), host_.data(), host_.size());
@@ -396,14 +396,11 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   p.q_offset = item.cached;
   bf16* out = reinterpret_cast<bf16*>(b.attn) + item.row0 * q_dim;
   if (dc == nullptr) return cuda::PrefillAttention<bf16>(p, out, q_dim, nullptr, stream_);
-  const size_t rows = static_cast<size_t>(plan_.max_prefill_rows) * s_.q_heads;
   char* base = prefill_.get<char>();
   bf16* ctx_o = reinterpret_cast<bf16*>(base);
-  auto* st_ctx = reinterpret_cast<cpu::AttentionPartial*>(base + Align(rows * d * sizeof(T)));
-  auto* st_own = reinterpret_cast<cpu::AttentionPartial*>(
-      base + Align(rows * d * sizeof(T)) + Align(rows * sizeof(cpu::AttentionPartial)));
-  void* split_ws =
-      base + Align(rows * d * sizeof(T)) + 2 * Align(rows * sizeof(cpu::AttentionPartial));
+  auto* st_ctx = reinterpret_cast<cpu::AttentionPartial*>(base + off_pf_ctx_stats_);
+  auto* st_own = reinterpret_cast<cpu::AttentionPartial*>(base + off_pf_own_stats_);
+  void* split_ws = base + off_pf_ws_;
   SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, out, q_dim, st_own, stream_));
   if (sparse_of_[i] >= 0) {
     // SQUEEZED: each block of query tokens attends to its selected context rows only.

@@ -153,6 +153,9 @@ class ContextStep {
   // workspace (the largest of the step's dense context prefills).
   DeviceMemory prefill_;
   size_t prefill_ws_bytes_ = 0;
+  // Byte offsets in prefill_ (set by Prepare): the context's (m, l), the own tokens' (m, l), the
+  // key-split workspace; the context partial starts at 0.
+  size_t off_pf_ctx_stats_ = 0, off_pf_own_stats_ = 0, off_pf_ws_ = 0;
   // Sparse prefill (Shape::sparse_prefill): one SqueezedPrefill per prefill item of the step that
   // runs sparse (reused across steps); sparse_of_[item] indexes it, -1 for dense context rows.
   std::vector<std::unique_ptr<SqueezedPrefill>> sparse_prefill_;
