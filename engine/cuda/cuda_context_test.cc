@@ -392,6 +392,7 @@ TEST_CASE("CudaBackend contexts: lookups grouped by context equal per-request on
   auto c_sq = Attn(c, AttentionMode::kSqueezed, 0.25);
   auto a_hier = MakeContextAttention(a, Hierarchical()).value();
   auto plain = MakeCuda(m, CudaDType::kBf16);
+  plain->set_group_context_lookups(false);
   auto grouped = MakeCuda(m, CudaDType::kBf16);
   grouped->set_group_context_lookups(true);
   // The flat class: a a a c c a (groups of 3, 2, 1); the hierarchical request is never grouped.
