@@ -60,15 +60,15 @@ def context_ids(enc: Encoder, doc: tasks.Document) -> List[int]:
 
 def build_sequence(enc: Encoder, doc_seed: int, length: int,
                    needle_share: float = NEEDLE_SHARE, twohop_share: float = TWOHOP_SHARE,
-                   max_facts: Optional[int] = None
+                   max_facts: Optional[int] = None, variant: str = "grid"
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training sequence: ids [L] int64, ans_mask [L] bool, valid [L] bool. max_facts caps the
-    fact sentences of its document (tasks.generate)."""
+    fact sentences of its document, variant picks its entities (tasks.generate)."""
     n_qa = qa_count(length)
     kind = "needle" if random.Random(doc_seed ^ 0x5EED).random() < needle_share else "facts"
     doc = tasks.generate(doc_seed, length - n_qa * QA_RESERVE, n_questions=n_qa,
                          count_tokens=enc.count, kind=kind, twohop_share=twohop_share,
-                         max_facts=max_facts)
+                         max_facts=max_facts, variant=variant)
     ids = context_ids(enc, doc)
     ans = [False] * len(ids)
     for q in doc.questions:
@@ -98,23 +98,24 @@ def init_worker(model_file: str) -> None:
 
 
 def make_batch(spec: tuple) -> Tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """spec = (base_seed, step, length, batch[, max_facts]) -> (step, ids [B, L], ans_mask,
-    valid)."""
+    """spec = (base_seed, step, length, batch[, max_facts[, variant, twohop_share]]) -> (step,
+    ids [B, L], ans_mask, valid)."""
     base_seed, step, length, batch = spec[:4]
     max_facts = spec[4] if len(spec) > 4 else None
+    variant, twohop_share = spec[5:7] if len(spec) > 6 else ("grid", TWOHOP_SHARE)
     rows = [build_sequence(_ENC, tasks.train_seed(base_seed, step, b), length,
-                           max_facts=max_facts)
+                           twohop_share=twohop_share, max_facts=max_facts, variant=variant)
             for b in range(batch)]
     return (step, np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
             np.stack([r[2] for r in rows]))
 
 
-def eval_items(enc: Encoder, length: int, n_docs: int, n_questions: int
-               ) -> List[Tuple[tasks.Document, List[int]]]:
+def eval_items(enc: Encoder, length: int, n_docs: int, n_questions: int,
+               variant: str = "grid") -> List[Tuple[tasks.Document, List[int]]]:
     """Held-out documents whose context (<s> + document) is at most length - 64 tokens."""
     out = []
     for i in range(n_docs):
         doc = tasks.generate(tasks.heldout_seed(length, i), length - EVAL_QUERY_RESERVE,
-                             n_questions=n_questions, count_tokens=enc.count)
+                             n_questions=n_questions, count_tokens=enc.count, variant=variant)
         out.append((doc, context_ids(enc, doc)))
     return out

@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data  # noqa: E402
+import tasks  # noqa: E402
 
 
 def main() -> None:
@@ -29,12 +30,15 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=0,
                     help="skip the first documents of each length (extending an earlier set)")
     ap.add_argument("--questions", type=int, default=8, help="questions per document")
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+                    help="the documents' entities and facts (tasks.VARIANTS)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     enc = data.Encoder(os.path.join(a.tokenizer, "tokenizer.model"))
     with open(a.out, "w") as f:
         for length in (int(x) for x in a.lengths.split(",")):
-            for doc, ctx in data.eval_items(enc, length, a.first + a.docs, a.questions)[a.first:]:
+            for doc, ctx in data.eval_items(enc, length, a.first + a.docs, a.questions,
+                                             a.task_variant)[a.first:]:
                 f.write(json.dumps({
                     "length": length, "seed": doc.seed, "kind": doc.kind,
                     "context_tokens": len(ctx), "document": doc.text,

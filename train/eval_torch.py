@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=16)
     ap.add_argument("--questions", type=int, default=8)
     ap.add_argument("--log", default="")
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+                    help="the documents' entities and facts (tasks.VARIANTS)")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = train.load_exported(a.model, device)
@@ -35,7 +37,7 @@ def main() -> None:
     log = open(a.log, "w") if a.log else None
     for length in (int(x) for x in a.lengths.split(",")):
         ok = n = 0
-        for doc, ctx in data.eval_items(enc, length, a.docs, a.questions):
+        for doc, ctx in data.eval_items(enc, length, a.docs, a.questions, a.task_variant):
             with torch.no_grad():
                 _, past = model(torch.tensor([ctx], device=device))
             for q in doc.questions:

@@ -41,6 +41,15 @@ FIRST_NAMES = ["Mira", "Tomas", "Helena", "Jonas", "Ada", "Oskar", "Lena", "Pave
                "Yara", "Anton", "Carla", "Dario", "Freya", "Ivo"]
 LAST_NAMES = ["Okafor", "Varga", "Brandt", "Lind", "Moreau", "Novak", "Castillo", "Berg",
               "Kowalski", "Santos", "Holm", "Duarte", "Fischer", "Ivanova", "Keller", "Rossi"]
+# More names for the "distinct" variants (the "grid" documents draw from the lists above only).
+EXTRA_COLOURS = ["scarlet", "indigo", "ivory", "bronze", "copper", "jade", "olive", "rose", "teal",
+                 "navy", "ochre", "coral", "azure", "ruby", "emerald", "ebony"]
+EXTRA_LANDMARKS = ["abbey", "aqueduct", "armoury", "belfry", "cathedral", "citadel", "dockyard",
+                   "granary", "manor", "museum", "palace", "pavilion", "rotunda", "shrine",
+                   "stable", "warehouse"]
+EXTRA_FIRST_NAMES = ["Bruno", "Clara", "Dmitri", "Elena", "Felix", "Hanna", "Igor", "Julia"]
+EXTRA_LAST_NAMES = ["Alvarez", "Bauer", "Costa", "Dahl", "Engel", "Ferreira", "Gallo", "Haas",
+                    "Jensen", "Kovac", "Lopez", "Meyer", "Nilsen", "Ortiz", "Petrov", "Quinn"]
 CITIES = ["Marlow", "Stonehaven", "Kestrel", "Ashford", "Brindle", "Corvale", "Dunmere",
           "Elmsworth", "Fallow", "Glenrock", "Harrow", "Ivybridge", "Juniper", "Kettleby",
           "Larkspur", "Moorfield", "Northam", "Oakhurst", "Pennick", "Quarry", "Redwick",
@@ -53,12 +62,12 @@ class Attribute:
     entity_kind: str            # "place" or "person"
     templates: Sequence[str]    # fact sentences with {e} (entity) and {v} (value)
     question: str               # question with {e}
-    value: Callable[[random.Random], str]
+    value: Callable[[random.Random, Sequence[str]], str]  # (rng, the first names in use)
 
 
-def _digits(n: int) -> Callable[[random.Random], str]:
+def _digits(n: int) -> Callable[[random.Random, Sequence[str]], str]:
     lo, hi = 10 ** (n - 1), 10 ** n - 1
-    return lambda r: str(r.randint(lo, hi))
+    return lambda r, _names: str(r.randint(lo, hi))
 
 
 ATTRIBUTES: List[Attribute] = [
@@ -69,18 +78,18 @@ ATTRIBUTES: List[Attribute] = [
     Attribute("keeper", "place",
               ["The keeper of the {e} is {v}.", "The {e} is kept by {v}.",
                "The {e} is looked after by {v}."],
-              "Who is the keeper of the {e}?", lambda r: r.choice(FIRST_NAMES)),
+              "Who is the keeper of the {e}?", lambda r, names: r.choice(names)),
     Attribute("year", "place",
               ["The {e} was built in {v}.", "Builders finished the {e} in {v}.",
                "The {e} dates from {v}."],
-              "In which year was the {e} built?", lambda r: str(r.randint(1600, 1999))),
+              "In which year was the {e} built?", lambda r, _names: str(r.randint(1600, 1999))),
     Attribute("locker", "person",
               ["The locker number of {e} is {v}.", "{e} uses locker {v}.",
                "{e} has locker {v}."],
               "What is the locker number of {e}?", _digits(3)),
     Attribute("city", "person",
               ["{e} lives in {v}.", "The home town of {e} is {v}.", "{e} moved to {v} long ago."],
-              "Where does {e} live?", lambda r: r.choice(CITIES)),
+              "Where does {e} live?", lambda r, _names: r.choice(CITIES)),
     Attribute("phone", "person",
               ["The phone extension of {e} is {v}.", "{e} answers at extension {v}.",
                "Call {e} at extension {v}."],
@@ -177,6 +186,49 @@ def approx_tokens(sentence: str) -> int:
     return int(len(sentence.split()) * 1.4) + 1
 
 
+# Which entities a document names and which facts it states about them (generate's `variant`):
+#   grid: a sub-grid of colours x landmarks and of first x last names, every (entity, attribute)
+#     pair a candidate fact, so most facts have near-miss distractors (an entity sharing a word);
+#     facts fill the first part of a long document. The committed model's documents (run 2).
+#   distinct: entities share no word (no two places share a colour or a landmark, no two people a
+#     first or a last name), each has exactly one fact of an attribute of its kind drawn at
+#     random, and the facts are spread over the whole document (run 7).
+#   distinct-one-attribute: as distinct, but all places of a document have the same attribute and
+#     all people theirs, so the attribute asked for does not narrow down the facts: only the name
+#     does (run 8).
+VARIANTS = ("grid", "distinct", "distinct-one-attribute")
+
+
+def _candidates(r: random.Random, variant: str) -> tuple:
+    """(places, people, candidate facts as (entity, Attribute) in the order they are stated)."""
+    if variant == "grid":
+        places = [f"{c} {l}" for c in r.sample(COLOURS, r.randint(3, 8))
+                  for l in r.sample(LANDMARKS, r.randint(3, 8))]
+        people = [f"{f} {l}" for f in r.sample(FIRST_NAMES, r.randint(3, 6))
+                  for l in r.sample(LAST_NAMES, r.randint(3, 6))]
+        candidates = [(ent, attr) for attr in ATTRIBUTES
+                      for ent in (places if attr.entity_kind == "place" else people)]
+        r.shuffle(candidates)
+        return places, people, candidates
+    colours, landmarks = COLOURS + EXTRA_COLOURS, LANDMARKS + EXTRA_LANDMARKS
+    firsts, lasts = FIRST_NAMES + EXTRA_FIRST_NAMES, LAST_NAMES + EXTRA_LAST_NAMES
+    n_places = r.randint(8, min(len(colours), len(landmarks)))
+    places = [f"{c} {l}" for c, l in zip(r.sample(colours, n_places),
+                                         r.sample(landmarks, n_places))]
+    n_people = r.randint(8, min(len(firsts), len(lasts)))
+    people = [f"{f} {l}" for f, l in zip(r.sample(firsts, n_people), r.sample(lasts, n_people))]
+    place_attrs = [a for a in ATTRIBUTES if a.entity_kind == "place"]
+    person_attrs = [a for a in ATTRIBUTES if a.entity_kind == "person"]
+    if variant == "distinct":
+        candidates = ([(e, r.choice(place_attrs)) for e in places] +
+                      [(e, r.choice(person_attrs)) for e in people])
+    else:
+        place_attr, person_attr = r.choice(place_attrs), r.choice(person_attrs)
+        candidates = [(e, place_attr) for e in places] + [(e, person_attr) for e in people]
+    r.shuffle(candidates)
+    return places, people, candidates
+
+
 def _fact_sentence(r: random.Random, attr: Attribute, entity: str, value: str) -> str:
     return _cap(r.choice(attr.templates).format(e=entity, v=value))
 
@@ -184,7 +236,7 @@ def _fact_sentence(r: random.Random, attr: Attribute, entity: str, value: str) -
 def generate(seed: int, target_tokens: int, n_questions: int = 8,
              count_tokens: Optional[Callable[[str], int]] = None,
              kind: Optional[str] = None, twohop_share: float = 0.15,
-             max_facts: Optional[int] = None) -> Document:
+             max_facts: Optional[int] = None, variant: str = "grid") -> Document:
     """One document of at most target_tokens tokens (1 for <s> plus count_tokens of each
     sentence), filled to within one sentence of it, with up to n_questions questions, all drawn
     from `seed`.
@@ -195,6 +247,7 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
     the one relation sentence that starts from the asked place.
     max_facts (facts documents): at most this many fact sentences, spread over the whole document
     (a training curriculum grows it; None: no cap, the documents of the benchmark).
+    variant: which entities and facts (VARIANTS, described above them).
     """
     if max_facts is not None and max_facts < 1:
         raise ValueError(f"max_facts must be >= 1, got {max_facts}")
@@ -202,6 +255,8 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
         raise ValueError(f"target_tokens must be >= 64, got {target_tokens}")
     if n_questions < 1:
         raise ValueError(f"n_questions must be >= 1, got {n_questions}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     count = count_tokens or approx_tokens
     r = random.Random(seed)
     if kind is None:
@@ -209,20 +264,12 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
     if kind not in ("facts", "needle"):
         raise ValueError(f"kind must be 'facts' or 'needle', got {kind!r}")
 
-    # Entities of this document: a sub-grid of colours x landmarks (so many share a colour or a
-    # landmark) and people sharing first or last names.
-    places = [f"{c} {l}" for c in r.sample(COLOURS, r.randint(3, 8))
-              for l in r.sample(LANDMARKS, r.randint(3, 8))]
-    people = [f"{f} {l}" for f in r.sample(FIRST_NAMES, r.randint(3, 6))
-              for l in r.sample(LAST_NAMES, r.randint(3, 6))]
-    # Candidate facts, each (entity, attribute) at most once.
-    candidates = [(ent, attr) for attr in ATTRIBUTES
-                  for ent in (places if attr.entity_kind == "place" else people)]
-    r.shuffle(candidates)
+    places, people, candidates = _candidates(r, variant)
+    first_names = FIRST_NAMES + (EXTRA_FIRST_NAMES if variant != "grid" else [])  # keepers too
 
     def new_fact(i: int) -> tuple:
         ent, attr = candidates[i]
-        value = attr.value(r)
+        value = attr.value(r, first_names)
         return _fact_sentence(r, attr, ent, value), Fact(ent, attr.name, value, -1)
 
     budget = target_tokens - 1  # minus <s>
@@ -243,8 +290,9 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
         fact_share = r.uniform(0.15, 0.5)
         n_facts = len(candidates)
         if max_facts is not None:
-            # About max_facts facts over the whole document (about 12 tokens per sentence).
             n_facts = min(n_facts, max_facts)
+        if max_facts is not None or variant != "grid":
+            # About n_facts facts over the whole document (about 12 tokens per sentence).
             fact_share = min(fact_share, n_facts * 12 / budget)
         ci = 0
         related = set()

@@ -30,11 +30,12 @@ import tasks  # noqa: E402
 METASPACE = "\u2581"
 
 
-def corpus_lines(n_docs: int, seed: int) -> List[str]:
+def corpus_lines(n_docs: int, seed: int, variant: str = "grid") -> List[str]:
     """Sentences, questions and answers of n_docs training documents (lengths 256..4096)."""
     lines: List[str] = []
     for i in range(n_docs):
-        doc = tasks.generate(tasks.train_seed(seed, 10**6, i), 256 << (i % 5), n_questions=8)
+        doc = tasks.generate(tasks.train_seed(seed, 10**6, i), 256 << (i % 5), n_questions=8,
+                             variant=variant)
         lines.extend(doc.sentences)
         for q in doc.questions:
             lines.append(tasks.query_text(q.question) + " " + q.answer)
@@ -131,10 +132,10 @@ TOKENIZER_CONFIG = {
 }
 
 
-def build(out_dir: str, vocab: int, n_docs: int, seed: int) -> None:
+def build(out_dir: str, vocab: int, n_docs: int, seed: int, variant: str = "grid") -> None:
     os.makedirs(out_dir, exist_ok=True)
     prefix = os.path.join(out_dir, "tokenizer")
-    train_sentencepiece(corpus_lines(n_docs, seed), vocab, prefix)
+    train_sentencepiece(corpus_lines(n_docs, seed, variant), vocab, prefix)
     os.remove(prefix + ".vocab")
     with open(os.path.join(out_dir, "tokenizer.json"), "w") as f:
         json.dump(to_tokenizer_json(prefix + ".model"), f, ensure_ascii=False, indent=None)
@@ -148,8 +149,10 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+                    help="the documents it is trained on (tasks.VARIANTS)")
     a = ap.parse_args()
-    build(a.out, a.vocab, a.docs, a.seed)
+    build(a.out, a.vocab, a.docs, a.seed, a.task_variant)
 
 
 if __name__ == "__main__":

@@ -246,13 +246,13 @@ def answer(model: Llama, past, start: int, query: List[int], device, max_tokens:
 
 @torch.no_grad()
 def evaluate(model: Llama, enc: data.Encoder, lengths: List[int], n_docs: int,
-             n_questions: int, device, fh=None) -> Dict[str, dict]:
+             n_questions: int, device, fh=None, variant: str = "grid") -> Dict[str, dict]:
     results = {}
     for L in lengths:
         per_kind: Dict[str, List[int]] = {}
         t0 = time.perf_counter()
         misses = []
-        for doc, ctx in data.eval_items(enc, L, n_docs, n_questions):
+        for doc, ctx in data.eval_items(enc, L, n_docs, n_questions, variant):
             _, past = model(torch.tensor([ctx], device=device))
             for q in doc.questions:
                 got = enc.decode(answer(model, past, len(ctx),
@@ -309,6 +309,11 @@ def main() -> None:
     ap.add_argument("--shape", default="",
                     help="model shape overrides, e.g. hidden_size=384,num_hidden_layers=6 "
                          "(fields of model.Config; the default is the 5-layer, 256-wide model)")
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+                    help="entities and facts of the documents, trained and evaluated on "
+                         "(tasks.VARIANTS; the tokenizer should be trained on the same)")
+    ap.add_argument("--twohop-share", type=float, default=data.TWOHOP_SHARE,
+                    help="training questions that are two-hop ones (where a document allows)")
     ap.add_argument("--curriculum", choices=("fixed", "gated"), default="fixed",
                     help="fixed: lengths by share of the steps (runs 1-4); gated: stages of "
                          "(length, facts) advanced by answer accuracy (curriculum.py; needs "
@@ -403,6 +408,7 @@ def main() -> None:
         opt.load_state_dict(ck["opt"])
         first, total = ck["step"], ck["total"]
         log(f"resumed at step {first} of {total}", fh)
+    task = (args.task_variant, args.twohop_share)  # the documents' generator options
     gated = None
     if args.curriculum == "gated":
         gated = GatedCurriculum(args.seed, args.max_len, gate=args.gate,
@@ -410,9 +416,9 @@ def main() -> None:
                                 window=min(50, args.gate_min_steps))
         if first > 0:
             gated.load_state(ck["curriculum"])
-        specs = LazySpecs(first, total, lambda s: gated.spec(s, args.tokens_per_step))
+        specs = LazySpecs(first, total, lambda s: gated.spec(s, args.tokens_per_step) + task)
     else:
-        specs = [(args.seed, s, L, max(1, args.tokens_per_step // L))
+        specs = [(args.seed, s, L, max(1, args.tokens_per_step // L), None) + task
                  for s in range(first, total)
                  for L in [length_at(s, total, args.seed, args.max_len)]]
     t0 = last_ckpt = time.perf_counter()
@@ -479,7 +485,7 @@ def main() -> None:
     ev = load_exported(hf_dir, device)
     enc = data.Encoder(spm_file)
     res = evaluate(ev, enc, [int(x) for x in args.eval_lengths.split(",")], args.eval_docs,
-                   args.eval_questions, device, fh)
+                   args.eval_questions, device, fh, args.task_variant)
     with open(os.path.join(args.out, "eval.json"), "w") as f:
         json.dump(res, f, indent=2)
     log("| length | single+needle | two-hop | seconds |", fh)

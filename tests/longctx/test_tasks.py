@@ -29,8 +29,12 @@ import data  # noqa: E402
 import tasks  # noqa: E402
 
 ENC = data.Encoder(SPM)
-NAMES = set(tasks.FIRST_NAMES + tasks.LAST_NAMES + tasks.CITIES)
-WORDS = set(tasks.COLOURS + tasks.LANDMARKS)
+NAMES = set(tasks.FIRST_NAMES + tasks.LAST_NAMES + tasks.CITIES + tasks.EXTRA_FIRST_NAMES +
+            tasks.EXTRA_LAST_NAMES)
+WORDS = set(tasks.COLOURS + tasks.LANDMARKS + tasks.EXTRA_COLOURS + tasks.EXTRA_LANDMARKS)
+# Digest of a few held-out "grid" documents (the committed model's benchmark) as generated
+# before the variants were added: the grid path must keep generating exactly these.
+GRID_DIGEST = "5133077fb67f5ace"
 
 
 class GeneratorTest(unittest.TestCase):
@@ -76,6 +80,45 @@ class GeneratorTest(unittest.TestCase):
         places = {f.entity for f in doc.facts if f.attribute == "passcode"}
         colours = [p.split()[0] for p in places]
         self.assertLess(len(set(colours)), len(colours))  # some colour is shared
+
+    def test_distinct_variants_entities_share_no_word_and_have_one_fact_each(self):
+        for variant in ("distinct", "distinct-one-attribute"):
+            attrs_per_kind = []
+            for seed in range(20):
+                doc = tasks.generate(seed, 4000, kind="facts", variant=variant)
+                facts = [f for f in doc.facts if f.attribute != "next_to"]
+                entities = [f.entity for f in facts]
+                self.assertGreaterEqual(len(entities), 8, f"{variant} seed {seed}")
+                self.assertEqual(len(set(entities)), len(entities), f"{variant} seed {seed}")
+                words = [w for e in entities for w in e.split()]
+                self.assertEqual(len(set(words)), len(words), f"{variant} {seed}: {entities}")
+                # Spread over the document: some fact lies in its last quarter.
+                self.assertTrue(any(f.sentence > 0.75 * len(doc.sentences) for f in facts),
+                                f"{variant} seed {seed}")
+                for kind in ("place", "person"):
+                    attrs_per_kind.append(len({f.attribute for f in facts
+                                               if tasks.ATTRIBUTE_BY_NAME[f.attribute]
+                                               .entity_kind == kind}))
+                for q in doc.questions:  # still answered by exactly one sentence
+                    fact = doc.facts[q.facts[-1]]
+                    self.assertEqual(tasks.matching_facts(doc, fact.entity, fact.attribute),
+                                     [fact.sentence])
+            if variant == "distinct":
+                self.assertGreater(max(attrs_per_kind), 1)
+            else:
+                self.assertEqual(max(attrs_per_kind), 1)
+
+    def test_grid_documents_are_unchanged_by_the_variants(self):
+        # The committed model's benchmark documents (variant "grid") must not move: a digest of
+        # a few held-out documents as generated when the variants were added.
+        import hashlib
+        h = hashlib.sha256()
+        for length in (1024, 16384):
+            for i in range(3):
+                doc = tasks.generate(tasks.heldout_seed(length, i), length - 64, n_questions=8)
+                h.update(doc.text.encode())
+                h.update("|".join(q.question + "=" + q.answer for q in doc.questions).encode())
+        self.assertEqual(h.hexdigest()[:16], GRID_DIGEST)
 
     def test_needle_documents_hold_one_fact(self):
         for seed in range(10):
@@ -124,6 +167,8 @@ class GeneratorTest(unittest.TestCase):
             tasks.generate(1, 500, n_questions=0)
         with self.assertRaisesRegex(ValueError, "kind must be"):
             tasks.generate(1, 500, kind="haystack")
+        with self.assertRaisesRegex(ValueError, "variant must be one of grid, distinct"):
+            tasks.generate(1, 500, variant="unique")
 
 
 class SequenceTest(unittest.TestCase):
