@@ -196,7 +196,10 @@ def approx_tokens(sentence: str) -> int:
 #   distinct-one-attribute: as distinct, but all places of a document have the same attribute and
 #     all people theirs, so the attribute asked for does not narrow down the facts: only the name
 #     does (run 8).
-VARIANTS = ("grid", "distinct", "distinct-one-attribute")
+#   distinct-fixed: as distinct-one-attribute, with one template per attribute (its first) and per
+#     relation, so the name always sits at the same distance before the value, as it does before
+#     the end of the question (run 9).
+VARIANTS = ("grid", "distinct", "distinct-one-attribute", "distinct-fixed")
 
 
 def _candidates(r: random.Random, variant: str) -> tuple:
@@ -229,8 +232,10 @@ def _candidates(r: random.Random, variant: str) -> tuple:
     return places, people, candidates
 
 
-def _fact_sentence(r: random.Random, attr: Attribute, entity: str, value: str) -> str:
-    return _cap(r.choice(attr.templates).format(e=entity, v=value))
+def _fact_sentence(r: random.Random, attr: Attribute, entity: str, value: str,
+                   fixed: bool = False) -> str:
+    template = attr.templates[0] if fixed else r.choice(attr.templates)
+    return _cap(template.format(e=entity, v=value))
 
 
 def generate(seed: int, target_tokens: int, n_questions: int = 8,
@@ -270,7 +275,8 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
     def new_fact(i: int) -> tuple:
         ent, attr = candidates[i]
         value = attr.value(r, first_names)
-        return _fact_sentence(r, attr, ent, value), Fact(ent, attr.name, value, -1)
+        return (_fact_sentence(r, attr, ent, value, fixed=variant == "distinct-fixed"),
+                Fact(ent, attr.name, value, -1))
 
     budget = target_tokens - 1  # minus <s>
     items: List[tuple] = []      # (sentence, Fact or None)
@@ -305,7 +311,9 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
                 # Each place is in at most one relation, so "the place next to X" is unique.
                 a, b = r.sample([p for p in places if p not in related], 2)
                 related.update((a, b))
-                item = (_cap(r.choice(RELATION_TEMPLATES).format(a=a, b=b)),
+                template = (RELATION_TEMPLATES[0] if variant == "distinct-fixed" else
+                            r.choice(RELATION_TEMPLATES))
+                item = (_cap(template.format(a=a, b=b)),
                         Fact(a, "next_to", b, -1))
             else:
                 item = (filler_sentence(r), None)

@@ -82,7 +82,7 @@ class GeneratorTest(unittest.TestCase):
         self.assertLess(len(set(colours)), len(colours))  # some colour is shared
 
     def test_distinct_variants_entities_share_no_word_and_have_one_fact_each(self):
-        for variant in ("distinct", "distinct-one-attribute"):
+        for variant in ("distinct", "distinct-one-attribute", "distinct-fixed"):
             attrs_per_kind = []
             for seed in range(20):
                 doc = tasks.generate(seed, 4000, kind="facts", variant=variant)
@@ -107,6 +107,17 @@ class GeneratorTest(unittest.TestCase):
                 self.assertGreater(max(attrs_per_kind), 1)
             else:
                 self.assertEqual(max(attrs_per_kind), 1)
+
+    def test_fixed_variant_states_every_fact_in_its_first_template(self):
+        for seed in range(10):
+            doc = tasks.generate(seed, 3000, kind="facts", variant="distinct-fixed")
+            for f in doc.facts:
+                if f.attribute == "next_to":
+                    want = tasks.RELATION_TEMPLATES[0].format(a=f.entity, b=f.value)
+                else:
+                    want = tasks.ATTRIBUTE_BY_NAME[f.attribute].templates[0].format(
+                        e=f.entity, v=f.value)
+                self.assertEqual(doc.sentences[f.sentence], want[0].upper() + want[1:])
 
     def test_grid_documents_are_unchanged_by_the_variants(self):
         # The committed model's benchmark documents (variant "grid") must not move: a digest of
