@@ -47,6 +47,47 @@ def length_at(step: int, total: int, seed: int, max_len: int) -> int:
     return ph[k][1]
 
 
+def parse_fact_schedule(text: str) -> List[Tuple[float, Optional[int]]]:
+    """A cap on the facts per document by share of the steps (fixed curriculum, --fact-schedule):
+    "2@0,4@0.03,8@0.06,all@0.1" -> [(0.0, 2), (0.03, 4), (0.06, 8), (0.1, None)]: from each share
+    on, documents hold at most that many facts ("all": no cap); "" -> [] (never capped). Starting
+    with few facts per document gives a model few candidates to pick the asked one from while it
+    has not yet learnt to (runs 7-9 in train/README.md)."""
+    if not text.strip():
+        return []
+    out: List[Tuple[float, Optional[int]]] = []
+    for part in text.split(","):
+        facts, sep, share = part.strip().partition("@")
+        try:
+            if not sep:
+                raise ValueError
+            f = None if facts == "all" else int(facts)
+            x = float(share)
+        except ValueError:
+            raise ValueError(f"fact schedule entry {part!r}: want FACTS@SHARE (FACTS a count or "
+                             f"'all', SHARE of the steps in [0, 1)), e.g. 2@0,8@0.05,all@0.1")
+        if f is not None and f < 1:
+            raise ValueError(f"fact schedule entry {part!r}: the count must be >= 1")
+        if not 0.0 <= x < 1.0 or (out and x <= out[-1][0]):
+            raise ValueError(f"fact schedule entry {part!r}: shares must rise from 0 and stay "
+                             f"below 1")
+        out.append((x, f))
+    if out[0][0] != 0.0:
+        raise ValueError(f"fact schedule {text!r}: the first entry must start at share 0")
+    return out
+
+
+def facts_at(step: int, total: int, schedule: List[Tuple[float, Optional[int]]]
+             ) -> Optional[int]:
+    """The fact cap of `step` of `total` under a parse_fact_schedule schedule (None: no cap)."""
+    frac = step / max(1, total)
+    cap = None
+    for share, facts in schedule:
+        if frac >= share:
+            cap = facts
+    return cap
+
+
 class GatedCurriculum:
     """Stages advanced by accuracy. spec(step) is asked when a step's batch is submitted, at most
     `lag` steps ahead of training; observe(step, acc) after each step has trained, in order. A

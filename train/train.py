@@ -42,7 +42,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import data  # noqa: E402
 import tasks  # noqa: E402
-from curriculum import GatedCurriculum, length_at, phases_for  # noqa: E402
+from curriculum import (GatedCurriculum, facts_at, length_at, parse_fact_schedule,  # noqa: E402
+                        phases_for)
 from model import Config, Llama, flops_per_token, num_params  # noqa: E402
 
 def log(msg: str, fh=None) -> None:
@@ -314,6 +315,9 @@ def main() -> None:
                          "(tasks.VARIANTS; the tokenizer should be trained on the same)")
     ap.add_argument("--twohop-share", type=float, default=data.TWOHOP_SHARE,
                     help="training questions that are two-hop ones (where a document allows)")
+    ap.add_argument("--fact-schedule", default="",
+                    help="fixed curriculum: at most N facts per document from a share of the "
+                         "steps on, e.g. 2@0,4@0.03,8@0.06,all@0.1 (default: no cap)")
     ap.add_argument("--curriculum", choices=("fixed", "gated"), default="fixed",
                     help="fixed: lengths by share of the steps (runs 1-4); gated: stages of "
                          "(length, facts) advanced by answer accuracy (curriculum.py; needs "
@@ -327,6 +331,13 @@ def main() -> None:
                     help="torch.use_deterministic_algorithms without warn_only (deterministic "
                          "attention backward; errors for ops without a deterministic version)")
     args = ap.parse_args()
+    try:
+        parse_fact_schedule(args.fact_schedule)  # fail before any work, not at the training loop
+    except ValueError as e:
+        ap.error(str(e))
+    if args.fact_schedule and args.curriculum == "gated":
+        ap.error("--fact-schedule applies to the fixed curriculum; the gated one caps facts by "
+                 "stage (curriculum.GATED_STAGES)")
     global STRICT_DETERMINISM
     STRICT_DETERMINISM = args.strict_determinism
 
@@ -418,7 +429,9 @@ def main() -> None:
             gated.load_state(ck["curriculum"])
         specs = LazySpecs(first, total, lambda s: gated.spec(s, args.tokens_per_step) + task)
     else:
-        specs = [(args.seed, s, L, max(1, args.tokens_per_step // L), None) + task
+        fact_schedule = parse_fact_schedule(args.fact_schedule)
+        specs = [(args.seed, s, L, max(1, args.tokens_per_step // L),
+                  facts_at(s, total, fact_schedule)) + task
                  for s in range(first, total)
                  for L in [length_at(s, total, args.seed, args.max_len)]]
     t0 = last_ckpt = time.perf_counter()

@@ -182,6 +182,29 @@ class GeneratorTest(unittest.TestCase):
             tasks.generate(1, 500, variant="unique")
 
 
+class FactScheduleTest(unittest.TestCase):
+    def test_caps_by_share_of_the_steps(self):
+        sched = curriculum.parse_fact_schedule("2@0,4@0.1,all@0.5")
+        self.assertEqual(sched, [(0.0, 2), (0.1, 4), (0.5, None)])
+        caps = [curriculum.facts_at(s, 100, sched) for s in (0, 9, 10, 49, 50, 99)]
+        self.assertEqual(caps, [2, 2, 4, 4, None, None])
+        self.assertIsNone(curriculum.facts_at(0, 100, curriculum.parse_fact_schedule("")))
+
+    def test_capped_training_documents_hold_at_most_that_many_facts(self):
+        for seed in range(6):
+            doc = tasks.generate(seed, 256 - 4 * data.QA_RESERVE, kind="facts", max_facts=2,
+                                 variant="distinct-one-attribute")
+            self.assertLessEqual(len([f for f in doc.facts if f.attribute != "next_to"]), 2)
+            self.assertGreaterEqual(len(doc.questions), 1)
+
+    def test_bad_schedules_say_what_to_write(self):
+        for bad, msg in [("2", "want FACTS@SHARE"), ("x@0", "want FACTS@SHARE"),
+                         ("0@0", "must be >= 1"), ("2@0,4@0", "shares must rise"),
+                         ("2@0,4@1.5", "shares must rise"), ("4@0.2", "must start at share 0")]:
+            with self.assertRaisesRegex(ValueError, msg, msg=bad):
+                curriculum.parse_fact_schedule(bad)
+
+
 class SequenceTest(unittest.TestCase):
     def test_sequence_layout_and_masks(self):
         for seed, length in [(1, 256), (2, 1024), (3, 4096)]:

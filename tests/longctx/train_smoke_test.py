@@ -1,7 +1,8 @@
 """train/train.py end to end on the CPU at toy size: the reproducibility check passes (two short
 runs from one seed give identical weights), the export is a Hugging Face directory with the
 expected tensors, and a run paused with --stop-after and continued with --resume ends with the
-same weights as one uninterrupted run.
+same weights as one uninterrupted run; a run with a fact schedule and a task variant trains and
+exports; bad task options stop the script before any work, with a message that names the fix.
 
 Needs torch (the Hugging Face venv, tests/gguf/hf_parity_setup.sh); exit 77 (skipped) without it.
 About a minute on one core.
@@ -75,6 +76,26 @@ class TrainSmokeTest(unittest.TestCase):
             log_b2 = run(b, "--repro-steps", "0", "--resume")
             self.assertIn("resumed at step 3 of 6", log_b2)
             self.assertEqual(digest(log_b2), digest(log_a))
+
+    def test_bad_task_options_fail_before_any_work(self):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        for extra, msg in [(["--fact-schedule", "4@0.5"], "must start at share 0"),
+                           (["--fact-schedule", "2@0", "--curriculum", "gated"],
+                            "applies to the fixed curriculum"),
+                           (["--task-variant", "unique"], "invalid choice: 'unique'")]:
+            with tempfile.TemporaryDirectory() as tmp:
+                p = subprocess.run([sys.executable, TRAIN, "--out", tmp] + COMMON + extra,
+                                   capture_output=True, text=True, env=env, timeout=120)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn(msg, p.stderr)
+                self.assertFalse(os.path.exists(os.path.join(tmp, "train_log.txt")))
+
+    def test_capped_facts_and_a_task_variant_train(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            log = run(tmp, "--repro-steps", "0", "--fact-schedule", "2@0,all@0.5",
+                      "--task-variant", "distinct", "--twohop-share", "0")
+            self.assertIn('"fact_schedule": "2@0,all@0.5"', log)
+            self.assertIn("exported", log)
 
 
 if __name__ == "__main__":
