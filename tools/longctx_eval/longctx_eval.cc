@@ -184,7 +184,7 @@ StatusOr<std::vector<DocumentResult>> EvaluateAll(Backend& backend, const Tokeni
 
 std::string FormatReport(std::span<const EvalDocument> docs,
                          std::span<const DocumentResult> results,
-                         std::span<const needle::Mode> modes) {
+                         std::span<const needle::Mode> modes, const std::string& backend) {
   const size_t nm = modes.size();
   struct Tally {
     std::vector<int64_t> ok;
@@ -259,7 +259,8 @@ std::string FormatReport(std::span<const EvalDocument> docs,
     }
     out += "\n";
   }
-  out += "\n### Speed (CPU backend)\n\n| length | documents | prefill tokens/s | snapshot s |\n";
+  out += "\n### Speed (" + backend +
+         ")\n\n| length | documents | prefill tokens/s | snapshot s |\n";
   out += "| --- | --- | --- | --- |\n";
   for (const auto& [length, count] : docs_at) {
     out += "| " + std::to_string(length) + " | " + std::to_string(count) + " | " +

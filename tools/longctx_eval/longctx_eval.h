@@ -92,9 +92,10 @@ StatusOr<std::vector<DocumentResult>> EvaluateAll(Backend& backend, const Tokeni
 
 // Markdown: accuracy per length x mode for retrieval questions (single + needle: correct / total
 // and %), the same for two-hop questions when there are any, mean share of context keys read per
-// mode, and speed per length (prefill tokens/s, snapshot seconds).
+// mode, and speed per length (prefill tokens/s, snapshot seconds) on `backend` (a label).
 std::string FormatReport(std::span<const EvalDocument> docs,
                          std::span<const DocumentResult> results,
-                         std::span<const needle::Mode> modes);
+                         std::span<const needle::Mode> modes,
+                         const std::string& backend = "CPU backend");
 
 }  // namespace sqz::longctx

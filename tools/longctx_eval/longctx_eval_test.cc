@@ -110,6 +110,9 @@ TEST_CASE("FormatReport tallies retrieval and two-hop questions per length and m
   CHECK(report.find("| 1024 (1000) | 1/1 (100.0%) | 1/1 (100.0%) |") != std::string::npos);
   CHECK(report.find("| 1024 | 1.000 | 0.250 |") != std::string::npos);
   CHECK(report.find("| 1024 | 2 | 1000 |") != std::string::npos);
+  CHECK(report.find("### Speed (CPU backend)") != std::string::npos);
+  CHECK(FormatReport(docs, results, modes, "CUDA backend, bf16").find(
+            "### Speed (CUDA backend, bf16)") != std::string::npos);
 }
 
 // The committed model: a held-out style document it answers, dense and squeezed at budget 1

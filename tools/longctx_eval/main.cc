@@ -1,8 +1,10 @@
 // sqz-longctx-eval: exact-match accuracy of the longctx model, dense against Squeezed Attention
-// (KV budgets 0.5 / 0.25 / 0.125 / 0.0625, flat and hierarchical) on the CPU backend.
+// (KV budgets 0.5 / 0.25 / 0.125 / 0.0625, flat and hierarchical) on the CPU backend or, in a
+// build with the CUDA backend, on the GPU.
 //
 //   sqz-longctx-eval --eval-set FILE.jsonl [--model models/longctx] [--lengths 1k,16k]
 //                    [--docs N] [--max-tokens 8] [--threads N] [--log FILE]
+//                    [--backend cpu|cuda] [--cuda-dtype bf16|fp32]
 //
 // FILE.jsonl comes from train/eval_set.py. --lengths keeps only documents of those nominal
 // lengths, --docs the first N documents of each length. Progress goes to stderr, one line per
@@ -16,6 +18,9 @@
 #include <string>
 
 #include "engine/model/cpu_backend.h"
+#if SQZ_WITH_CUDA_BACKEND
+#include "engine/cuda/cuda_backend.h"
+#endif
 #include "engine/model/hf_loader.h"
 #include "engine/runtime/loaded_model.h"
 #include "tools/generate/flags.h"
@@ -23,6 +28,48 @@
 
 namespace sqz::longctx {
 namespace {
+
+// --backend and --cuda-dtype, checked before any file is read.
+Status CheckBackendFlags(const std::string& name, const std::string& cuda_dtype) {
+  if (name != "cpu" && name != "cuda") {
+    return InvalidArgumentError("--backend must be cpu or cuda, got '" + name + "'");
+  }
+  if (name == "cpu" && !cuda_dtype.empty()) {
+    return InvalidArgumentError("--cuda-dtype needs --backend cuda");
+  }
+  if (!cuda_dtype.empty() && cuda_dtype != "bf16" && cuda_dtype != "fp32") {
+    return InvalidArgumentError("--cuda-dtype must be bf16 or fp32, got '" + cuda_dtype + "'");
+  }
+#if !SQZ_WITH_CUDA_BACKEND
+  if (name == "cuda") {
+    return UnimplementedError("--backend cuda: this build has no CUDA backend (configure with "
+                              "nvcc present, or -DSQZ_CUDA=ON)");
+  }
+#endif
+  return OkStatus();
+}
+
+// The backend of checked flags, with a KV pool for one longest sequence of the model (the
+// context's prefill, then one question at a time).
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const Model& model, const std::string& name,
+                                               const std::string& cuda_dtype) {
+  const int64_t blocks = (model.config.max_positions + kKvBlockTokens - 1) / kKvBlockTokens + 1;
+#if SQZ_WITH_CUDA_BACKEND
+  if (name == "cuda") {
+    CudaBackendOptions bo;
+    bo.dtype = cuda_dtype == "fp32" ? CudaDType::kF32 : CudaDType::kBf16;
+    bo.kv_blocks = blocks;
+    SQZ_ASSIGN_OR_RETURN(auto backend, CudaBackend::Create(model, bo));
+    return std::unique_ptr<Backend>(std::move(backend));
+  }
+#endif
+  (void)name;
+  (void)cuda_dtype;
+  CpuBackendOptions bo;
+  bo.kv_blocks = blocks;
+  SQZ_ASSIGN_OR_RETURN(auto backend, CpuBackend::Create(model, bo));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
 
 Status Run(tools::Flags& flags) {
   SQZ_ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
@@ -40,7 +87,10 @@ Status Run(tools::Flags& flags) {
   SQZ_ASSIGN_OR_RETURN(int64_t max_docs, flags.Int("docs", 0));
   SQZ_ASSIGN_OR_RETURN(int64_t max_tokens, flags.Int("max-tokens", 8));
   const std::string log_path = flags.Get("log");
+  const std::string backend_name = flags.Get("backend", "cpu");
+  const std::string cuda_dtype = flags.Get("cuda-dtype");
   SQZ_RETURN_IF_ERROR(flags.CheckAllUsed());
+  SQZ_RETURN_IF_ERROR(CheckBackendFlags(backend_name, cuda_dtype));
 
   SQZ_ASSIGN_OR_RETURN(std::string text, ReadTextFile(set_path));
   SQZ_ASSIGN_OR_RETURN(auto all, ParseEvalSet(text));
@@ -55,11 +105,13 @@ Status Run(tools::Flags& flags) {
   if (docs.empty()) return InvalidArgumentError("no documents of the requested lengths");
 
   SQZ_ASSIGN_OR_RETURN(LoadedModel lm, LoadModel(model_path));
-  CpuBackendOptions bo;
-  bo.kv_blocks = (lm.model->config.max_positions + kKvBlockTokens - 1) / kKvBlockTokens + 1;
-  SQZ_ASSIGN_OR_RETURN(auto backend, CpuBackend::Create(*lm.model, bo));
-  std::fprintf(stderr, "model %s, %zu documents, %d OpenMP threads\n", model_path.c_str(),
-               docs.size(), omp_get_max_threads());
+  SQZ_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
+                       MakeBackend(*lm.model, backend_name, cuda_dtype));
+  const std::string backend_label =
+      backend_name == "cuda" ? "CUDA backend, " + (cuda_dtype.empty() ? "bf16" : cuda_dtype)
+                             : "CPU backend";
+  std::fprintf(stderr, "model %s, %zu documents, %s, %d OpenMP threads\n", model_path.c_str(),
+               docs.size(), backend_label.c_str(), omp_get_max_threads());
 
   std::FILE* log = nullptr;
   if (!log_path.empty()) {
@@ -100,7 +152,7 @@ Status Run(tools::Flags& flags) {
   auto results = EvaluateAll(*backend, *lm.tokenizer, docs, opts);
   if (log != nullptr) std::fclose(log);
   if (!results.ok()) return results.status();
-  std::printf("%s", FormatReport(docs, *results, opts.modes).c_str());
+  std::printf("%s", FormatReport(docs, *results, opts.modes, backend_label).c_str());
   return OkStatus();
 }
 
