@@ -19,6 +19,7 @@ import tasks
 
 BOS, EOS = 1, 2
 QA_RESERVE = 28          # tokens kept after the document per question (question + answer + </s>)
+QA_RESERVE_RESTATE = 48  # the same with answers restating the fact (tasks.ANSWER_FORMATS)
 EVAL_QUERY_RESERVE = 64  # evaluation: context = length - this, so query + answer fit the length
 NEEDLE_SHARE = 0.1       # training documents that are needle ones
 TWOHOP_SHARE = 0.1       # training questions that are two-hop ones (where the document allows)
@@ -60,20 +61,23 @@ def context_ids(enc: Encoder, doc: tasks.Document) -> List[int]:
 
 def build_sequence(enc: Encoder, doc_seed: int, length: int,
                    needle_share: float = NEEDLE_SHARE, twohop_share: float = TWOHOP_SHARE,
-                   max_facts: Optional[int] = None, variant: str = "grid"
+                   max_facts: Optional[int] = None, variant: str = "grid",
+                   answer_format: str = "value"
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training sequence: ids [L] int64, ans_mask [L] bool, valid [L] bool. max_facts caps the
-    fact sentences of its document, variant picks its entities (tasks.generate)."""
+    fact sentences of its document, variant picks its entities (tasks.generate), answer_format
+    what the answers say (tasks.ANSWER_FORMATS)."""
     n_qa = qa_count(length)
+    reserve = QA_RESERVE if answer_format == "value" else QA_RESERVE_RESTATE
     kind = "needle" if random.Random(doc_seed ^ 0x5EED).random() < needle_share else "facts"
-    doc = tasks.generate(doc_seed, length - n_qa * QA_RESERVE, n_questions=n_qa,
+    doc = tasks.generate(doc_seed, length - n_qa * reserve, n_questions=n_qa,
                          count_tokens=enc.count, kind=kind, twohop_share=twohop_share,
                          max_facts=max_facts, variant=variant)
     ids = context_ids(enc, doc)
     ans = [False] * len(ids)
     for q in doc.questions:
         qi = enc(tasks.query_text(q.question))
-        ai = enc(q.answer) + [EOS]
+        ai = enc(tasks.answer_text(doc, q, answer_format)) + [EOS]
         if len(ids) + len(qi) + len(ai) > length:
             break
         ids.extend(qi)
@@ -98,13 +102,15 @@ def init_worker(model_file: str) -> None:
 
 
 def make_batch(spec: tuple) -> Tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """spec = (base_seed, step, length, batch[, max_facts[, variant, twohop_share]]) -> (step,
-    ids [B, L], ans_mask, valid)."""
+    """spec = (base_seed, step, length, batch[, max_facts[, variant, twohop_share,
+    answer_format]]) -> (step, ids [B, L], ans_mask, valid)."""
     base_seed, step, length, batch = spec[:4]
     max_facts = spec[4] if len(spec) > 4 else None
-    variant, twohop_share = spec[5:7] if len(spec) > 6 else ("grid", TWOHOP_SHARE)
+    variant, twohop_share, answer_format = (spec[5:8] if len(spec) > 7 else
+                                            ("grid", TWOHOP_SHARE, "value"))
     rows = [build_sequence(_ENC, tasks.train_seed(base_seed, step, b), length,
-                           twohop_share=twohop_share, max_facts=max_facts, variant=variant)
+                           twohop_share=twohop_share, max_facts=max_facts, variant=variant,
+                           answer_format=answer_format)
             for b in range(batch)]
     return (step, np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
             np.stack([r[2] for r in rows]))

@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=8, help="questions per document")
     ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
                     help="the documents' entities and facts (tasks.VARIANTS)")
+    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value",
+                    help="the expected answers: values, or the facts restated "
+                         "(tasks.ANSWER_FORMATS; give sqz-longctx-eval --max-tokens 48)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     enc = data.Encoder(os.path.join(a.tokenizer, "tokenizer.model"))
@@ -42,7 +45,9 @@ def main() -> None:
                 f.write(json.dumps({
                     "length": length, "seed": doc.seed, "kind": doc.kind,
                     "context_tokens": len(ctx), "document": doc.text,
-                    "questions": [{"question": q.question, "answer": q.answer, "kind": q.kind,
+                    "questions": [{"question": q.question,
+                                   "answer": tasks.answer_text(doc, q, a.answer_format),
+                                   "value": q.answer, "kind": q.kind,
                                    "depth": round(q.depth, 4)} for q in doc.questions],
                 }) + "\n")
 

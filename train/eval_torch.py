@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=16)
     ap.add_argument("--questions", type=int, default=8)
     ap.add_argument("--log", default="")
+    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value",
+                    help="what the model was trained to answer (tasks.ANSWER_FORMATS)")
     ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
                     help="the documents' entities and facts (tasks.VARIANTS)")
     a = ap.parse_args()
@@ -41,15 +43,16 @@ def main() -> None:
             with torch.no_grad():
                 _, past = model(torch.tensor([ctx], device=device))
             for q in doc.questions:
+                want = tasks.answer_text(doc, q, a.answer_format)
                 ids = train.answer(model, past, len(ctx), enc(tasks.query_text(q.question)),
-                                   device)
+                                   device, 8 if a.answer_format == "value" else 48)
                 got = enc.decode(ids).strip()
                 if q.kind != "twohop":
-                    ok += got == q.answer
+                    ok += got == want
                     n += 1
                 if log:
-                    log.write(f"{length}\t{doc.seed}\t{q.kind}\t{q.question}\t{q.answer}\t"
-                              f"{int(got == q.answer)}\t{got}\n")
+                    log.write(f"{length}\t{doc.seed}\t{q.kind}\t{q.question}\t{want}\t"
+                              f"{int(got == want)}\t{got}\n")
         print(f"length {length}: retrieval {ok}/{n} ({100.0 * ok / max(1, n):.1f}%)", flush=True)
     if log:
         log.close()

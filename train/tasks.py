@@ -398,6 +398,36 @@ def matching_facts(doc: Document, entity: str, attribute: str) -> List[int]:
     return [i for i, s in enumerate(doc.sentences) if any(p.fullmatch(s) for p in pats)]
 
 
+# What the model is trained to answer (data.build_sequence's `answer_format`):
+#   value: the value alone ("4821").
+#   restate: the fact's sentence from the entity on ("navy manor opens with the passcode 4821."),
+#     and for a two-hop question the relation's and then the fact's ("red temple stands next to
+#     the green mill. green mill opens with the passcode 4821."). Having written the name, the
+#     model continues it with what followed that name in the document: the copy an induction
+#     head does, instead of a lookup of the value by the name (runs 7-9 in train/README.md).
+ANSWER_FORMATS = ("value", "restate")
+
+
+def restatement(doc: Document, fact_index: int) -> str:
+    """The sentence of doc.facts[fact_index] from its entity to the end."""
+    f = doc.facts[fact_index]
+    sentence = doc.sentences[f.sentence]
+    at = sentence.find(f.entity)
+    if at < 0:  # a fact sentence always names its entity verbatim (templates put it in as is)
+        raise ValueError(f"fact {fact_index} ({f.entity!r}) is not in its sentence {sentence!r}")
+    return sentence[at:]
+
+
+def answer_text(doc: Document, q: Question, answer_format: str = "value") -> str:
+    """The text the model answers `q` with (ANSWER_FORMATS)."""
+    if answer_format == "value":
+        return q.answer
+    if answer_format != "restate":
+        raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got "
+                         f"{answer_format!r}")
+    return " ".join(restatement(doc, i) for i in q.facts)
+
+
 def train_seed(base_seed: int, step: int, slot: int) -> int:
     """Seed of document `slot` of training step `step`: below HELDOUT_SEED_BASE."""
     x = (base_seed * 1_000_003 + step) * 4099 + slot

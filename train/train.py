@@ -247,7 +247,9 @@ def answer(model: Llama, past, start: int, query: List[int], device, max_tokens:
 
 @torch.no_grad()
 def evaluate(model: Llama, enc: data.Encoder, lengths: List[int], n_docs: int,
-             n_questions: int, device, fh=None, variant: str = "grid") -> Dict[str, dict]:
+             n_questions: int, device, fh=None, variant: str = "grid",
+             answer_format: str = "value") -> Dict[str, dict]:
+    max_tokens = 8 if answer_format == "value" else 48
     results = {}
     for L in lengths:
         per_kind: Dict[str, List[int]] = {}
@@ -256,14 +258,15 @@ def evaluate(model: Llama, enc: data.Encoder, lengths: List[int], n_docs: int,
         for doc, ctx in data.eval_items(enc, L, n_docs, n_questions, variant):
             _, past = model(torch.tensor([ctx], device=device))
             for q in doc.questions:
-                got = enc.decode(answer(model, past, len(ctx),
-                                        enc(tasks.query_text(q.question)), device)).strip()
-                ok = got == q.answer
+                want = tasks.answer_text(doc, q, answer_format)
+                got = enc.decode(answer(model, past, len(ctx), enc(tasks.query_text(q.question)),
+                                        device, max_tokens)).strip()
+                ok = got == want
                 per_kind.setdefault(q.kind, [0, 0])
                 per_kind[q.kind][0] += int(ok)
                 per_kind[q.kind][1] += 1
                 if not ok and len(misses) < 5:
-                    misses.append(f"{q.question} -> {got!r} (want {q.answer})")
+                    misses.append(f"{q.question} -> {got!r} (want {want})")
         retrieval = [sum(per_kind.get(k, [0, 0])[i] for k in ("single", "needle"))
                      for i in (0, 1)]
         results[str(L)] = {"per_kind": per_kind, "retrieval": retrieval,
@@ -315,6 +318,9 @@ def main() -> None:
                          "(tasks.VARIANTS; the tokenizer should be trained on the same)")
     ap.add_argument("--twohop-share", type=float, default=data.TWOHOP_SHARE,
                     help="training questions that are two-hop ones (where a document allows)")
+    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value",
+                    help="what answers say: the value, or the fact restated from its entity on "
+                         "(tasks.ANSWER_FORMATS), trained and evaluated on")
     ap.add_argument("--fact-schedule", default="",
                     help="fixed curriculum: at most N facts per document from a share of the "
                          "steps on, e.g. 2@0,4@0.03,8@0.06,all@0.1 (default: no cap)")
@@ -419,7 +425,7 @@ def main() -> None:
         opt.load_state_dict(ck["opt"])
         first, total = ck["step"], ck["total"]
         log(f"resumed at step {first} of {total}", fh)
-    task = (args.task_variant, args.twohop_share)  # the documents' generator options
+    task = (args.task_variant, args.twohop_share, args.answer_format)  # documents and answers
     gated = None
     if args.curriculum == "gated":
         gated = GatedCurriculum(args.seed, args.max_len, gate=args.gate,
@@ -498,7 +504,7 @@ def main() -> None:
     ev = load_exported(hf_dir, device)
     enc = data.Encoder(spm_file)
     res = evaluate(ev, enc, [int(x) for x in args.eval_lengths.split(",")], args.eval_docs,
-                   args.eval_questions, device, fh, args.task_variant)
+                   args.eval_questions, device, fh, args.task_variant, args.answer_format)
     with open(os.path.join(args.out, "eval.json"), "w") as f:
         json.dump(res, f, indent=2)
     log("| length | single+needle | two-hop | seconds |", fh)

@@ -182,6 +182,40 @@ class GeneratorTest(unittest.TestCase):
             tasks.generate(1, 500, variant="unique")
 
 
+class AnswerFormatTest(unittest.TestCase):
+    def test_restatement_starts_at_the_entity_for_every_template(self):
+        seen = set()
+        for seed in range(60):
+            for variant in ("grid", "distinct"):
+                doc = tasks.generate(seed, 1500, kind="facts", variant=variant)
+                for i, f in enumerate(doc.facts):
+                    r = tasks.restatement(doc, i)
+                    self.assertTrue(r.startswith(f.entity), r)
+                    self.assertTrue(doc.sentences[f.sentence].endswith(r))
+                    self.assertTrue(r.endswith("."))
+                    seen.add(doc.sentences[f.sentence][:-len(r)] + "|" + f.attribute)
+        # Templates with words before the entity ("The passcode of the ", "To enter the ") and
+        # without ("" for people), relations included.
+        self.assertIn("|locker", seen)
+        self.assertIn("To enter the |passcode", seen)
+        self.assertTrue(any(k.endswith("|next_to") for k in seen))
+
+    def test_answer_text_by_format(self):
+        for seed in range(40):
+            doc = tasks.generate(seed, 2000, kind="facts", variant="distinct")
+            for q in doc.questions:
+                self.assertEqual(tasks.answer_text(doc, q), q.answer)
+                r = tasks.answer_text(doc, q, "restate")
+                if q.kind == "twohop":
+                    rel, fact = doc.facts[q.facts[0]], doc.facts[q.facts[1]]
+                    self.assertTrue(r.startswith(rel.entity), r)
+                    self.assertIn(". " + fact.entity, r)
+                else:
+                    self.assertEqual(r, tasks.restatement(doc, q.facts[0]))
+        with self.assertRaisesRegex(ValueError, "answer_format must be one of value, restate"):
+            tasks.answer_text(doc, doc.questions[0], "sentence")
+
+
 class FactScheduleTest(unittest.TestCase):
     def test_caps_by_share_of_the_steps(self):
         sched = curriculum.parse_fact_schedule("2@0,4@0.1,all@0.5")
@@ -224,6 +258,30 @@ class SequenceTest(unittest.TestCase):
             answers = ENC.sp.decode(targets.tolist()).split()
             expected = [q.answer for q in doc.questions][:len(answers)]
             self.assertEqual(answers, expected)
+
+    def test_restated_answers_in_sequences(self):
+        for seed, length in [(4, 512), (5, 2048)]:
+            ids, ans, valid = data.build_sequence(ENC, seed, length, variant="distinct",
+                                                  answer_format="restate")
+            doc = tasks.generate(seed, length - data.qa_count(length) * data.QA_RESERVE_RESTATE,
+                                 n_questions=data.qa_count(length), count_tokens=ENC.count,
+                                 kind="needle" if random.Random(seed ^ 0x5EED).random()
+                                 < data.NEEDLE_SHARE else "facts",
+                                 twohop_share=data.TWOHOP_SHARE, variant="distinct")
+            # Answer runs (target ids up to each </s>) decode to the restatements, in order.
+            targets = ids[1:][ans[:-1]].tolist()
+            runs, cur = [], []
+            for t in targets:
+                if t == data.EOS:
+                    runs.append(ENC.sp.decode(cur))
+                    cur = []
+                else:
+                    cur.append(t)
+            self.assertGreaterEqual(len(runs), 2)
+            want = [tasks.answer_text(doc, q, "restate") for q in doc.questions][:len(runs)]
+            self.assertEqual(runs, want)
+            for q, r in zip(doc.questions, runs):
+                self.assertTrue(r.rstrip(".").endswith(q.answer) or r.endswith(" long ago."), r)
 
     def test_batches_are_a_function_of_the_step(self):
         data.init_worker(SPM)

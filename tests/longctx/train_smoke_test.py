@@ -2,7 +2,7 @@
 runs from one seed give identical weights), the export is a Hugging Face directory with the
 expected tensors, and a run paused with --stop-after and continued with --resume ends with the
 same weights as one uninterrupted run; a run with a fact schedule and a task variant trains and
-exports; bad task options stop the script before any work, with a message that names the fix.
+exports (restated answers); bad task options stop the script before any work, with a message that names the fix.
 
 Needs torch (the Hugging Face venv, tests/gguf/hf_parity_setup.sh); exit 77 (skipped) without it.
 About a minute on one core.
@@ -82,7 +82,8 @@ class TrainSmokeTest(unittest.TestCase):
         for extra, msg in [(["--fact-schedule", "4@0.5"], "must start at share 0"),
                            (["--fact-schedule", "2@0", "--curriculum", "gated"],
                             "applies to the fixed curriculum"),
-                           (["--task-variant", "unique"], "invalid choice: 'unique'")]:
+                           (["--task-variant", "unique"], "invalid choice: 'unique'"),
+                           (["--answer-format", "both"], "invalid choice: 'both'")]:
             with tempfile.TemporaryDirectory() as tmp:
                 p = subprocess.run([sys.executable, TRAIN, "--out", tmp] + COMMON + extra,
                                    capture_output=True, text=True, env=env, timeout=120)
@@ -93,7 +94,8 @@ class TrainSmokeTest(unittest.TestCase):
     def test_capped_facts_and_a_task_variant_train(self):
         with tempfile.TemporaryDirectory() as tmp:
             log = run(tmp, "--repro-steps", "0", "--fact-schedule", "2@0,all@0.5",
-                      "--task-variant", "distinct", "--twohop-share", "0")
+                      "--task-variant", "distinct", "--twohop-share", "0",
+                      "--answer-format", "restate")
             self.assertIn('"fact_schedule": "2@0,all@0.5"', log)
             self.assertIn("exported", log)
 
