@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace sqz {
 
@@ -126,6 +128,31 @@ ContextStepPlan PlanContextStep(const StepLayout& L, std::span<const ContextItem
     plan.classes.push_back(std::move(c));
   }
   return plan;
+}
+
+bool OrderClassesByContext(std::span<const void* const> context_of, ContextStepPlan* plan) {
+  bool changed = false;
+  for (ContextStepPlan::Class& c : plan->classes) {
+    if (c.lookup.hierarchical || c.items.size() < 3) continue;  // 1 or 2 items: nothing to join
+    // Rank of each item's context by first appearance; a stable sort by rank keeps the order of
+    // one context's items.
+    std::vector<const void*> first_seen;
+    std::vector<std::pair<size_t, int32_t>> ranked;  // (rank, item)
+    ranked.reserve(c.items.size());
+    for (int32_t d : c.items) {
+      const void* ctx = context_of[static_cast<size_t>(d)];
+      auto at = std::find(first_seen.begin(), first_seen.end(), ctx);
+      if (at == first_seen.end()) at = first_seen.insert(first_seen.end(), ctx);
+      ranked.emplace_back(static_cast<size_t>(at - first_seen.begin()), d);
+    }
+    std::stable_sort(ranked.begin(), ranked.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (size_t j = 0; j < ranked.size(); ++j) {
+      changed |= c.items[j] != ranked[j].second;
+      c.items[j] = ranked[j].second;
+    }
+  }
+  return changed;
 }
 
 }  // namespace sqz

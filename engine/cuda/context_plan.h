@@ -95,7 +95,9 @@ struct ContextItemFacts {
 struct ContextStepPlan {
   struct Class {
     LookupClass lookup;
-    std::vector<int32_t> items;  // its decode items (indices == their device rows), ascending
+    // Its decode items (indices == their device rows): ascending, or by context after
+    // OrderClassesByContext.
+    std::vector<int32_t> items;
     int32_t max_clusters = 0, max_coarse = 0;
     cuda::SqueezeSelectPlan select;  // of one SqueezeSelect launch over the class
   };
@@ -122,5 +124,14 @@ int64_t DecodeKeysBucket(int64_t keys);
 // Plans a step whose layout is L: facts[i] describes L.items[i].
 ContextStepPlan PlanContextStep(const StepLayout& L, std::span<const ContextItemFacts> facts,
                                 int q_heads, int kv_heads, int head_dim);
+
+// Orders the items of each flat lookup class by context: the contexts in the order their first
+// item appears, one context's items in their order (a stable sort). SqueezeSelect scores adjacent
+// items over one context together (ContextStep::Shape::group_lookups), so a step interleaving the
+// requests of a few contexts then reads each context's centroids once instead of once per
+// request. context_of[d] identifies decode item d's context (any pointer; null: none). Hierarchical
+// classes are left as they are (their lookups are never grouped). Returns whether any class
+// changed order: such a class reads its query rows through a gather (not in place).
+bool OrderClassesByContext(std::span<const void* const> context_of, ContextStepPlan* plan);
 
 }  // namespace sqz

@@ -209,6 +209,40 @@ TEST_CASE("PlanContextStep: lookup classes, the decode key bound, segment and pr
   CHECK(q.max_prefill_rows == 0);
 }
 
+TEST_CASE("OrderClassesByContext: one context's items adjacent, first-seen order, stable") {
+  StepLayout L;
+  L.decode_items = 8;
+  for (int i = 0; i < 8; ++i) L.items.push_back(Item(i, 1, 4));
+  std::vector<ContextItemFacts> f(L.items.size());
+  for (int i = 0; i < 7; ++i) f[i] = Facts(true, cuda::SqueezePolicy::kBudget, 0.25f, 500, 20, 9);
+  f[6].lookup.hierarchical = true;  // its own class, never reordered
+  f[7] = Facts(true, cuda::SqueezePolicy::kThreshold, 0.0f, 500, 20, 9);
+  int a = 0, b = 0, c = 0;
+  // Items 0-5 (the flat budget class): contexts c a c b a c; item 6 hierarchical; 7 alone.
+  const std::vector<const void*> ctx = {&c, &a, &c, &b, &a, &c, &a, &b};
+  ContextStepPlan p = PlanContextStep(L, f, 8, 2, 64);
+  REQUIRE(p.classes.size() == 3);
+  const auto flat = [&](const ContextStepPlan& q) -> const ContextStepPlan::Class& {
+    for (const auto& k : q.classes) {
+      if (!k.lookup.hierarchical && k.items.size() == 6) return k;
+    }
+    FAIL("no flat class of 6 items");
+    return q.classes[0];
+  };
+  CHECK(flat(p).items == std::vector<int32_t>{0, 1, 2, 3, 4, 5});
+  CHECK(OrderClassesByContext(ctx, &p));
+  CHECK(flat(p).items == std::vector<int32_t>{0, 2, 5, 1, 4, 3});  // c c c, a a, b
+  for (const auto& k : p.classes) {
+    if (k.items.size() == 1) CHECK((k.items[0] == 6 || k.items[0] == 7));
+  }
+  // Already grouped: nothing changes (the class keeps reading its rows in place).
+  CHECK_FALSE(OrderClassesByContext(ctx, &p));
+  const std::vector<const void*> same(8, &a);
+  ContextStepPlan q = PlanContextStep(L, f, 8, 2, 64);
+  CHECK_FALSE(OrderClassesByContext(same, &q));
+  CHECK(flat(q).items == std::vector<int32_t>{0, 1, 2, 3, 4, 5});
+}
+
 TEST_CASE("DecodeKeysBucket rounds up to one of 8 steps per power of two, at least 64") {
   CHECK(DecodeKeysBucket(0) == 64);
   CHECK(DecodeKeysBucket(1) == 64);

@@ -74,6 +74,12 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
     f.k1 = static_cast<int32_t>(sh.k1);
   }
   plan_ = PlanContextStep(L, facts_, s_.q_heads, kvh, s_.head_dim);
+  if (s_.group_lookups) {
+    // Lookups are grouped over runs of adjacent items: order each class's items by context.
+    std::vector<const void*> context_of(static_cast<size_t>(D));
+    for (int64_t i = 0; i < D; ++i) context_of[i] = contexts[i].device;
+    OrderClassesByContext(context_of, &plan_);
+  }
 
   host_.clear();
   off_ctx_len_ = Take(&host_, items * 4);
@@ -98,7 +104,8 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
           c.items[j] == static_cast<int32_t>(j) && L.items[j].row0 == static_cast<int64_t>(j);
     }
     if (s_.group_lookups && !c.lookup.hierarchical) {
-      // Runs of adjacent items over one context (the kernel needs a group's views to agree).
+      // Runs of items over one context (adjacent after OrderClassesByContext; the kernel needs a
+      // group's views to agree).
       std::vector<int32_t> starts = {0};
       for (size_t j = 1; j < n; ++j) {
         if (contexts[c.items[j]].device != contexts[c.items[j - 1]].device) {

@@ -2,7 +2,7 @@
 // (a resident DeviceContext), per layer:
 //   1. SQUEEZED decode items: per lookup class (context_plan.h), their query rows are gathered, one
 //      SqueezeSelect runs over them (batched across requests and contexts, per-request budget or
-//      threshold; with Shape::group_lookups, adjacent requests over one context scored together),
+//      threshold; with Shape::group_lookups, the requests over one context scored together),
 //      and the selections are scattered into the step's per-decode-item segment lists (a class of
 //      every decode item in order, as at batch 1, skips the gather and the scatter); DENSE items
 //      get one segment covering their whole context, items without one get none.
@@ -69,9 +69,12 @@ class ContextStep {
     // Key splits of the dense context part of a prefill item (CudaBackendOptions has the same
     // field): 0 lets cuda::PlanPrefillAttention choose, 1 never splits, n > 1 forces n.
     int context_prefill_kv_splits = 0;
-    // SQUEEZED decode items of one lookup class that are adjacent in it and share a context are
-    // scored together (SqueezeSelectParams::group_starts: the context's centroids read once per
-    // group instead of once per request; flat lookups; the selections are bit-identical).
+    // SQUEEZED decode items of one lookup class that share a context are scored together
+    // (SqueezeSelectParams::group_starts: the context's centroids read once per group instead of
+    // once per request; flat lookups; the selections are bit-identical). The class's items are
+    // ordered by context first (OrderClassesByContext), so interleaved requests of a few contexts
+    // make a few groups; a class so reordered gathers its query rows instead of reading them in
+    // place.
     bool group_lookups = false;
   };
   // The backend's buffers a step's attention reads and writes (device memory).

@@ -127,9 +127,10 @@ struct CudaBackendOptions {
   // launch, the fallback); n > 1 forces n splits (tests). Splits cost a workspace of
   // splits x prompt tokens x q_heads x head_dim fp32 (~16 MiB for 256 tokens of Llama-3-8B).
   int context_prefill_kv_splits = 0;
-  // SQUEEZED decode requests over the same resident context that are adjacent in a step's lookup
-  // are scored together (kernels/cuda/squeeze_select.h, "Shared contexts": the context's centroids
-  // read once per group instead of once per request; bit-identical selections; flat lookups).
+  // SQUEEZED decode requests of a step over the same resident context are scored together, in any
+  // order (a lookup class's requests are ordered by context first; kernels/cuda/squeeze_select.h,
+  // "Shared contexts": the context's centroids read once per group instead of once per request;
+  // bit-identical selections; flat lookups).
   // Measured on the H200 (bench/cuda_e2e, 8B shape, 128K context, budget 0.125, all requests on
   // one context): a decode step at batch 32 in 26.2 ms instead of 30.4 (3.69x dense instead of
   // 3.19x), batch 8 16.2 instead of 17.3. Off: one lookup per request (the comparison row).

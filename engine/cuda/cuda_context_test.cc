@@ -379,8 +379,9 @@ TEST_CASE("CudaBackend contexts: CUDA-graph decode steps equal eager ones bit fo
 
 // Lookups of decode requests over one context scored together (group_context_lookups) select
 // exactly what per-request lookups select, so every step's logits are bit-identical, with CUDA
-// graphs on: the grouping is part of a step's graph signature, so a step of the same sizes grouped
-// otherwise (the second phase) must not replay the first phase's graph.
+// graphs on. The first phase's requests come grouped by context; the second interleaves the
+// contexts, which the backend orders by context first (OrderClassesByContext: the same groups of
+// 3, other query rows): steps of the same sizes whose graphs must not be confused.
 TEST_CASE("CudaBackend contexts: lookups grouped by context equal per-request ones bit for bit") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = RandomModel(91);
@@ -395,14 +396,14 @@ TEST_CASE("CudaBackend contexts: lookups grouped by context equal per-request on
   plain->set_group_context_lookups(false);
   auto grouped = MakeCuda(m, CudaDType::kBf16);
   grouped->set_group_context_lookups(true);
-  // The flat class: a a a c c a (groups of 3, 2, 1); the hierarchical request is never grouped.
+  // The flat class: a a a c c c (groups of 3 and 3); the hierarchical request is never grouped.
   const std::vector<Request> runs = {
       {a_dense.get(), a_sq.get(), 5},  {a_dense.get(), a_sq.get(), 9},
       {a_dense.get(), a_sq.get(), 3},  {c_dense.get(), c_sq.get(), 4},
-      {c_dense.get(), c_sq.get(), 7},  {a_dense.get(), a_sq.get(), 2},
+      {c_dense.get(), c_sq.get(), 7},  {c_dense.get(), c_sq.get(), 2},
       {a_dense.get(), a_hier.get(), 6}};
   RunTwins(*plain, *grouped, runs, 6, 31);
-  // The same sizes, grouped otherwise: a c a c c a (five groups, the largest of 2).
+  // The same sizes interleaved: a c a c c a, scored as a a a | c c c.
   const std::vector<Request> mixed = {
       {a_dense.get(), a_sq.get(), 5},  {c_dense.get(), c_sq.get(), 9},
       {a_dense.get(), a_sq.get(), 3},  {c_dense.get(), c_sq.get(), 4},
