@@ -2,7 +2,9 @@
 runs from one seed give identical weights), the export is a Hugging Face directory with the
 expected tensors, and a run paused with --stop-after and continued with --resume ends with the
 same weights as one uninterrupted run; a run with a fact schedule and a task variant trains and
-exports (restated answers); bad task options stop the script before any work, with a message that names the fix.
+exports (restated answers); bad task options stop the script before any work, with a message
+that names the fix; train/run_pair.sh runs two trainings side by side and reports the one that
+failed.
 
 Needs torch (the Hugging Face venv, tests/gguf/hf_parity_setup.sh); exit 77 (skipped) without it.
 About a minute on one core.
@@ -98,6 +100,31 @@ class TrainSmokeTest(unittest.TestCase):
                       "--answer-format", "restate")
             self.assertIn('"fact_schedule": "2@0,all@0.5"', log)
             self.assertIn("exported", log)
+
+    def test_run_pair_trains_side_by_side_and_reports_a_failed_run(self):
+        tiny = ("--tiny --max-len 512 --tokens-per-step 1024 --steps 3 --warmup 2 "
+                "--repro-steps 0 --eval-lengths 256 --eval-docs 1 --eval-questions 2 "
+                "--workers 1 --task-variant distinct --answer-format restate")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "out")
+            env = dict(os.environ, OMP_NUM_THREADS="1", OUT=out, WORK=os.path.join(tmp, "w"),
+                       PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+            script = os.path.join(ROOT, "train", "run_pair.sh")
+            p = subprocess.run(["bash", script, "good", tiny, "bad",
+                                tiny.replace("distinct", "unique")],
+                               capture_output=True, text=True, env=env, timeout=300)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            for f in ("good.log", "good.eval.json", "good.model.safetensors", "good.config.json"):
+                self.assertTrue(os.path.exists(os.path.join(out, f)), f)
+            self.assertFalse(os.path.exists(os.path.join(out, "bad.model.safetensors")))
+            with open(os.path.join(out, "bad.log")) as f:
+                self.assertIn("invalid choice: 'unique'", f.read())
+            with open(os.path.join(out, "good.log")) as f:
+                self.assertIn('"answer_format": "restate"', f.read())
+            usage = subprocess.run(["bash", script, "only-a-name"], capture_output=True,
+                                   text=True, env=env, timeout=60)
+            self.assertEqual(usage.returncode, 2)
+            self.assertIn("usage:", usage.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Two training runs side by side, one per GPU (the nvidia-h200-x2 machine: the model is small
+# enough that one run leaves most of a GPU idle, and a second GPU doubles the experiments per
+# call). Each run trains its own tokenizer on its task variant (train/tokenizer.py), then
+# train/train.py with its own output and checkpoint folders; both logs stream to
+# $OUT/NAME.log. Under $OUT afterwards, per run: NAME.log, NAME.eval.json,
+# NAME.model.safetensors, NAME.config.json (8 files for two runs: the most that come back).
+#
+# Usage (repository root): bash train/run_pair.sh NAME_A "ARGS_A" [NAME_B "ARGS_B"]
+#   ARGS: train.py arguments besides --tokenizer, --out and --ckpt-dir; a --task-variant among
+#   them is given to tokenizer.py too. GPUS (default "0 1") picks the devices, WORK (default
+#   /tmp/pair) the scratch folder, TIMEOUT (default 560) each run's limit in seconds.
+# Exit status: 0 when every run exported a model, 1 otherwise (its log says why).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/pair-out}"
+WORK="${WORK:-/tmp/pair}"
+TIMEOUT="${TIMEOUT:-560}"
+read -r -a gpus <<< "${GPUS:-0 1}"
+if (( $# != 2 && $# != 4 )); then
+  echo "usage: $0 NAME_A \"ARGS_A\" [NAME_B \"ARGS_B\"]" >&2
+  exit 2
+fi
+mkdir -p "$OUT" "$WORK"
+
+variant_of() {  # the value of --task-variant in an argument string, or grid
+  local -a a
+  read -r -a a <<< "$1"
+  local v=grid i
+  for ((i = 0; i < ${#a[@]}; ++i)); do
+    if [[ "${a[i]}" == --task-variant ]]; then v="${a[i + 1]:-grid}"; fi
+    if [[ "${a[i]}" == --task-variant=* ]]; then v="${a[i]#--task-variant=}"; fi
+  done
+  echo "$v"
+}
+
+one() {  # NAME ARGS GPU
+  local name="$1" args="$2" gpu="$3" dir="$WORK/$1"
+  local -a extra
+  read -r -a extra <<< "$args"
+  rm -rf "$dir" && mkdir -p "$dir"
+  {
+    echo "== $name on GPU $gpu: train.py $args"
+    python3 train/tokenizer.py --out "$dir/tok" --task-variant "$(variant_of "$args")" &&
+      CUDA_VISIBLE_DEVICES="$gpu" PYTHONUNBUFFERED=1 timeout "$TIMEOUT" \
+        python3 train/train.py --tokenizer "$dir/tok" --out "$dir/out" --ckpt-dir "$dir/ckpt" \
+        "${extra[@]}"
+    echo "== $name: exit $?"
+  } > "$OUT/$name.log" 2>&1
+  local hf="$dir/out/longctx"
+  [[ -f "$hf/model.safetensors" ]] || return 1
+  cp "$hf/model.safetensors" "$OUT/$name.model.safetensors"
+  cp "$hf/config.json" "$OUT/$name.config.json"
+  cp "$dir/out/eval.json" "$OUT/$name.eval.json" 2>/dev/null
+  return 0
+}
+
+pids=()
+one "$1" "$2" "${gpus[0]}" &
+pids+=($!)
+if (( $# == 4 )); then
+  one "$3" "$4" "${gpus[1]:-${gpus[0]}}" &
+  pids+=($!)
+fi
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+for f in "$OUT"/*.log; do
+  echo "---- $(basename "$f")"
+  grep -v "^step" "$f" | tail -16
+  grep "^step" "$f" | awk 'NR % 25 == 0' | tail -8
+done
+exit "$status"
