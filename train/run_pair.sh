@@ -12,7 +12,7 @@
 #   /tmp/pair) the scratch folder, TIMEOUT (default 560) each run's limit in seconds.
 # Exit status: 0 when every run exported a model, 1 otherwise (its log says why).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 OUT="${OUT:-/tmp/pair-out}"
 WORK="${WORK:-/tmp/pair}"
 TIMEOUT="${TIMEOUT:-560}"
