@@ -339,6 +339,64 @@ def fmt(x, scale=1e3):
     return "n/a" if x is None else f"{x * scale:.1f}"
 
 
+def path_cell(paths, key, same_at):
+    """A timed path of a table: its time (us), marked DIFFERS when its selection (paths[key]
+    [same_at]) differs from the plan's choice; n/a when the path did not run."""
+    if key not in paths:
+        return "n/a"
+    return f"{fmt(paths[key][0])}{'' if paths[key][same_at] else ' DIFFERS'}"
+
+
+def print_report(rows):
+    print()
+    print("| model | context | batch | dense us | SDPA us | select us | attn us | squeezed us |"
+          " x dense | x SDPA | keys read | floor us | sqz / floor | dense / its floor |"
+          " sqz eager us | sqz rel. L2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        sp_dense = r["dense"] / r["sqz"]
+        sp_sdpa = "n/a" if r["sdpa"] is None else f"{r['sdpa'] / r['sqz']:.2f}"
+        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {fmt(r['dense'])} | "
+              f"{fmt(r['sdpa'])} | {fmt(r['select'])} | {fmt(r['attn'])} | {fmt(r['sqz'])} | "
+              f"{sp_dense:.2f} | {sp_sdpa} | {r['share']:.3f} | {fmt(r['floor'])} | "
+              f"{r['sqz'] / r['floor']:.2f} | {r['dense'] / r['dense_floor']:.2f} | "
+              f"{fmt(r['eager'])} | {r['err_sqz']:.3f} |")
+    print()
+    print("Selection step by path (SqueezeSelect alone, graph replays, us; same: the path's"
+          " selected key counts equal the plan's choice's):")
+    print("| model | context | batch | plan's CTAs | 1 CTA (single-block) | 8 CTAs | 16 CTAs |"
+          " 1 / 8 | 1 / 16 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p = r["sel_paths"]
+
+        def ratio(c):
+            return "n/a" if 1 not in p or c not in p else f"{p[1][0] / p[c][0]:.2f}"
+
+        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {r['auto_ctas']} |"
+              f" {path_cell(p, 1, 1)} | {path_cell(p, 8, 1)} | {path_cell(p, 16, 1)} |"
+              f" {ratio(8)} | {ratio(16)} |")
+    print()
+    print("Scoring grouped (the batch's centroids scored once per chunk) vs per request (select us:"
+          " SqueezeSelect alone, graph replays; score us: the scoring kernel, profiler; same: the"
+          " selected key counts equal the plan's; read once: the centroid bytes over the copy"
+          " bandwidth):")
+    print("| model | context | batch | select grouped | select per request | score grouped |"
+          " score per request | per request / grouped (score) | score grouped / read once |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        p = r["score_paths"]
+
+        def us(k):
+            return "n/a" if k not in p or p[k][1] is None else f"{p[k][1]:.1f}"
+
+        ratio = ("n/a" if us(0) == "n/a" or us(1) == "n/a" or p[1][1] == 0
+                 else f"{p[0][1] / p[1][1]:.2f}")
+        once = "n/a" if us(1) == "n/a" else f"{p[1][1] / r['cent_once_us']:.2f}"
+        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {path_cell(p, 1, 2)} |"
+              f" {path_cell(p, 0, 2)} | {us(1)} | {us(0)} | {ratio} | {once} |")
+
+
 def main():
     if "--prefill" in sys.argv:
         import bench_prefill
@@ -373,59 +431,7 @@ def main():
                       f"graph-vs-eager={r['replay_diff']:.1e} kernels us: " +
                       ", ".join(f"{k} {v:.1f}" for k, v in r["kernels"].items()),
                       flush=True)
-    print()
-    print("| model | context | batch | dense us | SDPA us | select us | attn us | squeezed us |"
-          " x dense | x SDPA | keys read | floor us | sqz / floor | dense / its floor |"
-          " sqz eager us | sqz rel. L2 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        sp_dense = r["dense"] / r["sqz"]
-        sp_sdpa = "n/a" if r["sdpa"] is None else f"{r['sdpa'] / r['sqz']:.2f}"
-        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {fmt(r['dense'])} | "
-              f"{fmt(r['sdpa'])} | {fmt(r['select'])} | {fmt(r['attn'])} | {fmt(r['sqz'])} | "
-              f"{sp_dense:.2f} | {sp_sdpa} | {r['share']:.3f} | {fmt(r['floor'])} | "
-              f"{r['sqz'] / r['floor']:.2f} | {r['dense'] / r['dense_floor']:.2f} | "
-              f"{fmt(r['eager'])} | {r['err_sqz']:.3f} |")
-    print()
-    print("Selection step by path (SqueezeSelect alone, graph replays, us; same: the path's"
-          " selected key counts equal the plan's choice's):")
-    print("| model | context | batch | plan's CTAs | 1 CTA (single-block) | 8 CTAs | 16 CTAs |"
-          " 1 / 8 | 1 / 16 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        p = r["sel_paths"]
-
-        def cell(c):
-            return "n/a" if c not in p else f"{fmt(p[c][0])}{'' if p[c][1] else ' DIFFERS'}"
-
-        def ratio(c):
-            return "n/a" if 1 not in p or c not in p else f"{p[1][0] / p[c][0]:.2f}"
-
-        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {r['auto_ctas']} | {cell(1)} |"
-              f" {cell(8)} | {cell(16)} | {ratio(8)} | {ratio(16)} |")
-    print()
-    print("Scoring grouped (the batch's centroids scored once per chunk) vs per request (select us:"
-          " SqueezeSelect alone, graph replays; score us: the scoring kernel, profiler; same: the"
-          " selected key counts equal the plan's; read once: the centroid bytes over the copy"
-          " bandwidth):")
-    print("| model | context | batch | select grouped | select per request | score grouped |"
-          " score per request | per request / grouped (score) | score grouped / read once |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        p = r["score_paths"]
-
-        def sel_cell(k):
-            return "n/a" if k not in p else f"{fmt(p[k][0])}{'' if p[k][2] else ' DIFFERS'}"
-
-        def us(k):
-            return "n/a" if k not in p or p[k][1] is None else f"{p[k][1]:.1f}"
-
-        ratio = ("n/a" if us(0) == "n/a" or us(1) == "n/a" or p[1][1] == 0
-                 else f"{p[0][1] / p[1][1]:.2f}")
-        once = "n/a" if us(1) == "n/a" else f"{p[1][1] / r['cent_once_us']:.2f}"
-        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {sel_cell(1)} | {sel_cell(0)} |"
-              f" {us(1)} | {us(0)} | {ratio} | {once} |")
-
+    print_report(rows)
 
 if __name__ == "__main__":
     main()
