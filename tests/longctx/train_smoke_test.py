@@ -4,7 +4,7 @@ expected tensors, and a run paused with --stop-after and continued with --resume
 same weights as one uninterrupted run; a run with a fact schedule and a task variant trains and
 exports (restated answers); bad task options stop the script before any work, with a message
 that names the fix; train/run_pair.sh runs two trainings side by side and reports the one that
-failed.
+failed; train/miss_analysis.py reads an export and prints its table.
 
 Needs torch (the Hugging Face venv, tests/gguf/hf_parity_setup.sh); exit 77 (skipped) without it.
 About a minute on one core.
@@ -100,6 +100,16 @@ class TrainSmokeTest(unittest.TestCase):
                       "--answer-format", "restate")
             self.assertIn('"fact_schedule": "2@0,all@0.5"', log)
             self.assertIn("exported", log)
+            # The miss analysis reads the export (restated answers) and prints its table.
+            p = subprocess.run([sys.executable, os.path.join(ROOT, "train", "miss_analysis.py"),
+                                "--model", os.path.join(tmp, "longctx"), "--tokenizer",
+                                TOKENIZER, "--task-variant", "distinct", "--answer-format",
+                                "restate", "--length", "256", "--docs", "2"],
+                               capture_output=True, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("| facts of the asked attribute (k) |", p.stdout)
+            self.assertRegex(p.stdout, r"\| \d+ \| \d+ \| [01]\.\d\d \| [01]\.\d\d \| \d+/\d+ \|")
 
     def test_run_pair_trains_side_by_side_and_reports_a_failed_run(self):
         tiny = ("--tiny --max-len 512 --tokens-per-step 1024 --steps 3 --warmup 2 "
