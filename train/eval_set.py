@@ -34,7 +34,8 @@ def main() -> None:
                     help="the documents' entities and facts (tasks.VARIANTS)")
     ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value",
                     help="the expected answers: values, or the facts restated "
-                         "(tasks.ANSWER_FORMATS; give sqz-longctx-eval --max-tokens 48)")
+                         "(tasks.ANSWER_FORMATS; sqz-longctx-eval gives each question the tokens its "
+                         "answer needs)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     enc = data.Encoder(os.path.join(a.tokenizer, "tokenizer.model"))

@@ -121,6 +121,11 @@ std::vector<needle::Mode> LongctxModes() {
   return modes;
 }
 
+int32_t AnswerBudget(const Tokenizer& tokenizer, const std::string& expected, int32_t max_tokens) {
+  const auto ids = tokenizer.Encode(expected, /*add_bos=*/false);
+  return std::max(max_tokens, static_cast<int32_t>(ids.size()) + 2);
+}
+
 StatusOr<DocumentResult> EvaluateDocument(Backend& backend, const Tokenizer& tokenizer,
                                           const EvalDocument& doc, const EvalOptions& options) {
   if (options.modes.empty()) return InvalidArgumentError("longctx eval: no modes");
@@ -135,12 +140,14 @@ StatusOr<DocumentResult> EvaluateDocument(Backend& backend, const Tokenizer& tok
   }
   const auto context = tokenizer.Encode(doc.document, /*add_bos=*/true);
   std::vector<std::vector<int32_t>> queries;
-  size_t longest = 0;
+  std::vector<int32_t> budgets;
+  int64_t longest = 0;  // query + answer budget
   for (const EvalQuestion& q : doc.questions) {
     queries.push_back(tokenizer.Encode(QueryText(q.question), /*add_bos=*/false));
-    longest = std::max(longest, queries.back().size());
+    budgets.push_back(AnswerBudget(tokenizer, q.answer, options.max_tokens));
+    longest = std::max(longest, static_cast<int64_t>(queries.back().size()) + budgets.back());
   }
-  const int64_t need = static_cast<int64_t>(context.size() + longest) + options.max_tokens;
+  const int64_t need = static_cast<int64_t>(context.size()) + longest;
   if (need > backend.config().max_positions) {
     return InvalidArgumentError("longctx eval: document (length " + std::to_string(doc.length) +
                                 ", seed " + std::to_string(doc.seed) + ") needs " +
@@ -161,7 +168,7 @@ StatusOr<DocumentResult> EvaluateDocument(Backend& backend, const Tokenizer& tok
     for (const needle::Mode& m : options.modes) {
       SQZ_ASSIGN_OR_RETURN(needle::Answer a,
                            needle::AskGreedy(backend, tokenizer, prepared.snapshot, m.options,
-                                             queries[q], options.max_tokens));
+                                             queries[q], budgets[q]));
       qr.correct.push_back(ExactMatch(a.text, doc.questions[q].answer));
       qr.answers.push_back(std::move(a));
     }

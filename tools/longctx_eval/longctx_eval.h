@@ -74,12 +74,20 @@ struct DocumentResult {
 struct EvalOptions {
   std::vector<needle::Mode> modes = LongctxModes();
   SqueezeOptions squeeze;  // defaults: 4 sink, 100 window, 5% centroids, 1% coarse
-  int32_t max_tokens = 8;  // answer tokens at most (answers are 1-5 tokens + </s>)
+  // Answer tokens at most, raised per question to what its expected answer needs (AnswerBudget):
+  // values are 1-5 tokens + </s>; answers that restate a fact (train/ --answer-format restate)
+  // are longer.
+  int32_t max_tokens = 8;
   // Called after each document (progress, logs). May be empty.
   std::function<void(const EvalDocument&, const DocumentResult&)> on_document;
 };
 
-// Evaluates one document. INVALID_ARGUMENT when context + the longest query + max_tokens exceed
+// The answer tokens greedy decoding may take for a question: max_tokens, or the expected
+// answer's tokens + 2 (its </s> and one more) when that is more, so that a longer expected answer
+// is never cut short into a miss.
+int32_t AnswerBudget(const Tokenizer& tokenizer, const std::string& expected, int32_t max_tokens);
+
+// Evaluates one document. INVALID_ARGUMENT when context + the longest query + answer budget exceed
 // the model's positions, for no modes or max_tokens < 1, or a mode whose options do not validate;
 // errors of prefill, BuildSnapshot and generation pass through.
 StatusOr<DocumentResult> EvaluateDocument(Backend& backend, const Tokenizer& tokenizer,

@@ -170,6 +170,15 @@ TEST_CASE("EvaluateDocument answers from one snapshot in every mode (models/long
   none.modes.clear();
   CHECK(EvaluateDocument(**backend, *lm->tokenizer, doc, none).status().code() ==
         StatusCode::kInvalidArgument);
+  // Answer budgets: at least max_tokens, and always the expected answer's tokens + 2.
+  CHECK(AnswerBudget(*lm->tokenizer, "4821", 8) == 8);
+  const std::string restated = "ochre rotunda, use the passcode 6295.";
+  const int32_t restated_tokens =
+      static_cast<int32_t>(lm->tokenizer->Encode(restated, /*add_bos=*/false).size());
+  REQUIRE(restated_tokens > 8);
+  CHECK(AnswerBudget(*lm->tokenizer, restated, 8) == restated_tokens + 2);
+  CHECK(AnswerBudget(*lm->tokenizer, restated, 64) == 64);
+
   EvalOptions zero = opts;
   zero.max_tokens = 0;
   CHECK(EvaluateDocument(**backend, *lm->tokenizer, doc, zero)

@@ -7,9 +7,12 @@
 //                    [--backend cpu|cuda] [--cuda-dtype bf16|fp32]
 //
 // FILE.jsonl comes from train/eval_set.py. --lengths keeps only documents of those nominal
-// lengths, --docs the first N documents of each length. Progress goes to stderr, one line per
-// document; --log appends one tab-separated line per (question, mode) as documents finish. The
-// markdown report goes to stdout. Exit status 0 on success (any accuracy), 1 on an error.
+// lengths, --docs the first N documents of each length, --max-tokens the answer tokens at most (a
+// question whose expected answer needs more gets that: longctx::AnswerBudget, so eval sets with
+// restated answers, train/eval_set.py --answer-format restate, need no flag). Progress goes to
+// stderr, one line per document; --log appends one tab-separated line per (question, mode) as
+// documents finish. The markdown report goes to stdout. Exit status 0 on success (any accuracy),
+// 1 on an error.
 #include <omp.h>
 
 #include <cstdio>
