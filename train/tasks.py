@@ -203,7 +203,7 @@ VARIANTS = ("grid", "distinct", "distinct-one-attribute", "distinct-fixed")
 
 
 def _candidates(r: random.Random, variant: str) -> tuple:
-    """(places, people, candidate facts as (entity, Attribute) in the order they are stated)."""
+    """(places, candidate facts as (entity, Attribute) in the order they are stated)."""
     if variant == "grid":
         places = [f"{c} {l}" for c in r.sample(COLOURS, r.randint(3, 8))
                   for l in r.sample(LANDMARKS, r.randint(3, 8))]
@@ -212,7 +212,7 @@ def _candidates(r: random.Random, variant: str) -> tuple:
         candidates = [(ent, attr) for attr in ATTRIBUTES
                       for ent in (places if attr.entity_kind == "place" else people)]
         r.shuffle(candidates)
-        return places, people, candidates
+        return places, candidates
     colours, landmarks = COLOURS + EXTRA_COLOURS, LANDMARKS + EXTRA_LANDMARKS
     firsts, lasts = FIRST_NAMES + EXTRA_FIRST_NAMES, LAST_NAMES + EXTRA_LAST_NAMES
     n_places = r.randint(8, min(len(colours), len(landmarks)))
@@ -229,7 +229,7 @@ def _candidates(r: random.Random, variant: str) -> tuple:
         place_attr, person_attr = r.choice(place_attrs), r.choice(person_attrs)
         candidates = [(e, place_attr) for e in places] + [(e, person_attr) for e in people]
     r.shuffle(candidates)
-    return places, people, candidates
+    return places, candidates
 
 
 def _fact_sentence(r: random.Random, attr: Attribute, entity: str, value: str,
@@ -269,7 +269,7 @@ def generate(seed: int, target_tokens: int, n_questions: int = 8,
     if kind not in ("facts", "needle"):
         raise ValueError(f"kind must be 'facts' or 'needle', got {kind!r}")
 
-    places, people, candidates = _candidates(r, variant)
+    places, candidates = _candidates(r, variant)
     first_names = FIRST_NAMES + (EXTRA_FIRST_NAMES if variant != "grid" else [])  # keepers too
 
     def new_fact(i: int) -> tuple:
