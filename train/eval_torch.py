@@ -45,7 +45,7 @@ def main() -> None:
             for q in doc.questions:
                 want = tasks.answer_text(doc, q, a.answer_format)
                 ids = train.answer(model, past, len(ctx), enc(tasks.query_text(q.question)),
-                                   device, 8 if a.answer_format == "value" else 48)
+                                   device, train.ANSWER_TOKENS[a.answer_format])
                 got = enc.decode(ids).strip()
                 if q.kind != "twohop":
                     ok += got == want

@@ -38,7 +38,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = train.load_exported(a.model, device)
     enc = data.Encoder(os.path.join(a.tokenizer or a.model, "tokenizer.model"))
-    max_tokens = 8 if a.answer_format == "value" else 48
+    max_tokens = train.ANSWER_TOKENS[a.answer_format]
     right = collections.Counter()
     asked = collections.Counter()
     binding = collections.Counter()  # wrong, and another same-attribute fact's answer

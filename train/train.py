@@ -225,6 +225,11 @@ def load_exported(path: str, device) -> Llama:
     return model.to(device).eval()
 
 
+# Greedy answer tokens at most, by answer format (tasks.ANSWER_FORMATS): values are 1-5 tokens +
+# </s>, restated facts up to about 40.
+ANSWER_TOKENS = {"value": 8, "restate": 48}
+
+
 @torch.no_grad()
 def answer(model: Llama, past, start: int, query: List[int], device, max_tokens: int = 8
            ) -> List[int]:
@@ -249,7 +254,7 @@ def answer(model: Llama, past, start: int, query: List[int], device, max_tokens:
 def evaluate(model: Llama, enc: data.Encoder, lengths: List[int], n_docs: int,
              n_questions: int, device, fh=None, variant: str = "grid",
              answer_format: str = "value") -> Dict[str, dict]:
-    max_tokens = 8 if answer_format == "value" else 48
+    max_tokens = ANSWER_TOKENS[answer_format]
     results = {}
     for L in lengths:
         per_kind: Dict[str, List[int]] = {}
