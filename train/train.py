@@ -343,7 +343,7 @@ def main() -> None:
                          "attention backward; errors for ops without a deterministic version)")
     args = ap.parse_args()
     try:
-        parse_fact_schedule(args.fact_schedule)  # fail before any work, not at the training loop
+        fact_schedule = parse_fact_schedule(args.fact_schedule)  # fails before any work
     except ValueError as e:
         ap.error(str(e))
     if args.fact_schedule and args.curriculum == "gated":
@@ -440,7 +440,6 @@ def main() -> None:
             gated.load_state(ck["curriculum"])
         specs = LazySpecs(first, total, lambda s: gated.spec(s, args.tokens_per_step) + task)
     else:
-        fact_schedule = parse_fact_schedule(args.fact_schedule)
         specs = [(args.seed, s, L, max(1, args.tokens_per_step // L),
                   facts_at(s, total, fact_schedule)) + task
                  for s in range(first, total)
