@@ -103,15 +103,20 @@ def init_worker(model_file: str) -> None:
 
 def make_batch(spec: tuple) -> Tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """spec = (base_seed, step, length, batch[, max_facts[, variant, twohop_share,
-    answer_format]]) -> (step, ids [B, L], ans_mask, valid)."""
+    answer_format[, rank, world]]]) -> (step, ids [B, L], ans_mask, valid). With rank and world
+    (data-parallel training), only the rows b of the step's batch with b % world == rank: the
+    processes of a run together train on the same rows as one process would."""
     base_seed, step, length, batch = spec[:4]
     max_facts = spec[4] if len(spec) > 4 else None
     variant, twohop_share, answer_format = (spec[5:8] if len(spec) > 7 else
                                             ("grid", TWOHOP_SHARE, "value"))
+    rank, world = spec[8:10] if len(spec) > 9 else (0, 1)
+    if not 0 <= rank < world or batch < world:
+        raise ValueError(f"batch of {batch} rows cannot be shared by rank {rank} of {world}")
     rows = [build_sequence(_ENC, tasks.train_seed(base_seed, step, b), length,
                            twohop_share=twohop_share, max_facts=max_facts, variant=variant,
                            answer_format=answer_format)
-            for b in range(batch)]
+            for b in range(rank, batch, world)]
     return (step, np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
             np.stack([r[2] for r in rows]))
 

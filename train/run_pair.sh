@@ -8,8 +8,10 @@
 #
 # Usage (repository root): bash train/run_pair.sh NAME_A "ARGS_A" [NAME_B "ARGS_B"]
 #   ARGS: train.py arguments besides --tokenizer, --out and --ckpt-dir; a --task-variant among
-#   them is given to tokenizer.py too. GPUS (default "0 1") picks the devices, WORK (default
-#   /tmp/pair) the scratch folder, TIMEOUT (default 560) each run's limit in seconds.
+#   them is given to tokenizer.py too. GPUS (default "0 1") picks each run's devices, WORK
+#   (default /tmp/pair) the scratch folder, TIMEOUT (default 560) each run's limit in seconds.
+#   A run given several devices ("0,1,2,3") trains on all of them, one data-parallel process
+#   each (torchrun; train.py then needs --steps): GPUS="0,1,2,3" bash train/run_pair.sh NAME ARGS.
 # Exit status: 0 when every run exported a model, 1 otherwise (its log says why).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -41,10 +43,16 @@ one() {  # NAME ARGS GPU
   rm -rf "$dir" && mkdir -p "$dir"
   {
     echo "== $name on GPU $gpu: train.py $args"
+    local -a launch=(python3)
+    local n_gpus
+    n_gpus=$(tr ',' '\n' <<< "$gpu" | grep -c .)
+    if (( n_gpus > 1 )); then
+      launch=(python3 -m torch.distributed.run --standalone --nproc_per_node "$n_gpus")
+    fi
     python3 train/tokenizer.py --out "$dir/tok" --task-variant "$(variant_of "$args")" &&
       CUDA_VISIBLE_DEVICES="$gpu" PYTHONUNBUFFERED=1 timeout "$TIMEOUT" \
-        python3 train/train.py --tokenizer "$dir/tok" --out "$dir/out" --ckpt-dir "$dir/ckpt" \
-        "${extra[@]}"
+        "${launch[@]}" train/train.py --tokenizer "$dir/tok" --out "$dir/out" \
+        --ckpt-dir "$dir/ckpt" "${extra[@]}"
     echo "== $name: exit $?"
   } > "$OUT/$name.log" 2>&1
   local hf="$dir/out/longctx"

@@ -46,11 +46,57 @@ from curriculum import (GatedCurriculum, facts_at, length_at, parse_fact_schedul
                         phases_for)
 from model import Config, Llama, flops_per_token, num_params  # noqa: E402
 
+RANK, WORLD = 0, 1  # data-parallel process and process count (init_distributed)
+
+
 def log(msg: str, fh=None) -> None:
+    """Prints (and appends to fh) on the first process only."""
+    if RANK != 0:
+        return
     print(msg, flush=True)
     if fh is not None:
         fh.write(msg + "\n")
         fh.flush()
+
+
+def init_distributed() -> Optional[torch.device]:
+    """Data parallelism under torchrun (WORLD_SIZE > 1): one process per GPU, each training on its
+    share of every step's rows (data.make_batch) with gradients averaged over the processes
+    before each optimizer step, so all hold the same weights. Sets RANK and WORLD; returns the
+    process's device, or None when not launched by torchrun."""
+    global RANK, WORLD
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+    local = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        device = torch.device("cuda", local)
+    else:
+        dist.init_process_group("gloo")
+        device = torch.device("cpu")
+    RANK, WORLD = dist.get_rank(), dist.get_world_size()
+    return device
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if WORLD > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t)
+    return t
+
+
+def average_gradients(model: Llama) -> None:
+    """The mean of the processes' gradients, in one all-reduce (a no-op for one process)."""
+    if WORLD <= 1:
+        return
+    grads = [p.grad for p in model.parameters()]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    all_reduce_sum(flat).div_(WORLD)
+    for g, r in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(r)
 
 
 STRICT_DETERMINISM = False  # set from --strict-determinism in main()
@@ -113,8 +159,16 @@ def train_step(model: Llama, opt, batch, device, lm_weight: float, lr: float, au
             logits = model.logits(h[valid_m])
         loss_lm = F.cross_entropy(logits.float(), targets[valid_m])
         loss = loss + lm_weight * loss_lm
+    if WORLD > 1:
+        # Each process's means weighed by its share of the step's tokens: the averaged gradient
+        # (and the averaged figures) are then those of the means over all the step's rows.
+        n = torch.stack([ans_m.sum(), valid_m.sum()]).float()
+        share = n * WORLD / all_reduce_sum(n.clone())
+        loss_a, loss_lm, acc_a = loss_a * share[0], loss_lm * share[1], acc_a * share[0]
+        loss = loss_a + lm_weight * loss_lm
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(model)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss_a.detach(), loss_lm.detach(), acc_a.detach()
@@ -352,11 +406,20 @@ def main() -> None:
     global STRICT_DETERMINISM
     STRICT_DETERMINISM = args.strict_determinism
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = init_distributed() or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if WORLD > 1:
+        if args.steps <= 0:
+            ap.error("data-parallel training (torchrun) needs --steps: the probe sizes runs of "
+                     "one process")
+        if args.tokens_per_step // args.max_len < WORLD:
+            ap.error(f"--tokens-per-step {args.tokens_per_step} gives "
+                     f"{args.tokens_per_step // args.max_len} rows at --max-len {args.max_len}, "
+                     f"fewer than the {WORLD} processes: raise it to at least "
+                     f"{WORLD * args.max_len}")
     os.makedirs(args.out, exist_ok=True)
     ckpt_dir = args.ckpt_dir or os.path.join(args.out, "ckpt")
     os.makedirs(ckpt_dir, exist_ok=True)
-    fh = open(os.path.join(args.out, "train_log.txt"), "a")
+    fh = open(os.path.join(args.out, "train_log.txt"), "a") if RANK == 0 else None
     cfg = Config(max_position_embeddings=args.max_len)
     if args.tiny:
         cfg = dataclasses.replace(cfg, hidden_size=64, intermediate_size=128,
@@ -373,11 +436,16 @@ def main() -> None:
         f"{torch.cuda.get_device_name() if device.type == 'cuda' else ''}", fh)
     log(f"config {json.dumps(dataclasses.asdict(cfg))}", fh)
     log(f"args {json.dumps(vars(args))}", fh)
+    if WORLD > 1:
+        log(f"data parallel: {WORLD} processes, each {args.workers} data workers; the same "
+            f"command on {WORLD} GPUs reproduces the run", fh)
     lengths = [L for _, L in phases_for(args.max_len)]
     t_start = time.perf_counter()
 
-    # 1. Reproducibility.
-    if args.repro_steps > 0:
+    # 1. Reproducibility (of one process; skipped under data parallelism).
+    if args.repro_steps > 0 and WORLD > 1:
+        log("repro: skipped (data parallel; the check runs one process)", fh)
+    elif args.repro_steps > 0:
         try:
             L = min(1024, args.max_len)
             a = short_run(cfg, args, pool, device, args.seed + 1000, args.repro_steps, L)
@@ -431,6 +499,7 @@ def main() -> None:
         first, total = ck["step"], ck["total"]
         log(f"resumed at step {first} of {total}", fh)
     task = (args.task_variant, args.twohop_share, args.answer_format)  # documents and answers
+    shard = (RANK, WORLD) if WORLD > 1 else ()  # this process's rows of each step
     gated = None
     if args.curriculum == "gated":
         gated = GatedCurriculum(args.seed, args.max_len, gate=args.gate,
@@ -438,10 +507,10 @@ def main() -> None:
                                 window=min(50, args.gate_min_steps))
         if first > 0:
             gated.load_state(ck["curriculum"])
-        specs = LazySpecs(first, total, lambda s: gated.spec(s, args.tokens_per_step) + task)
+        specs = LazySpecs(first, total, lambda s: gated.spec(s, args.tokens_per_step) + task + shard)
     else:
         specs = [(args.seed, s, L, max(1, args.tokens_per_step // L),
-                  facts_at(s, total, fact_schedule)) + task
+                  facts_at(s, total, fact_schedule)) + task + shard
                  for s in range(first, total)
                  for L in [length_at(s, total, args.seed, args.max_len)]]
     t0 = last_ckpt = time.perf_counter()
@@ -456,12 +525,19 @@ def main() -> None:
             L = b[1].shape[1]
             la, ll, acc = train_step(model, opt, b, device, args.lm_weight,
                                      lr_at(step, total, args.lr, args.warmup), device.type == "cuda")
-            tokens += b[1].size
-            flops += b[1].size * flops_per_token(cfg, L)
-            acc_la, acc_ll, acc_acc, n_acc = acc_la + float(la), acc_ll + float(ll), \
-                acc_acc + float(acc), n_acc + 1
+            now = time.perf_counter()
+            over = args.deadline_seconds > 0 and \
+                now - t_start > args.deadline_seconds - args.reserve_seconds
+            # Means over the processes, and the deadline as the first process sees it (every
+            # process must stop at the same step).
+            m = all_reduce_sum(torch.stack([la, ll, acc, torch.tensor(
+                float(over and RANK == 0), device=la.device)]).float()).tolist()
+            la, ll, acc, over = m[0] / WORLD, m[1] / WORLD, m[2] / WORLD, m[3] > 0
+            tokens += b[1].size * WORLD
+            flops += b[1].size * WORLD * flops_per_token(cfg, L)
+            acc_la, acc_ll, acc_acc, n_acc = acc_la + la, acc_ll + ll, acc_acc + acc, n_acc + 1
             if gated is not None:
-                passed = gated.observe(step, float(acc))
+                passed = gated.observe(step, acc)
                 if passed:
                     log(passed, fh)
             if (step + 1) % 20 == 0 or step + 1 == total:
@@ -472,11 +548,9 @@ def main() -> None:
                     f"{tokens / el / 1e3:7.1f}K tok/s {flops / el / 1e12:5.1f} TFLOP/s", fh)
                 acc_la = acc_ll = acc_acc = 0.0
                 n_acc = 0
-            now = time.perf_counter()
             pause = args.stop_after > 0 and step + 1 - first >= args.stop_after
-            over = args.deadline_seconds > 0 and \
-                now - t_start > args.deadline_seconds - args.reserve_seconds
-            if now - last_ckpt > args.ckpt_every or step + 1 == total or pause or over:
+            if RANK == 0 and (now - last_ckpt > args.ckpt_every or step + 1 == total or pause
+                              or over):
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                             "total": total, "cfg": dataclasses.asdict(cfg),
                             "curriculum": gated.state() if gated else None}, ckpt_path)
@@ -499,6 +573,18 @@ def main() -> None:
     pool.terminate()
     log(f"trained {time.perf_counter() - t0:.1f}s, {tokens / 1e6:.1f}M tokens"
         f"{' (stopped early)' if stopped_early else ''}", fh)
+    if WORLD > 1:
+        # The processes applied the same averaged gradients: their weights must be the same.
+        import torch.distributed as dist
+        x = torch.stack([p.detach().double().sum() for p in model.parameters()])
+        lo, hi = x.clone(), x.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        log(f"data parallel: weights of the {WORLD} processes "
+            f"{'identical' if torch.equal(lo, hi) else 'DIFFER'}", fh)
+        dist.destroy_process_group()
+        if RANK != 0:
+            return
 
     # 4. Export, 5. evaluate the exported (bf16-rounded) weights in fp32.
     hf_dir = os.path.join(args.out, "longctx")

@@ -291,6 +291,19 @@ class SequenceTest(unittest.TestCase):
         self.assertTrue((a[1] == b[1]).all())
         self.assertFalse((a[1] == c[1]).all())
 
+    def test_data_parallel_shares_split_a_batch(self):
+        data.init_worker(SPM)
+        task = (None, "distinct", 0.1, "restate")
+        whole = data.make_batch((1, 17, 512, 5) + task)
+        shares = [data.make_batch((1, 17, 512, 5) + task + (r, 2)) for r in (0, 1)]
+        self.assertEqual([s[1].shape[0] for s in shares], [3, 2])
+        for r, share in enumerate(shares):
+            for i in (1, 2, 3):
+                self.assertTrue((share[i] == whole[i][r::2]).all())
+        for bad in [(2, 2), (-1, 2), (0, 6)]:  # rank out of range, more processes than rows
+            with self.assertRaisesRegex(ValueError, "cannot be shared"):
+                data.make_batch((1, 17, 512, 5) + task + bad)
+
     def test_fact_cap_spreads_few_facts_over_long_documents(self):
         for seed in range(6):
             doc = tasks.generate(seed, 4000, count_tokens=ENC.count, kind="facts", max_facts=8)

@@ -2,7 +2,7 @@
 runs from one seed give identical weights), the export is a Hugging Face directory with the
 expected tensors, and a run paused with --stop-after and continued with --resume ends with the
 same weights as one uninterrupted run; a run with a fact schedule and a task variant trains and
-exports (restated answers); bad task options stop the script before any work, with a message
+exports (restated answers); two data-parallel processes train as one does; bad task options stop the script before any work, with a message
 that names the fix; train/run_pair.sh runs two trainings side by side and reports the one that
 failed; train/miss_analysis.py reads an export and prints its table.
 
@@ -44,6 +44,26 @@ def run(out, *extra):
     return p.stdout
 
 
+def launch(world, out, *extra):
+    """train.py as `world` data-parallel processes on the CPU, with the environment torchrun
+    gives them: (exit codes, outputs) by rank."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [sys.executable, TRAIN, "--out", out, "--ckpt-dir", os.path.join(out, "ckpt")] + \
+        COMMON + list(extra)
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                   RANK=str(rank), LOCAL_RANK=str(rank), CUDA_VISIBLE_DEVICES="")
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env=env))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [p.returncode for p in procs], outs
+
+
 def digest(log):
     m = re.findall(r"exported .*: digest ([0-9a-f]+)", log)
     assert m, log
@@ -78,6 +98,30 @@ class TrainSmokeTest(unittest.TestCase):
             log_b2 = run(b, "--repro-steps", "0", "--resume")
             self.assertIn("resumed at step 3 of 6", log_b2)
             self.assertEqual(digest(log_b2), digest(log_a))
+
+    def test_data_parallel_trains_as_one_process(self):
+        """Two processes on the CPU (gloo), started as torchrun starts them: the step's rows are
+        shared, the averaged figures equal one process's, the weights of both processes agree,
+        and only the first process logs and exports."""
+        with tempfile.TemporaryDirectory() as tmp:
+            one = run(os.path.join(tmp, "one"), "--repro-steps", "0")
+            codes, outs = launch(2, os.path.join(tmp, "dp"), "--repro-steps", "3")
+            self.assertEqual(codes, [0, 0], outs)
+            self.assertIn("repro: skipped (data parallel", outs[0])
+            self.assertIn("data parallel: weights of the 2 processes identical", outs[0])
+            self.assertIn("exported", outs[0])
+            self.assertEqual(outs[1].strip(), "")
+            figures = r"loss_ans (\S+) loss_lm (\S+) ans_acc (\S+)"
+            self.assertEqual(re.findall(figures, outs[0]), re.findall(figures, one))
+            self.assertEqual(len(re.findall(figures, one)), 1)
+
+    def test_data_parallel_bad_options(self):
+        for extra, msg in [(["--steps", "0"], "needs --steps"),
+                           (["--tokens-per-step", "512"], "fewer than the 2 processes")]:
+            with tempfile.TemporaryDirectory() as tmp:
+                codes, outs = launch(2, tmp, "--repro-steps", "0", *extra)
+                self.assertEqual(codes, [2, 2], outs)
+                self.assertIn(msg, outs[0])
 
     def test_bad_task_options_fail_before_any_work(self):
         env = dict(os.environ, OMP_NUM_THREADS="1")
