@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -63,10 +64,20 @@ void FillRandomBf16(bf16* dst, size_t n, uint32_t seed) {
   }
 }
 
-// Median milliseconds per call of fn over reps calls (after warmup calls).
+// Median milliseconds per call of fn over reps calls, after at least `warmup` calls and at least
+// kWarmupSeconds of them: a few calls of a ~150 us kernel left the first variant of a table to
+// run while the clocks were still rising after host-side setup (the same split measured ~10%
+// slower first than later in the same run).
+constexpr double kWarmupSeconds = 0.2;
+
 double TimeMs(const std::function<void(int)>& fn, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) fn(i);
-  BENCH_CHECK_CUDA(cudaDeviceSynchronize());
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0;; ++i) {
+    fn(i);
+    BENCH_CHECK_CUDA(cudaDeviceSynchronize());
+    const std::chrono::duration<double> spent = std::chrono::steady_clock::now() - start;
+    if (i + 1 >= warmup && spent.count() >= kWarmupSeconds) break;
+  }
   cudaEvent_t a, b;
   BENCH_CHECK_CUDA(cudaEventCreate(&a));
   BENCH_CHECK_CUDA(cudaEventCreate(&b));

@@ -3,16 +3,23 @@ at 32K and 128K context, batch 1 and 16, and causal prefill at 4K and 32K, timed
 (median). Run on the GPU machine in the same call as sqz_cuda_bench; prints one table."""
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
+WARMUP_SECONDS = 0.2  # as bench/cuda's TimeMs: let the clocks rise before the first variant
+
+
 def time_ms(fn, warmup=3, reps=30):
-    for _ in range(warmup):
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < WARMUP_SECONDS:
         fn()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        done += 1
     times = []
     for _ in range(reps):
         a = torch.cuda.Event(enable_timing=True)
