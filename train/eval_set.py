@@ -30,9 +30,10 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=0,
                     help="skip the first documents of each length (extending an earlier set)")
     ap.add_argument("--questions", type=int, default=8, help="questions per document")
-    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default=tasks.MODEL_VARIANT,
                     help="the documents' entities and facts (tasks.VARIANTS)")
-    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value",
+    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS,
+                    default=tasks.MODEL_ANSWER_FORMAT,
                     help="the expected answers: values, or the facts restated "
                          "(tasks.ANSWER_FORMATS; sqz-longctx-eval gives each question the tokens its "
                          "answer needs)")

@@ -28,9 +28,10 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=16)
     ap.add_argument("--questions", type=int, default=8)
     ap.add_argument("--log", default="")
-    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value",
+    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS,
+                    default=tasks.MODEL_ANSWER_FORMAT,
                     help="what the model was trained to answer (tasks.ANSWER_FORMATS)")
-    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default=tasks.MODEL_VARIANT,
                     help="the documents' entities and facts (tasks.VARIANTS)")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

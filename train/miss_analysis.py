@@ -30,8 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="exported model with its tokenizer")
     ap.add_argument("--tokenizer", default="", help="folder of tokenizer.model (default --model)")
-    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid")
-    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value")
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default=tasks.MODEL_VARIANT)
+    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS,
+                    default=tasks.MODEL_ANSWER_FORMAT)
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--docs", type=int, default=24)
     a = ap.parse_args()

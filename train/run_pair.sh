@@ -25,15 +25,14 @@ if (( $# != 2 && $# != 4 )); then
 fi
 mkdir -p "$OUT" "$WORK"
 
-variant_of() {  # the value of --task-variant in an argument string, or grid
-  local -a a
+variant_args() {  # the --task-variant of an argument string, for tokenizer.py (none: its default,
+  local -a a         # which is train.py's)
   read -r -a a <<< "$1"
-  local v=grid i
+  local i
   for ((i = 0; i < ${#a[@]}; ++i)); do
-    if [[ "${a[i]}" == --task-variant ]]; then v="${a[i + 1]:-grid}"; fi
-    if [[ "${a[i]}" == --task-variant=* ]]; then v="${a[i]#--task-variant=}"; fi
+    if [[ "${a[i]}" == --task-variant ]]; then echo "--task-variant ${a[i + 1]:-}"; fi
+    if [[ "${a[i]}" == --task-variant=* ]]; then echo "${a[i]}"; fi
   done
-  echo "$v"
 }
 
 one() {  # NAME ARGS GPU
@@ -49,7 +48,9 @@ one() {  # NAME ARGS GPU
     if (( n_gpus > 1 )); then
       launch=(python3 -m torch.distributed.run --standalone --nproc_per_node "$n_gpus")
     fi
-    python3 train/tokenizer.py --out "$dir/tok" --task-variant "$(variant_of "$args")" &&
+    local -a variant
+    read -r -a variant <<< "$(variant_args "$args")"
+    python3 train/tokenizer.py --out "$dir/tok" "${variant[@]}" &&
       CUDA_VISIBLE_DEVICES="$gpu" PYTHONUNBUFFERED=1 timeout "$TIMEOUT" \
         "${launch[@]}" train/train.py --tokenizer "$dir/tok" --out "$dir/out" \
         --ckpt-dir "$dir/ckpt" "${extra[@]}"

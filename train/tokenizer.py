@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default=tasks.MODEL_VARIANT,
                     help="the documents it is trained on (tasks.VARIANTS)")
     a = ap.parse_args()
     build(a.out, a.vocab, a.docs, a.seed, a.task_variant)

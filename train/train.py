@@ -372,12 +372,13 @@ def main() -> None:
     ap.add_argument("--shape", default="",
                     help="model shape overrides, e.g. hidden_size=384,num_hidden_layers=6 "
                          "(fields of model.Config; the default is the 5-layer, 256-wide model)")
-    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default="grid",
+    ap.add_argument("--task-variant", choices=tasks.VARIANTS, default=tasks.MODEL_VARIANT,
                     help="entities and facts of the documents, trained and evaluated on "
                          "(tasks.VARIANTS; the tokenizer should be trained on the same)")
     ap.add_argument("--twohop-share", type=float, default=data.TWOHOP_SHARE,
                     help="training questions that are two-hop ones (where a document allows)")
-    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS, default="value",
+    ap.add_argument("--answer-format", choices=tasks.ANSWER_FORMATS,
+                    default=tasks.MODEL_ANSWER_FORMAT,
                     help="what answers say: the value, or the fact restated from its entity on "
                          "(tasks.ANSWER_FORMATS), trained and evaluated on")
     ap.add_argument("--fact-schedule", default="",

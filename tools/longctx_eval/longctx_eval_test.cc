@@ -113,6 +113,17 @@ TEST_CASE("FormatReport tallies retrieval and two-hop questions per length and m
   CHECK(report.find("### Speed (CPU backend)") != std::string::npos);
   CHECK(FormatReport(docs, results, modes, "CUDA backend, bf16").find(
             "### Speed (CUDA backend, bf16)") != std::string::npos);
+  CHECK(report.find("Not counted") == std::string::npos);
+  // A backend that counts no keys (the CUDA one) gets a line, not a table of zeros.
+  for (DocumentResult& r : results) {
+    for (QuestionResult& q : r.questions) {
+      for (needle::Answer& a : q.answers) a.context_keys_read = 0.0;
+    }
+  }
+  const std::string uncounted = FormatReport(docs, results, modes, "CUDA backend, bf16");
+  CHECK(uncounted.find("Not counted by this backend.") != std::string::npos);
+  CHECK(uncounted.find("| 1024 | 0.000") == std::string::npos);
+  CHECK(uncounted.find("| 1024 | 2 | 1000 |") != std::string::npos);
 }
 
 // The committed model: a held-out style document it answers, dense and squeezed at budget 1
@@ -133,11 +144,13 @@ TEST_CASE("EvaluateDocument answers from one snapshot in every mode (models/long
   doc.length = 256;
   doc.document =
       "The quiet market is usually full of farmers at dusk. The passcode of the blue lighthouse "
-      "is 4821. Nobody remembers when the pond became so narrow. The passcode of the red tower "
-      "is 7390. The keeper of the blue tower is Helena. People say the honey from the inn is the "
-      "best in the region.";
-  doc.questions = {{"What is the passcode of the blue lighthouse?", "4821", "single", 0.2},
-                   {"Who is the keeper of the blue tower?", "Helena", "single", 0.6}};
+      "is 4821. Nobody remembers when the pond became so narrow. The red castle opens with the "
+      "passcode 7390. The amber mill is kept by Helena. People say the honey from the inn is "
+      "the best in the region.";
+  // Answers restate the fact from its entity on (the model's training format, train/README.md).
+  doc.questions = {
+      {"What is the passcode of the blue lighthouse?", "blue lighthouse is 4821.", "single", 0.2},
+      {"Who is the keeper of the amber mill?", "amber mill is kept by Helena.", "single", 0.6}};
   EvalOptions opts;
   needle::Mode budget_one{"flat 1", {}};
   budget_one.options.kv_budget = 1.0;
@@ -154,8 +167,9 @@ TEST_CASE("EvaluateDocument answers from one snapshot in every mode (models/long
     CHECK(q.answers[0].text == q.answers[1].text);
     CHECK(q.answers[1].context_keys_read >= 1.0);
   }
-  // The model answers the short-context passcode question (it was trained on this format).
+  // The model answers the short-context questions (it was trained on this format).
   CHECK(r->questions[0].correct[0]);
+  CHECK(r->questions[1].correct[0]);
 
   EvalDocument too_long = doc;
   std::string text;
