@@ -15,6 +15,9 @@ One command does everything the GPU machine is asked for (see train/README.md):
 
 Usage: python train/train.py --tokenizer DIR --out DIR [--seed 1] [--steps N | --train-seconds S]
 The same seed and --steps give the same model (the step count chosen by the probe is printed).
+Data parallel: torchrun --standalone --nproc_per_node N train/train.py ... --steps S (one process
+per GPU, each on every N-th row of a step; the first process logs, checkpoints and exports; the
+same command on N GPUs reproduces the run). Steps 1 and 2 run only in a single process.
 """
 
 from __future__ import annotations
