@@ -68,22 +68,6 @@ StatusOr<EvalDocument> ParseLine(const std::string& line, const std::string& whe
   return d;
 }
 
-// The speed table of FormatReport.
-std::string SpeedTable(const std::string& backend, const std::map<int64_t, int64_t>& docs_at,
-                       const std::map<int64_t, int64_t>& tokens,
-                       const std::map<int64_t, double>& prefill,
-                       const std::map<int64_t, double>& build) {
-  std::string out = "\n### Speed (" + backend +
-                    ")\n\n| length | documents | prefill tokens/s | snapshot s |\n";
-  out += "| --- | --- | --- | --- |\n";
-  for (const auto& [length, count] : docs_at) {
-    out += "| " + std::to_string(length) + " | " + std::to_string(count) + " | " +
-           Fmt("%.0f", tokens.at(length) / std::max(1e-9, prefill.at(length))) + " | " +
-           Fmt("%.2f", build.at(length) / std::max<int64_t>(1, count)) + " |\n";
-  }
-  return out;
-}
-
 }  // namespace
 
 StatusOr<std::vector<EvalDocument>> ParseEvalSet(std::string_view jsonl) {
@@ -281,17 +265,27 @@ std::string FormatReport(std::span<const EvalDocument> docs,
   for (const auto& [length, k] : keys) {
     for (double x : k) counted = counted || x > 0.0;
   }
-  if (!counted) return out + "Not counted by this backend.\n" + SpeedTable(backend, docs_at,
-                                                                             tokens, prefill, build);
-  out += header("length");
-  for (const auto& [length, k] : keys) {
-    out += "| " + std::to_string(length) + " |";
-    for (size_t m = 0; m < nm; ++m) {
-      out += " " + Fmt("%.3f", k[m] / std::max<int64_t>(1, answers[length])) + " |";
+  if (!counted) {
+    out += "Not counted by this backend.\n";
+  } else {
+    out += header("length");
+    for (const auto& [length, k] : keys) {
+      out += "| " + std::to_string(length) + " |";
+      for (size_t m = 0; m < nm; ++m) {
+        out += " " + Fmt("%.3f", k[m] / std::max<int64_t>(1, answers[length])) + " |";
+      }
+      out += "\n";
     }
-    out += "\n";
   }
-  return out + SpeedTable(backend, docs_at, tokens, prefill, build);
+  out += "\n### Speed (" + backend +
+         ")\n\n| length | documents | prefill tokens/s | snapshot s |\n";
+  out += "| --- | --- | --- | --- |\n";
+  for (const auto& [length, count] : docs_at) {
+    out += "| " + std::to_string(length) + " | " + std::to_string(count) + " | " +
+           Fmt("%.0f", tokens[length] / std::max(1e-9, prefill[length])) + " | " +
+           Fmt("%.2f", build[length] / std::max<int64_t>(1, count)) + " |\n";
+  }
+  return out;
 }
 
 }  // namespace sqz::longctx
