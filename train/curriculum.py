@@ -36,10 +36,15 @@ def phases_for(max_len: int):
     return [(f, L) for f, L in PHASES if L <= max_len]
 
 
-def length_at(step: int, total: int, seed: int, max_len: int) -> int:
-    """The fixed curriculum's length of `step` of `total`."""
+def length_at(step: int, total: int, seed: int, max_len: int, start: float = 0.0) -> int:
+    """The fixed curriculum's length of `step` of `total`. `start` (in [0, 1]) begins the
+    schedule part way: the steps then span shares start..1 of it, so a run that continues a
+    trained model (train.py --init-from) can train on the last phase's mix alone (start 1.0:
+    the longest length, with the usual revisits of the earlier ones)."""
+    if not 0.0 <= start <= 1.0:
+        raise ValueError(f"curriculum start must be in [0, 1], got {start}")
     ph = phases_for(max_len)
-    frac = step / max(1, total)
+    frac = start + (1.0 - start) * step / max(1, total)
     k = max(i for i, (f, _) in enumerate(ph) if frac >= f)
     r = random.Random(seed * 7919 + step)
     if k > 0 and r.random() < REVISIT:

@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# Two training runs side by side, one per GPU (the nvidia-h200-x2 machine: the model is small
-# enough that one run leaves most of a GPU idle, and a second GPU doubles the experiments per
-# call). Each run trains its own tokenizer on its task variant (train/tokenizer.py), then
-# train/train.py with its own output and checkpoint folders; both logs stream to
-# $OUT/NAME.log. Under $OUT afterwards, per run: NAME.log, NAME.eval.json,
-# NAME.model.safetensors, NAME.config.json (8 files for two runs: the most that come back).
+# Training runs side by side, one per GPU (the multi-GPU machines: the model is small enough that
+# one run leaves most of a GPU idle, and each further GPU is one more experiment per call). Each
+# run trains its own tokenizer on its task variant (train/tokenizer.py), then train/train.py with
+# its own output and checkpoint folders; its log streams to $OUT/NAME.log. Under $OUT
+# afterwards, per run: NAME.log and NAME.tar (model.safetensors, config.json, eval.json of the
+# export): two files a run, so four runs stay within the eight files a call brings back.
 #
-# Usage (repository root): bash train/run_pair.sh NAME_A "ARGS_A" [NAME_B "ARGS_B"]
+# Usage (repository root): bash train/run_pair.sh NAME_A "ARGS_A" [NAME_B "ARGS_B" ...]
 #   ARGS: train.py arguments besides --tokenizer, --out and --ckpt-dir; a --task-variant among
-#   them is given to tokenizer.py too. GPUS (default "0 1") picks each run's devices, WORK
-#   (default /tmp/pair) the scratch folder, TIMEOUT (default 560) each run's limit in seconds.
-#   A run given several devices ("0,1,2,3") trains on all of them, one data-parallel process
-#   each (torchrun; train.py then needs --steps): GPUS="0,1,2,3" bash train/run_pair.sh NAME ARGS.
-# Exit status: 0 when every run exported a model, 1 otherwise (its log says why).
+#   them is given to tokenizer.py too. GPUS (default "0 1 2 3 4 5 6 7") gives each run its
+#   devices in order, WORK (default /tmp/pair) the scratch folder, TIMEOUT (default 560) each
+#   run's limit in seconds. A run given several devices ("0,1,2,3") trains on all of them, one
+#   data-parallel process each (torchrun; train.py then needs --steps):
+#   GPUS="0,1,2,3" bash train/run_pair.sh NAME ARGS.
+# Exit status: 0 when every run exported a model, 1 otherwise (its log says why), 2 on bad usage.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT="${OUT:-/tmp/pair-out}"
 WORK="${WORK:-/tmp/pair}"
 TIMEOUT="${TIMEOUT:-560}"
-read -r -a gpus <<< "${GPUS:-0 1}"
-if (( $# != 2 && $# != 4 )); then
-  echo "usage: $0 NAME_A \"ARGS_A\" [NAME_B \"ARGS_B\"]" >&2
+read -r -a gpus <<< "${GPUS:-0 1 2 3 4 5 6 7}"
+if (( $# == 0 || $# % 2 != 0 )); then
+  echo "usage: $0 NAME_A \"ARGS_A\" [NAME_B \"ARGS_B\" ...]" >&2
+  exit 2
+fi
+if (( $# / 2 > ${#gpus[@]} )); then
+  echo "$0: $(( $# / 2 )) runs but ${#gpus[@]} GPU entries in GPUS=\"${GPUS:-}\"" >&2
   exit 2
 fi
 mkdir -p "$OUT" "$WORK"
@@ -58,19 +63,19 @@ one() {  # NAME ARGS GPU
   } > "$OUT/$name.log" 2>&1
   local hf="$dir/out/longctx"
   [[ -f "$hf/model.safetensors" ]] || return 1
-  cp "$hf/model.safetensors" "$OUT/$name.model.safetensors"
-  cp "$hf/config.json" "$OUT/$name.config.json"
-  cp "$dir/out/eval.json" "$OUT/$name.eval.json" 2>/dev/null
-  return 0
+  cp "$dir/out/eval.json" "$hf/eval.json" 2>/dev/null
+  tar -C "$hf" -cf "$OUT/$name.tar" model.safetensors config.json \
+    $([[ -f "$hf/eval.json" ]] && echo eval.json)
 }
 
 pids=()
-one "$1" "$2" "${gpus[0]}" &
-pids+=($!)
-if (( $# == 4 )); then
-  one "$3" "$4" "${gpus[1]:-${gpus[0]}}" &
+k=0
+while (( $# > 0 )); do
+  one "$1" "$2" "${gpus[k]}" &
   pids+=($!)
-fi
+  shift 2
+  k=$((k + 1))
+done
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 for f in "$OUT"/*.log; do

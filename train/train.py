@@ -254,8 +254,9 @@ def probe_step_seconds(cfg: Config, args, pool, device, lengths: List[int]) -> D
     return out
 
 
-def expected_seconds(total: int, step_s: Dict[int, float], seed: int, max_len: int) -> float:
-    return sum(step_s[length_at(s, total, seed, max_len)] for s in range(total))
+def expected_seconds(total: int, step_s: Dict[int, float], seed: int, max_len: int,
+                     start: float = 0.0) -> float:
+    return sum(step_s[length_at(s, total, seed, max_len, start)] for s in range(total))
 
 
 def export(model: Llama, cfg: Config, tok_dir: str, out_dir: str) -> None:
@@ -280,6 +281,22 @@ def load_exported(path: str, device) -> Llama:
     sd = {k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
     model.load_state_dict(sd)
     return model.to(device).eval()
+
+
+def init_shape_mismatch(cfg: Config, path: str) -> Dict[str, tuple]:
+    """What differs between an export's shape and this run's ({} when --init-from may load it;
+    the number of positions may differ, RoPE has no weights)."""
+    mine = dataclasses.asdict(cfg)
+    theirs = dataclasses.asdict(Config.from_hf(os.path.join(path, "config.json")))
+    return {k: (theirs.get(k), mine[k]) for k in mine
+            if k != "max_position_embeddings" and theirs.get(k) != mine[k]}
+
+
+def init_from_export(model: Llama, path: str) -> None:
+    """Loads an export's (bf16) weights into `model` as fp32."""
+    from safetensors.torch import load_file
+    sd = {k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
+    model.load_state_dict(sd)
 
 
 # Greedy answer tokens at most, by answer format (tasks.ANSWER_FORMATS): values are 1-5 tokens +
@@ -396,6 +413,14 @@ def main() -> None:
                          "starts the next one")
     ap.add_argument("--gate-min-steps", type=int, default=100,
                     help="gated: steps a stage runs at least before its gate is checked")
+    ap.add_argument("--curriculum-from", type=float, default=0.0,
+                    help="fixed curriculum: begin at this share of its schedule (1.0: the last "
+                         "phase's mix of lengths throughout; for runs that continue a model, "
+                         "--init-from)")
+    ap.add_argument("--init-from", default="",
+                    help="start from an exported model (a Hugging Face directory of this "
+                         "script's export, e.g. models/longctx) instead of a random "
+                         "initialisation; its shape must match; a fresh optimizer")
     ap.add_argument("--strict-determinism", action="store_true",
                     help="torch.use_deterministic_algorithms without warn_only (deterministic "
                          "attention backward; errors for ops without a deterministic version)")
@@ -404,6 +429,14 @@ def main() -> None:
         fact_schedule = parse_fact_schedule(args.fact_schedule)  # fails before any work
     except ValueError as e:
         ap.error(str(e))
+    if not 0.0 <= args.curriculum_from <= 1.0:
+        ap.error(f"--curriculum-from {args.curriculum_from}: want a share of the schedule in "
+                 f"[0, 1]")
+    if args.curriculum_from > 0 and args.curriculum == "gated":
+        ap.error("--curriculum-from applies to the fixed curriculum")
+    if args.init_from and not os.path.isfile(os.path.join(args.init_from, "model.safetensors")):
+        ap.error(f"--init-from {args.init_from}: no model.safetensors there (want a directory "
+                 f"exported by this script, e.g. models/longctx)")
     if args.fact_schedule and args.curriculum == "gated":
         ap.error("--fact-schedule applies to the fixed curriculum; the gated one caps facts by "
                  "stage (curriculum.GATED_STAGES)")
@@ -432,6 +465,10 @@ def main() -> None:
     for kv in filter(None, args.shape.split(",")):
         key, value = kv.split("=")
         cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(value)})
+    if args.init_from and init_shape_mismatch(cfg, args.init_from):
+        ap.error(f"--init-from {args.init_from}: its shape differs from this run's ((theirs, "
+                 f"ours) by field): {init_shape_mismatch(cfg, args.init_from)}; give the "
+                 f"--shape (or --tiny) it was trained with")
     spm_file = os.path.join(args.tokenizer, "tokenizer.model")
     # Workers fork before CUDA is initialised; they only run numpy and SentencePiece.
     pool = mp.get_context("fork").Pool(args.workers, initializer=data.init_worker,
@@ -481,16 +518,20 @@ def main() -> None:
                 f"{tps / 1e3:8.1f}K tok/s, "
                 f"{tps * flops_per_token(cfg, L) / 1e12:6.1f} TFLOP/s (model FLOPs)", fh)
         total = 10
-        while expected_seconds(total + 10, step_s, args.seed, args.max_len) < args.train_seconds:
+        def expected(n: int) -> float:
+            return expected_seconds(n, step_s, args.seed, args.max_len, args.curriculum_from)
+        while expected(total + 10) < args.train_seconds:
             total += 10
-        log(f"steps {total}: expected "
-            f"{expected_seconds(total, step_s, args.seed, args.max_len):.0f}s "
+        log(f"steps {total}: expected {expected(total):.0f}s "
             f"(rerun with --steps {total} to reproduce)", fh)
 
     # 3. Train.
     set_determinism(args.seed)
     model = Llama(cfg)
     model.init_weights(args.seed)
+    if args.init_from:
+        init_from_export(model, args.init_from)
+        log(f"initialised from {args.init_from}: digest {weights_digest(model)}", fh)
     model.to(device)
     log(f"parameters {num_params(model)}", fh)
     opt = make_optimizer(model, args.lr, args.weight_decay)
@@ -516,7 +557,7 @@ def main() -> None:
         specs = [(args.seed, s, L, max(1, args.tokens_per_step // L),
                   facts_at(s, total, fact_schedule)) + task + shard
                  for s in range(first, total)
-                 for L in [length_at(s, total, args.seed, args.max_len)]]
+                 for L in [length_at(s, total, args.seed, args.max_len, args.curriculum_from)]]
     t0 = last_ckpt = time.perf_counter()
     tokens = 0
     flops = 0.0

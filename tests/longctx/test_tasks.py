@@ -217,6 +217,25 @@ class AnswerFormatTest(unittest.TestCase):
 
 
 class FactScheduleTest(unittest.TestCase):
+    def test_curriculum_can_begin_part_way(self):
+        # start 0 is the whole schedule; start 1.0 the last phase's mix (16K, revisits of the
+        # shorter lengths on about REVISIT of the steps) from the first step on.
+        whole = [curriculum.length_at(s, 1000, 4, 16384) for s in range(1000)]
+        self.assertEqual(whole, [curriculum.length_at(s, 1000, 4, 16384, 0.0)
+                                 for s in range(1000)])
+        self.assertEqual(whole[0], 256)
+        last = [curriculum.length_at(s, 1000, 4, 16384, 1.0) for s in range(1000)]
+        self.assertAlmostEqual(last.count(16384) / 1000, 1 - curriculum.REVISIT, delta=0.05)
+        self.assertEqual(set(last) - {16384}, {256, 512, 1024, 2048, 4096, 8192})
+        half = [curriculum.length_at(s, 1000, 4, 16384, 0.5) for s in range(1000)]
+        # Steps 0-79 are shares 0.50-0.54 (the 4K phase), 80-359 0.54-0.68 (8K), then 16K.
+        self.assertEqual(max(half[:80]), 4096)
+        self.assertEqual(max(half[80:360]), 8192)
+        self.assertGreater(half[80:360].count(8192) / 280, 0.6)
+        self.assertEqual(max(half[360:]), 16384)
+        with self.assertRaises(ValueError):
+            curriculum.length_at(0, 10, 1, 16384, 1.5)
+
     def test_caps_by_share_of_the_steps(self):
         sched = curriculum.parse_fact_schedule("2@0,4@0.1,all@0.5")
         self.assertEqual(sched, [(0.0, 2), (0.1, 4), (0.5, None)])

@@ -2,9 +2,10 @@
 runs from one seed give identical weights), the export is a Hugging Face directory with the
 expected tensors, and a run paused with --stop-after and continued with --resume ends with the
 same weights as one uninterrupted run; a run with a fact schedule and a task variant trains and
-exports (restated answers); two data-parallel processes train as one does; bad task options stop the script before any work, with a message
-that names the fix; train/run_pair.sh runs two trainings side by side and reports the one that
-failed; train/miss_analysis.py reads an export and prints its table.
+exports (restated answers); a run started from an export (--init-from) begins with its
+weights, and one whose shape differs is refused; two data-parallel processes train as one does; bad task options stop the script before any work, with a message
+that names the fix; train/run_pair.sh runs trainings side by side, packs each export, and reports the
+one that failed; train/miss_analysis.py reads an export and prints its table.
 
 Needs torch (the Hugging Face venv, tests/gguf/hf_parity_setup.sh); exit 77 (skipped) without it.
 About a minute on one core.
@@ -92,6 +93,22 @@ class TrainSmokeTest(unittest.TestCase):
                              (cfg["vocab_size"], cfg["hidden_size"]))
             self.assertTrue(os.path.exists(os.path.join(a, "eval.json")))
 
+            # A run continuing the export (--init-from) starts from its weights, exactly.
+            sys.path.insert(0, os.path.join(ROOT, "train"))
+            import train as train_py
+            want = train_py.weights_digest(train_py.load_exported(hf, torch.device("cpu")))
+            c = os.path.join(tmp, "c")
+            log_c = run(c, "--repro-steps", "0", "--init-from", hf, "--curriculum-from", "1.0")
+            self.assertIn(f"initialised from {hf}: digest {want}", log_c)
+            self.assertNotEqual(digest(log_c), digest(log_a))
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            p = subprocess.run([sys.executable, TRAIN, "--out", os.path.join(tmp, "d")] + COMMON +
+                               ["--init-from", hf, "--shape", "hidden_size=96"],
+                               capture_output=True, text=True, env=env, timeout=120)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn("its shape differs from this run's", p.stderr)
+            self.assertIn("'hidden_size': (64, 96)", p.stderr)
+
             b = os.path.join(tmp, "b")
             log_b1 = run(b, "--repro-steps", "0", "--stop-after", "3")
             self.assertIn("paused after step 3 of 6", log_b1)
@@ -129,7 +146,11 @@ class TrainSmokeTest(unittest.TestCase):
                            (["--fact-schedule", "2@0", "--curriculum", "gated"],
                             "applies to the fixed curriculum"),
                            (["--task-variant", "unique"], "invalid choice: 'unique'"),
-                           (["--answer-format", "both"], "invalid choice: 'both'")]:
+                           (["--answer-format", "both"], "invalid choice: 'both'"),
+                           (["--curriculum-from", "1.5"], "want a share of the schedule"),
+                           (["--curriculum-from", "0.5", "--curriculum", "gated"],
+                            "applies to the fixed curriculum"),
+                           (["--init-from", ROOT], "no model.safetensors there")]:
             with tempfile.TemporaryDirectory() as tmp:
                 p = subprocess.run([sys.executable, TRAIN, "--out", tmp] + COMMON + extra,
                                    capture_output=True, text=True, env=env, timeout=120)
@@ -168,9 +189,12 @@ class TrainSmokeTest(unittest.TestCase):
                                 tiny.replace("distinct", "unique")],
                                capture_output=True, text=True, env=env, timeout=300)
             self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-            for f in ("good.log", "good.eval.json", "good.model.safetensors", "good.config.json"):
-                self.assertTrue(os.path.exists(os.path.join(out, f)), f)
-            self.assertFalse(os.path.exists(os.path.join(out, "bad.model.safetensors")))
+            import tarfile
+            with tarfile.open(os.path.join(out, "good.tar")) as t:
+                self.assertEqual(sorted(t.getnames()),
+                                 ["config.json", "eval.json", "model.safetensors"])
+            self.assertTrue(os.path.exists(os.path.join(out, "good.log")))
+            self.assertFalse(os.path.exists(os.path.join(out, "bad.tar")))
             with open(os.path.join(out, "bad.log")) as f:
                 self.assertIn("invalid choice: 'unique'", f.read())
             with open(os.path.join(out, "good.log")) as f:
@@ -179,6 +203,11 @@ class TrainSmokeTest(unittest.TestCase):
                                    text=True, env=env, timeout=60)
             self.assertEqual(usage.returncode, 2)
             self.assertIn("usage:", usage.stderr)
+            crowded = subprocess.run(["bash", script, "a", tiny, "b", tiny, "c", tiny],
+                                     capture_output=True, text=True,
+                                     env=dict(env, GPUS="0 1"), timeout=60)
+            self.assertEqual(crowded.returncode, 2)
+            self.assertIn("3 runs but 2 GPU entries", crowded.stderr)
 
 
 if __name__ == "__main__":
