@@ -100,26 +100,43 @@ bool ExactMatch(std::string_view answer, std::string_view expected) {
   return answer == expected;
 }
 
-std::vector<needle::Mode> LongctxModes() {
+StatusOr<std::vector<needle::Mode>> LongctxModes(const ModeSet& set) {
+  if (set.budgets.empty()) return InvalidArgumentError("no KV budgets to compare with dense");
   std::vector<needle::Mode> modes;
   needle::Mode dense{"dense", {}};
   dense.options.mode = AttentionMode::kDense;
   modes.push_back(dense);
+  const AttentionOptions defaults;
+  std::string suffix;
+  if (set.block_size != defaults.block_size) suffix += " b" + std::to_string(set.block_size);
+  if (set.gqa_reduce != defaults.gqa_reduce) {
+    suffix += set.gqa_reduce == GqaReduce::kMean ? " mean" : " max";
+  }
   for (bool hierarchical : {false, true}) {
-    for (double budget : {0.5, 0.25, 0.125, 0.0625}) {
+    if (hierarchical && !set.hierarchical) break;
+    for (double budget : set.budgets) {
       needle::Mode m;
       m.options.mode = AttentionMode::kSqueezed;
       m.options.policy = SelectionPolicy::kBudget;
       m.options.kv_budget = budget;
       m.options.hierarchical = hierarchical;
+      m.options.block_size = set.block_size;
+      m.options.gqa_reduce = set.gqa_reduce;
+      if (!(budget > 0.0)) {
+        return InvalidArgumentError("KV budget " + std::to_string(budget) +
+                                    ": want a share in (0, 1]");
+      }
+      SQZ_RETURN_IF_ERROR(m.options.Validate());
       char name[48];
       std::snprintf(name, sizeof(name), "%s %.4g", hierarchical ? "hier" : "flat", budget);
-      m.name = name;
+      m.name = name + suffix;
       modes.push_back(m);
     }
   }
   return modes;
 }
+
+std::vector<needle::Mode> LongctxModes() { return *LongctxModes(ModeSet{}); }
 
 int32_t AnswerBudget(const Tokenizer& tokenizer, const std::string& expected, int32_t max_tokens) {
   const auto ids = tokenizer.Encode(expected, /*add_bos=*/false);

@@ -54,7 +54,20 @@ std::string QueryText(std::string_view question);
 // The answer with ASCII whitespace trimmed at both ends equals `expected` exactly.
 bool ExactMatch(std::string_view answer, std::string_view expected);
 
-// dense; squeezed (budget policy) flat at KV budgets 0.5 / 0.25 / 0.125 / 0.0625; the same
+// Which squeezed modes a run compares with dense, and the attention options they share
+// (sqz-longctx-eval --budgets, --flat-only, --block-size, --gqa-reduce).
+struct ModeSet {
+  std::vector<double> budgets = {0.5, 0.25, 0.125, 0.0625};  // KV budgets, budget policy
+  bool hierarchical = true;                                  // also each budget hierarchical
+  int64_t block_size = AttentionOptions{}.block_size;        // query tokens per selection
+  GqaReduce gqa_reduce = AttentionOptions{}.gqa_reduce;
+};
+// dense, then squeezed flat at each budget, then (hierarchical) the same hierarchical. Squeezed
+// modes not at the default block size or GQA reduction say so in their names ("flat 0.125 b1
+// mean"). INVALID_ARGUMENT for no budgets or options that do not validate (a budget outside
+// (0, 1], block_size < 1).
+StatusOr<std::vector<needle::Mode>> LongctxModes(const ModeSet& set);
+// LongctxModes(ModeSet{}): dense; flat at KV budgets 0.5 / 0.25 / 0.125 / 0.0625; the same
 // hierarchical.
 std::vector<needle::Mode> LongctxModes();
 

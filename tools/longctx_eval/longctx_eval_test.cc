@@ -82,6 +82,32 @@ TEST_CASE("LongctxModes: dense, then flat and hierarchical at four budgets, all 
   for (const auto& m : modes) CHECK(m.options.Validate().ok());
 }
 
+TEST_CASE("LongctxModes(ModeSet): chosen budgets, flat only, block size and GQA in the names") {
+  ModeSet set;
+  set.budgets = {0.125};
+  set.hierarchical = false;
+  set.block_size = 1;
+  set.gqa_reduce = GqaReduce::kMean;
+  auto modes = LongctxModes(set);
+  REQUIRE(modes.ok());
+  REQUIRE(modes->size() == 2);
+  CHECK((*modes)[0].name == "dense");
+  CHECK((*modes)[1].name == "flat 0.125 b1 mean");
+  CHECK((*modes)[1].options.block_size == 1);
+  CHECK((*modes)[1].options.gqa_reduce == GqaReduce::kMean);
+  CHECK((*modes)[1].options.kv_budget == 0.125);
+
+  set.budgets.clear();
+  CHECK(LongctxModes(set).status().code() == StatusCode::kInvalidArgument);
+  set.budgets = {1.5};
+  CHECK(LongctxModes(set).status().code() == StatusCode::kInvalidArgument);
+  set.budgets = {0.0};
+  CHECK(LongctxModes(set).status().message().find("(0, 1]") != std::string::npos);
+  set.budgets = {0.25};
+  set.block_size = 0;
+  CHECK(LongctxModes(set).status().message().find("block_size") != std::string::npos);
+}
+
 TEST_CASE("FormatReport tallies retrieval and two-hop questions per length and mode") {
   std::vector<EvalDocument> docs(2);
   docs[0].length = 1024;

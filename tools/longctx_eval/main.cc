@@ -5,6 +5,9 @@
 //   sqz-longctx-eval --eval-set FILE.jsonl [--model models/longctx] [--lengths 1k,16k]
 //                    [--docs N] [--max-tokens 8] [--threads N] [--log FILE]
 //                    [--backend cpu|cuda] [--cuda-dtype bf16|fp32]
+//                    [--budgets 0.5,0.25,0.125,0.0625] [--flat-only] [--block-size 64]
+//                    [--gqa-reduce max|mean] [--sink-tokens 4] [--observation-window 100]
+//                    [--kmeans-iterations 20]
 //
 // FILE.jsonl comes from train/eval_set.py. --lengths keeps only documents of those nominal
 // lengths, --docs the first N documents of each length, --max-tokens the answer tokens at most (a
@@ -12,10 +15,14 @@
 // restated answers, train/eval_set.py --answer-format restate, need no flag). Progress goes to
 // stderr, one line per document; --log appends one tab-separated line per (question, mode) as
 // documents finish. The markdown report goes to stdout. Exit status 0 on success (any accuracy),
-// 1 on an error.
+// 1 on an error. --budgets, --flat-only, --block-size and --gqa-reduce pick the squeezed modes
+// (longctx::ModeSet); --sink-tokens, --observation-window and --kmeans-iterations the snapshot
+// (SqueezeOptions); all default to the server's defaults.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
@@ -74,6 +81,35 @@ StatusOr<std::unique_ptr<Backend>> MakeBackend(const Model& model, const std::st
   return std::unique_ptr<Backend>(std::move(backend));
 }
 
+// --budgets, --flat-only, --block-size, --gqa-reduce.
+StatusOr<ModeSet> ModeSetFlags(tools::Flags& flags) {
+  ModeSet set;
+  if (const std::string b = flags.Get("budgets"); !b.empty()) {
+    set.budgets.clear();
+    size_t start = 0;
+    while (start <= b.size()) {
+      const size_t comma = std::min(b.find(',', start), b.size());
+      const std::string item = b.substr(start, comma - start);
+      char* end = nullptr;
+      const double x = std::strtod(item.c_str(), &end);
+      if (item.empty() || *end != '\0' || !(x > 0.0 && x <= 1.0)) {
+        return InvalidArgumentError("--budgets: want KV budgets in (0, 1] separated by commas "
+                                    "(0.5,0.125), got '" + item + "'");
+      }
+      set.budgets.push_back(x);
+      start = comma + 1;
+    }
+  }
+  set.hierarchical = !flags.Bool("flat-only");
+  SQZ_ASSIGN_OR_RETURN(set.block_size, flags.Int("block-size", set.block_size));
+  const std::string gqa = flags.Get("gqa-reduce", "max");
+  if (gqa != "max" && gqa != "mean") {
+    return InvalidArgumentError("--gqa-reduce must be max or mean, got '" + gqa + "'");
+  }
+  set.gqa_reduce = gqa == "mean" ? GqaReduce::kMean : GqaReduce::kMax;
+  return set;
+}
+
 Status Run(tools::Flags& flags) {
   SQZ_ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
   if (threads < 0) return InvalidArgumentError("--threads must be >= 0");
@@ -92,6 +128,17 @@ Status Run(tools::Flags& flags) {
   const std::string log_path = flags.Get("log");
   const std::string backend_name = flags.Get("backend", "cpu");
   const std::string cuda_dtype = flags.Get("cuda-dtype");
+  EvalOptions opts;
+  SQZ_ASSIGN_OR_RETURN(ModeSet mode_set, ModeSetFlags(flags));
+  SQZ_ASSIGN_OR_RETURN(opts.modes, LongctxModes(mode_set));
+  SQZ_ASSIGN_OR_RETURN(opts.squeeze.sink_tokens,
+                       flags.Int("sink-tokens", opts.squeeze.sink_tokens));
+  SQZ_ASSIGN_OR_RETURN(opts.squeeze.observation_window,
+                       flags.Int("observation-window", opts.squeeze.observation_window));
+  SQZ_ASSIGN_OR_RETURN(int64_t kmeans_iterations,
+                       flags.Int("kmeans-iterations", opts.squeeze.kmeans_iterations));
+  opts.squeeze.kmeans_iterations = static_cast<int32_t>(kmeans_iterations);
+  SQZ_RETURN_IF_ERROR(opts.squeeze.Validate());
   SQZ_RETURN_IF_ERROR(flags.CheckAllUsed());
   SQZ_RETURN_IF_ERROR(CheckBackendFlags(backend_name, cuda_dtype));
 
@@ -121,7 +168,6 @@ Status Run(tools::Flags& flags) {
     log = std::fopen(log_path.c_str(), "a");
     if (log == nullptr) return InvalidArgumentError("cannot open --log " + log_path);
   }
-  EvalOptions opts;
   opts.max_tokens = static_cast<int32_t>(max_tokens);
   opts.on_document = [&](const EvalDocument& d, const DocumentResult& r) {
     std::vector<int64_t> ok(opts.modes.size(), 0);
@@ -163,7 +209,7 @@ Status Run(tools::Flags& flags) {
 }  // namespace sqz::longctx
 
 int main(int argc, char** argv) {
-  sqz::tools::Flags flags({});
+  sqz::tools::Flags flags({"flat-only"});
   sqz::Status s = flags.Parse(argc, argv);
   if (s.ok()) s = sqz::longctx::Run(flags);
   if (!s.ok()) {
