@@ -152,8 +152,9 @@ TEST_CASE("FormatReport tallies retrieval and two-hop questions per length and m
   CHECK(uncounted.find("| 1024 | 2 | 1000 |") != std::string::npos);
 }
 
-// The committed model: a held-out style document it answers, dense and squeezed at budget 1
-// (which must read every key and equal dense), and the error for a document too long.
+// The committed model: a held-out style document it answers, dense and squeezed at budget 1 with
+// block selection and with one selection per question token (both must read every key and equal
+// dense), and the error for a document too long.
 TEST_CASE("EvaluateDocument answers from one snapshot in every mode (models/longctx)") {
   if (!std::filesystem::exists(kModelDir + "/model.safetensors")) {
     WARN("skipped: " << kModelDir << " has no model.safetensors");
@@ -180,18 +181,24 @@ TEST_CASE("EvaluateDocument answers from one snapshot in every mode (models/long
   EvalOptions opts;
   needle::Mode budget_one{"flat 1", {}};
   budget_one.options.kv_budget = 1.0;
-  opts.modes = {LongctxModes()[0], budget_one};
+  needle::Mode per_token = budget_one;  // one selection per question token in prefill
+  per_token.name = "flat 1 b1";
+  per_token.options.block_size = 1;
+  opts.modes = {LongctxModes()[0], budget_one, per_token};
   opts.squeeze.observation_window = 8;  // keep the facts in the clustered body
   auto r = EvaluateDocument(**backend, *lm->tokenizer, doc, opts);
   REQUIRE(r.ok());
   REQUIRE(r->questions.size() == 2);
   CHECK(r->context_tokens > 50);
   for (const QuestionResult& q : r->questions) {
-    REQUIRE(q.answers.size() == 2);
+    REQUIRE(q.answers.size() == 3);
     INFO(doc.questions[q.question].question << " -> dense '" << q.answers[0].text << "', budget 1 '"
-                                            << q.answers[1].text << "'");
+                                            << q.answers[1].text << "', per token '"
+                                            << q.answers[2].text << "'");
     CHECK(q.answers[0].text == q.answers[1].text);
+    CHECK(q.answers[0].text == q.answers[2].text);
     CHECK(q.answers[1].context_keys_read >= 1.0);
+    CHECK(q.answers[2].context_keys_read >= 1.0);
   }
   // The model answers the short-context questions (it was trained on this format).
   CHECK(r->questions[0].correct[0]);
