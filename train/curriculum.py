@@ -36,18 +36,28 @@ def phases_for(max_len: int):
     return [(f, L) for f, L in PHASES if L <= max_len]
 
 
-def length_at(step: int, total: int, seed: int, max_len: int, start: float = 0.0) -> int:
+def length_at(step: int, total: int, seed: int, max_len: int, start: float = 0.0,
+              ramp: float = 0.0) -> int:
     """The fixed curriculum's length of `step` of `total`. `start` (in [0, 1]) begins the
     schedule part way: the steps then span shares start..1 of it, so a run that continues a
     trained model (train.py --init-from) can train on the last phase's mix alone (start 1.0:
-    the longest length, with the usual revisits of the earlier ones)."""
+    the longest length, with the usual revisits of the earlier ones). `ramp` (a share of the
+    steps, >= 0) mixes each new phase's length in gradually: over the first `ramp` of a phase
+    the chance of its length rises linearly from 0 to 1 - REVISIT, the rest of the steps
+    revisiting earlier phases (every run that learnt retrieval at 256-512 tokens lost it when
+    the 1K phase started outright; train/README.md). ramp 0 is the schedule of runs 1-17."""
     if not 0.0 <= start <= 1.0:
         raise ValueError(f"curriculum start must be in [0, 1], got {start}")
+    if not ramp >= 0.0:
+        raise ValueError(f"length ramp must be >= 0, got {ramp}")
     ph = phases_for(max_len)
     frac = start + (1.0 - start) * step / max(1, total)
     k = max(i for i, (f, _) in enumerate(ph) if frac >= f)
+    revisit = REVISIT
+    if ramp > 0.0 and frac - ph[k][0] < ramp:
+        revisit = 1.0 - (1.0 - REVISIT) * (frac - ph[k][0]) / ramp
     r = random.Random(seed * 7919 + step)
-    if k > 0 and r.random() < REVISIT:
+    if k > 0 and r.random() < revisit:
         return ph[r.randrange(k)][1]
     return ph[k][1]
 

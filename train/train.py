@@ -255,8 +255,8 @@ def probe_step_seconds(cfg: Config, args, pool, device, lengths: List[int]) -> D
 
 
 def expected_seconds(total: int, step_s: Dict[int, float], seed: int, max_len: int,
-                     start: float = 0.0) -> float:
-    return sum(step_s[length_at(s, total, seed, max_len, start)] for s in range(total))
+                     start: float = 0.0, ramp: float = 0.0) -> float:
+    return sum(step_s[length_at(s, total, seed, max_len, start, ramp)] for s in range(total))
 
 
 def export(model: Llama, cfg: Config, tok_dir: str, out_dir: str) -> None:
@@ -417,6 +417,9 @@ def main() -> None:
                     help="fixed curriculum: begin at this share of its schedule (1.0: the last "
                          "phase's mix of lengths throughout; for runs that continue a model, "
                          "--init-from)")
+    ap.add_argument("--length-ramp", type=float, default=0.0,
+                    help="fixed curriculum: mix each new length in over this share of the steps "
+                         "(0: switch at the phase's start, as runs 1-17)")
     ap.add_argument("--init-from", default="",
                     help="start from an exported model (a Hugging Face directory of this "
                          "script's export, e.g. models/longctx) instead of a random "
@@ -432,8 +435,10 @@ def main() -> None:
     if not 0.0 <= args.curriculum_from <= 1.0:
         ap.error(f"--curriculum-from {args.curriculum_from}: want a share of the schedule in "
                  f"[0, 1]")
-    if args.curriculum_from > 0 and args.curriculum == "gated":
-        ap.error("--curriculum-from applies to the fixed curriculum")
+    if not args.length_ramp >= 0.0:
+        ap.error(f"--length-ramp {args.length_ramp}: want a share of the steps >= 0")
+    if (args.curriculum_from > 0 or args.length_ramp > 0) and args.curriculum == "gated":
+        ap.error("--curriculum-from and --length-ramp apply to the fixed curriculum")
     if args.init_from and not os.path.isfile(os.path.join(args.init_from, "model.safetensors")):
         ap.error(f"--init-from {args.init_from}: no model.safetensors there (want a directory "
                  f"exported by this script, e.g. models/longctx)")
@@ -519,7 +524,8 @@ def main() -> None:
                 f"{tps * flops_per_token(cfg, L) / 1e12:6.1f} TFLOP/s (model FLOPs)", fh)
         total = 10
         def expected(n: int) -> float:
-            return expected_seconds(n, step_s, args.seed, args.max_len, args.curriculum_from)
+            return expected_seconds(n, step_s, args.seed, args.max_len, args.curriculum_from,
+                                    args.length_ramp)
         while expected(total + 10) < args.train_seconds:
             total += 10
         log(f"steps {total}: expected {expected(total):.0f}s "
@@ -557,7 +563,8 @@ def main() -> None:
         specs = [(args.seed, s, L, max(1, args.tokens_per_step // L),
                   facts_at(s, total, fact_schedule)) + task + shard
                  for s in range(first, total)
-                 for L in [length_at(s, total, args.seed, args.max_len, args.curriculum_from)]]
+                 for L in [length_at(s, total, args.seed, args.max_len, args.curriculum_from,
+                                     args.length_ramp)]]
     t0 = last_ckpt = time.perf_counter()
     tokens = 0
     flops = 0.0

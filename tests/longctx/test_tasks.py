@@ -236,6 +236,25 @@ class FactScheduleTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             curriculum.length_at(0, 10, 1, 16384, 1.5)
 
+    def test_length_ramp_mixes_a_new_length_in(self):
+        # 10,000 steps: the 1K phase starts at step 2,200; a ramp of 0.05 (500 steps) lets 1K
+        # in gradually, then the usual share; ramp 0 is the schedule without it.
+        n, seed = 10000, 3
+        plain = [curriculum.length_at(s, n, seed, 16384) for s in range(n)]
+        self.assertEqual(plain, [curriculum.length_at(s, n, seed, 16384, 0.0, 0.0)
+                                 for s in range(n)])
+        ramped = [curriculum.length_at(s, n, seed, 16384, 0.0, 0.05) for s in range(n)]
+        first = ramped[2200:2300].count(1024) / 100   # ramp share 0-0.2: ~0.07 expected
+        last = ramped[2600:2700].count(1024) / 100    # 0.8-1.0: ~0.63
+        after = ramped[2700:3200].count(1024) / 500   # past the ramp: 1 - REVISIT
+        self.assertLess(first, 0.2)
+        self.assertGreater(last, 0.45)
+        self.assertAlmostEqual(after, 1 - curriculum.REVISIT, delta=0.07)
+        self.assertEqual(ramped[2700:3200], plain[2700:3200])  # same draws once ramped
+        self.assertLessEqual(max(ramped[2200:2300]), 1024)
+        with self.assertRaises(ValueError):
+            curriculum.length_at(0, 10, 1, 16384, 0.0, -0.1)
+
     def test_caps_by_share_of_the_steps(self):
         sched = curriculum.parse_fact_schedule("2@0,4@0.1,all@0.5")
         self.assertEqual(sched, [(0.0, 2), (0.1, 4), (0.5, None)])

@@ -149,7 +149,10 @@ class TrainSmokeTest(unittest.TestCase):
                            (["--answer-format", "both"], "invalid choice: 'both'"),
                            (["--curriculum-from", "1.5"], "want a share of the schedule"),
                            (["--curriculum-from", "0.5", "--curriculum", "gated"],
-                            "applies to the fixed curriculum"),
+                            "apply to the fixed curriculum"),
+                           (["--length-ramp", "-1"], "want a share of the steps >= 0"),
+                           (["--length-ramp", "0.1", "--curriculum", "gated"],
+                            "apply to the fixed curriculum"),
                            (["--init-from", ROOT], "no model.safetensors there")]:
             with tempfile.TemporaryDirectory() as tmp:
                 p = subprocess.run([sys.executable, TRAIN, "--out", tmp] + COMMON + extra,
