@@ -5,9 +5,11 @@ One command does everything the GPU machine is asked for (see train/README.md):
      weights (deterministic kernels, data a pure function of the step);
   2. a throughput probe at every curriculum length (on a throwaway copy of the model) that sizes
      the number of steps to the wall-clock budget, unless --steps is given;
-  3. training: AdamW, bf16 autocast, loss on answer tokens plus a small LM loss, a length
-     curriculum 256 -> 16384 tokens (curriculum.py: fixed shares of the steps, or --curriculum
-     gated: stages of length and facts per document advanced by answer accuracy), batches made by
+  3. training, from a random initialisation or an export (--init-from): AdamW, bf16 autocast,
+     loss on answer tokens plus a small LM loss, a length curriculum 256 -> 16384 tokens
+     (curriculum.py: fixed shares of the steps, optionally begun part way with
+     --curriculum-from or with each length mixed in over --length-ramp, or --curriculum gated:
+     stages of length and facts per document advanced by answer accuracy), batches made by
      worker processes; a checkpoint (model, optimizer, step, curriculum) every --ckpt-every
      seconds, --resume continues from it;
   4. export: config.json, model.safetensors (bf16), tokenizer files, generation_config.json;
