@@ -472,10 +472,10 @@ def main() -> None:
     for kv in filter(None, args.shape.split(",")):
         key, value = kv.split("=")
         cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(value)})
-    if args.init_from and init_shape_mismatch(cfg, args.init_from):
+    mismatch = init_shape_mismatch(cfg, args.init_from) if args.init_from else {}
+    if mismatch:
         ap.error(f"--init-from {args.init_from}: its shape differs from this run's ((theirs, "
-                 f"ours) by field): {init_shape_mismatch(cfg, args.init_from)}; give the "
-                 f"--shape (or --tiny) it was trained with")
+                 f"ours) by field): {mismatch}; give the --shape (or --tiny) it was trained with")
     spm_file = os.path.join(args.tokenizer, "tokenizer.model")
     # Workers fork before CUDA is initialised; they only run numpy and SentencePiece.
     pool = mp.get_context("fork").Pool(args.workers, initializer=data.init_worker,
