@@ -276,12 +276,17 @@ def export(model: Llama, cfg: Config, tok_dir: str, out_dir: str) -> None:
         shutil.copy(os.path.join(tok_dir, name), os.path.join(out_dir, name))
 
 
-def load_exported(path: str, device) -> Llama:
+def init_from_export(model: Llama, path: str) -> None:
+    """Loads an export's (bf16) weights into `model` as fp32."""
     from safetensors.torch import load_file
-    cfg = Config.from_hf(os.path.join(path, "config.json"))
-    model = Llama(cfg)
     sd = {k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
     model.load_state_dict(sd)
+
+
+def load_exported(path: str, device) -> Llama:
+    """An export as a model of its own shape, fp32, in eval mode on `device`."""
+    model = Llama(Config.from_hf(os.path.join(path, "config.json")))
+    init_from_export(model, path)
     return model.to(device).eval()
 
 
@@ -292,13 +297,6 @@ def init_shape_mismatch(cfg: Config, path: str) -> Dict[str, tuple]:
     theirs = dataclasses.asdict(Config.from_hf(os.path.join(path, "config.json")))
     return {k: (theirs.get(k), mine[k]) for k in mine
             if k != "max_position_embeddings" and theirs.get(k) != mine[k]}
-
-
-def init_from_export(model: Llama, path: str) -> None:
-    """Loads an export's (bf16) weights into `model` as fp32."""
-    from safetensors.torch import load_file
-    sd = {k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
-    model.load_state_dict(sd)
 
 
 # Greedy answer tokens at most, by answer format (tasks.ANSWER_FORMATS): values are 1-5 tokens +
