@@ -18,13 +18,16 @@
 //   4. prompt prefill after the context at batch 1 (--prefill-prompts tokens each): DENSE, DENSE
 //      with its context part in one launch (context_prefill_kv_splits 1: no key splits, the
 //      previous path), and SQUEEZED with the context attended densely and with the sparse prefill
-//      (a selection per block of query tokens, CudaBackendOptions::sparse_prefill), with the last
-//      position's logits against DENSE's.
+//      (a selection per block of query tokens, CudaBackendOptions::sparse_prefill; one row per
+//      --prefill-blocks size, AttentionOptions::block_size: 1 is a selection per query token), with
+//      the last position's logits against DENSE's.
 // A program, not a test. Usage (flags with defaults):
 //   sqz_cuda_e2e_bench [--layers 32] [--context 131072] [--chunk 4096] [--budget-permille 125]
 //                      [--batches 1,32] [--prompt 16] [--warmup 4] [--steps 32]
 //                      [--graph-max-batch 32] [--eager 1 (0: skip the eager rows)]
 //                      [--prefill-prompts 256,1024 (empty: none)] [--prefill-reps 3]
+//                      [--prefill-blocks 64 (query-block sizes of the sparse prefill rows)]
+//                      [--programmatic 0 (1: CudaBackendOptions::programmatic_launch)]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -355,6 +358,14 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> prefill_prompts =
       ListArg(argc, argv, "--prefill-prompts", {256, 1024});
   const int prefill_reps = static_cast<int>(IntArg(argc, argv, "--prefill-reps", 3));
+  const std::vector<int64_t> prefill_blocks = ListArg(argc, argv, "--prefill-blocks", {64});
+  for (int64_t blk : prefill_blocks) {
+    if (blk < 1) {
+      std::fprintf(stderr, "--prefill-blocks: sizes must be >= 1, got %lld\n",
+                   static_cast<long long>(blk));
+      return 2;
+    }
+  }
   const int64_t longest_prompt = std::max<int64_t>(
       prompt, prefill_prompts.empty()
                   ? 0
@@ -373,6 +384,7 @@ int main(int argc, char** argv) {
   o.decode_workspace_bytes = int64_t{256} << 20;
   o.cuda_graphs = true;
   o.graph_max_batch = graph_max_batch;
+  o.programmatic_launch = IntArg(argc, argv, "--programmatic", 0) != 0;
   // Room for the one context (bf16 K/V + index), with margin.
   const int64_t ctx_bytes = 2 * layers * c.kv_heads * context * c.head_dim * 2;
   o.context_budget_bytes = ctx_bytes + ctx_bytes / 8 + (int64_t{256} << 20);
@@ -382,8 +394,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const double bw = CopyBandwidth(b.stream());
-  std::printf("device %s, %d SMs; copy bandwidth %.0f GB/s\n", prop.name, prop.multiProcessorCount,
-              bw);
+  std::printf("device %s, %d SMs; copy bandwidth %.0f GB/s; programmatic launches %s\n", prop.name,
+              prop.multiProcessorCount, bw, o.programmatic_launch ? "on" : "off");
   std::printf(
       "model: Llama-3-8B shape, %lld layers, random bf16 weights (%.2f GB); context %lld "
       "tokens (%.2f GB of bf16 K/V); KV budget %.3f\n",
@@ -412,6 +424,15 @@ int main(int argc, char** argv) {
   CHECK_OK(dense.status(), "dense attention");
   CHECK_OK(full.status(), "budget-1 attention");
   CHECK_OK(squeezed.status(), "squeezed attention");
+  // The sparse prefill at each --prefill-blocks size (the default 64 is `squeezed` itself).
+  std::vector<std::unique_ptr<sqz::SnapshotAttention>> by_block;
+  for (int64_t blk : prefill_blocks) {
+    sqz::AttentionOptions bo = sq_o;
+    bo.block_size = blk;
+    auto a = sqz::MakeContextAttention(ing.snapshot, bo);
+    CHECK_OK(a.status(), "squeezed attention, prefill block " + std::to_string(blk));
+    by_block.push_back(std::move(*a));
+  }
 
   // Check: SQUEEZED at budget 1 reads every row (the same rows in the same order as DENSE).
   const auto l_dense = OneDecode(b, dense->get(), dense->get());
@@ -481,7 +502,8 @@ int main(int argc, char** argv) {
     b.set_context_prefill_kv_splits(0);
     const PrefillRun pq = Prefill(b, squeezed->get(), n, prefill_reps);
     b.set_sparse_prefill(true);
-    const PrefillRun ps = Prefill(b, squeezed->get(), n, prefill_reps);
+    std::vector<PrefillRun> ps;
+    for (const auto& a : by_block) ps.push_back(Prefill(b, a.get(), n, prefill_reps));
     const PrefillRun pf = Prefill(b, full->get(), n, prefill_reps);
     b.set_sparse_prefill(false);
     auto prow = [&](const char* mode, const PrefillRun& r) {
@@ -491,7 +513,10 @@ int main(int argc, char** argv) {
     prow("DENSE", pd);
     prow("DENSE, no context key splits", pu);
     prow("SQUEEZED, dense prefill", pq);
-    prow("SQUEEZED, sparse prefill", ps);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const std::string label = "SQUEEZED, sparse, block " + std::to_string(prefill_blocks[i]);
+      prow(label.c_str(), ps[i]);
+    }
     prow("SQZ(1.0), sparse prefill", pf);
     // Budget 1 selects every cluster of every block: the same keys as DENSE through another kernel
     // (its own key splits and merge), so the same logits up to bf16 rounding, which 32 layers of

@@ -314,22 +314,22 @@ int main(int argc, char** argv) {
       context / prefill_s, prefill_tflops, 100 * linear_flops / (linear_flops + attn_flops),
       100 * attn_flops / (linear_flops + attn_flops), 100 * prefill_tflops / gemm_tflops);
 
-  // ---- Decode at batch 1 after the prefill, five ways in turn (each `steps` steps, the sequence
-  // growing by `steps` + 3 tokens per way): with the earlier warp-per-row Gemv (kernel by kernel,
-  // then graphs + greedy sampling on the device), then with the streaming Gemv kernel by kernel
-  // with the logits copied to the host, replaying CUDA graphs with the logits copied, and graphs +
-  // greedy sampling on the device (ForwardSample: only the token id reaches the host). Each way's
-  // floor is taken at its own mean sequence length.
+  // ---- Decode at batch 1 after the prefill, several ways in turn (each `steps` steps, the
+  // sequence growing by `steps` + 3 tokens per way): the streaming Gemv, then the warp-per-row
+  // Gemv (the backend's default), each kernel by kernel with the logits copied to the host and
+  // replaying CUDA graphs with greedy sampling on the device (ForwardSample: only the token id
+  // reaches the host), with the layer chain's programmatic launches (PDL) off and on; the last
+  // way is the default configuration. Each way's floor is taken at its own mean sequence length.
   struct Way {
     const char* name;
-    bool streaming_gemv, graphs, sample;
+    bool streaming_gemv, pdl, graphs, sample;
     double ms = 0, floor_ms = 0;
   };
-  std::vector<Way> ways = {{"old Gemv, eager, logits to host", false, false, false},
-                           {"old Gemv, graph, greedy on device", false, true, true},
-                           {"eager, logits to host", true, false, false},
-                           {"CUDA graph, logits to host", true, true, false},
-                           {"CUDA graph, greedy on device", true, true, true}};
+  std::vector<Way> ways = {{"streaming Gemv, graph, greedy, PDL", true, true, true, true},
+                           {"eager, logits to host, no PDL", false, false, false, false},
+                           {"eager, logits to host, PDL", false, true, false, false},
+                           {"graph, greedy on device, no PDL", false, false, true, true},
+                           {"graph, greedy on device, PDL", false, true, true, true}};
   int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
                                       logits.begin());
   const sqz::TokenSampling greedy;                            // temperature 0
@@ -341,6 +341,7 @@ int main(int argc, char** argv) {
   int64_t seq_len = context;
   for (Way& way : ways) {
     b.set_streaming_gemv(way.streaming_gemv);
+    b.set_programmatic_launch(way.pdl);
     b.set_cuda_graphs(way.graphs);
     std::vector<double> step_ms;
     way.floor_ms = floor_at(static_cast<double>(seq_len) + 1.5 + 0.5 * (steps + 3));
@@ -373,10 +374,11 @@ int main(int argc, char** argv) {
       b.graph_stats().capture_error.c_str());
   for (const Way& way : ways) {
     std::printf(
-        "  %-36s median %.3f ms/step (%.1f tokens/s), floor %.3f ms, measured / floor = %.3f\n",
+        "  %-38s median %.3f ms/step (%.1f tokens/s), floor %.3f ms, measured / floor = %.3f\n",
         way.name, way.ms, 1e3 / way.ms, way.floor_ms, way.ms / way.floor_ms);
   }
   b.set_streaming_gemv(sqz::CudaBackendOptions{}.streaming_gemv);
+  b.set_programmatic_launch(sqz::CudaBackendOptions{}.programmatic_launch);
   BENCH_CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.

@@ -112,6 +112,11 @@ class ForwardImpl final : public CudaBackend::Impl {
     gemv_plan_.kernel = on ? cuda::GemvKernel::kStreaming : cuda::GemvKernel::kWarpPerRow;
     graphs_.clear();
   }
+  void set_programmatic_launch(bool on) override {
+    pdl_ = on && std::is_same_v<T, bf16>;
+    gemv_plan_.programmatic_launch = pdl_;
+    graphs_.clear();
+  }
 
  private:
   // A decode step's graph: captured the second time its signature is seen (the first eager run
@@ -199,6 +204,7 @@ class ForwardImpl final : public CudaBackend::Impl {
   bool graphs_on_;                            // o_.cuda_graphs, or as set_cuda_graphs last said
   std::unique_ptr<ContextStep<T>> ctx_step_;  // attention of steps with fixed contexts
   bool ctx_active_ = false;                   // the current step has contexts
+  bool pdl_ = false;  // bf16 and o_.programmatic_launch, or as set_programmatic_launch last said
 };
 
 template <typename T>
@@ -217,7 +223,8 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
     SQZ_ASSIGN_OR_RETURN(impl->gemv_plan_,
                          cuda::PlanGemv(options.streaming_gemv ? cuda::GemvKernel::kStreaming
                                                                : cuda::GemvKernel::kWarpPerRow,
-                                        options.gemv_programmatic_launch));
+                                        options.programmatic_launch));
+    impl->pdl_ = options.programmatic_launch;
   }
   const int64_t weight_bytes = config.ParameterCount() * static_cast<int64_t>(sizeof(T));
   if (options.weights_budget_bytes > 0 && weight_bytes > options.weights_budget_bytes) {
@@ -392,7 +399,8 @@ Status ForwardImpl<T>::Attention(const StepLayout& L, int layer, int64_t decode_
       p.pool_v = PoolV(layer);
       p.max_kv_len = decode_keys;
       // Fewer, longer chunks where the partials would not fit the workspace.
-      const cuda::DecodePlan plan = cuda::PlanDecodeAttentionWithin(p, num_sms_, decode_ws_bytes_);
+      cuda::DecodePlan plan = cuda::PlanDecodeAttentionWithin(p, num_sms_, decode_ws_bytes_);
+      plan.programmatic_launch = pdl_;
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, attn_, nullptr, decode_ws_,
                                                       decode_ws_bytes_, stream_));
     }
@@ -458,16 +466,13 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
   for (int layer = 0; layer < c_.layers; ++layer) {
     const CudaLayerWeights<T>& w = weights_->layer(layer);
     Status s = cuda::AddRmsNorm<T>(x_, layer == 0 ? nullptr : tmp_, w.attn_norm, R, H, c_.rms_eps,
-                                   xn_, stream_);
+                                   xn_, stream_, pdl_);
     if (s.ok()) s = Linear(xn_, w.wqkv, w.bqkv, R, qkv_dim_, H, qkv_);
     if (s.ok()) {
-      // q heads and k heads are adjacent in a qkv row: one launch rotates both.
-      s = cuda::ApplyRope<T>(qkv_, positions, R, c_.q_heads + kvh, d, qkv_dim_, inv_freq_, stream_);
-    }
-    if (s.ok()) {
-      s = cuda::WritePagedKv<T>(qkv_, qkv_dim_, c_.q_dim(), c_.q_dim() + kv_dim_,
-                                meta_ + L.off_slots, R, kvh, d, PoolK(layer), PoolV(layer),
-                                stream_);
+      // One launch rotates q and k in place and writes the rotated keys and the values to the pool.
+      s = cuda::RopeWritePagedKv<T>(qkv_, qkv_dim_, positions, meta_ + L.off_slots, R,
+                                    static_cast<int>(c_.q_heads), kvh, d, inv_freq_, PoolK(layer),
+                                    PoolV(layer), stream_, pdl_);
     }
     if (s.ok() && capture) s = CaptureQ(L, layer);
     if (s.ok() && ctx_active_) {
@@ -487,9 +492,9 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
       s = Attention(L, layer, decode_keys);
     }
     if (s.ok()) s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_);
-    if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_);
+    if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_, pdl_);
     if (s.ok()) s = Linear(xn_, w.w_gate_up, nullptr, R, 2 * I, H, gate_up_);
-    if (s.ok()) s = cuda::SwiGlu<T>(gate_up_, R, I, act_, stream_);
+    if (s.ok()) s = cuda::SwiGlu<T>(gate_up_, R, I, act_, stream_, pdl_);
     if (s.ok()) s = Linear(act_, w.w_down, nullptr, R, H, I, tmp_);
     if (!s.ok()) return Annotate(s, "CudaBackend: layer " + std::to_string(layer));
   }
@@ -787,6 +792,7 @@ void CudaBackend::set_context_prefill_kv_splits(int splits) {
 }
 
 void CudaBackend::set_streaming_gemv(bool on) { impl_->set_streaming_gemv(on); }
+void CudaBackend::set_programmatic_launch(bool on) { impl_->set_programmatic_launch(on); }
 
 Status CudaBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
   const std::vector<int32_t>* blocks = sequences_.Blocks(seq);

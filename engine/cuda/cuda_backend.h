@@ -136,16 +136,21 @@ struct CudaBackendOptions {
   // 3.19x), batch 8 16.2 instead of 17.3. Off: one lookup per request (the comparison row).
   bool group_context_lookups = true;
   // bf16 linear layers at <= 8 rows (decode) run kernels/cuda/gemv's streaming kernel: one wave
-  // of persistent blocks, launched as a programmatic dependent of the kernel before it (its first
-  // weight loads overlap that kernel's tail). Off (the default): the warp-per-feature kernel. The
+  // of persistent blocks (a programmatic dependent of the kernel before it with
+  // programmatic_launch). Off (the default): the warp-per-feature kernel. The
   // two sum in the same order (same bits) for n >= 16384 and differ at the level of bf16 rounding
   // below. Measured on the H200 (docs/benchmarks/cuda.md, Llama-3-8B shapes): the streaming kernel
   // is 1.1-1.4x faster at 3-8 rows but slower at 1-2 (a whole batch-1 step 6.83 against 6.56 ms),
   // so it stays opt-in until a per-row-count choice is measured for batch invariance.
   bool streaming_gemv = false;
-  // With streaming_gemv: launch it as a programmatic dependent (PDL) of the previous kernel. Off:
-  // plain launches (the fallback should PDL launches fail, e.g. in graph capture).
-  bool gemv_programmatic_launch = true;
+  // bf16: the kernels of a layer's chain that follow one another (RMSNorm, the GEMVs, RoPE + KV
+  // write, SwiGLU, decode attention over own tokens) are launched as programmatic dependents (PDL)
+  // of the kernel before: each is scheduled during its predecessor's tail and waits for it before
+  // touching its data, and the GEMVs issue their first weight loads before that wait. The same
+  // bits as plain launches. Measured on the H200 (docs/benchmarks/cuda.md, 8B shape, batch 1):
+  // 1.2% faster eagerly but 1.6% slower replayed from CUDA graphs (6.76 against 6.65 ms at 32K),
+  // and 3% slower end to end over a 128K context, so it is off by default (opt-in, tested).
+  bool programmatic_launch = false;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
   int64_t max_penalty_tokens = 1 << 20;
@@ -205,6 +210,8 @@ class CudaBackend : public Backend {
   // Switches the linear layers' GEMV (options.streaming_gemv) from the next step on; drops the
   // captured graphs, which hold the kernels. Benchmarks compare both on one backend.
   void set_streaming_gemv(bool on);
+  // The same for options.programmatic_launch (drops the captured graphs too).
+  void set_programmatic_launch(bool on);
 
   // Makes `context` (filled on the device, e.g. by IngestContext: bench/cuda_e2e) the resident copy
   // of `snapshot`, which then serves requests whose ContextAttention borrows `snapshot` (its dims

@@ -128,6 +128,32 @@ TEST_CASE("CUDA graphs give bit-identical decode logits and are replayed") {
   }
 }
 
+// Programmatic dependent launches (options.programmatic_launch, opt-in) change when the
+// chain's kernels start, never what they compute: the same bits as plain launches, eager and from
+// graphs, prefill and decode, at batch 1 (the GEMV path) and above 8 rows (cuBLASLt in between).
+TEST_CASE("Programmatic launches give the bits of plain launches") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  for (int64_t head_dim : {64, 128}) {
+    const Model m = TestModel(head_dim, 5 + head_dim);
+    auto plain = Make(m, CudaDType::kBf16, false);
+    plain->set_programmatic_launch(false);
+    for (bool graphs : {false, true}) {
+      auto pdl = Make(m, CudaDType::kBf16, graphs);
+      pdl->set_programmatic_launch(true);
+      for (const std::vector<int64_t>& prompts :
+           {std::vector<int64_t>{1}, std::vector<int64_t>{5, 129, 60},
+            std::vector<int64_t>(12, 33)}) {
+        INFO("head_dim " << head_dim << " graphs " << graphs << " batch " << prompts.size());
+        const std::vector<float> a = RunSchedule(*plain, prompts, 24, 29);
+        const std::vector<float> b = RunSchedule(*pdl, prompts, 24, 29);
+        REQUIRE(a.size() == b.size());
+        CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+      }
+      if (graphs) CHECK(pdl->graph_stats().capture_error.empty());
+    }
+  }
+}
+
 TEST_CASE("ForwardSample greedy picks Sampler's token from the same logits, penalties included") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   const Model m = TestModel(128, 5);

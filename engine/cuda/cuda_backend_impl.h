@@ -42,6 +42,7 @@ class CudaBackend::Impl {
   virtual void set_context_prefill_kv_splits(int splits) = 0;
   virtual void set_group_context_lookups(bool on) = 0;
   virtual void set_streaming_gemv(bool on) = 0;
+  virtual void set_programmatic_launch(bool on) = 0;
 };
 
 }  // namespace sqz

@@ -43,11 +43,14 @@ __device__ __forceinline__ void Dot8(const uint4& w, const uint4& a, float& acc)
 // A block of kWarps warps computes kWarps / kSplit output features; the kSplit warps of a feature
 // take interleaved slices of its 16-byte vectors (kSplit > 1 gives short-n shapes enough warps to
 // fill the GPU) and their partial sums are added in warp order: a fixed order whatever m.
+// Launched as a programmatic dependent (PDL), a block issues its first weight loads, then waits for
+// the kernel before (which writes a or reads out); a is read with plain coherent loads for that
+// reason. Launched normally the wait is a no-op.
 template <int M, int kSplit, typename TOut>
 __global__ void __launch_bounds__(kWarps * 32)
-    WarpPerRowGemvKernel(const bf16* __restrict__ a, const bf16* __restrict__ w,
-                         const TOut* __restrict__ bias, int64_t n, int64_t k,
-                         TOut* __restrict__ out) {
+    WarpPerRowGemvKernel(const bf16* a, const bf16* __restrict__ w, const TOut* bias, int64_t n,
+                         int64_t k, TOut* out) {
+  internal::AllowDependentLaunch();
   __shared__ float partial[kWarps][M];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kWarps / kSplit) + warp / kSplit;
@@ -56,6 +59,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+  bool waited = false;
   if (row < n) {
     const uint4* wr = reinterpret_cast<const uint4*>(w + row * k);
     const uint4* av = reinterpret_cast<const uint4*>(a);
@@ -67,16 +71,21 @@ __global__ void __launch_bounds__(kWarps * 32)
         const int64_t idx = base + u * kStep;
         if (idx < kv) wv[u] = LoadStream(wr + idx);
       }
+      if (!waited) {  // the first weights are in flight; a only after the kernel before is done
+        internal::WaitForPriorGrid();
+        waited = true;
+      }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t idx = base + u * kStep;
         if (idx < kv) {
 #pragma unroll
-          for (int m = 0; m < M; ++m) Dot8(wv[u], __ldg(av + m * kv + idx), acc[m]);
+          for (int m = 0; m < M; ++m) Dot8(wv[u], av[m * kv + idx], acc[m]);
         }
       }
     }
   }
+  if (!waited) internal::WaitForPriorGrid();  // lanes without weights still write nothing early
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float s = internal::WarpSum(acc[m]);
@@ -263,6 +272,42 @@ Status LaunchStreaming(const GemvPlan& plan, const bf16* a, const bf16* w, const
       cudaLaunchKernelEx(&config, StreamingGemvKernel<M, TOut>, a, w, bias, n, k, out), "Gemv");
 }
 
+// The kWarpPerRow kernel; programmatic: launched as a PDL dependent of the kernel before.
+template <typename TOut>
+Status LaunchWarpPerRow(const bf16* a, const bf16* w, const TOut* bias, int64_t m, int64_t n,
+                        int64_t k, TOut* out, cudaStream_t stream, bool programmatic) {
+  constexpr const char* kOp = "Gemv";
+  static_assert(std::is_same_v<TOut, float> || std::is_same_v<TOut, bf16>);
+  SQZ_RETURN_IF_ERROR(CheckArgs(kOp, a, w, m, n, k, out));
+  // Short n (fewer than ~4 waves of one-row-per-warp blocks): 4 warps per output feature.
+  const bool split = n < kSplitBelowN;
+  const int64_t per_block = split ? kWarps / 4 : kWarps;
+  const int64_t blocks = (n + per_block - 1) / per_block;
+  if (blocks > INT32_MAX) return ArgError(kOp, "n too large");
+  const unsigned grid = static_cast<unsigned>(blocks);
+  const int threads = kWarps * 32;
+  switch (m) {
+#define SQZ_GEMV_CASE(M)                                                                 \
+  case M:                                                                                \
+    return CudaStatus(                                                                   \
+        internal::Launch(                                                                \
+            split ? WarpPerRowGemvKernel<M, 4, TOut> : WarpPerRowGemvKernel<M, 1, TOut>, \
+            dim3(grid), dim3(threads), 0, stream, programmatic, a, w, bias, n, k, out),  \
+        kOp);
+    SQZ_GEMV_CASE(1)
+    SQZ_GEMV_CASE(2)
+    SQZ_GEMV_CASE(3)
+    SQZ_GEMV_CASE(4)
+    SQZ_GEMV_CASE(5)
+    SQZ_GEMV_CASE(6)
+    SQZ_GEMV_CASE(7)
+    SQZ_GEMV_CASE(8)
+#undef SQZ_GEMV_CASE
+    default:
+      return ArgError(kOp, "m outside the compiled range");
+  }
+}
+
 }  // namespace
 
 StatusOr<GemvPlan> PlanGemv(GemvKernel kernel, bool programmatic_launch) {
@@ -295,7 +340,9 @@ Status Gemv(const GemvPlan& plan, const bf16* a, const bf16* w, const TOut* bias
             int64_t n, int64_t k, TOut* out, cudaStream_t stream) {
   constexpr const char* kOp = "Gemv";
   static_assert(std::is_same_v<TOut, float> || std::is_same_v<TOut, bf16>);
-  if (plan.kernel == GemvKernel::kWarpPerRow) return Gemv<TOut>(a, w, bias, m, n, k, out, stream);
+  if (plan.kernel == GemvKernel::kWarpPerRow) {
+    return LaunchWarpPerRow<TOut>(a, w, bias, m, n, k, out, stream, plan.programmatic_launch);
+  }
   SQZ_RETURN_IF_ERROR(CheckArgs(kOp, a, w, m, n, k, out));
   if (plan.sm_count < 1 || m > kGemvMaxRows || plan.blocks_per_sm[m - 1] < 1) {
     return ArgError(kOp, "a kStreaming plan must come from PlanGemv");
@@ -321,38 +368,7 @@ Status Gemv(const GemvPlan& plan, const bf16* a, const bf16* w, const TOut* bias
 template <typename TOut>
 Status Gemv(const bf16* a, const bf16* w, const TOut* bias, int64_t m, int64_t n, int64_t k,
             TOut* out, cudaStream_t stream) {
-  constexpr const char* kOp = "Gemv";
-  static_assert(std::is_same_v<TOut, float> || std::is_same_v<TOut, bf16>);
-  SQZ_RETURN_IF_ERROR(CheckArgs(kOp, a, w, m, n, k, out));
-  // Short n (fewer than ~4 waves of one-row-per-warp blocks): 4 warps per output feature.
-  const bool split = n < kSplitBelowN;
-  const int64_t per_block = split ? kWarps / 4 : kWarps;
-  const int64_t blocks = (n + per_block - 1) / per_block;
-  if (blocks > INT32_MAX) return ArgError(kOp, "n too large");
-  const unsigned grid = static_cast<unsigned>(blocks);
-  const int threads = kWarps * 32;
-  switch (m) {
-#define SQZ_GEMV_CASE(M)                                                                     \
-  case M:                                                                                    \
-    if (split) {                                                                             \
-      WarpPerRowGemvKernel<M, 4, TOut><<<grid, threads, 0, stream>>>(a, w, bias, n, k, out); \
-    } else {                                                                                 \
-      WarpPerRowGemvKernel<M, 1, TOut><<<grid, threads, 0, stream>>>(a, w, bias, n, k, out); \
-    }                                                                                        \
-    break;
-    SQZ_GEMV_CASE(1)
-    SQZ_GEMV_CASE(2)
-    SQZ_GEMV_CASE(3)
-    SQZ_GEMV_CASE(4)
-    SQZ_GEMV_CASE(5)
-    SQZ_GEMV_CASE(6)
-    SQZ_GEMV_CASE(7)
-    SQZ_GEMV_CASE(8)
-#undef SQZ_GEMV_CASE
-    default:
-      return ArgError(kOp, "m outside the compiled range");
-  }
-  return LaunchStatus(kOp);
+  return LaunchWarpPerRow<TOut>(a, w, bias, m, n, k, out, stream, /*programmatic=*/false);
 }
 
 template Status Gemv<float>(const GemvPlan&, const bf16*, const bf16*, const float*, int64_t,

@@ -11,7 +11,8 @@
 //     programmatic dependent of the previous kernel on the stream (PDL): its first weight loads
 //     are issued before it waits for that kernel, so the ramp overlaps the previous kernel's tail.
 //   * kWarpPerRow: the first kernel (one warp per feature, four for n < 16384, one block per 8
-//     or 2 features), kept for comparison and as a fallback.
+//     or 2 features), the backend's default at one row; PDL-launched like kStreaming when the
+//     plan says so (each block's first weight loads overlap the previous kernel's tail).
 // Each output element is summed in a fixed order independent of m (batch invariant): a lane adds
 // its 16-byte vectors in increasing k, then the warp's 32 lanes are added by an xor butterfly.
 // kStreaming and kWarpPerRow give the same bits where kWarpPerRow uses one warp per feature
@@ -41,11 +42,11 @@ enum class GemvKernel {
 // copy it freely).
 struct GemvPlan {
   GemvKernel kernel = GemvKernel::kStreaming;
-  // kStreaming only: launch as a programmatic dependent (PDL) of the previous kernel on the
-  // stream. The kernel reads only w before waiting for that kernel to complete, so w must not be
-  // written by the kernel launched just before it (weights never are); a, bias and out are touched
-  // only after the wait. Kernels launched without PDL wait as usual. Captured into CUDA graphs as
-  // programmatic edges.
+  // Launch as a programmatic dependent (PDL) of the previous kernel on the stream (both kernels).
+  // The kernel reads only w before waiting for that kernel to complete, so w must not be written
+  // by the kernel launched just before it (weights never are); a, bias and out are touched only
+  // after the wait. Kernels launched without PDL wait as usual. Captured into CUDA graphs as
+  // programmatic edges. The results are the same bits either way.
   bool programmatic_launch = true;
   int sm_count = 0;                      // multiprocessors of the device
   int blocks_per_sm[kGemvMaxRows] = {};  // resident kStreaming blocks per SM, by m - 1
@@ -64,7 +65,7 @@ template <typename TOut>
 Status Gemv(const GemvPlan& plan, const __nv_bfloat16* a, const __nv_bfloat16* w, const TOut* bias,
             int64_t m, int64_t n, int64_t k, TOut* out, cudaStream_t stream);
 
-// The kWarpPerRow kernel (no plan needed).
+// The kWarpPerRow kernel (no plan needed), launched normally.
 template <typename TOut>
 Status Gemv(const __nv_bfloat16* a, const __nv_bfloat16* w, const TOut* bias, int64_t m, int64_t n,
             int64_t k, TOut* out, cudaStream_t stream);

@@ -34,7 +34,8 @@ struct Variant {
 };
 constexpr Variant kVariants[] = {{"warp per row", GemvKernel::kWarpPerRow, false},
                                  {"streaming", GemvKernel::kStreaming, false},
-                                 {"streaming, PDL", GemvKernel::kStreaming, true}};
+                                 {"streaming, PDL", GemvKernel::kStreaming, true},
+                                 {"warp per row, PDL", GemvKernel::kWarpPerRow, true}};
 
 GemvPlan Plan(const Variant& v) {
   auto plan = PlanGemv(v.kernel, v.pdl);
@@ -91,6 +92,7 @@ TEMPLATE_TEST_CASE("Gemv matches the CPU product for 1..8 rows and is batch inva
         // PDL changes when the kernel starts, not what it computes; the streaming kernel sums in
         // the order of the one-warp-per-feature kernel.
         CHECK(SameBits(got[2], got[1]));
+        CHECK(SameBits(got[3], got[0]));
         if (n >= 16384) CHECK(SameBits(got[1], got[0]));
       }
     }
@@ -106,49 +108,54 @@ TEST_CASE("Gemv launched as a programmatic dependent sees the previous kernel's 
   cudaStream_t stream = nullptr;
   SQZ_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   uint32_t seed = 7;
-  for (int64_t m : {1, 3, 8}) {
-    INFO("m " << m);
-    const auto norm_w = testing::RoundBf16(RandomFloats(d, seed++));
-    const auto w1_f = testing::RoundBf16(RandomFloats(n1 * d, seed++, 0.02f));
-    const auto w2_f = testing::RoundBf16(RandomFloats(n2 * n1, seed++, 0.02f));
-    DeviceBuffer<bf16> nw(testing::ToBf16(norm_w)), w1(testing::ToBf16(w1_f)),
-        w2(testing::ToBf16(w2_f)), xn(m * d), y1(m * n1), y2(m * n2);
-    DeviceBuffer<float> x(m * d);
-    // Runs the chain on fresh x; returns y2.
-    auto run = [&](const GemvPlan& plan, cudaGraphExec_t graph, uint32_t x_seed) {
-      x.Upload(RandomFloats(m * d, x_seed));
-      y1.Poison();
-      y2.Poison();
-      SQZ_TEST_CUDA(cudaDeviceSynchronize());  // the uploads are not ordered with `stream`
-      if (graph) {
-        SQZ_TEST_CUDA(cudaGraphLaunch(graph, stream));
-      } else {
-        REQUIRE(AddRmsNorm<bf16>(x.get(), nullptr, nw.get(), m, d, 1e-5f, xn.get(), stream).ok());
-        REQUIRE(Gemv<bf16>(plan, xn.get(), w1.get(), nullptr, m, n1, d, y1.get(), stream).ok());
-        REQUIRE(Gemv<bf16>(plan, y1.get(), w2.get(), nullptr, m, n2, n1, y2.get(), stream).ok());
+  // {plain, PDL} plans of each kernel.
+  const std::pair<Variant, Variant> kernels[] = {{kVariants[0], kVariants[3]},
+                                                 {kVariants[1], kVariants[2]}};
+  for (const auto& [plain_v, pdl_v] : kernels) {
+    for (int64_t m : {1, 3, 8}) {
+      INFO(pdl_v.name << ", m " << m);
+      const auto norm_w = testing::RoundBf16(RandomFloats(d, seed++));
+      const auto w1_f = testing::RoundBf16(RandomFloats(n1 * d, seed++, 0.02f));
+      const auto w2_f = testing::RoundBf16(RandomFloats(n2 * n1, seed++, 0.02f));
+      DeviceBuffer<bf16> nw(testing::ToBf16(norm_w)), w1(testing::ToBf16(w1_f)),
+          w2(testing::ToBf16(w2_f)), xn(m * d), y1(m * n1), y2(m * n2);
+      DeviceBuffer<float> x(m * d);
+      // Runs the chain on fresh x; returns y2.
+      auto run = [&](const GemvPlan& plan, cudaGraphExec_t graph, uint32_t x_seed) {
+        x.Upload(RandomFloats(m * d, x_seed));
+        y1.Poison();
+        y2.Poison();
+        SQZ_TEST_CUDA(cudaDeviceSynchronize());  // the uploads are not ordered with `stream`
+        if (graph) {
+          SQZ_TEST_CUDA(cudaGraphLaunch(graph, stream));
+        } else {
+          REQUIRE(AddRmsNorm<bf16>(x.get(), nullptr, nw.get(), m, d, 1e-5f, xn.get(), stream).ok());
+          REQUIRE(Gemv<bf16>(plan, xn.get(), w1.get(), nullptr, m, n1, d, y1.get(), stream).ok());
+          REQUIRE(Gemv<bf16>(plan, y1.get(), w2.get(), nullptr, m, n2, n1, y2.get(), stream).ok());
+        }
+        SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+        return testing::ToFloat(y2.Download());
+      };
+      const GemvPlan plain = Plan(plain_v), pdl = Plan(pdl_v);
+      // The graph: the same launches captured with PDL.
+      SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+      REQUIRE(AddRmsNorm<bf16>(x.get(), nullptr, nw.get(), m, d, 1e-5f, xn.get(), stream).ok());
+      REQUIRE(Gemv<bf16>(pdl, xn.get(), w1.get(), nullptr, m, n1, d, y1.get(), stream).ok());
+      REQUIRE(Gemv<bf16>(pdl, y1.get(), w2.get(), nullptr, m, n2, n1, y2.get(), stream).ok());
+      cudaGraph_t graph = nullptr;
+      SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
+      cudaGraphExec_t exec = nullptr;
+      SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      for (uint32_t x_seed = 100; x_seed < 104; ++x_seed) {
+        INFO("x seed " << x_seed);
+        const auto want = run(plain, nullptr, x_seed);
+        CHECK(std::any_of(want.begin(), want.end(), [](float v) { return v != 0.0f; }));
+        CHECK(SameBits(run(pdl, nullptr, x_seed), want));
+        CHECK(SameBits(run(pdl, exec, x_seed), want));
       }
-      SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
-      return testing::ToFloat(y2.Download());
-    };
-    const GemvPlan plain = Plan(kVariants[1]), pdl = Plan(kVariants[2]);
-    // The graph: the same launches captured with PDL.
-    SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-    REQUIRE(AddRmsNorm<bf16>(x.get(), nullptr, nw.get(), m, d, 1e-5f, xn.get(), stream).ok());
-    REQUIRE(Gemv<bf16>(pdl, xn.get(), w1.get(), nullptr, m, n1, d, y1.get(), stream).ok());
-    REQUIRE(Gemv<bf16>(pdl, y1.get(), w2.get(), nullptr, m, n2, n1, y2.get(), stream).ok());
-    cudaGraph_t graph = nullptr;
-    SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
-    cudaGraphExec_t exec = nullptr;
-    SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    for (uint32_t x_seed = 100; x_seed < 104; ++x_seed) {
-      INFO("x seed " << x_seed);
-      const auto want = run(plain, nullptr, x_seed);
-      CHECK(std::any_of(want.begin(), want.end(), [](float v) { return v != 0.0f; }));
-      CHECK(SameBits(run(pdl, nullptr, x_seed), want));
-      CHECK(SameBits(run(pdl, exec, x_seed), want));
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
   cudaStreamDestroy(stream);
 }

@@ -39,6 +39,7 @@ __global__ void AddRmsNormKernel(float* x, const T* __restrict__ delta,
                                  const int32_t* __restrict__ rows, const T* __restrict__ w,
                                  int64_t d, float eps, T* __restrict__ y) {
   internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
+  internal::WaitForPriorGrid();      // x and delta come from the kernels before (PDL)
   __shared__ float scratch[32];
   const int64_t src_row = kGather ? rows[blockIdx.x] : blockIdx.x;
   float* xr = x + src_row * d;
@@ -85,6 +86,49 @@ __global__ void WritePagedKvKernel(const T* __restrict__ src, int64_t src_row_st
     const T* s = src + t * src_row_stride;
     pool_k[dst] = s[k_offset + within];
     pool_v[dst] = s[v_offset + within];
+  }
+}
+
+// One thread per (token, head, rotation pair i < d / 2) over the q and k heads: ApplyRope's
+// arithmetic; a key head's thread also writes its two rotated elements and the value's two
+// elements at the same offsets to the pool.
+template <typename T>
+__global__ void RopeWritePagedKvKernel(T* qkv, int64_t row_stride,
+                                       const int32_t* __restrict__ positions,
+                                       const int32_t* __restrict__ slots, int64_t n, int q_heads,
+                                       int kv_heads, int d, const float* __restrict__ inv_freq,
+                                       T* __restrict__ pool_k, T* __restrict__ pool_v) {
+  internal::AllowDependentLaunch();
+  internal::WaitForPriorGrid();  // qkv comes from the kernel before (PDL)
+  const int64_t half = d / 2, heads = q_heads + kv_heads;
+  const int64_t total = n * heads * half;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx % half;
+    const int64_t h = (idx / half) % heads;
+    const int64_t t = idx / (half * heads);
+    const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    T* row = qkv + t * row_stride;
+    T* xh = row + h * d;
+    const float x0 = ToFloat(xh[i]);
+    const float x1 = ToFloat(xh[i + half]);
+    const T r0 = FromFloat<T>(x0 * c - x1 * s);
+    const T r1 = FromFloat<T>(x1 * c + x0 * s);
+    xh[i] = r0;
+    xh[i + half] = r1;
+    if (h >= q_heads) {
+      const int64_t kvh = h - q_heads;
+      const int64_t slot = slots[t];
+      const int64_t block = slot / kPageSize, within = slot - block * kPageSize;
+      const int64_t dst = ((block * kv_heads + kvh) * kPageSize + within) * d;
+      const T* vh = row + (heads + kvh) * d;
+      pool_k[dst + i] = r0;
+      pool_k[dst + i + half] = r1;
+      pool_v[dst + i] = vh[i];
+      pool_v[dst + i + half] = vh[i + half];
+    }
   }
 }
 
@@ -226,16 +270,18 @@ Status EmbedToFloat(const int32_t* ids, const T* table, int64_t n, int64_t vocab
 
 template <typename T>
 Status AddRmsNorm(float* x, const T* delta, const T* w, int64_t n, int64_t d, float eps, T* y,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, bool programmatic) {
   constexpr const char* kOp = "AddRmsNorm";
   if (n < 0 || d <= 0) return ArgError(kOp, "need n >= 0 and d > 0");
   if (n > INT32_MAX) return ArgError(kOp, "n must be below 2^31");
   if (!(eps >= 0.0f)) return ArgError(kOp, "eps must be >= 0");
   if (n == 0) return OkStatus();
   if (!x || !w || !y) return ArgError(kOp, "null x, w or y");
-  AddRmsNormKernel<T, false>
-      <<<static_cast<unsigned>(n), NormThreads(d), 0, stream>>>(x, delta, nullptr, w, d, eps, y);
-  return LaunchStatus(kOp);
+  const int32_t* no_rows = nullptr;
+  return CudaStatus(internal::Launch(AddRmsNormKernel<T, false>, dim3(static_cast<unsigned>(n)),
+                                     dim3(NormThreads(d)), 0, stream, programmatic, x, delta,
+                                     no_rows, w, d, eps, y),
+                    kOp);
 }
 
 template <typename T>
@@ -283,6 +329,34 @@ Status WritePagedKv(const T* src, int64_t src_row_stride, int64_t k_offset, int6
   WritePagedKvKernel<T><<<GridFor(n * width, kThreads), kThreads, 0, stream>>>(
       src, src_row_stride, k_offset, v_offset, slots, n, kv_heads, head_dim, pool_k, pool_v);
   return LaunchStatus(kOp);
+}
+
+template <typename T>
+Status RopeWritePagedKv(T* qkv, int64_t row_stride, const int32_t* positions, const int32_t* slots,
+                        int64_t n, int q_heads, int kv_heads, int head_dim, const float* inv_freq,
+                        T* pool_k, T* pool_v, cudaStream_t stream, bool programmatic) {
+  constexpr const char* kOp = "RopeWritePagedKv";
+  if (n < 0 || q_heads < 0 || kv_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) {
+    return ArgError(
+        kOp, "need n >= 0, q_heads >= 0, kv_heads > 0 and an even head_dim > 0; got n=" +
+                 std::to_string(n) + " q_heads=" + std::to_string(q_heads) +
+                 " kv_heads=" + std::to_string(kv_heads) + " head_dim=" + std::to_string(head_dim));
+  }
+  const int64_t width = (static_cast<int64_t>(q_heads) + 2 * kv_heads) * head_dim;
+  if (row_stride < width) {
+    return ArgError(kOp, "row_stride " + std::to_string(row_stride) +
+                             " < (q_heads + 2 * kv_heads) * head_dim = " + std::to_string(width));
+  }
+  if (n == 0) return OkStatus();
+  if (!qkv || !positions || !slots || !inv_freq || !pool_k || !pool_v) {
+    return ArgError(kOp, "null pointer");
+  }
+  const int64_t threads = n * (q_heads + kv_heads) * (head_dim / 2);
+  return CudaStatus(
+      internal::Launch(RopeWritePagedKvKernel<T>, dim3(GridFor(threads, kThreads)), dim3(kThreads),
+                       0, stream, programmatic, qkv, row_stride, positions, slots, n, q_heads,
+                       kv_heads, head_dim, inv_freq, pool_k, pool_v),
+      kOp);
 }
 
 template <typename T>
@@ -377,7 +451,9 @@ Status FillConstant(T* x, int64_t n, float value, cudaStream_t stream) {
   template Status EmbedToFloat<T>(const int32_t*, const T*, int64_t, int64_t, int64_t, float*,    \
                                   cudaStream_t);                                                  \
   template Status AddRmsNorm<T>(float*, const T*, const T*, int64_t, int64_t, float, T*,          \
-                                cudaStream_t);                                                    \
+                                cudaStream_t, bool);                                              \
+  template Status RopeWritePagedKv<T>(T*, int64_t, const int32_t*, const int32_t*, int64_t, int,  \
+                                      int, int, const float*, T*, T*, cudaStream_t, bool);        \
   template Status GatherRmsNorm<T>(const float*, const int32_t*, const T*, int64_t, int64_t,      \
                                    float, T*, cudaStream_t);                                      \
   template Status AddToFloat<T>(float*, const T*, int64_t, cudaStream_t);                         \

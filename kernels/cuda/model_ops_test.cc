@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <type_traits>
@@ -10,6 +11,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/test_util.h"
 
 namespace sqz::cuda {
@@ -188,6 +190,114 @@ TEMPLATE_TEST_CASE("WritePagedKv and GatherPagedKv place and return every elemen
                                           dummy.get(), nullptr);
   CHECK(s.code() == StatusCode::kInvalidArgument);
   CHECK(s.message().find("exceed the row of 10") != std::string::npos);
+}
+
+// The fused launch against the two it replaces (ApplyRope over the q and k heads, then
+// WritePagedKv of the rotated keys and the values): the same bits in qkv and in both pools, over
+// head counts with and without query heads, odd token counts and head dims from 2 to 128. qkv is
+// written on the stream by FillUniform just before, so the programmatic (PDL) launch must wait for
+// it; eager and replayed from a captured graph.
+TEMPLATE_TEST_CASE("RopeWritePagedKv equals ApplyRope then WritePagedKv, PDL-launched too",
+                   "[cuda]", float, bf16) {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  cpu::RopeParams llama3;
+  llama3.theta = 500000.0f;
+  llama3.llama3_factor = 8.0f;
+  cudaStream_t stream = nullptr;
+  SQZ_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  uint32_t seed = 900;
+  for (int d : {2, 8, 64, 128}) {
+    for (const auto& [qh, kvh] : {std::pair{0, 1}, {1, 1}, {4, 2}, {32, 8}, {6, 3}}) {
+      for (int64_t n : {1, 3, 129}) {
+        INFO("d " << d << " q heads " << qh << " kv heads " << kvh << " n " << n);
+        const int64_t stride = static_cast<int64_t>(qh + 2 * kvh) * d + 5;
+        PagedLayout lay = MakeLayout({n}, seed++);
+        std::vector<int32_t> slots(n), pos(n);
+        std::mt19937 gen(seed++);
+        for (int64_t t = 0; t < n; ++t) {
+          slots[t] = lay.tables[0][t / kPageSize] * kPageSize + static_cast<int32_t>(t % kPageSize);
+          pos[t] = static_cast<int32_t>(gen() % 131072);
+        }
+        std::vector<float> inv_freq(d / 2);
+        cpu::RopeInvFreq(llama3, d, inv_freq.data());
+        DeviceBuffer<int32_t> dslots(slots), dpos(pos);
+        DeviceBuffer<float> dinv(inv_freq);
+        const int64_t pool_elems = lay.blocks * kvh * kPageSize * d;
+        const uint64_t fill_seed = seed++;
+        auto fill = [&](TestType* qkv) {
+          return FillUniform<TestType>(qkv, n * stride, 2.0f, fill_seed, stream);
+        };
+        // Reference: the two launches.
+        DeviceBuffer<TestType> qkv0(n * stride), pk0(pool_elems), pv0(pool_elems);
+        REQUIRE(fill(qkv0.get()).ok());
+        REQUIRE(
+            ApplyRope<TestType>(qkv0.get(), dpos.get(), n, qh + kvh, d, stride, dinv.get(), stream)
+                .ok());
+        REQUIRE(WritePagedKv<TestType>(qkv0.get(), stride, int64_t{qh} * d, int64_t{qh + kvh} * d,
+                                       dslots.get(), n, kvh, d, pk0.get(), pv0.get(), stream)
+                    .ok());
+        SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+        const auto want_qkv = testing::ToFloat(qkv0.Download());
+        const auto want_k = testing::ToFloat(pk0.Download());
+        const auto want_v = testing::ToFloat(pv0.Download());
+        auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+          return a.size() == b.size() &&
+                 std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;  // NaN poison too
+        };
+        DeviceBuffer<TestType> qkv(n * stride), pk(pool_elems), pv(pool_elems);
+        auto launch = [&](bool programmatic) {
+          REQUIRE(fill(qkv.get()).ok());
+          REQUIRE(RopeWritePagedKv<TestType>(qkv.get(), stride, dpos.get(), dslots.get(), n, qh,
+                                             kvh, d, dinv.get(), pk.get(), pv.get(), stream,
+                                             programmatic)
+                      .ok());
+        };
+        auto check = [&] {
+          SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+          CHECK(same(testing::ToFloat(qkv.Download()), want_qkv));
+          CHECK(same(testing::ToFloat(pk.Download()), want_k));
+          CHECK(same(testing::ToFloat(pv.Download()), want_v));
+          qkv.Poison();
+          pk.Poison();
+          pv.Poison();
+        };
+        for (bool programmatic : {false, true}) {
+          INFO("programmatic " << programmatic);
+          launch(programmatic);
+          check();
+        }
+        SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+        launch(true);
+        cudaGraph_t graph = nullptr;
+        SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
+        cudaGraphExec_t exec = nullptr;
+        SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
+        INFO("graph");
+        check();
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+      }
+    }
+  }
+  cudaStreamDestroy(stream);
+  // Bad arguments name the op and what to fix.
+  DeviceBuffer<TestType> dummy(64);
+  DeviceBuffer<int32_t> i1(std::vector<int32_t>{0});
+  DeviceBuffer<float> f1(4);
+  Status s = RopeWritePagedKv<TestType>(dummy.get(), 64, i1.get(), i1.get(), 1, 2, 1, 7, f1.get(),
+                                        dummy.get(), dummy.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("even head_dim") != std::string::npos);
+  s = RopeWritePagedKv<TestType>(dummy.get(), 31, i1.get(), i1.get(), 1, 2, 1, 8, f1.get(),
+                                 dummy.get(), dummy.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("row_stride 31 < (q_heads + 2 * kv_heads) * head_dim = 32") !=
+        std::string::npos);
+  s = RopeWritePagedKv<TestType>(dummy.get(), 32, i1.get(), nullptr, 1, 2, 1, 8, f1.get(),
+                                 dummy.get(), dummy.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("RopeWritePagedKv: null pointer") != std::string::npos);
 }
 
 TEMPLATE_TEST_CASE("PagedAttentionSimple matches causal CPU attention, row by row", "[cuda]", float,
