@@ -407,8 +407,8 @@ def matching_facts(doc: Document, entity: str, attribute: str) -> List[int]:
 #     head does, instead of a lookup of the value by the name (runs 7-9 in train/README.md).
 ANSWER_FORMATS = ("value", "restate")
 
-# The task models/longctx was trained on (train/README.md, run 10): the command-line tools of
-# train/ default to it. Library functions keep "grid" / "value", the documents of runs 1-9.
+# The task models/longctx was trained on (train/README.md, runs 10 and 18): the command-line
+# tools of train/ default to it. Library functions keep "grid" / "value", the documents of runs 1-9.
 MODEL_VARIANT = "distinct"
 MODEL_ANSWER_FORMAT = "restate"
 
