@@ -59,6 +59,22 @@ __device__ __forceinline__ float BlockMax(float v, float* scratch) {
   return WarpMax(v);
 }
 
+// RoPE of one rotation pair in place (Hugging Face rotate_half layout): elements i and i + half of
+// the head at `head`, angle = position * inv_freq_i, fp32 math, one rounding each. The rotated
+// values are also returned (the paged KV write stores them without reading them back).
+template <typename T>
+__device__ __forceinline__ void RotatePair(T* head, int64_t i, int64_t half, float position,
+                                           float inv_freq_i, T* r0, T* r1) {
+  float s, c;
+  sincosf(position * inv_freq_i, &s, &c);
+  const float x0 = ToFloat(head[i]);
+  const float x1 = ToFloat(head[i + half]);
+  *r0 = FromFloat<T>(x0 * c - x1 * s);
+  *r1 = FromFloat<T>(x1 * c + x0 * s);
+  head[i] = *r0;
+  head[i + half] = *r1;
+}
+
 // Programmatic dependent launch (PDL, sm_90). A kernel launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization may start before the previous kernel on its
 // stream has completed; WaitForPriorGrid blocks until that kernel has completed and its writes

@@ -57,14 +57,9 @@ __global__ void RopeKernel(T* x, const int32_t* __restrict__ positions, int64_t 
     const int64_t i = idx % half;
     const int64_t h = (idx / half) % heads;
     const int64_t t = idx / (half * heads);
-    const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-    float s, c;
-    sincosf(angle, &s, &c);
-    T* xh = x + t * row_stride + h * d;
-    const float x0 = ToFloat(xh[i]);
-    const float x1 = ToFloat(xh[i + half]);
-    xh[i] = FromFloat<T>(x0 * c - x1 * s);
-    xh[i + half] = FromFloat<T>(x1 * c + x0 * s);
+    T r0, r1;
+    internal::RotatePair(x + t * row_stride + h * d, i, half, static_cast<float>(positions[t]),
+                         inv_freq[i], &r0, &r1);
   }
 }
 

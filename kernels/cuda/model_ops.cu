@@ -107,17 +107,10 @@ __global__ void RopeWritePagedKvKernel(T* qkv, int64_t row_stride,
     const int64_t i = idx % half;
     const int64_t h = (idx / half) % heads;
     const int64_t t = idx / (half * heads);
-    const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-    float s, c;
-    sincosf(angle, &s, &c);
     T* row = qkv + t * row_stride;
-    T* xh = row + h * d;
-    const float x0 = ToFloat(xh[i]);
-    const float x1 = ToFloat(xh[i + half]);
-    const T r0 = FromFloat<T>(x0 * c - x1 * s);
-    const T r1 = FromFloat<T>(x1 * c + x0 * s);
-    xh[i] = r0;
-    xh[i + half] = r1;
+    T r0, r1;
+    internal::RotatePair(row + h * d, i, half, static_cast<float>(positions[t]), inv_freq[i], &r0,
+                         &r1);
     if (h >= q_heads) {
       const int64_t kvh = h - q_heads;
       const int64_t slot = slots[t];
