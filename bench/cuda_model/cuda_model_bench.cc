@@ -318,8 +318,8 @@ int main(int argc, char** argv) {
   // sequence growing by `steps` + 3 tokens per way): the streaming Gemv, then the warp-per-row
   // Gemv (the backend's default), each kernel by kernel with the logits copied to the host and
   // replaying CUDA graphs with greedy sampling on the device (ForwardSample: only the token id
-  // reaches the host), with the layer chain's programmatic launches (PDL) off and on; the last
-  // way is the default configuration. Each way's floor is taken at its own mean sequence length.
+  // reaches the host), with the GEMVs' programmatic launches (PDL, CudaBackendOptions::
+  // programmatic_launch) off and on. Each way's floor is taken at its own mean sequence length.
   struct Way {
     const char* name;
     bool streaming_gemv, pdl, graphs, sample;

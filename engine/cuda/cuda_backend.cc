@@ -113,8 +113,7 @@ class ForwardImpl final : public CudaBackend::Impl {
     graphs_.clear();
   }
   void set_programmatic_launch(bool on) override {
-    pdl_ = on && std::is_same_v<T, bf16>;
-    gemv_plan_.programmatic_launch = pdl_;
+    gemv_plan_.programmatic_launch = on;
     graphs_.clear();
   }
 
@@ -204,7 +203,6 @@ class ForwardImpl final : public CudaBackend::Impl {
   bool graphs_on_;                            // o_.cuda_graphs, or as set_cuda_graphs last said
   std::unique_ptr<ContextStep<T>> ctx_step_;  // attention of steps with fixed contexts
   bool ctx_active_ = false;                   // the current step has contexts
-  bool pdl_ = false;  // bf16 and o_.programmatic_launch, or as set_programmatic_launch last said
 };
 
 template <typename T>
@@ -224,7 +222,6 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
                          cuda::PlanGemv(options.streaming_gemv ? cuda::GemvKernel::kStreaming
                                                                : cuda::GemvKernel::kWarpPerRow,
                                         options.programmatic_launch));
-    impl->pdl_ = options.programmatic_launch;
   }
   const int64_t weight_bytes = config.ParameterCount() * static_cast<int64_t>(sizeof(T));
   if (options.weights_budget_bytes > 0 && weight_bytes > options.weights_budget_bytes) {
@@ -399,8 +396,7 @@ Status ForwardImpl<T>::Attention(const StepLayout& L, int layer, int64_t decode_
       p.pool_v = PoolV(layer);
       p.max_kv_len = decode_keys;
       // Fewer, longer chunks where the partials would not fit the workspace.
-      cuda::DecodePlan plan = cuda::PlanDecodeAttentionWithin(p, num_sms_, decode_ws_bytes_);
-      plan.programmatic_launch = pdl_;
+      const cuda::DecodePlan plan = cuda::PlanDecodeAttentionWithin(p, num_sms_, decode_ws_bytes_);
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, attn_, nullptr, decode_ws_,
                                                       decode_ws_bytes_, stream_));
     }
@@ -466,13 +462,13 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
   for (int layer = 0; layer < c_.layers; ++layer) {
     const CudaLayerWeights<T>& w = weights_->layer(layer);
     Status s = cuda::AddRmsNorm<T>(x_, layer == 0 ? nullptr : tmp_, w.attn_norm, R, H, c_.rms_eps,
-                                   xn_, stream_, pdl_);
+                                   xn_, stream_);
     if (s.ok()) s = Linear(xn_, w.wqkv, w.bqkv, R, qkv_dim_, H, qkv_);
     if (s.ok()) {
       // One launch rotates q and k in place and writes the rotated keys and the values to the pool.
       s = cuda::RopeWritePagedKv<T>(qkv_, qkv_dim_, positions, meta_ + L.off_slots, R,
                                     static_cast<int>(c_.q_heads), kvh, d, inv_freq_, PoolK(layer),
-                                    PoolV(layer), stream_, pdl_);
+                                    PoolV(layer), stream_);
     }
     if (s.ok() && capture) s = CaptureQ(L, layer);
     if (s.ok() && ctx_active_) {
@@ -492,9 +488,9 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
       s = Attention(L, layer, decode_keys);
     }
     if (s.ok()) s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_);
-    if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_, pdl_);
+    if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_);
     if (s.ok()) s = Linear(xn_, w.w_gate_up, nullptr, R, 2 * I, H, gate_up_);
-    if (s.ok()) s = cuda::SwiGlu<T>(gate_up_, R, I, act_, stream_, pdl_);
+    if (s.ok()) s = cuda::SwiGlu<T>(gate_up_, R, I, act_, stream_);
     if (s.ok()) s = Linear(act_, w.w_down, nullptr, R, H, I, tmp_);
     if (!s.ok()) return Annotate(s, "CudaBackend: layer " + std::to_string(layer));
   }

@@ -143,13 +143,13 @@ struct CudaBackendOptions {
   // is 1.1-1.4x faster at 3-8 rows but slower at 1-2 (a whole batch-1 step 6.83 against 6.56 ms),
   // so it stays opt-in until a per-row-count choice is measured for batch invariance.
   bool streaming_gemv = false;
-  // bf16: the kernels of a layer's chain that follow one another (RMSNorm, the GEMVs, RoPE + KV
-  // write, SwiGLU, decode attention over own tokens) are launched as programmatic dependents (PDL)
-  // of the kernel before: each is scheduled during its predecessor's tail and waits for it before
-  // touching its data, and the GEMVs issue their first weight loads before that wait. The same
-  // bits as plain launches. Measured on the H200 (docs/benchmarks/cuda.md, 8B shape, batch 1):
-  // 1.2% faster eagerly but 1.6% slower replayed from CUDA graphs (6.76 against 6.65 ms at 32K),
-  // and 3% slower end to end over a 128K context, so it is off by default (opt-in, tested).
+  // bf16 linear layers at <= 8 rows (decode): the GEMV is launched as a programmatic dependent
+  // (PDL) of the kernel before it, whose data it waits for after issuing its first weight loads.
+  // The same bits as plain launches. Measured on the H200 (docs/benchmarks/cuda.md, runs I-J, 8B
+  // shape, batch 1 over 32K, graphs): 6.63-6.66 ms per step against 6.70 plain; PDL of the norms,
+  // RoPE + KV write, SwiGLU and attention as well (the kernels support it) made the step slower
+  // (6.79-6.81 ms), so the backend launches only the GEMVs so. Off by default until the backend
+  // tests have run with it on the GPU (they ran with every kernel PDL-launched and with none).
   bool programmatic_launch = false;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
