@@ -169,8 +169,7 @@ __global__ void __launch_bounds__(kThreads)
                       float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
                       unsigned* __restrict__ counters, TOut* __restrict__ out,
                       cpu::AttentionPartial* __restrict__ stats) {
-  internal::AllowDependentLaunch();
-  internal::WaitForPriorGrid();  // q and the newest keys come from the kernels before (PDL)
+  internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
   constexpr int kRow = D + kPad;
   constexpr int kChunks = D / 8;  // 16-byte pieces per K/V row
   constexpr int kPairs = D / 2;   // bf16 pairs per V row
@@ -420,8 +419,7 @@ __global__ void __launch_bounds__(kThreads)
                          unsigned* __restrict__ counters, TOut* __restrict__ out,
                          cpu::AttentionPartial* __restrict__ stats) {
   static_assert(D % 32 == 0, "K fragments are loaded two k-chunks at a time");
-  internal::AllowDependentLaunch();
-  internal::WaitForPriorGrid();  // q and the newest keys come from the kernels before (PDL)
+  internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
   constexpr int kRow = D + kPad;
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -799,10 +797,9 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
                                                         PartialOutBytes(p, plan.num_chunks));
   }
   const dim3 grid(plan.num_chunks, p.n_kv_heads, p.batch);
-  SQZ_RETURN_IF_ERROR(CudaStatus(
-      internal::Launch(kernel, grid, dim3(kThreads), kSmem, stream, plan.programmatic_launch, p,
-                       plan.chunk_len, plan.num_chunks, ws_o, ws_stats, counters, out, stats),
-      "DecodeAttention: chunk kernel"));
+  kernel<<<grid, kThreads, kSmem, stream>>>(p, plan.chunk_len, plan.num_chunks, ws_o, ws_stats,
+                                            counters, out, stats);
+  SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: chunk kernel"));
   if (plan.num_chunks > 1 && !plan.fused_merge) {
     const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.batch) * p.n_q_heads);
     // Weights of the chunks plus 16 zero floats: the unrolled sum may read a little past them.

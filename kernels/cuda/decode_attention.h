@@ -110,10 +110,6 @@ struct DecodePlan {
   // (request, kv head)), false in a second kernel.
   bool fused_merge = false;
   size_t workspace_bytes = 0;  // counters, then partial outputs and stats (0 for one chunk)
-  // Launch the chunk kernel as a programmatic dependent (PDL) of the previous kernel on the
-  // stream: its blocks are scheduled during that kernel's tail and wait for it before reading
-  // anything. The planner leaves it false; the caller sets it. Same results either way.
-  bool programmatic_launch = false;
 };
 
 // Choices of PlanDecodeAttention that tests, benchmarks and fallbacks override.

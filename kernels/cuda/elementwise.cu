@@ -77,7 +77,6 @@ template <typename T>
 __global__ void SwiGluKernel(const T* __restrict__ gate_up, int64_t rows, int64_t cols,
                              T* __restrict__ out) {
   internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
-  internal::WaitForPriorGrid();      // gate_up comes from the kernel before (PDL)
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -171,8 +170,7 @@ Status SiluMul(const T* gate, const T* up, int64_t n, T* out, cudaStream_t strea
 }
 
 template <typename T>
-Status SwiGlu(const T* gate_up, int64_t rows, int64_t cols, T* out, cudaStream_t stream,
-              bool programmatic) {
+Status SwiGlu(const T* gate_up, int64_t rows, int64_t cols, T* out, cudaStream_t stream) {
   constexpr const char* kOp = "SwiGlu";
   if (rows < 0 || cols <= 0) {
     return ArgError(kOp, "need rows >= 0 and cols > 0; got rows=" + std::to_string(rows) +
@@ -180,10 +178,9 @@ Status SwiGlu(const T* gate_up, int64_t rows, int64_t cols, T* out, cudaStream_t
   }
   if (rows == 0) return OkStatus();
   if (!gate_up || !out) return ArgError(kOp, "null pointer");
-  return CudaStatus(
-      internal::Launch(SwiGluKernel<T>, dim3(GridFor(rows * cols, kThreads)), dim3(kThreads), 0,
-                       stream, programmatic, gate_up, rows, cols, out),
-      kOp);
+  SwiGluKernel<T>
+      <<<GridFor(rows * cols, kThreads), kThreads, 0, stream>>>(gate_up, rows, cols, out);
+  return LaunchStatus(kOp);
 }
 
 template <typename T>
@@ -213,7 +210,7 @@ Status Convert(const Src* src, int64_t n, Dst* dst, cudaStream_t stream) {
   template Status ApplyRope<T>(T*, const int32_t*, int64_t, int64_t, int64_t, int64_t,        \
                                const float*, cudaStream_t);                                   \
   template Status SiluMul<T>(const T*, const T*, int64_t, T*, cudaStream_t);                  \
-  template Status SwiGlu<T>(const T*, int64_t, int64_t, T*, cudaStream_t, bool);              \
+  template Status SwiGlu<T>(const T*, int64_t, int64_t, T*, cudaStream_t);                    \
   template Status AddInPlace<T>(T*, const T*, int64_t, cudaStream_t);
 
 SQZ_INSTANTIATE_ELEMENTWISE(float)

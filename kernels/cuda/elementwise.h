@@ -44,11 +44,9 @@ template <typename T>
 Status SiluMul(const T* gate, const T* up, int64_t n, T* out, cudaStream_t stream);
 
 // SwiGLU over a fused gate_up projection: out[r][j] = silu(gate_up[r][j]) * gate_up[r][cols + j].
-// gate_up: [rows][2 * cols], out: [rows][cols] (must not alias gate_up). programmatic: launch as a
-// programmatic dependent (PDL) of the previous kernel on the stream (same bits either way).
+// gate_up: [rows][2 * cols], out: [rows][cols] (must not alias gate_up).
 template <typename T>
-Status SwiGlu(const T* gate_up, int64_t rows, int64_t cols, T* out, cudaStream_t stream,
-              bool programmatic = false);
+Status SwiGlu(const T* gate_up, int64_t rows, int64_t cols, T* out, cudaStream_t stream);
 
 // x[i] += y[i] (fp32 math, one rounding). x, y: [n].
 template <typename T>

@@ -39,7 +39,6 @@ __global__ void AddRmsNormKernel(float* x, const T* __restrict__ delta,
                                  const int32_t* __restrict__ rows, const T* __restrict__ w,
                                  int64_t d, float eps, T* __restrict__ y) {
   internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
-  internal::WaitForPriorGrid();      // x and delta come from the kernels before (PDL)
   __shared__ float scratch[32];
   const int64_t src_row = kGather ? rows[blockIdx.x] : blockIdx.x;
   float* xr = x + src_row * d;
@@ -98,8 +97,6 @@ __global__ void RopeWritePagedKvKernel(T* qkv, int64_t row_stride,
                                        const int32_t* __restrict__ slots, int64_t n, int q_heads,
                                        int kv_heads, int d, const float* __restrict__ inv_freq,
                                        T* __restrict__ pool_k, T* __restrict__ pool_v) {
-  internal::AllowDependentLaunch();
-  internal::WaitForPriorGrid();  // qkv comes from the kernel before (PDL)
   const int64_t half = d / 2, heads = q_heads + kv_heads;
   const int64_t total = n * heads * half;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
@@ -263,18 +260,16 @@ Status EmbedToFloat(const int32_t* ids, const T* table, int64_t n, int64_t vocab
 
 template <typename T>
 Status AddRmsNorm(float* x, const T* delta, const T* w, int64_t n, int64_t d, float eps, T* y,
-                  cudaStream_t stream, bool programmatic) {
+                  cudaStream_t stream) {
   constexpr const char* kOp = "AddRmsNorm";
   if (n < 0 || d <= 0) return ArgError(kOp, "need n >= 0 and d > 0");
   if (n > INT32_MAX) return ArgError(kOp, "n must be below 2^31");
   if (!(eps >= 0.0f)) return ArgError(kOp, "eps must be >= 0");
   if (n == 0) return OkStatus();
   if (!x || !w || !y) return ArgError(kOp, "null x, w or y");
-  const int32_t* no_rows = nullptr;
-  return CudaStatus(internal::Launch(AddRmsNormKernel<T, false>, dim3(static_cast<unsigned>(n)),
-                                     dim3(NormThreads(d)), 0, stream, programmatic, x, delta,
-                                     no_rows, w, d, eps, y),
-                    kOp);
+  AddRmsNormKernel<T, false>
+      <<<static_cast<unsigned>(n), NormThreads(d), 0, stream>>>(x, delta, nullptr, w, d, eps, y);
+  return LaunchStatus(kOp);
 }
 
 template <typename T>
@@ -327,7 +322,7 @@ Status WritePagedKv(const T* src, int64_t src_row_stride, int64_t k_offset, int6
 template <typename T>
 Status RopeWritePagedKv(T* qkv, int64_t row_stride, const int32_t* positions, const int32_t* slots,
                         int64_t n, int q_heads, int kv_heads, int head_dim, const float* inv_freq,
-                        T* pool_k, T* pool_v, cudaStream_t stream, bool programmatic) {
+                        T* pool_k, T* pool_v, cudaStream_t stream) {
   constexpr const char* kOp = "RopeWritePagedKv";
   if (n < 0 || q_heads < 0 || kv_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) {
     return ArgError(
@@ -345,11 +340,9 @@ Status RopeWritePagedKv(T* qkv, int64_t row_stride, const int32_t* positions, co
     return ArgError(kOp, "null pointer");
   }
   const int64_t threads = n * (q_heads + kv_heads) * (head_dim / 2);
-  return CudaStatus(
-      internal::Launch(RopeWritePagedKvKernel<T>, dim3(GridFor(threads, kThreads)), dim3(kThreads),
-                       0, stream, programmatic, qkv, row_stride, positions, slots, n, q_heads,
-                       kv_heads, head_dim, inv_freq, pool_k, pool_v),
-      kOp);
+  RopeWritePagedKvKernel<T><<<GridFor(threads, kThreads), kThreads, 0, stream>>>(
+      qkv, row_stride, positions, slots, n, q_heads, kv_heads, head_dim, inv_freq, pool_k, pool_v);
+  return LaunchStatus(kOp);
 }
 
 template <typename T>
@@ -444,9 +437,9 @@ Status FillConstant(T* x, int64_t n, float value, cudaStream_t stream) {
   template Status EmbedToFloat<T>(const int32_t*, const T*, int64_t, int64_t, int64_t, float*,    \
                                   cudaStream_t);                                                  \
   template Status AddRmsNorm<T>(float*, const T*, const T*, int64_t, int64_t, float, T*,          \
-                                cudaStream_t, bool);                                              \
+                                cudaStream_t);                                                    \
   template Status RopeWritePagedKv<T>(T*, int64_t, const int32_t*, const int32_t*, int64_t, int,  \
-                                      int, int, const float*, T*, T*, cudaStream_t, bool);        \
+                                      int, int, const float*, T*, T*, cudaStream_t);              \
   template Status GatherRmsNorm<T>(const float*, const int32_t*, const T*, int64_t, int64_t,      \
                                    float, T*, cudaStream_t);                                      \
   template Status AddToFloat<T>(float*, const T*, int64_t, cudaStream_t);                         \

@@ -32,12 +32,10 @@ Status EmbedToFloat(const int32_t* ids, const T* table, int64_t n, int64_t vocab
 
 // Residual add then RMSNorm, per row r < n: if delta is not null, x[r] += float(delta[r]) (one fp32
 // rounding); then y[r][j] = T(x[r][j] / sqrt(mean_j x[r][j]^2 + eps) * w[j]) with fp32 sums.
-// x: [n][d] fp32 (in/out), delta: [n][d] or nullptr, w: [d], y: [n][d]. programmatic: launch as a
-// programmatic dependent (PDL) of the previous kernel on the stream (it waits for that kernel
-// before touching memory; the results are the same bits either way).
+// x: [n][d] fp32 (in/out), delta: [n][d] or nullptr, w: [d], y: [n][d].
 template <typename T>
 Status AddRmsNorm(float* x, const T* delta, const T* w, int64_t n, int64_t d, float eps, T* y,
-                  cudaStream_t stream, bool programmatic = false);
+                  cudaStream_t stream);
 
 // RMSNorm of selected rows: y[i] = rmsnorm(x[rows[i]]) * w (as AddRmsNorm without delta).
 // x: [>= max(rows) + 1][d] fp32, rows: [n] int32 (>= 0), w: [d], y: [n][d].
@@ -64,11 +62,11 @@ Status WritePagedKv(const T* src, int64_t src_row_stride, int64_t k_offset, int6
 // keys and of the values. Row t of qkv holds q_heads query heads, kv_heads key heads and kv_heads
 // value heads of head_dim each, in that order, at qkv + t * row_stride (row_stride >= (q_heads +
 // 2 * kv_heads) * head_dim); q and k are rotated in place. positions, slots: [n] int32 (slots as
-// WritePagedKv's), inv_freq: [head_dim / 2] fp32; head_dim even. programmatic: as AddRmsNorm.
+// WritePagedKv's), inv_freq: [head_dim / 2] fp32; head_dim even.
 template <typename T>
 Status RopeWritePagedKv(T* qkv, int64_t row_stride, const int32_t* positions, const int32_t* slots,
                         int64_t n, int q_heads, int kv_heads, int head_dim, const float* inv_freq,
-                        T* pool_k, T* pool_v, cudaStream_t stream, bool programmatic = false);
+                        T* pool_k, T* pool_v, cudaStream_t stream);
 
 // Copies tokens [0, n) of one sequence out of the paged pool, token-major:
 // k_out[t][h * head_dim + e] = key of token t, kv head h (v_out likewise).

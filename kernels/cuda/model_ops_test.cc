@@ -194,11 +194,9 @@ TEMPLATE_TEST_CASE("WritePagedKv and GatherPagedKv place and return every elemen
 
 // The fused launch against the two it replaces (ApplyRope over the q and k heads, then
 // WritePagedKv of the rotated keys and the values): the same bits in qkv and in both pools, over
-// head counts with and without query heads, odd token counts and head dims from 2 to 128. qkv is
-// written on the stream by FillUniform just before, so the programmatic (PDL) launch must wait for
-// it; eager and replayed from a captured graph.
-TEMPLATE_TEST_CASE("RopeWritePagedKv equals ApplyRope then WritePagedKv, PDL-launched too",
-                   "[cuda]", float, bf16) {
+// head counts with and without query heads, odd token counts and head dims from 2 to 128 (qkv
+// written on the stream by FillUniform just before); eager and replayed from a captured graph.
+TEMPLATE_TEST_CASE("RopeWritePagedKv equals ApplyRope then WritePagedKv", "[cuda]", float, bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   cpu::RopeParams llama3;
   llama3.theta = 500000.0f;
@@ -245,11 +243,10 @@ TEMPLATE_TEST_CASE("RopeWritePagedKv equals ApplyRope then WritePagedKv, PDL-lau
                  std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;  // NaN poison too
         };
         DeviceBuffer<TestType> qkv(n * stride), pk(pool_elems), pv(pool_elems);
-        auto launch = [&](bool programmatic) {
+        auto launch = [&] {
           REQUIRE(fill(qkv.get()).ok());
           REQUIRE(RopeWritePagedKv<TestType>(qkv.get(), stride, dpos.get(), dslots.get(), n, qh,
-                                             kvh, d, dinv.get(), pk.get(), pv.get(), stream,
-                                             programmatic)
+                                             kvh, d, dinv.get(), pk.get(), pv.get(), stream)
                       .ok());
         };
         auto check = [&] {
@@ -261,13 +258,10 @@ TEMPLATE_TEST_CASE("RopeWritePagedKv equals ApplyRope then WritePagedKv, PDL-lau
           pk.Poison();
           pv.Poison();
         };
-        for (bool programmatic : {false, true}) {
-          INFO("programmatic " << programmatic);
-          launch(programmatic);
-          check();
-        }
+        launch();
+        check();
         SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-        launch(true);
+        launch();
         cudaGraph_t graph = nullptr;
         SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
         cudaGraphExec_t exec = nullptr;
