@@ -137,11 +137,11 @@ struct CudaBackendOptions {
   bool group_context_lookups = true;
   // bf16 linear layers at <= 8 rows (decode) run kernels/cuda/gemv's streaming kernel: one wave
   // of persistent blocks (a programmatic dependent of the kernel before it with
-  // programmatic_launch). Off (the default): the warp-per-feature kernel. The
-  // two sum in the same order (same bits) for n >= 16384 and differ at the level of bf16 rounding
-  // below. Measured on the H200 (docs/benchmarks/cuda.md, Llama-3-8B shapes): the streaming kernel
-  // is 1.1-1.4x faster at 3-8 rows but slower at 1-2 (a whole batch-1 step 6.83 against 6.56 ms),
-  // so it stays opt-in until a per-row-count choice is measured for batch invariance.
+  // programmatic_launch). Off (the default): the warp-per-feature kernel. The two sum in the same
+  // order (same bits) for n >= 16384 and differ at the level of bf16 rounding below. Measured on
+  // the H200 (docs/benchmarks/cuda.md, Llama-3-8B shapes): the streaming kernel is 1.1-1.4x faster
+  // at 3-8 rows but slower at 1-2 (a whole batch-1 step 6.83 against 6.56 ms), so it stays opt-in
+  // until a per-row-count choice is measured for batch invariance.
   bool streaming_gemv = false;
   // bf16 linear layers at <= 8 rows (decode): the GEMV is launched as a programmatic dependent
   // (PDL) of the kernel before it, whose data it waits for after issuing its first weight loads.

@@ -258,18 +258,10 @@ Status LaunchStreaming(const GemvPlan& plan, const bf16* a, const bf16* w, const
   // One wave; no more blocks than give every warp a feature (tiny n).
   const int64_t wave = static_cast<int64_t>(plan.sm_count) * plan.blocks_per_sm[M - 1];
   const int64_t blocks = std::min(wave, (n + kStreamWarps - 1) / kStreamWarps);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(kStreamWarps * 32);
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = plan.programmatic_launch ? 1 : 0;
-  return CudaStatus(
-      cudaLaunchKernelEx(&config, StreamingGemvKernel<M, TOut>, a, w, bias, n, k, out), "Gemv");
+  return CudaStatus(internal::Launch(StreamingGemvKernel<M, TOut>,
+                                     dim3(static_cast<unsigned>(blocks)), dim3(kStreamWarps * 32),
+                                     0, stream, plan.programmatic_launch, a, w, bias, n, k, out),
+                    "Gemv");
 }
 
 // The kWarpPerRow kernel; programmatic: launched as a PDL dependent of the kernel before.
