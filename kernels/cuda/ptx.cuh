@@ -1,6 +1,6 @@
 // Thin wrappers over the sm_80+ PTX instructions the attention kernels use: cp.async (16-byte
-// global -> shared copies, zero-filling), ldmatrix and the bf16 tensor-core mma m16n8k16.
-// Fragment layouts (PTX ISA, "mma.m16n8k16"): with g = lane / 4 and t = lane % 4,
+// global -> shared copies, zero-filling; 4-byte ones), ldmatrix and the bf16 tensor-core mma
+// m16n8k16. Fragment layouts (PTX ISA, "mma.m16n8k16"): with g = lane / 4 and t = lane % 4,
 //   A (16x16, row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8,
 //   2t+8..) B (16x8, k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g) C (16x8, fp32):
 //   c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
@@ -23,6 +23,11 @@ __device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid
   const int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
                "r"(src_bytes));
+}
+// Copies 4 bytes from global src (4-byte aligned) to shared dst, through L1 (.ca: the 4-byte form
+// has no L2-only variant).
+__device__ __forceinline__ void CpAsync4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(SmemAddr(dst)), "l"(src));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>

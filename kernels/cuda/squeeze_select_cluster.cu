@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/squeeze_select_cluster.h"
 #include "kernels/cuda/squeeze_select_common.cuh"
 
@@ -30,17 +31,19 @@ struct Published {
 
 // One cluster of gridDim.x CTAs per (request r = blockIdx.y, kv head h = blockIdx.z), flat level
 // only; see squeeze_select_cluster.h. kThreads threads; dynamic shared memory
-// ClusterSelectSmemBytes: keys [slice_cap] | weights [slice_cap] | flags [slice_cap] of the CTA's
-// slice. Every branch that contains a cluster barrier depends only on values all CTAs of the
-// cluster hold equally (params, view, combined sums), so all CTAs reach every barrier.
+// ClusterSelectSmemBytes: keys [slice_cap] | weights [slice_cap] | cluster offsets
+// [slice_cap + 1] | flags [slice_cap] of the CTA's slice. Every branch that contains a cluster
+// barrier depends only on values all CTAs of the cluster hold equally (params, view, combined
+// sums), so all CTAs reach every barrier.
 __global__ void __launch_bounds__(kThreads)
     ClusterSelectKernel(SqueezeSelectParams p, ClusterSelectArgs a, SqueezeSelection out,
                         int max_segments, int slice_cap) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) uint32_t dyn_s[];
   __shared__ float m_s[kMaxG], inv_s[kMaxG];
-  __shared__ uint32_t hist_s[2][256], cnt_s[2][256];    // own pass histograms; passes alternate
-  __shared__ uint32_t sum_hist_s[256], sum_cnt_s[256];  // the cluster's, summed
+  __shared__ uint32_t hist_s[256], cnt_s[256];  // this CTA's histograms of the current pass
+  // The cluster's sums, which every CTA adds its histograms into; passes alternate.
+  __shared__ uint32_t sum_hist_s[2][256], sum_cnt_s[2][256];
   __shared__ int scan_s[64];
   __shared__ uint32_t cut_s[3];  // digit found, weight above it, items with that digit
   __shared__ uint32_t red_s[3][kWarps];
@@ -63,9 +66,20 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t* counts = v.counts + static_cast<int64_t>(h) * v.num_clusters;
   const int32_t* offsets = v.offsets + static_cast<int64_t>(h) * (v.num_clusters + 1);
   const float* scores = a.scores + unit * g * a.max_items;
-  uint32_t* keys = dyn_s;                                              // [slice_cap]
-  uint32_t* weights = dyn_s + slice_cap;                               // [slice_cap]
-  uint8_t* flags = reinterpret_cast<uint8_t*>(dyn_s + 2 * slice_cap);  // [slice_cap]
+  uint32_t* keys = dyn_s;                                             // [slice_cap]
+  uint32_t* weights = dyn_s + slice_cap;                              // [slice_cap]
+  auto* offs = reinterpret_cast<int32_t*>(dyn_s + 2 * slice_cap);     // [slice_cap + 1]
+  uint8_t* flags = reinterpret_cast<uint8_t*>(offs + slice_cap + 1);  // [slice_cap]
+
+  // The slice's cluster offsets [b, e] (the segment step's row starts), fetched now so that step
+  // waits on no global load; and the cluster sums zeroed before the first cluster barrier, after
+  // which other CTAs add into them.
+  for (int i = tid; i <= len && len > 0; i += kThreads) CpAsync4(offs + i, offsets + b + i);
+  CpAsyncCommit();
+  for (int i = tid; i < 2 * 256; i += kThreads) {
+    (&sum_hist_s[0][0])[i] = 0;
+    (&sum_cnt_s[0][0])[i] = 0;
+  }
 
   // 1. Normaliser per head (every CTA: the same code and inputs as the single-block kernel).
   if (warp < g && a.probs == nullptr) {
@@ -190,36 +204,36 @@ __global__ void __launch_bounds__(kThreads)
       while (lo < hi) {
         const int shift = CutShift(lo, hi);
         const uint32_t width = 1u << shift;
-        // hist_s[buf] was last read by the cluster two passes ago, before the previous pass's
-        // cluster barrier: free to clear.
-        uint32_t* hist = hist_s[buf];
-        uint32_t* cnt = cnt_s[buf];
-        for (int i = tid; i < 256; i += kThreads) hist[i] = cnt[i] = 0;
+        for (int i = tid; i < 256; i += kThreads) hist_s[i] = cnt_s[i] = 0;
         __syncthreads();
         for (int i = tid; i < len; i += kThreads) {
           const uint32_t key = keys[i];
           if (key != 0 && key >= lo && key <= hi) {
             const uint32_t bin = (key - lo) >> shift;
-            atomicAdd(&hist[bin], weights[i]);
-            atomicAdd(&cnt[bin], 1u);
+            atomicAdd(&hist_s[bin], weights[i]);
+            atomicAdd(&cnt_s[bin], 1u);
           }
         }
-        cluster.sync();  // every CTA's histogram of this pass is complete
-        if (tid < 256) {
-          uint32_t hs = 0, cs = 0;
+        __syncthreads();
+        // Every CTA adds its non-empty bins into every CTA's sums (remote reductions, no round
+        // trip to wait for); the cluster barrier completes them, so each CTA then reads the
+        // cluster's histogram locally.
+        if (tid < 256 && cnt_s[tid] != 0) {
+          const uint32_t hs = hist_s[tid], cs = cnt_s[tid];
 #pragma unroll
           for (int q = 0; q < kMaxCtas; ++q) {
             if (q < ctas) {
-              hs += cluster.map_shared_rank(hist, q)[tid];
-              cs += cluster.map_shared_rank(cnt, q)[tid];
+              atomicAdd(cluster.map_shared_rank(&sum_hist_s[buf][tid], q), hs);
+              atomicAdd(cluster.map_shared_rank(&sum_cnt_s[buf][tid], q), cs);
             }
           }
-          sum_hist_s[tid] = hs;
-          sum_cnt_s[tid] = cs;
         }
+        cluster.sync();  // every CTA's bins of this pass are in every CTA's sums
+        if (warp == 0) FindCutBin(sum_hist_s[buf], sum_cnt_s[buf], need_rem, cut_s);
         __syncthreads();
-        if (warp == 0) FindCutBin(sum_hist_s, sum_cnt_s, need_rem, cut_s);
-        __syncthreads();
+        // Zero these sums for the pass after next: other CTAs add into them only after the next
+        // pass's cluster barrier, which this CTA reaches after this.
+        for (int i = tid; i < 256; i += kThreads) sum_hist_s[buf][i] = sum_cnt_s[buf][i] = 0;
         const uint32_t bin = cut_s[0];
         need_rem -= cut_s[1];
         tied_items = cut_s[2];
@@ -306,12 +320,17 @@ __global__ void __launch_bounds__(kThreads)
   const bool one_sweep = pos_end - pos_begin <= kSweep;  // keep the loads of sweep 1
   int start_row[kSeg + 1];                               // first row of position first + e
   bool sel[kSeg + 2];                                    // positions first - 1 .. first + kSeg
+  CpAsyncWait<0>();
+  __syncthreads();  // offs is complete
+  // Positions pos_begin .. pos_end are the only ones whose row starts count() reads; the
+  // clusters among them are items b .. e, in offs.
   auto load = [&](int first) {
 #pragma unroll
     for (int x = 0; x <= kSeg; ++x) {
       const int pos = first + x;
-      start_row[x] =
-          pos <= 0 ? 0 : (pos <= k ? S + offsets[pos - 1] : S + body + (pos > k + 1 ? W : 0));
+      start_row[x] = pos <= 0 || pos > pos_end
+                         ? 0
+                         : (pos <= k ? S + offs[pos - 1 - b] : S + body + (pos > k + 1 ? W : 0));
     }
 #pragma unroll
     for (int x = 0; x < kSeg + 2; ++x) sel[x] = first < pos_end && selected(first - 1 + x);
@@ -399,7 +418,8 @@ __global__ void __launch_bounds__(kThreads)
 size_t ClusterSelectSmemBytes(int max_items, int ctas) {
   if ((ctas != 2 && ctas != 4 && ctas != 8 && ctas != kMaxCtas) || max_items < 1) return 0;
   const size_t slice = (static_cast<size_t>(max_items) + ctas - 1) / ctas;
-  const size_t bytes = (slice * 9 + 15) / 16 * 16;
+  // keys, weights and offsets (4 bytes each; one offset more), flags (1 byte).
+  const size_t bytes = (slice * 13 + 4 + 15) / 16 * 16;
   return bytes <= kSmemLimit ? bytes : 0;
 }
 
