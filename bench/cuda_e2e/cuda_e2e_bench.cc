@@ -27,7 +27,7 @@
 //                      [--graph-max-batch 32] [--eager 1 (0: skip the eager rows)]
 //                      [--prefill-prompts 256,1024 (empty: none)] [--prefill-reps 3]
 //                      [--prefill-blocks 64 (query-block sizes of the sparse prefill rows)]
-//                      [--programmatic 0 (1: CudaBackendOptions::programmatic_launch)]
+//                      [--programmatic 1 (0: plain launches of the GEMVs, no PDL)]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -384,7 +384,7 @@ int main(int argc, char** argv) {
   o.decode_workspace_bytes = int64_t{256} << 20;
   o.cuda_graphs = true;
   o.graph_max_batch = graph_max_batch;
-  o.programmatic_launch = IntArg(argc, argv, "--programmatic", 0) != 0;
+  o.programmatic_launch = IntArg(argc, argv, "--programmatic", 1) != 0;
   // Room for the one context (bf16 K/V + index), with margin.
   const int64_t ctx_bytes = 2 * layers * c.kv_heads * context * c.head_dim * 2;
   o.context_budget_bytes = ctx_bytes + ctx_bytes / 8 + (int64_t{256} << 20);

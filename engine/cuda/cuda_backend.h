@@ -148,9 +148,10 @@ struct CudaBackendOptions {
   // The same bits as plain launches. Measured on the H200 (docs/benchmarks/cuda.md, runs I-J, 8B
   // shape, batch 1 over 32K, graphs): 6.63-6.66 ms per step against 6.70 plain; PDL of the norms,
   // RoPE + KV write, SwiGLU and attention as well (the kernels support it) made the step slower
-  // (6.79-6.81 ms), so the backend launches only the GEMVs so. Off by default until the backend
-  // tests have run with it on the GPU (they ran with every kernel PDL-launched and with none).
-  bool programmatic_launch = false;
+  // (6.79-6.81 ms), so the backend launches only the GEMVs so. The backend tests pass with it on
+  // the GPU (cuda_backend_graph_test compares it with plain launches bit for bit). Off: plain
+  // launches.
+  bool programmatic_launch = true;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
   int64_t max_penalty_tokens = 1 << 20;

@@ -128,8 +128,8 @@ TEST_CASE("CUDA graphs give bit-identical decode logits and are replayed") {
   }
 }
 
-// Programmatic dependent launches of the GEMVs (options.programmatic_launch, opt-in) change when
-// they start, never what they compute: the same bits as plain launches, eager and from graphs,
+// Programmatic dependent launches of the GEMVs (options.programmatic_launch, the default) change
+// when they start, never what they compute: the same bits as plain launches, eager and from graphs,
 // prefill and decode, at batch 1 (the GEMV path) and above 8 rows (cuBLASLt in between).
 TEST_CASE("Programmatic launches give the bits of plain launches") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
