@@ -14,8 +14,8 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = kSelectThreads;
 constexpr int kWarps = kThreads / 32;
-constexpr int kPer = 4;       // items per thread in flight in the p pass
-constexpr int kSeg = 8;       // segment positions per thread per sweep
+constexpr int kPer = 2;       // items per thread in flight in the p pass
+constexpr int kSeg = 4;       // segment positions per thread per sweep
 constexpr int kMaxCtas = 16;  // a non-portable cluster size on Hopper
 constexpr int kMaxG = kSqueezeMaxGroup;
 constexpr size_t kSmemLimit = 160 * 1024;  // dynamic shared memory per CTA, at most
@@ -51,6 +51,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int64_t all_w_s;
   __shared__ uint32_t range_s[2];
   __shared__ int carry_s[2];
+  __shared__ bool edge_s[2];  // selected: the positions just before and after this CTA's
 
   cg::cluster_group cluster = cg::this_cluster();
   const int ctas = static_cast<int>(cluster.num_blocks());
@@ -220,12 +221,10 @@ __global__ void __launch_bounds__(kThreads)
         // cluster's histogram locally.
         if (tid < 256 && cnt_s[tid] != 0) {
           const uint32_t hs = hist_s[tid], cs = cnt_s[tid];
-#pragma unroll
-          for (int q = 0; q < kMaxCtas; ++q) {
-            if (q < ctas) {
-              atomicAdd(cluster.map_shared_rank(&sum_hist_s[buf][tid], q), hs);
-              atomicAdd(cluster.map_shared_rank(&sum_cnt_s[buf][tid], q), cs);
-            }
+#pragma unroll 1
+          for (int q = 0; q < ctas; ++q) {
+            atomicAdd(cluster.map_shared_rank(&sum_hist_s[buf][tid], q), hs);
+            atomicAdd(cluster.map_shared_rank(&sum_cnt_s[buf][tid], q), cs);
           }
         }
         cluster.sync();  // every CTA's bins of this pass are in every CTA's sums
@@ -301,21 +300,33 @@ __global__ void __launch_bounds__(kThreads)
   // single-block kernel writes them (squeeze_select.cu, step 5). This CTA owns the positions of
   // its slice (rank 0 also the sink, the last rank also the window): it counts their segment
   // starts and rows, the counts of the lower-ranked CTAs place them, and it writes the starts and
-  // ends that fall on its positions. Positions just outside the slice are read from the CTAs that
-  // own them.
+  // ends that fall on its positions. The two positions just outside the slice are read from the
+  // CTAs that own them.
   const int S = max(v.sink_len, 0), W = max(v.window_len, 0);
   const int body = static_cast<int>(SelectBodyOf(v));
+  const int pos_begin = rank == 0 ? 0 : b + 1;
+  const int pos_end = rank == ctas - 1 ? k + 2 : e + 1;
+  // Of the positions outside the slice, only pos_begin - 1 and pos_end matter (the runs around
+  // the slice's first and last positions); their owners' flags are read once.
+  if (tid < 2) {
+    const int item = tid == 0 ? pos_begin - 2 : pos_end - 1;
+    bool sel_edge = false;
+    if (item >= 0 && item < k && (item < b || item >= e)) {
+      const int owner = item / per;
+      sel_edge = cluster.map_shared_rank(flags, owner)[item - owner * per] != 0;
+    }
+    edge_s[tid] = sel_edge;
+  }
+  __syncthreads();
+  // Whether position pos is selected, for pos in [pos_begin - 1, pos_end] (others: unused).
   auto selected = [&](int pos) -> bool {
     if (pos <= 0) return pos == 0 && S > 0;
     if (pos == k + 1) return W > 0;
     if (pos > k + 1) return false;
     const int item = pos - 1;
     if (item >= b && item < e) return flags[item - b] != 0;
-    const int owner = item / per;
-    return cluster.map_shared_rank(flags, owner)[item - owner * per] != 0;
+    return edge_s[item < b ? 0 : 1];
   };
-  const int pos_begin = rank == 0 ? 0 : b + 1;
-  const int pos_end = rank == ctas - 1 ? k + 2 : e + 1;
   constexpr int kSweep = kThreads * kSeg;
   const bool one_sweep = pos_end - pos_begin <= kSweep;  // keep the loads of sweep 1
   int start_row[kSeg + 1];                               // first row of position first + e
