@@ -30,11 +30,13 @@ struct Published {
 };
 
 // One cluster of gridDim.x CTAs per (request r = blockIdx.y, kv head h = blockIdx.z), flat level
-// only; see squeeze_select_cluster.h. kThreads threads; dynamic shared memory
+// only; see squeeze_select_cluster.h. kG: a power of two >= the group size g (the unrolled
+// per-head loops run to kG: less code for small groups). kThreads threads; dynamic shared memory
 // ClusterSelectSmemBytes: keys [slice_cap] | weights [slice_cap] | cluster offsets
 // [slice_cap + 1] | flags [slice_cap] of the CTA's slice. Every branch that contains a cluster
 // barrier depends only on values all CTAs of the cluster hold equally (params, view, combined
 // sums), so all CTAs reach every barrier.
+template <int kG>
 __global__ void __launch_bounds__(kThreads)
     ClusterSelectKernel(SqueezeSelectParams p, ClusterSelectArgs a, SqueezeSelection out,
                         int max_segments, int slice_cap) {
@@ -95,7 +97,7 @@ __global__ void __launch_bounds__(kThreads)
       p.per_request_value ? p.per_request_value[r] : (budget ? p.kv_budget : p.threshold);
   uint32_t total_w = 0, kmin = 0xFFFFFFFFu, kmax = 0;
   for (int i0 = b; i0 < e; i0 += kThreads * kPer) {
-    float sc[kPer][kMaxG];
+    float sc[kPer][kG];
     uint32_t w[kPer];
 #pragma unroll
     for (int x = 0; x < kPer; ++x) {  // loads first
@@ -105,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
         sc[x][0] = in ? a.probs[unit * a.max_items + i] : -1.0f;
       } else {
 #pragma unroll
-        for (int j = 0; j < kMaxG; ++j) {
+        for (int j = 0; j < kG; ++j) {
           sc[x][j] = in && j < g ? scores[j * a.max_items + i] : -INFINITY;
         }
       }
@@ -450,15 +452,18 @@ Status LaunchClusterSelect(const SqueezeSelectParams& p, const ClusterSelectArgs
                     "no cluster selection of " + std::to_string(ctas) + " CTAs for these params");
   }
   const int slice_cap = (a.max_items + ctas - 1) / ctas;
-  SQZ_CUDA_RETURN_IF_ERROR(
-      cudaFuncSetAttribute(ClusterSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)),
-      kOp);
+  // The kernel compiled for the smallest power of two >= the group size.
+  const int g = p.n_q_heads / p.n_kv_heads;
+  auto* kernel = g <= 1   ? ClusterSelectKernel<1>
+                 : g <= 2 ? ClusterSelectKernel<2>
+                 : g <= 4 ? ClusterSelectKernel<4>
+                          : ClusterSelectKernel<kMaxG>;
+  SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(smem)),
+                           kOp);
   if (ctas > 8) {
     SQZ_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(ClusterSelectKernel, cudaFuncAttributeNonPortableClusterSizeAllowed,
-                             1),
-        kOp);
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1), kOp);
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(ctas, p.batch, p.n_kv_heads);
@@ -474,15 +479,15 @@ Status LaunchClusterSelect(const SqueezeSelectParams& p, const ClusterSelectArgs
   cfg.numAttrs = 1;
   if (ctas > 8) {  // a non-portable size: this device may have no GPC with room for it
     int clusters = 0;
-    const cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, ClusterSelectKernel, &cfg);
+    const cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
     if (err != cudaSuccess || clusters < 1) {
       (void)cudaGetLastError();
       return UnsupportedError("SqueezeSelect", "clusters of " + std::to_string(ctas) +
                                                    " CTAs do not fit on this device");
     }
   }
-  SQZ_CUDA_RETURN_IF_ERROR(
-      cudaLaunchKernelEx(&cfg, ClusterSelectKernel, p, a, out, max_segments, slice_cap), kOp);
+  SQZ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, p, a, out, max_segments, slice_cap),
+                           kOp);
   return LaunchStatus(kOp);
 }
 

@@ -83,12 +83,13 @@ __device__ __forceinline__ float2 ChunkRowStats(const float* s, const float* w) 
 
 // p of one item from its g scores (sc[j] = -inf: not scored) and the heads' (m, 1 / z): the max or
 // the mean over the group of exp(s_j - m_j) / z_j.
-__device__ __forceinline__ float ItemProbability(const float (&sc)[kSqueezeMaxGroup], int g,
-                                                 const float* m, const float* inv,
-                                                 SqueezeReduce reduce) {
+// N (>= g) bounds the unrolled loop: a kernel compiled for small groups carries less code.
+template <int N>
+__device__ __forceinline__ float ItemProbability(const float (&sc)[N], int g, const float* m,
+                                                 const float* inv, SqueezeReduce reduce) {
   float pr = 0.0f;
 #pragma unroll
-  for (int j = 0; j < kSqueezeMaxGroup; ++j) {
+  for (int j = 0; j < N; ++j) {
     if (j < g) {
       const float ex = sc[j] > -INFINITY ? __fmul_rn(expf(sc[j] - m[j]), inv[j]) : 0.0f;
       pr = reduce == SqueezeReduce::kMax ? (j == 0 ? ex : fmaxf(pr, ex)) : __fadd_rn(pr, ex);
