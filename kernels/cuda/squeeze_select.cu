@@ -238,11 +238,14 @@ size_t SelectSmemBytes(int max_items, bool coarse) {
 // levels) the segment list. grid: (batch, n_kv_heads); kSelectThreads threads; dynamic shared
 // memory SelectSmemBytes. One block per head works through its items in passes, so each pass
 // issues kPer independent loads per thread before using them (the passes are latency-bound).
+// kG: a power of two >= the group size (the per-head loops end there). The block runs its code
+// about once, so the code's length costs instruction fetches: the loops are unrolled no further.
+template <int kG>
 __global__ void __launch_bounds__(kSelectThreads)
     SelectKernel(SqueezeSelectParams p, LevelArgs a, SqueezeSelection out, int max_segments,
                  bool in_smem) {
   extern __shared__ __align__(16) uint32_t dyn_s[];
-  constexpr int kPer = 4;
+  constexpr int kPer = 2;
   __shared__ float m_s[kMaxG], inv_s[kMaxG];
   __shared__ uint32_t hist_s[256];  // weight per digit
   __shared__ uint32_t cnt_s[256];   // items per digit
@@ -296,7 +299,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   if (coarse) value = p.coarse_coverage;
   uint32_t total_w = 0, kmin = 0xFFFFFFFFu, kmax = 0;
   for (int i0 = 0; i0 < n; i0 += kSelectThreads * kPer) {
-    float sc[kPer][kMaxG];
+    float sc[kPer][kG];
     int id[kPer];
     uint32_t w[kPer];
 #pragma unroll
@@ -307,7 +310,7 @@ __global__ void __launch_bounds__(kSelectThreads)
         sc[e][0] = in ? a.probs[unit * a.max_items + i] : -1.0f;
       } else {
 #pragma unroll
-        for (int j = 0; j < kMaxG; ++j) {
+        for (int j = 0; j < kG; ++j) {
           sc[e][j] = in && j < g ? scores[j * a.max_items + i] : -INFINITY;
         }
       }
@@ -447,7 +450,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   // neighbours. Each thread takes kSeg consecutive positions: counts its segment starts and rows
   // (offsets loaded up front), one block scan places them, a second walk writes (row_delta at a
   // start, end at an end).
-  constexpr int kSeg = 8;
+  constexpr int kSeg = 4;
   const int S = max(v.sink_len, 0), W = max(v.window_len, 0);
   const int body = static_cast<int>(internal::SelectBodyOf(v));
   auto selected = [&](int pos) -> bool {
@@ -535,6 +538,12 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
   coarse.probs = nullptr;
 
   const dim3 select_grid(p.batch, p.n_kv_heads);
+  // The selection kernel compiled for the smallest power of two >= the group size.
+  const int g = p.n_q_heads / p.n_kv_heads;
+  auto* select_kernel = g <= 1   ? SelectKernel<1>
+                        : g <= 2 ? SelectKernel<2>
+                        : g <= 4 ? SelectKernel<4>
+                                 : SelectKernel<kMaxG>;
   constexpr size_t kSmem = ScoreSmemBytes<D>();
   SQZ_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(ScoreKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -545,8 +554,8 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
         <<<dim3(p.batch, plan.coarse_chunks, p.n_kv_heads), kScoreThreads, kSmem, stream>>>(p,
                                                                                             coarse);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: coarse scoring"));
-    SelectKernel<<<select_grid, kSelectThreads, 0, stream>>>(p, coarse, out, plan.max_segments,
-                                                             false);
+    select_kernel<<<select_grid, kSelectThreads, 0, stream>>>(p, coarse, out, plan.max_segments,
+                                                              false);
     SQZ_RETURN_IF_ERROR(LaunchStatus("SqueezeSelect: coarse selection"));
   }
   if (p.block_starts) {
@@ -576,12 +585,12 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
   const size_t smem = SelectSmemBytes(p.max_clusters, false);
   if (smem > 0) {
     SQZ_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem)),
         "SqueezeSelect: cudaFuncSetAttribute");
   }
-  SelectKernel<<<select_grid, kSelectThreads, smem, stream>>>(p, fine, out, plan.max_segments,
-                                                              smem > 0);
+  select_kernel<<<select_grid, kSelectThreads, smem, stream>>>(p, fine, out, plan.max_segments,
+                                                               smem > 0);
   return LaunchStatus("SqueezeSelect: selection");
 }
 
