@@ -347,22 +347,25 @@ TEST_CASE("SparsePrefillAttention rejects what it cannot run", "[sparse_prefill]
                                static_cast<const int32_t*>(any), 10};
   p.max_selected = 1000;
   const SparsePrefillPlan plan = PlanSparsePrefill(p);
-  CHECK(plan.row_tiles == 4);  // 64 tokens * 4 heads / 64 rows
+  CHECK(plan.row_tiles == 2);  // 64 tokens * 4 heads / 128 rows (the wide kernel)
   CHECK(plan.splits == 1);
   CHECK(plan.workspace_bytes == size_t{2} * 8 * 1000 * 4);
   {
-    // 4 blocks of 64 tokens, 16,552 keys, 132 SMs: 4 * 4 * 8 = 128 CTAs, so 3 splits of 5,568
-    // keys (a multiple of 64) fill two CTAs per SM; partials after the row map.
+    // 4 blocks of 64 tokens, 16,552 keys, 132 SMs: 2 * 4 * 8 = 64 CTAs of 128 rows, so 5 splits
+    // of 3,328 keys (a multiple of 64) fill two CTAs per SM; partials after the row map.
     SparsePrefillParams q = p;
     q.num_blocks = 4;
     q.max_selected = 16552;
     const SparsePrefillPlan split = PlanSparsePrefill(q, 132);
-    CHECK(split.splits == 3);
-    CHECK(split.split_len == 5568);
+    CHECK(split.splits == 5);
+    CHECK(split.split_len == 3328);
     CHECK(split.partials_offset >= size_t{4} * 8 * 16552 * 4);
-    CHECK(split.workspace_bytes == split.partials_offset + size_t{4} * 8 * 3 * 256 * (128 * 4 + 8));
-    CHECK(PlanSparsePrefill(q, 8).splits == 1);  // 128 CTAs already fill 8 SMs
-    q.max_selected = 1500;                       // too few keys to split
+    CHECK(split.workspace_bytes == split.partials_offset + size_t{4} * 8 * 5 * 256 * (128 * 4 + 8));
+    CHECK(PlanSparsePrefill(q, 4).splits == 1);  // 64 CTAs already fill 4 SMs
+    SparsePrefillParams narrow = q;              // g = 1: 64 rows per block, the 64-row kernel
+    narrow.n_q_heads = 8;
+    CHECK(PlanSparsePrefill(narrow).row_tiles == 1);
+    q.max_selected = 1500;  // too few keys to split
     CHECK(PlanSparsePrefill(q, 132).splits == 1);
     q.num_splits = 5;
     CHECK(PlanSparsePrefill(q, 132).splits == 5);
