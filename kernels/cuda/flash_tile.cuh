@@ -95,9 +95,8 @@ __device__ __forceinline__ void AccumulatePV(const float (&s)[kBc / 8][4],
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt += 2) {
       uint32_t b[4];
-      LdMatrixX4Trans(
-          b, v_tile + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRow + dt * 8 +
-                 (lane >> 4) * 8);
+      LdMatrixX4Trans(b, v_tile + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRow + dt * 8 +
+                             (lane >> 4) * 8);
       MmaBf16(o[dt], pf, b[0], b[1]);
       MmaBf16(o[dt + 1], pf, b[2], b[3]);
     }
@@ -128,6 +127,25 @@ __device__ __forceinline__ void LoadQPair(const __nv_bfloat16* q_warp, int kc, i
     for (int h = 0; h < 2; ++h) {
       const int r = mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
       LdMatrixX4(a[mt][h], q_warp + r * kRow + (kc + h) * 16 + (lane >> 4) * 8);
+    }
+  }
+}
+
+// All of Q's A fragments of the warp's kMt m16 tiles, into registers (qf[mt][kc]; q_warp as above).
+template <int D, int kRow, int kMt>
+__device__ __forceinline__ void LoadQFragmentsWide(const __nv_bfloat16* q_warp, int lane,
+                                                   uint32_t (&qf)[kMt][D / 16][4]) {
+#pragma unroll
+  for (int kc = 0; kc < D / 16; kc += 2) {
+    uint32_t a[kMt][2][4];
+    LoadQPair<kMt, kRow>(q_warp, kc, lane, a);
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        qf[mt][kc][i] = a[mt][0][i];
+        qf[mt][kc + 1][i] = a[mt][1][i];
+      }
     }
   }
 }

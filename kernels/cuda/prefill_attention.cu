@@ -294,21 +294,7 @@ __global__ void __launch_bounds__(kWideThreads, 2)
     internal::CpAsyncWait<1>();
     __syncthreads();
     if constexpr (kQInRegs) {
-      if (jt == 0) {
-#pragma unroll
-        for (int kc = 0; kc < D / 16; kc += 2) {
-          uint32_t a[kMt][2][4];
-          internal::LoadQPair<kMt, kRow>(q_warp, kc, lane, a);
-#pragma unroll
-          for (int mt = 0; mt < kMt; ++mt) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              qf[mt][kc][i] = a[mt][0][i];
-              qf[mt][kc + 1][i] = a[mt][1][i];
-            }
-          }
-        }
-      }
+      if (jt == 0) internal::LoadQFragmentsWide<D, kRow, kMt>(q_warp, lane, qf);
     }
 #pragma unroll
     for (int sub = 0; sub < kWideBc / kStep; ++sub) {

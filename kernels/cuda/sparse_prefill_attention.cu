@@ -85,6 +85,97 @@ __device__ __forceinline__ void StorePair(TOut* p, float a, float b) {
   }
 }
 
+// The (block, kv head, key split, row tile) of a CTA of either kernel, from its grid position
+// (grid: (row tiles * splits, n_kv_heads, num_blocks)), with rows_per_cta rows per tile. Rows of
+// a block: (token t, head j) -> t * g + j; this CTA's are [r0, min(r0 + rows_per_cta, n_rows)).
+struct CtaRows {
+  int split, h, b, g, n_rows, r0;
+  int64_t unit, first_token;
+  __device__ CtaRows(const SparsePrefillParams& p, const Splits& sp, int rows_per_cta)
+      : split(blockIdx.x % sp.count),
+        h(blockIdx.y),
+        b(blockIdx.z),
+        g(p.n_q_heads / p.n_kv_heads),
+        n_rows(BlockTokens(p, blockIdx.z) * (p.n_q_heads / p.n_kv_heads)),
+        r0(static_cast<int>(blockIdx.x / sp.count) * rows_per_cta),
+        unit(static_cast<int64_t>(blockIdx.z) * p.n_kv_heads + blockIdx.y),
+        first_token(p.block_starts[blockIdx.z]) {}
+};
+
+// What a CTA of either kernel attends to: the keys [k_first, len) of its split of the (block,
+// kv head) list, and their gather through the row map one tile of kBc keys at a time: Fetch(t)
+// reads the rows of tile t into registers (a tile ahead, so their latency hides behind a tile's
+// math), Load copies the fetched rows' K and V into shared memory (zero past the keys).
+template <int D>
+struct KeyGather {
+  static constexpr int kChunks = D / 8;                      // 16-byte pieces per row
+  static constexpr int kRowsPer = kBc * kChunks / kThreads;  // K/V rows each thread copies a tile
+  static constexpr int kRowStep = kThreads / kChunks;
+  int k_first = 0, len = 0, n_tiles = 0;
+  int32_t ctx_rows = 0;
+  const __nv_bfloat16* k_base = nullptr;
+  const __nv_bfloat16* v_base = nullptr;
+  const __nv_bfloat16* any = nullptr;  // a mapped address for zero-filling copies
+  const int32_t* rmap = nullptr;
+  int my_row = 0, my_col = 0;
+  int32_t next_rows[kRowsPer];
+
+  __device__ KeyGather(const SparsePrefillParams& p, const Splits& sp, const int32_t* rows_map,
+                       int64_t unit, int b, int h, int split) {
+    const int sel_len = SelectedLen(p, unit);
+    k_first = sp.count > 1 ? min(split * sp.split_len, sel_len) : 0;
+    len = sp.count > 1 ? min(k_first + sp.split_len, sel_len) : sel_len;
+    const int64_t ctx = p.ctx_len[b];
+    ctx_rows = static_cast<int32_t>(ctx);
+    k_base = len > 0 ? p.ctx_k[b] + h * ctx * D : nullptr;
+    v_base = len > 0 ? p.ctx_v[b] + h * ctx * D : nullptr;
+    any = p.q;
+    rmap = rows_map + unit * p.max_selected;
+    n_tiles = (len - k_first + kBc - 1) / kBc;
+    my_row = threadIdx.x / kChunks;
+    my_col = (threadIdx.x % kChunks) * 8;
+  }
+  __device__ __forceinline__ void Fetch(int tile) {
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) {
+      const int j = k_first + tile * kBc + my_row + i * kRowStep;
+      // Clamped again: a list whose last end falls short of selected_len leaves keys unwritten.
+      next_rows[i] = tile < n_tiles && j < len ? min(max(rmap[j], 0), ctx_rows - 1) : -1;
+    }
+  }
+  // k_dst, v_dst: a stage's [kBc][kRow] K and V tiles.
+  template <int kRow>
+  __device__ __forceinline__ void Load(__nv_bfloat16* k_dst, __nv_bfloat16* v_dst) const {
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) {
+      const int r = my_row + i * kRowStep;
+      const bool valid = next_rows[i] >= 0;
+      const int64_t off = static_cast<int64_t>(valid ? next_rows[i] : 0) * D + my_col;
+      internal::CpAsync16(k_dst + r * kRow + my_col, valid ? k_base + off : any, valid);
+      internal::CpAsync16(v_dst + r * kRow + my_col, valid ? v_base + off : any, valid);
+    }
+  }
+};
+
+// Copies the CTA's rows [r0, r0 + rows) of block b's (token, kv head h's query head) pairs into
+// q_s ([rows][D + kPad]; zero past the block's n_rows).
+template <int D>
+__device__ __forceinline__ void LoadQRows(const SparsePrefillParams& p, int b, int h, int r0,
+                                          int rows, int n_rows, __nv_bfloat16* q_s) {
+  constexpr int kChunks = D / 8;
+  const int g = p.n_q_heads / p.n_kv_heads;
+  const int64_t first_token = p.block_starts[b];
+#pragma unroll 1
+  for (int c = threadIdx.x; c < rows * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const int row = r0 + r;
+    const bool valid = row < n_rows;
+    const __nv_bfloat16* src =
+        valid ? p.q + (first_token + row / g) * p.q_stride + (h * g + row % g) * D + col : p.q;
+    internal::CpAsync16(q_s + r * (D + kPad) + col, src, valid);
+  }
+}
+
 // grid (row tiles, n_kv_heads, num_blocks). Rows of a block: (token t, head j) -> t * g + j.
 template <int D, typename TOut>
 __global__ void __launch_bounds__(kThreads)
@@ -92,9 +183,6 @@ __global__ void __launch_bounds__(kThreads)
                         TOut* __restrict__ out, int64_t out_stride,
                         cpu::AttentionPartial* __restrict__ stats) {
   constexpr int kRow = D + kPad;
-  constexpr int kChunks = D / 8;                      // 16-byte pieces per row
-  constexpr int kRowsPer = kBc * kChunks / kThreads;  // K/V rows each thread copies per tile
-  constexpr int kRowStep = kThreads / kChunks;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kBr][kRow]
   auto k_s = [&](int stage) { return q_s + (kBr + stage * kBc) * kRow; };
@@ -102,60 +190,18 @@ __global__ void __launch_bounds__(kThreads)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gr = lane >> 2, t4 = lane & 3;
-  const int tile_q = blockIdx.x / sp.count, split = blockIdx.x % sp.count;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int g = p.n_q_heads / p.n_kv_heads;
-  const int nt = BlockTokens(p, b);
-  const int n_rows = nt * g;
-  const int r0 = tile_q * kBr;
-  if (r0 >= n_rows) return;
-  const int64_t unit = static_cast<int64_t>(b) * p.n_kv_heads + h;
-  const int sel_len = SelectedLen(p, unit);
-  // This CTA's keys: [k_first, len) of the list.
-  const int k_first = sp.count > 1 ? min(split * sp.split_len, sel_len) : 0;
-  const int len = sp.count > 1 ? min(k_first + sp.split_len, sel_len) : sel_len;
-  const int64_t first_token = p.block_starts[b];
-  const int64_t ctx = p.ctx_len[b];
-  const int32_t ctx_rows = static_cast<int32_t>(ctx);
-  const __nv_bfloat16* k_base = len > 0 ? p.ctx_k[b] + h * ctx * D : nullptr;
-  const __nv_bfloat16* v_base = len > 0 ? p.ctx_v[b] + h * ctx * D : nullptr;
-  const int32_t* rmap = rows_map + unit * p.max_selected;
-  const int n_tiles = (len - k_first + kBc - 1) / kBc;
+  const CtaRows cta(p, sp, kBr);
+  if (cta.r0 >= cta.n_rows) return;
+  const int split = cta.split, h = cta.h, b = cta.b, g = cta.g, n_rows = cta.n_rows, r0 = cta.r0;
+  const int64_t unit = cta.unit, first_token = cta.first_token;
+  KeyGather<D> keys(p, sp, rows_map, unit, b, h, split);  // this CTA's keys: [k_first, len)
+  const int k_first = keys.k_first, len = keys.len, n_tiles = keys.n_tiles;
 
-  for (int c = tid; c < kBr * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const int row = r0 + r;
-    const bool valid = row < n_rows;
-    const __nv_bfloat16* src =
-        valid ? p.q + (first_token + row / g) * p.q_stride + (h * g + row % g) * D + col : p.q;
-    internal::CpAsync16(q_s + r * kRow + col, src, valid);
-  }
-  // Row indices of a tile's keys, one tile ahead in registers (their load latency hides behind
-  // the current tile's math).
-  const int my_row = tid / kChunks, my_col = (tid % kChunks) * 8;
-  int32_t next_rows[kRowsPer];
-  auto fetch_rows = [&](int tile) {
-#pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) {
-      const int j = k_first + tile * kBc + my_row + i * kRowStep;
-      // Clamped again: a list whose last end falls short of selected_len leaves keys unwritten.
-      next_rows[i] = tile < n_tiles && j < len ? min(max(rmap[j], 0), ctx_rows - 1) : -1;
-    }
-  };
-  auto load_kv = [&](int stage) {
-#pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) {
-      const int r = my_row + i * kRowStep;
-      const bool valid = next_rows[i] >= 0;
-      const int64_t off = static_cast<int64_t>(valid ? next_rows[i] : 0) * D + my_col;
-      internal::CpAsync16(k_s(stage) + r * kRow + my_col, valid ? k_base + off : p.q, valid);
-      internal::CpAsync16(v_s(stage) + r * kRow + my_col, valid ? v_base + off : p.q, valid);
-    }
-  };
-  fetch_rows(0);
-  if (n_tiles > 0) load_kv(0);
+  LoadQRows<D>(p, b, h, r0, kBr, n_rows, q_s);
+  keys.Fetch(0);
+  if (n_tiles > 0) keys.Load<kRow>(k_s(0), v_s(0));
   internal::CpAsyncCommit();
-  fetch_rows(1);
+  keys.Fetch(1);
 
   uint32_t qf[D / 16][4];
   float o[D / 8][4];
@@ -166,9 +212,9 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int jt = 0; jt < n_tiles; ++jt) {
     const int stage = jt & 1;
-    if (jt + 1 < n_tiles) load_kv(stage ^ 1);
+    if (jt + 1 < n_tiles) keys.Load<kRow>(k_s(stage ^ 1), v_s(stage ^ 1));
     internal::CpAsyncCommit();
-    fetch_rows(jt + 2);
+    keys.Fetch(jt + 2);
     internal::CpAsyncWait<1>();
     __syncthreads();
     if (jt == 0) {
@@ -251,9 +297,6 @@ __global__ void __launch_bounds__(kThreads, 2)
                             cpu::AttentionPartial* __restrict__ stats) {
   constexpr int kRow = D + kPad;
   constexpr int kMt = kWideMt;
-  constexpr int kChunks = D / 8;                      // 16-byte pieces per row
-  constexpr int kRowsPer = kBc * kChunks / kThreads;  // K/V rows each thread copies per tile
-  constexpr int kRowStep = kThreads / kChunks;
   constexpr bool kQInRegs = D <= 64;
   // Keys per softmax step: head_dim 128 takes a tile in two halves so that the scores fit beside
   // the accumulators without spilling (as the dense wide kernel).
@@ -265,59 +308,19 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gr = lane >> 2, t4 = lane & 3;
-  const int tile_q = blockIdx.x / sp.count, split = blockIdx.x % sp.count;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int g = p.n_q_heads / p.n_kv_heads;
-  const int nt = BlockTokens(p, b);
-  const int n_rows = nt * g;
-  const int r0 = tile_q * kWideBr;
-  if (r0 >= n_rows) return;
-  const int64_t unit = static_cast<int64_t>(b) * p.n_kv_heads + h;
-  const int sel_len = SelectedLen(p, unit);
-  const int k_first = sp.count > 1 ? min(split * sp.split_len, sel_len) : 0;
-  const int len = sp.count > 1 ? min(k_first + sp.split_len, sel_len) : sel_len;
-  const int64_t first_token = p.block_starts[b];
-  const int64_t ctx = p.ctx_len[b];
-  const int32_t ctx_rows = static_cast<int32_t>(ctx);
-  const __nv_bfloat16* k_base = len > 0 ? p.ctx_k[b] + h * ctx * D : nullptr;
-  const __nv_bfloat16* v_base = len > 0 ? p.ctx_v[b] + h * ctx * D : nullptr;
-  const int32_t* rmap = rows_map + unit * p.max_selected;
-  const int n_tiles = (len - k_first + kBc - 1) / kBc;
+  const CtaRows cta(p, sp, kWideBr);
+  if (cta.r0 >= cta.n_rows) return;
+  const int split = cta.split, h = cta.h, b = cta.b, g = cta.g, n_rows = cta.n_rows, r0 = cta.r0;
+  const int64_t unit = cta.unit, first_token = cta.first_token;
+  KeyGather<D> keys(p, sp, rows_map, unit, b, h, split);  // this CTA's keys: [k_first, len)
+  const int k_first = keys.k_first, len = keys.len, n_tiles = keys.n_tiles;
   const int w0 = r0 + warp * (kMt * 16);  // the warp's first row
 
-#pragma unroll 1
-  for (int c = tid; c < kWideBr * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const int row = r0 + r;
-    const bool valid = row < n_rows;
-    const __nv_bfloat16* src =
-        valid ? p.q + (first_token + row / g) * p.q_stride + (h * g + row % g) * D + col : p.q;
-    internal::CpAsync16(q_s + r * kRow + col, src, valid);
-  }
-  // Row indices of a tile's keys, one tile ahead in registers.
-  const int my_row = tid / kChunks, my_col = (tid % kChunks) * 8;
-  int32_t next_rows[kRowsPer];
-  auto fetch_rows = [&](int tile) {
-#pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) {
-      const int j = k_first + tile * kBc + my_row + i * kRowStep;
-      next_rows[i] = tile < n_tiles && j < len ? min(max(rmap[j], 0), ctx_rows - 1) : -1;
-    }
-  };
-  auto load_kv = [&](int stage) {
-#pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) {
-      const int r = my_row + i * kRowStep;
-      const bool valid = next_rows[i] >= 0;
-      const int64_t off = static_cast<int64_t>(valid ? next_rows[i] : 0) * D + my_col;
-      internal::CpAsync16(k_s(stage) + r * kRow + my_col, valid ? k_base + off : p.q, valid);
-      internal::CpAsync16(v_s(stage) + r * kRow + my_col, valid ? v_base + off : p.q, valid);
-    }
-  };
-  fetch_rows(0);
-  if (n_tiles > 0) load_kv(0);
+  LoadQRows<D>(p, b, h, r0, kWideBr, n_rows, q_s);
+  keys.Fetch(0);
+  if (n_tiles > 0) keys.Load<kRow>(k_s(0), v_s(0));
   internal::CpAsyncCommit();
-  fetch_rows(1);
+  keys.Fetch(1);
 
   const __nv_bfloat16* q_warp = q_s + warp * (kMt * 16) * kRow;
   uint32_t qf[kQInRegs ? kMt : 1][kQInRegs ? D / 16 : 1][4];
@@ -335,27 +338,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   for (int jt = 0; jt < n_tiles; ++jt) {
     const int stage = jt & 1;
-    if (jt + 1 < n_tiles) load_kv(stage ^ 1);
+    if (jt + 1 < n_tiles) keys.Load<kRow>(k_s(stage ^ 1), v_s(stage ^ 1));
     internal::CpAsyncCommit();
-    fetch_rows(jt + 2);
+    keys.Fetch(jt + 2);
     internal::CpAsyncWait<1>();
     __syncthreads();
     if constexpr (kQInRegs) {
-      if (jt == 0) {
-#pragma unroll
-        for (int kc = 0; kc < D / 16; kc += 2) {
-          uint32_t a[kMt][2][4];
-          internal::LoadQPair<kMt, kRow>(q_warp, kc, lane, a);
-#pragma unroll
-          for (int mt = 0; mt < kMt; ++mt) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              qf[mt][kc][i] = a[mt][0][i];
-              qf[mt][kc + 1][i] = a[mt][1][i];
-            }
-          }
-        }
-      }
+      if (jt == 0) internal::LoadQFragmentsWide<D, kRow, kMt>(q_warp, lane, qf);
     }
     if (warp_rows) {
 #pragma unroll
