@@ -11,29 +11,28 @@
 namespace sqz::cuda {
 namespace {
 
-constexpr int kBr = 64;  // (token, head) rows per CTA: 16 per warp
 constexpr int kBc = 64;  // keys per tile
 constexpr int kThreads = 128;
 constexpr int kPad = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// The wide kernel: each warp owns two m16 tiles (32 rows), so a CTA covers kWideBr rows and every
-// K or V fragment read from shared memory feeds two mma (flash_tile.cuh, "Wide tiles"). Used when
-// a block has at least kWideBr (token, head) rows; shorter blocks keep the 64-row kernel.
-constexpr int kWideMt = 2;
-constexpr int kWideBr = 4 * kWideMt * 16;
+// (token, head) rows per CTA with kMt m16 tiles per warp (4 warps). Two tiles per warp (128 rows)
+// let every K or V fragment read from shared memory feed two mma (flash_tile.cuh, "Wide tiles"),
+// for blocks that fill them; shorter blocks take one tile per warp (64 rows).
+__host__ __device__ constexpr int RowsPerCta(int mt) { return 4 * mt * 16; }
 
 template <int D>
 constexpr size_t SmemBytes(int rows_per_cta) {
   return static_cast<size_t>(rows_per_cta + 4 * kBc) * (D + kPad) * sizeof(__nv_bfloat16);
 }
 
-// (token, head) rows per CTA for params p: the wide kernel's when a block fills it.
-int RowTile(const SparsePrefillParams& p) {
+// m16 tiles per warp for params p: two when a block has at least 128 (token, head) rows.
+int TilesPerWarp(const SparsePrefillParams& p) {
   const int g = p.n_kv_heads > 0 ? p.n_q_heads / p.n_kv_heads : 0;
-  return static_cast<int64_t>(std::max(p.max_block_tokens, 0)) * g >= kWideBr ? kWideBr : kBr;
+  return static_cast<int64_t>(std::max(p.max_block_tokens, 0)) * g >= RowsPerCta(2) ? 2 : 1;
 }
+int RowTile(const SparsePrefillParams& p) { return RowsPerCta(TilesPerWarp(p)); }
 
 __device__ __forceinline__ int BlockTokens(const SparsePrefillParams& p, int b) {
   return max(0, min(p.block_starts[b + 1] - p.block_starts[b], p.max_block_tokens));
@@ -85,7 +84,7 @@ __device__ __forceinline__ void StorePair(TOut* p, float a, float b) {
   }
 }
 
-// The (block, kv head, key split, row tile) of a CTA of either kernel, from its grid position
+// The (block, kv head, key split, row tile) of a CTA, from its grid position
 // (grid: (row tiles * splits, n_kv_heads, num_blocks)), with rows_per_cta rows per tile. Rows of
 // a block: (token t, head j) -> t * g + j; this CTA's are [r0, min(r0 + rows_per_cta, n_rows)).
 struct CtaRows {
@@ -102,7 +101,7 @@ struct CtaRows {
         first_token(p.block_starts[blockIdx.z]) {}
 };
 
-// What a CTA of either kernel attends to: the keys [k_first, len) of its split of the (block,
+// What a CTA attends to: the keys [k_first, len) of its split of the (block,
 // kv head) list, and their gather through the row map one tile of kBc keys at a time: Fetch(t)
 // reads the rows of tile t into registers (a tile ahead, so their latency hides behind a tile's
 // math), Load copies the fetched rows' K and V into shared memory (zero past the keys).
@@ -176,139 +175,29 @@ __device__ __forceinline__ void LoadQRows(const SparsePrefillParams& p, int b, i
   }
 }
 
-// grid (row tiles, n_kv_heads, num_blocks). Rows of a block: (token t, head j) -> t * g + j.
-template <int D, typename TOut>
-__global__ void __launch_bounds__(kThreads)
+// One CTA per (kMt * 64 (token, head) rows of a block, key split, kv head, block): warp w owns
+// rows kMt * 16 * w .. + kMt * 16 - 1 (kMt m16 tiles). Scores stay raw and the online softmax
+// folds the scale into its exponentials (flash_tile.cuh, "Wide tiles"). grid (row tiles * splits,
+// n_kv_heads, num_blocks) with row tiles of RowsPerCta(kMt).
+template <int D, int kMt, typename TOut>
+__global__ void __launch_bounds__(kThreads, 2)
     SparsePrefillKernel(SparsePrefillParams p, Splits sp, const int32_t* __restrict__ rows_map,
                         TOut* __restrict__ out, int64_t out_stride,
                         cpu::AttentionPartial* __restrict__ stats) {
   constexpr int kRow = D + kPad;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kBr][kRow]
-  auto k_s = [&](int stage) { return q_s + (kBr + stage * kBc) * kRow; };
-  auto v_s = [&](int stage) { return q_s + (kBr + (2 + stage) * kBc) * kRow; };
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int gr = lane >> 2, t4 = lane & 3;
-  const CtaRows cta(p, sp, kBr);
-  if (cta.r0 >= cta.n_rows) return;
-  const int split = cta.split, h = cta.h, b = cta.b, g = cta.g, n_rows = cta.n_rows, r0 = cta.r0;
-  const int64_t unit = cta.unit, first_token = cta.first_token;
-  KeyGather<D> keys(p, sp, rows_map, unit, b, h, split);  // this CTA's keys: [k_first, len)
-  const int k_first = keys.k_first, len = keys.len, n_tiles = keys.n_tiles;
-
-  LoadQRows<D>(p, b, h, r0, kBr, n_rows, q_s);
-  keys.Fetch(0);
-  if (n_tiles > 0) keys.Load<kRow>(k_s(0), v_s(0));
-  internal::CpAsyncCommit();
-  keys.Fetch(1);
-
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-  const float scale_log2 = p.scale * kLog2e;
-
-  for (int jt = 0; jt < n_tiles; ++jt) {
-    const int stage = jt & 1;
-    if (jt + 1 < n_tiles) keys.Load<kRow>(k_s(stage ^ 1), v_s(stage ^ 1));
-    internal::CpAsyncCommit();
-    keys.Fetch(jt + 2);
-    internal::CpAsyncWait<1>();
-    __syncthreads();
-    if (jt == 0) {
-#pragma unroll
-      for (int kc = 0; kc < D / 16; ++kc) {
-        const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-        internal::LdMatrixX4(qf[kc], q_s + r * kRow + kc * 16 + (lane >> 4) * 8);
-      }
-    }
-    float s[kBc / 8][4];
-    internal::ScoreTile<D, kBc, kRow>(qf, k_s(stage), lane, s);
-    const int j0 = k_first + jt * kBc;
-#pragma unroll
-    for (int ntl = 0; ntl < kBc / 8; ++ntl) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = j0 + ntl * 8 + 2 * t4 + (e & 1);
-        s[ntl][e] = j < len ? s[ntl][e] * scale_log2 : -INFINITY;
-      }
-    }
-    internal::OnlineSoftmaxTile(s, m0, m1, l0, l1, o);
-    internal::AccumulatePV<D, kBc, kRow>(s, v_s(stage), lane, o);
-    __syncthreads();
-  }
-  internal::CpAsyncWait<0>();
-
-#pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-  }
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-  const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-  const int row0 = r0 + warp * 16 + gr, row1 = row0 + 8;
-  if (sp.count > 1) {
-    const int64_t at = (unit * sp.count + split) * sp.max_rows;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = half == 0 ? row0 : row1;
-      if (row >= n_rows) continue;
-      const float inv = half == 0 ? inv0 : inv1;
-      float* dst = sp.part_o + (at + row) * D + 2 * t4;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        *reinterpret_cast<float2*>(dst + dt * 8) =
-            make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
-      }
-      if (t4 == 0) {
-        sp.part_ml[at + row] = half == 0 ? make_float2(m0 * kLn2, l0) : make_float2(m1 * kLn2, l1);
-      }
-    }
-    return;
-  }
-  if (row0 < n_rows) {
-    const int64_t t = first_token + row0 / g;
-    const int hq = h * g + row0 % g;
-    TOut* dst = out + t * out_stride + hq * D + 2 * t4;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) StorePair(dst + dt * 8, o[dt][0] * inv0, o[dt][1] * inv0);
-    if (stats && t4 == 0) stats[t * p.n_q_heads + hq] = {m0 * kLn2, l0};
-  }
-  if (row1 < n_rows) {
-    const int64_t t = first_token + row1 / g;
-    const int hq = h * g + row1 % g;
-    TOut* dst = out + t * out_stride + hq * D + 2 * t4;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) StorePair(dst + dt * 8, o[dt][2] * inv1, o[dt][3] * inv1);
-    if (stats && t4 == 0) stats[t * p.n_q_heads + hq] = {m1 * kLn2, l1};
-  }
-}
-
-// The wide variant of SparsePrefillKernel: the same keys, loads and outputs for kWideBr rows per
-// CTA (warp w: rows 32 w .. 32 w + 31, two m16 tiles); scores stay raw and the online softmax
-// folds the scale into its exponentials (OnlineSoftmaxWide). grid (row tiles, n_kv_heads,
-// num_blocks) with row tiles of kWideBr.
-template <int D, typename TOut>
-__global__ void __launch_bounds__(kThreads, 2)
-    SparsePrefillWideKernel(SparsePrefillParams p, Splits sp, const int32_t* __restrict__ rows_map,
-                            TOut* __restrict__ out, int64_t out_stride,
-                            cpu::AttentionPartial* __restrict__ stats) {
-  constexpr int kRow = D + kPad;
-  constexpr int kMt = kWideMt;
+  constexpr int kRows = RowsPerCta(kMt);
   constexpr bool kQInRegs = D <= 64;
-  // Keys per softmax step: head_dim 128 takes a tile in two halves so that the scores fit beside
-  // the accumulators without spilling (as the dense wide kernel).
-  constexpr int kStep = D <= 64 ? kBc : kBc / 2;
+  // Keys per softmax step: with two tiles per warp, head_dim 128 takes a tile in two halves so
+  // that the scores fit beside the accumulators without spilling (as the dense wide kernel).
+  constexpr int kStep = D <= 64 || kMt == 1 ? kBc : kBc / 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kWideBr][kRow]
-  auto k_s = [&](int stage) { return q_s + (kWideBr + stage * kBc) * kRow; };
-  auto v_s = [&](int stage) { return q_s + (kWideBr + (2 + stage) * kBc) * kRow; };
+  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kRows][kRow]
+  auto k_s = [&](int stage) { return q_s + (kRows + stage * kBc) * kRow; };
+  auto v_s = [&](int stage) { return q_s + (kRows + (2 + stage) * kBc) * kRow; };
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gr = lane >> 2, t4 = lane & 3;
-  const CtaRows cta(p, sp, kWideBr);
+  const CtaRows cta(p, sp, kRows);
   if (cta.r0 >= cta.n_rows) return;
   const int split = cta.split, h = cta.h, b = cta.b, g = cta.g, n_rows = cta.n_rows, r0 = cta.r0;
   const int64_t unit = cta.unit, first_token = cta.first_token;
@@ -316,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int k_first = keys.k_first, len = keys.len, n_tiles = keys.n_tiles;
   const int w0 = r0 + warp * (kMt * 16);  // the warp's first row
 
-  LoadQRows<D>(p, b, h, r0, kWideBr, n_rows, q_s);
+  LoadQRows<D>(p, b, h, r0, kRows, n_rows, q_s);
   keys.Fetch(0);
   if (n_tiles > 0) keys.Load<kRow>(k_s(0), v_s(0));
   internal::CpAsyncCommit();
@@ -477,8 +366,8 @@ Status Launch(const SparsePrefillParams& p, const SparsePrefillPlan& plan, TOut*
   }
   ExpandRowsKernel<<<dim3(p.num_blocks, p.n_kv_heads), 256, 0, stream>>>(p, rows);
   SQZ_RETURN_IF_ERROR(LaunchStatus("SparsePrefillAttention: rows"));
-  const bool wide = row_tile == kWideBr;
-  auto* kernel = wide ? SparsePrefillWideKernel<D, TOut> : SparsePrefillKernel<D, TOut>;
+  auto* kernel =
+      TilesPerWarp(p) == 2 ? SparsePrefillKernel<D, 2, TOut> : SparsePrefillKernel<D, 1, TOut>;
   const size_t smem = SmemBytes<D>(row_tile);
   SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 static_cast<int>(smem)),

@@ -14,11 +14,11 @@
 //
 // Implementation: (1) an expand kernel writes each (block, kv head)'s rows in key order into the
 // workspace (so every K/V tile is a gather of 64 known rows); (2) a FlashAttention-2 style kernel,
-// one CTA per (64 rows of (token, head) pairs of a block, key split, kv head, block): the group's
-// query heads of 16 tokens share each K/V tile read, S = Q K^T and O += P V on bf16 mma.m16n8k16
-// with fp32 softmax state, K/V tiles double-buffered by cp.async; blocks of at least 128 rows run
-// a wide variant (128 rows per CTA, two m16 tiles per warp, so each K/V fragment feeds two mma;
-// half the K/V re-reads); (3) with key splits, a merge of the splits' partials.
+// one CTA per (128 rows of (token, head) pairs of a block, key split, kv head, block), or 64 rows
+// for blocks of fewer than 128: the group's query heads of the block's tokens share each K/V tile
+// read, S = Q K^T and O += P V on bf16 mma.m16n8k16 with fp32 softmax state (two m16 tiles per
+// warp at 128 rows, so each K/V fragment feeds two mma), K/V tiles double-buffered by cp.async;
+// (3) with key splits, a merge of the splits' partials.
 // head_dim 64 and 128 (tensor cores) only; others are UNIMPLEMENTED.
 //
 // Usage: SparsePrefillPlan plan = PlanSparsePrefill(params); workspace of plan.workspace_bytes;
