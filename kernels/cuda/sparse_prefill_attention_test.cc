@@ -362,7 +362,7 @@ TEST_CASE("SparsePrefillAttention rejects what it cannot run", "[sparse_prefill]
     CHECK(split.partials_offset >= size_t{4} * 8 * 16552 * 4);
     CHECK(split.workspace_bytes == split.partials_offset + size_t{4} * 8 * 5 * 256 * (128 * 4 + 8));
     CHECK(PlanSparsePrefill(q, 4).splits == 1);  // 64 CTAs already fill 4 SMs
-    SparsePrefillParams narrow = q;              // g = 1: 64 rows per block, the 64-row kernel
+    SparsePrefillParams narrow = q;              // g = 1: 64 rows per block, 64-row CTAs
     narrow.n_q_heads = 8;
     CHECK(PlanSparsePrefill(narrow).row_tiles == 1);
     q.max_selected = 1500;  // too few keys to split
