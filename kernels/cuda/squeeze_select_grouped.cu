@@ -10,7 +10,7 @@
 namespace sqz::cuda::internal {
 namespace {
 
-constexpr int kThreads = 128;  // 4 warps; warp w takes items [64 w, 64 w + 64) of every tile
+constexpr int kThreads = 256;  // 8 warps; warp w takes items [32 w, 32 w + 32) of every tile
 constexpr int kWarps = kThreads / 32;
 constexpr int kChunk = kSelectChunk;
 constexpr int kRows = kGroupedScoreRows;
@@ -27,7 +27,7 @@ constexpr size_t SmemBytes() {
 // kv head h). Row rho of the block is request r0 + rho / g, query head rho % g of h's group.
 // The block copies the chunk's centroids and all its rows' queries into shared memory with
 // cp.async (zero past the items and the rows), then works through the m16 row tiles in turn: each
-// warp computes S = Q C^T of the tile for its 64 items with mma.m16n8k16 (bf16 in, fp32
+// warp computes S = Q C^T of the tile for its 32 items with mma.m16n8k16 (bf16 in, fp32
 // accumulate; the same fragments and k order as the per-request ScoreKernel, so each row's
 // scores are the same bits), stages the tile's scores in shared memory, and the block writes them
 // and each row's chunk stats (ChunkRowStats, as ScoreKernel) to the workspace.
