@@ -2,9 +2,12 @@
 # One run on the GPU machine: correctness first (the query-time Squeezed Attention
 # tests, then the dense kernel tests that share decode_attention.cu), then the benchmark.
 # Expects $BUNDLE (default .sqzgpu-bundle/, from bench/squeeze_gpu/make_bundle.sh); logs under $OUT.
-# Usage: bash bench/squeeze_gpu/run_device.sh [tests|bench|all|prefill] [bench args...]
+# Usage: bash bench/squeeze_gpu/run_device.sh [tests|bench|all|prefill|profile] [bench args...]
 # prefill: the per-block selection and sparse prefill tests (plus the per-token selection tests
 # that share the select kernel), a memcheck of the small ones, then bench.py --prefill.
+# profile: Nsight Compute (clocks left alone) over the first launches of the scoring, selection and
+# decode kernels in bench.py --select (the 128K batch-1 case comes first): duration, throughput,
+# occupancy and the top stall reason of each (how run 10 found the selection's fetch stalls).
 set -u
 what="${1:-all}"
 shift || true
@@ -61,4 +64,15 @@ if [[ "$what" == all || "$what" == bench ]]; then
   echo "SM clocks during the bench (MHz, min / median / max):"
   awk '$1 ~ /^[0-9]+$/ {print $3}' "$OUT/clocks.log" | sort -n | \
     awk '{a[NR]=$1} END {if (NR) print a[1], a[int((NR+1)/2)], a[NR]}'
+fi
+if [[ "$what" == profile ]]; then
+  echo "== ncu over bench.py --select"
+  PYTHONUNBUFFERED=1 timeout 400 ncu --clock-control none \
+    -k "regex:GroupedScore|ScoreKernel|ClusterSelect|SelectKernel|DecodeMmaChunk" --launch-count 9 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis \
+    python3 bench/squeeze_gpu/bench.py "$B/libsqz_squeeze_bench.so" --select "$@" \
+    > "$OUT/ncu.log" 2>&1
+  echo "exit $?"
+  grep -E "^  [A-Za-z_].*\(|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|SM Active|Warp Cycles Per Issued|cycles being stalled" "$OUT/ncu.log" | head -120
 fi
