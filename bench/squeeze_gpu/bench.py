@@ -25,9 +25,10 @@ directions, norm key_norm), each body key a centre plus Gaussian noise, laid out
 (sizes vary, every cluster non-empty); a centroid is the mean of its members. Queries sit near a
 few centres, so attention (and the selection) concentrates as in trained models.
 
-Usage: python3 bench.py LIB [--quick] [--select] [--prefill]  (--select: llama3-8b at 128K and
-512K only, batch 1 and 16, for the selection-step table; --prefill: the prefill mode,
-bench_prefill.py)
+Usage: python3 bench.py LIB [--quick] [--select] [--prefill] [--cases NxB,...]  (--select: llama3-8b
+at 128K and 512K only, batch 1 and 16, for the selection-step table; --prefill: the prefill mode,
+bench_prefill.py; --cases: llama3-8b at the context lengths and batches named, e.g. 131072x1).
+SQZ_BENCH_SPARSE_CHUNK=K forces the sparse decode's split to chunks of K keys (0: the planner's).
 """
 import ctypes
 import math
@@ -139,6 +140,13 @@ def time_graph(timer, fn, reps, what):
         return timer(fn, reps=reps), None
 
 
+def kernel_name(kernel):
+    """A profiler kernel name without namespaces and argument lists: 'BlockProbsKernel<128>'."""
+    name = kernel.replace("(anonymous namespace)::", "").replace("<unnamed>::", "").split("(")[0]
+    head = name.split("<")[0]
+    return name[head.rfind("::") + 2:] if "::" in head else name.split(" ")[-1]
+
+
 def kernel_times(fn, reps=5):
     """Mean device time (us) per call of each kernel fn launches (torch.profiler, no L2 flush):
     where the squeezed time goes. {} if the profiler is unavailable."""
@@ -165,7 +173,8 @@ def kernel_times(fn, reps=5):
                 if known in e.key:
                     name = known
                     break
-            name = name[:40]
+            if name == e.key:
+                name = kernel_name(name)
             times[name] = times.get(name, 0.0) + total / reps
         return times
     except Exception as e:
@@ -436,13 +445,19 @@ def main():
           f" {timer.mode}")
     models = [("llama3-8b", 32, 8, 128), ("llama2-7b", 32, 32, 128)]
     lengths = [32768, 131072, 524288] if not quick else [32768]
+    batches = (1, 16)
     if "--select" in sys.argv:
         models, lengths = models[:1], [131072, 524288]
+    if "--cases" in sys.argv:  # e.g. --cases 131072x1,524288x1 (the first model only)
+        pairs = [c.split("x") for c in sys.argv[sys.argv.index("--cases") + 1].split(",")]
+        models = models[:1]
+        lengths = sorted({int(n) for n, _ in pairs})
+        batches = sorted({int(b) for _, b in pairs})
     rows = []
     t0 = time.time()
     for name, hq, hkv, d in models:
         for n in lengths:
-            for batch in (1, 16):
+            for batch in batches:
                 reps = 15 if n * batch * hkv <= 131072 * 16 * 8 else 7
                 r = run_case(lib, timer, bw, sms, name, hq, hkv, d, n, batch, gen, reps)
                 rows.append(r)

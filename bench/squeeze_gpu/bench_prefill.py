@@ -9,10 +9,14 @@ from CUDA events around CUDA-graph replays with the L2 flushed before each repet
   parts     dense ctx, select, sparse attn (with the plan's key splits, and with one split),
             own+merge (each alone)
   sdpa ctx  torch SDPA of the queries over the context alone (reference for the context part)
-Prints the ratios and the achieved attention FLOP rates (4 n_q hq d keys per part).
+Prints the ratios, the achieved attention FLOP rates (4 n_q hq d keys per part) and each case's
+kernel times (profiler) of the selection and the sparse attention.
+SQZ_BENCH_PREFILL_CASE=MODEL:N_Q (e.g. llama2-7b:1024) runs that case alone (for profilers);
+SQZ_BENCH_BLOCKS_INNER=0/1 forces the sparse prefill's CTA order (SparsePrefillPlan::blocks_inner).
 """
 import ctypes
 import math
+import os
 import sys
 import time
 
@@ -117,11 +121,14 @@ def run_case(lib, timer, name, hq, hkv, d, n, n_q, ctx, gen, reps):
             g_sqz.replay()
         torch.cuda.synchronize()
         replay = bench.rel_l2(out_sqz, eager) if g_sqz is not None else None
+        kt_sel = bench.kernel_times(lambda: bench.check(lib, lib.sqzb_prefill_select(h, st())))
+        kt_attn = bench.kernel_times(
+            lambda: bench.check(lib, lib.sqzb_prefill_sparse(h, out_sqz.data_ptr(), st())))
         flops_ctx = 4.0 * n_q * hq * d * n
         flops_sparse = 4.0 * (n_q / units * hkv) * hq * d * sum(sel) / hkv  # per (token, head)
         return dict(name=name, n=n, n_q=n_q, dense=t_dense, ctx=t_ctx, sdpa=t_sdpa, select=t_sel,
                     attn=t_attn, attn1=t_attn1, own=t_own, sqz=t_sqz, share=share, err=err, err_sdpa=err_sdpa,
-                    replay=replay, tf_ctx=flops_ctx / (t_ctx * 1e-3) / 1e12,
+                    replay=replay, kernels={**kt_sel, **kt_attn}, tf_ctx=flops_ctx / (t_ctx * 1e-3) / 1e12,
                     tf_sparse=flops_sparse / (t_attn * 1e-3) / 1e12, info=list(info))
     finally:
         lib.sqzb_prefill_destroy(h)
@@ -140,14 +147,18 @@ def main(lib_path, quick):
     n = 131072 if not quick else 32768
     rows = []
     t0 = time.time()
+    only = os.environ.get("SQZ_BENCH_PREFILL_CASE")  # e.g. "llama2-7b:1024": that case alone
     for name, hq, hkv, d in [("llama3-8b", 32, 8, 128), ("llama2-7b", 32, 32, 128)]:
+        if only and not only.startswith(name + ":"):
+            continue
         ctx = bench.make_context(hkv, d, n, gen)
-        for n_q in (256, 1024):
+        for n_q in (256, 1024) if not only else (int(only.split(":")[1]),):
             r = run_case(lib, timer, name, hq, hkv, d, n, n_q, ctx, gen, reps=10)
             rows.append(r)
             print(f"  done {name} n_q={n_q} ({time.time() - t0:.0f} s): info {r['info']} "
                   f"share={r['share']:.3f} sqz/dense rel L2={r['err']:.3f} "
-                  f"dense ctx/sdpa rel L2={r['err_sdpa']} graph-vs-eager={r['replay']}",
+                  f"dense ctx/sdpa rel L2={r['err_sdpa']} graph-vs-eager={r['replay']} "
+                  "kernels us: " + ", ".join(f"{k} {v:.1f}" for k, v in r["kernels"].items()),
                   flush=True)
         del ctx
         torch.cuda.empty_cache()

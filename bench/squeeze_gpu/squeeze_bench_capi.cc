@@ -184,7 +184,13 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   const int64_t body = static_cast<int64_t>(n_tokens) - sink - window;
   c->sparse.max_kv_len = SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, kv_budget, sink, body,
                                                 window, largest_cluster);
-  c->sparse_plan = PlanDecodeAttention(c->sparse, num_sms, decode_options);
+  // SQZ_BENCH_SPARSE_CHUNK=K: the sparse decode split into chunks of K keys (the planner's choice
+  // otherwise), to measure the split's effect on the selected keys' reads.
+  DecodePlanOptions sparse_options = decode_options;
+  if (const char* chunk = std::getenv("SQZ_BENCH_SPARSE_CHUNK")) {
+    sparse_options.force_chunk_len = std::atoll(chunk);
+  }
+  c->sparse_plan = PlanDecodeAttention(c->sparse, num_sms, sparse_options);
   if (Alloc(&c->dense_ws, c->dense_plan.workspace_bytes) ||
       Alloc(&c->sparse_ws, c->sparse_plan.workspace_bytes) ||
       Check(cudaMemset(c->dense_ws, 0, c->dense_plan.workspace_bytes), "zero workspace") ||

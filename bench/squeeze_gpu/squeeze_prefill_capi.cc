@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -147,7 +148,11 @@ void* sqzb_prefill_create(int n_q, int block_size, int hq, int hkv, int d, int n
   sp.max_clusters = num_clusters;
   sp.block_starts = c->block_starts;
   sp.max_block_tokens = block_size;
-  c->select_plan = PlanSqueezeSelect(sp);
+  int sms = 0;
+  if (Check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count")) {
+    return fail();
+  }
+  c->select_plan = PlanSqueezeSelect(sp, sms);
   if (Alloc(&c->select_ws, c->select_plan.workspace_bytes) ||
       Alloc(&c->segments, sizeof(int2) * c->units * c->select_plan.max_segments) ||
       Alloc(&c->num_segments, 4 * c->units) || Alloc(&c->selected_len, 4 * c->units)) {
@@ -171,11 +176,11 @@ void* sqzb_prefill_create(int n_q, int block_size, int hq, int hkv, int d, int n
   const int64_t body = static_cast<int64_t>(n_tokens) - sink - window;
   pp.max_selected = SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, kv_budget, sink, body, window,
                                            largest_cluster);
-  int sms = 0;
-  if (Check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "SM count")) {
-    return fail();
-  }
   c->sparse_plan = PlanSparsePrefill(pp, sms);
+  // SQZ_BENCH_BLOCKS_INNER=0/1 forces the sparse prefill's CTA order (the plan's otherwise).
+  if (const char* order = std::getenv("SQZ_BENCH_BLOCKS_INNER")) {
+    c->sparse_plan.blocks_inner = std::string(order) == "1";
+  }
   c->sparse_one = pp;
   c->sparse_one.num_splits = 1;
   c->sparse_one_plan = PlanSparsePrefill(c->sparse_one);

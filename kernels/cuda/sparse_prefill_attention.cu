@@ -69,6 +69,7 @@ __global__ void __launch_bounds__(256) ExpandRowsKernel(SparsePrefillParams p, i
 // part_o[((unit * splits + i) * max_rows + r) * D] (normalised) and part_ml[...] (m, l).
 struct Splits {
   int count = 1;
+  bool blocks_inner = false;  // grid (row tiles * splits, num_blocks, n_kv_heads); else y/z swapped
   int split_len = 0;
   int max_rows = 0;
   float* part_o = nullptr;
@@ -85,20 +86,21 @@ __device__ __forceinline__ void StorePair(TOut* p, float a, float b) {
 }
 
 // The (block, kv head, key split, row tile) of a CTA, from its grid position
-// (grid: (row tiles * splits, n_kv_heads, num_blocks)), with rows_per_cta rows per tile. Rows of
-// a block: (token t, head j) -> t * g + j; this CTA's are [r0, min(r0 + rows_per_cta, n_rows)).
+// (grid: (row tiles * splits, n_kv_heads, num_blocks), or (..., num_blocks, n_kv_heads) when
+// sp.blocks_inner), with rows_per_cta rows per tile. Rows of a block: (token t, head j) -> t * g + j;
+// this CTA's are [r0, min(r0 + rows_per_cta, n_rows)).
 struct CtaRows {
   int split, h, b, g, n_rows, r0;
   int64_t unit, first_token;
   __device__ CtaRows(const SparsePrefillParams& p, const Splits& sp, int rows_per_cta)
       : split(blockIdx.x % sp.count),
-        h(blockIdx.y),
-        b(blockIdx.z),
+        h(sp.blocks_inner ? blockIdx.z : blockIdx.y),
+        b(sp.blocks_inner ? blockIdx.y : blockIdx.z),
         g(p.n_q_heads / p.n_kv_heads),
-        n_rows(BlockTokens(p, blockIdx.z) * (p.n_q_heads / p.n_kv_heads)),
+        n_rows(BlockTokens(p, b) * g),
         r0(static_cast<int>(blockIdx.x / sp.count) * rows_per_cta),
-        unit(static_cast<int64_t>(blockIdx.z) * p.n_kv_heads + blockIdx.y),
-        first_token(p.block_starts[blockIdx.z]) {}
+        unit(static_cast<int64_t>(b) * p.n_kv_heads + h),
+        first_token(p.block_starts[b]) {}
 };
 
 // What a CTA attends to: the keys [k_first, len) of its split of the (block,
@@ -372,8 +374,11 @@ Status Launch(const SparsePrefillParams& p, const SparsePrefillPlan& plan, TOut*
   SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 static_cast<int>(smem)),
                            "SparsePrefillAttention: cudaFuncSetAttribute");
-  kernel<<<dim3(plan.row_tiles * sp.count, p.n_kv_heads, p.num_blocks), kThreads, smem, stream>>>(
-      p, sp, rows, out, out_stride, stats);
+  sp.blocks_inner = plan.blocks_inner;
+  const dim3 grid = plan.blocks_inner
+                        ? dim3(plan.row_tiles * sp.count, p.num_blocks, p.n_kv_heads)
+                        : dim3(plan.row_tiles * sp.count, p.n_kv_heads, p.num_blocks);
+  kernel<<<grid, kThreads, smem, stream>>>(p, sp, rows, out, out_stride, stats);
   SQZ_RETURN_IF_ERROR(LaunchStatus("SparsePrefillAttention"));
   if (sp.count == 1) return OkStatus();
   MergeSplitsKernel<TOut>
@@ -392,6 +397,9 @@ SparsePrefillPlan PlanWithSplits(const SparsePrefillParams& p, int splits) {
   const int row_tile = RowTile(p);
   plan.row_tiles = static_cast<int>((rows + row_tile - 1) / row_tile);
   plan.splits = std::max(splits, 1);
+  // A kv head's blocks side by side: 1,318 against 1,363 us for 1,024 Llama-2-shaped tokens over
+  // 128K (docs/benchmarks/squeeze_gpu.md, sparse prefill run 4), the same elsewhere.
+  plan.blocks_inner = true;
   const int64_t sel = std::max<int64_t>(p.max_selected, 0);
   const int64_t per = (sel + plan.splits - 1) / plan.splits;
   plan.split_len = plan.splits > 1 ? (per + kBc - 1) / kBc * kBc : sel;

@@ -81,6 +81,10 @@ struct SparsePrefillPlan {
   int64_t split_len = 0;       // keys per split (a multiple of 64 when splits > 1)
   size_t partials_offset = 0;  // workspace: the row map first, then the splits' partials
   size_t workspace_bytes = 0;
+  // CTA order: true launches a kv head's query blocks next to each other (their selections,
+  // which overlap, are then read close together in time and share L2); false a block's kv heads.
+  // Either gives the same outputs, bit for bit; the plan takes true.
+  bool blocks_inner = true;
 };
 
 // num_sms (the device's multiprocessor count) guides the split choice when params.num_splits is

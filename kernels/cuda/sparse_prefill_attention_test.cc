@@ -131,6 +131,24 @@ void RunHandMade(const Shape& sh, uint32_t seed) {
   REQUIRE(s.ok());
   const std::vector<float> got = testing::ToFloat(out.Download());
   const auto got_st = stats.Download();
+  {
+    // The other CTA order (a kv head's blocks launched together, or a block's heads) must give
+    // the same bits.
+    SparsePrefillPlan other = plan;
+    other.blocks_inner = !plan.blocks_inner;
+    DeviceBuffer<TOut> out2(size_t(tokens) * stride);
+    DeviceBuffer<cpu::AttentionPartial> stats2(size_t(tokens) * sh.hq);
+    REQUIRE(SparsePrefillAttention<TOut>(p, other, out2.get(), stride, stats2.get(), ws.get(),
+                                         ws.size(), nullptr)
+                .ok());
+    INFO("blocks_inner " << other.blocks_inner << " against " << plan.blocks_inner);
+    REQUIRE(testing::ToFloat(out2.Download()) == got);
+    const auto st2 = stats2.Download();
+    for (size_t i = 0; i < st2.size(); ++i) {
+      REQUIRE(((st2[i].m == got_st[i].m || (std::isinf(st2[i].m) && std::isinf(got_st[i].m))) &&
+               st2[i].l == got_st[i].l));
+    }
+  }
 
   // CPU oracle over the gathered rows of each (block, kv head).
   std::vector<float> want(got.size(), 0.0f), kr, vr;

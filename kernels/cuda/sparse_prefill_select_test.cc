@@ -102,6 +102,16 @@ void RunBlocksAndCompare(const BlockCase& cs, const std::vector<HostContext>& co
     testing::RequireSameSelection(single, testing::RunSqueezeSelect(p, plan, ctas, ws, graph),
                                   plan.max_segments);
   }
+  // Scoring CTAs that each take a run of query blocks (reloading the centroids where the run
+  // crosses into another context) must give the same outputs bit for bit.
+  for (int span : {2, 3, batch}) {
+    if (span <= 1) continue;
+    INFO("block_span " << span << " against 1");
+    SqueezeSelectPlan spanned = plan;
+    spanned.block_span = span;
+    testing::RequireSameSelection(single, testing::RunSqueezeSelect(p, spanned, 1, ws, graph),
+                                  plan.max_segments);
+  }
   const std::vector<int2>& h_segs = single.segments;
   const std::vector<int32_t>& h_nseg = single.num_segments;
   const std::vector<int32_t>& h_len = single.selected_len;
@@ -223,6 +233,19 @@ TEST_CASE("SqueezeSelect block mode: plan and argument checks", "[squeeze_select
   CHECK(plan.max_segments == token_plan.max_segments);
   // Row statistics per chunk at least: 4 blocks * 8 heads * 256 rows * 4 chunks * 8 bytes.
   CHECK(plan.workspace_bytes >= size_t{4} * 8 * 256 * 4 * 8);
+  // Without an SM count one query block per scoring CTA; with one, runs of blocks that keep four
+  // waves of CTAs (a 1,024-token prompt of a Llama-2 shape over 6554 centroids: 8 blocks per CTA).
+  CHECK(plan.block_span == 1);
+  {
+    SqueezeSelectParams big = p;
+    big.batch = 16;
+    big.n_q_heads = big.n_kv_heads = 32;
+    big.q_stride = 32 * 128;
+    big.max_clusters = 6554;
+    CHECK(PlanSqueezeSelect(big, 132).block_span == 8);
+    big.batch = 1;
+    CHECK(PlanSqueezeSelect(big, 132).block_span == 1);
+  }
   SqueezeSelection out{static_cast<int2*>(any), static_cast<int32_t*>(any),
                        static_cast<int32_t*>(any), nullptr};
   auto expect = [&](const SqueezeSelectParams& q, StatusCode code, const std::string& words) {
@@ -240,6 +263,14 @@ TEST_CASE("SqueezeSelect block mode: plan and argument checks", "[squeeze_select
   q.hierarchical = true;
   q.max_coarse = 10;
   expect(q, StatusCode::kUnimplemented, "hierarchical");
+  q = p;
+  {
+    SqueezeSelectPlan zero_span = PlanSqueezeSelect(q);
+    zero_span.block_span = 0;
+    const Status s = SqueezeSelect(q, zero_span, out, any, zero_span.workspace_bytes, nullptr);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find("block_span") != std::string::npos);
+  }
   // A plan made for another block bound.
   q = p;
   q.max_block_tokens = 65;

@@ -561,8 +561,9 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
   if (p.block_starts) {
     float* probs = reinterpret_cast<float*>(ws + w.block_probs);
     SQZ_RETURN_IF_ERROR(internal::LaunchBlockProbabilities(
-        p, plan.fine_chunks, plan.block_rows, reinterpret_cast<float2*>(ws + w.block_stats),
-        reinterpret_cast<float2*>(ws + w.block_norm), probs, stream));
+        p, plan.fine_chunks, plan.block_rows, plan.block_span,
+        reinterpret_cast<float2*>(ws + w.block_stats), reinterpret_cast<float2*>(ws + w.block_norm),
+        probs, stream));
     fine.probs = probs;
   } else if (p.group_starts && !p.hierarchical) {
     SQZ_RETURN_IF_ERROR(
@@ -616,6 +617,9 @@ SqueezeSelectPlan PlanSqueezeSelect(const SqueezeSelectParams& p, int num_sms) {
         std::max(p.max_block_tokens, 0) * internal::BlockRowsPerToken(p.n_q_heads / p.n_kv_heads);
   }
   plan.workspace_bytes = Carve(p, plan.fine_chunks, plan.coarse_chunks, plan.block_rows).total;
+  if (plan.block_rows > 0) {
+    plan.block_span = internal::BlockScoreSpan(p.batch, plan.fine_chunks, p.n_kv_heads, num_sms);
+  }
   const int64_t units = static_cast<int64_t>(std::max(p.batch, 0)) * std::max(p.n_kv_heads, 0);
   for (int ctas : {8, 4, 2}) {
     if (units > 0 && units * ctas <= num_sms && k >= ctas * kSqueezeClusterMinItems &&
@@ -672,6 +676,9 @@ Status SqueezeSelect(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan
       plan.block_rows != expected.block_rows || plan.max_segments != expected.max_segments ||
       plan.workspace_bytes != expected.workspace_bytes) {
     return ArgError(kOp, "plan was made for other params (make it with PlanSqueezeSelect)");
+  }
+  if (plan.block_span < 1) {
+    return ArgError(kOp, "block_span " + std::to_string(plan.block_span) + " must be >= 1");
   }
   if (plan.select_ctas != 1 && !SqueezeClusterSelectFits(p, plan.select_ctas)) {
     return ArgError(kOp, "select_ctas " + std::to_string(plan.select_ctas) +

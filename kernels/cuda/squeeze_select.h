@@ -168,6 +168,11 @@ struct SqueezeSelectPlan {
   // fit in shared memory (SqueezeClusterSelectFits); else 1. Callers may override it with any
   // value that SqueezeClusterSelectFits accepts (1 always): the workspace does not depend on it.
   int select_ctas = 1;
+  // Block mode: consecutive query blocks per scoring CTA, which loads each centroid chunk once for
+  // all of them (blocks over another context reload it). The plan takes the most that keeps four
+  // waves of scoring CTAs on num_sms SMs (1 when num_sms is 0); any value >= 1 gives the same
+  // outputs, bit for bit.
+  int block_span = 1;
 };
 
 inline constexpr int kSqueezeClusterMinItems = 512;
