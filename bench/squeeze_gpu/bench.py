@@ -15,7 +15,8 @@ leaves dirty lines for the timed kernel to write back), median of the repetition
           request (SQZ_BENCH_UNGROUPED=1 makes that the default of the other tables), with the
           scoring kernel's own time, and checks that both give the same segment list
   attn    sparse DecodeAttention alone over the selected segments
-  sqz     select + attn back to back
+  sqz     select + attn back to back (a table compares programmatic launches of the selection
+          kernel and of the attention)
 plus the device-to-device copy bandwidth measured in the same run, and the squeezed memory floor:
 (centroid bytes + selected K/V bytes, every request counted) / copy bandwidth. "sqz eager" is the
 squeezed pair launched from Python without a graph (host launch latency included).
@@ -60,6 +61,7 @@ def load(lib_path):
     lib.sqzb_destroy.argtypes = [vp]
     lib.sqzb_set_select_ctas.argtypes = [vp, ctypes.c_int]
     lib.sqzb_set_grouped_scoring.argtypes = [vp, ctypes.c_int]
+    lib.sqzb_set_chained.argtypes = [vp, ctypes.c_int]
     return lib
 
 
@@ -330,6 +332,15 @@ def run_case(lib, timer, bw, sms, name, hq, hkv, d, n_tokens, batch, gen, reps):
         t_attn, _ = time_graph(
             timer, lambda: check(lib, lib.sqzb_sparse_attention(h, out_sqz.data_ptr(), stream())),
             reps, "attn")
+        # The pair with programmatic launches (bit 0: the selection after the scoring, bit 1: the
+        # attention after the selection), then back to plain launches (the default).
+        t_chain = {}
+        for mode in (1, 2, 3):
+            lib.sqzb_set_chained(h, mode)
+            t_chain[mode], _ = time_graph(
+                timer, lambda: check(lib, lib.sqzb_squeezed(h, out_sqz.data_ptr(), stream())),
+                reps, f"squeezed, programmatic mode {mode}")
+        lib.sqzb_set_chained(h, 0)
         t_sqz, g_sqz = time_graph(
             timer, lambda: check(lib, lib.sqzb_squeezed(h, out_sqz.data_ptr(), stream())), reps,
             "squeezed")
@@ -351,7 +362,7 @@ def run_case(lib, timer, bw, sms, name, hq, hkv, d, n_tokens, batch, gen, reps):
         floor_ms = (cent_bytes + sel_bytes) / (bw * 1e9) * 1e3
         dense_floor_ms = dense_bytes / (bw * 1e9) * 1e3
         res = dict(name=name, n=n_tokens, batch=batch, dense=t_dense, sdpa=t_sdpa, select=t_sel,
-                   attn=t_attn, sqz=t_sqz, floor=floor_ms, dense_floor=dense_floor_ms,
+                   attn=t_attn, sqz=t_sqz, sqz_chain=t_chain, floor=floor_ms, dense_floor=dense_floor_ms,
                    share=selected / (batch * hkv * n_tokens), err_dense_sdpa=sdpa_err,
                    err_sqz=sqz_vs_sdpa, plan=list(plan), kc=kc, eager=t_eager,
                    replay_diff=replay_diff, kernels=kernels, auto_ctas=auto_ctas,
@@ -390,6 +401,16 @@ def print_report(rows):
               f"{sp_dense:.2f} | {sp_sdpa} | {r['share']:.3f} | {fmt(r['floor'])} | "
               f"{r['sqz'] / r['floor']:.2f} | {r['dense'] / r['dense_floor']:.2f} | "
               f"{fmt(r['eager'])} | {r['err_sqz']:.3f} |")
+    print()
+    print("Programmatic launches (a kernel's CTAs scheduled during the tail of the kernel before;"
+          " same outputs) against plain launches (the default), squeezed pair, graph replays, us:")
+    print("| model | context | batch | plain | selection after scoring | attention after"
+          " selection | both | plain / both |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        c = r["sqz_chain"]
+        print(f"| {r['name']} | {r['n'] // 1024}K | {r['batch']} | {fmt(r['sqz'])} |"
+              f" {fmt(c[1])} | {fmt(c[2])} | {fmt(c[3])} | {r['sqz'] / c[3]:.3f} |")
     print()
     print("Selection step by path (SqueezeSelect alone, graph replays, us; same: the path's"
           " selected key counts equal the plan's choice's):")

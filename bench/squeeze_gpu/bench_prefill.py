@@ -12,7 +12,8 @@ from CUDA events around CUDA-graph replays with the L2 flushed before each repet
 Prints the ratios, the achieved attention FLOP rates (4 n_q hq d keys per part) and each case's
 kernel times (profiler) of the selection and the sparse attention.
 SQZ_BENCH_PREFILL_CASE=MODEL:N_Q (e.g. llama2-7b:1024) runs that case alone (for profilers);
-SQZ_BENCH_BLOCKS_INNER=0/1 forces the sparse prefill's CTA order (SparsePrefillPlan::blocks_inner).
+SQZ_BENCH_BLOCKS_INNER=0/1 forces the sparse prefill's CTA order (SparsePrefillPlan::blocks_inner);
+SQZ_BENCH_PREFILL_SPLITS=K its key splits (SparsePrefillParams::num_splits).
 """
 import ctypes
 import math

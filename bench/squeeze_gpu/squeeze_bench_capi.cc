@@ -42,6 +42,9 @@ struct Case {
   SqueezeSelectParams select;
   SqueezeSelectPlan select_plan;
   int auto_select_ctas = 1;  // the plan's choice for the device's SM count
+  // sqzb_squeezed launches the attention as a programmatic dependent of the lookup
+  // (sqzb_set_chained; the lookup's own chaining is in select_plan).
+  bool chained = false;
   // Every request reads the one context: a single scoring group (SqueezeSelectParams
   // group_starts), set on select while grouped scoring is on.
   int32_t* group_starts = nullptr;  // device [2]: 0, batch
@@ -239,10 +242,25 @@ int sqzb_sparse_attention(void* handle, void* out, void* stream) {
       c->sparse_plan.workspace_bytes, static_cast<cudaStream_t>(stream)));
 }
 
-// Lookup then sparse attention, back to back.
+// Lookup then sparse attention, back to back (chained: programmatic launches, sqzb_set_chained).
 int sqzb_squeezed(void* handle, void* out, void* stream) {
+  Case* c = static_cast<Case*>(handle);
   if (sqzb_select(handle, stream) != 0) return -1;
-  return sqzb_sparse_attention(handle, out, stream);
+  DecodeAttentionParams p = c->sparse;
+  p.programmatic = c->chained;
+  return Check(DecodeAttention<__nv_bfloat16>(p, c->sparse_plan, static_cast<__nv_bfloat16*>(out),
+                                              nullptr, c->sparse_ws, c->sparse_plan.workspace_bytes,
+                                              static_cast<cudaStream_t>(stream)));
+}
+
+// Programmatic launches: bit 0 the lookup's selection kernel after its scoring kernel
+// (SqueezeSelectPlan::chained), bit 1 the attention after the lookup in sqzb_squeezed
+// (DecodeAttentionParams::programmatic). Returns mode.
+int sqzb_set_chained(void* handle, int mode) {
+  Case* c = static_cast<Case*>(handle);
+  c->select_plan.chained = (mode & 1) != 0;
+  c->chained = (mode & 2) != 0;
+  return mode;
 }
 
 // Dense attention over the whole context; out: [batch][hq][d] bf16.

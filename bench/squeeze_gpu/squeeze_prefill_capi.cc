@@ -176,6 +176,9 @@ void* sqzb_prefill_create(int n_q, int block_size, int hq, int hkv, int d, int n
   const int64_t body = static_cast<int64_t>(n_tokens) - sink - window;
   pp.max_selected = SqueezeMaxSelectedKeys(SqueezePolicy::kBudget, kv_budget, sink, body, window,
                                            largest_cluster);
+  // SQZ_BENCH_PREFILL_SPLITS=K forces K key splits (the planner's choice otherwise).
+  if (const char* splits = std::getenv("SQZ_BENCH_PREFILL_SPLITS"))
+    pp.num_splits = std::atoi(splits);
   c->sparse_plan = PlanSparsePrefill(pp, sms);
   // SQZ_BENCH_BLOCKS_INNER=0/1 forces the sparse prefill's CTA order (the plan's otherwise).
   if (const char* order = std::getenv("SQZ_BENCH_BLOCKS_INNER")) {

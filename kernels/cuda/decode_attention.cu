@@ -158,6 +158,29 @@ __device__ void MergeChunksIfLast(int64_t qh0, int group, int num_chunks,
   }
 }
 
+// Where column col of key j of a request's sequence lives for kv head kv_head: keys below len_ctx
+// are context row ctx_row (of ctx_rows per kv head; ctx_row == j for a dense context), the rest
+// the request's own tokens in the paged pool (blocks: its block ids).
+struct KeyRow {
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+};
+template <int D>
+__device__ __forceinline__ KeyRow FindKeyRow(const DecodeAttentionParams& p,
+                                             const __nv_bfloat16* ctx_k, const __nv_bfloat16* ctx_v,
+                                             int64_t ctx_rows, int64_t len_ctx, int64_t j,
+                                             int64_t ctx_row, const int32_t* blocks, int kv_head,
+                                             int col) {
+  if (j < len_ctx) {
+    const int64_t off = (kv_head * ctx_rows + ctx_row) * D + col;
+    return {ctx_k + off, ctx_v + off};
+  }
+  const int64_t u = j - len_ctx;
+  const int64_t b = blocks[u / kPageSize];
+  const int64_t off = ((b * p.n_kv_heads + kv_head) * kPageSize + u % kPageSize) * D + col;
+  return {p.pool_k + off, p.pool_v + off};
+}
+
 // One block = one (chunk, kv head, request): streams the chunk's keys through a kStages-deep
 // cp.async pipeline and leaves the partial (o, m, l) of each of the group's query heads either in
 // the workspace (several chunks) or directly in out/stats (one chunk). counters (several chunks,
@@ -170,6 +193,7 @@ __global__ void __launch_bounds__(kThreads)
                       unsigned* __restrict__ counters, TOut* __restrict__ out,
                       cpu::AttentionPartial* __restrict__ stats) {
   internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
+  internal::WaitForPriorGrid();      // a no-op unless launched as a programmatic dependent
   constexpr int kRow = D + kPad;
   constexpr int kChunks = D / 8;  // 16-byte pieces per K/V row
   constexpr int kPairs = D / 2;   // bf16 pairs per V row
@@ -215,23 +239,11 @@ __global__ void __launch_bounds__(kThreads)
       const int row = c / kChunks, col = (c % kChunks) * 8;
       const int64_t j = j0 + row;
       const bool valid = j < end;
-      const __nv_bfloat16* ks = p.q;  // any mapped address for zero-fill
-      const __nv_bfloat16* vs = p.q;
-      if (valid) {
-        if (j < len_ctx) {
-          const int64_t off = (kv_head * len_ctx + j) * D + col;
-          ks = ctx_k + off;
-          vs = ctx_v + off;
-        } else {
-          const int64_t u = j - len_ctx;
-          const int64_t b = blocks[u / kPageSize];
-          const int64_t off = ((b * p.n_kv_heads + kv_head) * kPageSize + u % kPageSize) * D + col;
-          ks = p.pool_k + off;
-          vs = p.pool_v + off;
-        }
-      }
-      internal::CpAsync16(k_dst + row * kRow + col, ks, valid);
-      internal::CpAsync16(v_dst + row * kRow + col, vs, valid);
+      const KeyRow src =
+          valid ? FindKeyRow<D>(p, ctx_k, ctx_v, len_ctx, len_ctx, j, j, blocks, kv_head, col)
+                : KeyRow{p.q, p.q};  // any mapped address for zero-fill
+      internal::CpAsync16(k_dst + row * kRow + col, src.k, valid);
+      internal::CpAsync16(v_dst + row * kRow + col, src.v, valid);
     }
   };
 
@@ -439,27 +451,38 @@ __global__ void __launch_bounds__(kThreads)
   const int chunk = blockIdx.x, kv_head = blockIdx.y, r = blockIdx.z;
   const int group = p.n_q_heads / p.n_kv_heads;
 
-  // ctx_rows: rows of the context per kv head; len_ctx: context keys attended (all rows, or the
-  // selected ones of this kv head).
+  // ctx_rows: rows of the context per kv head. What the kernel before may be writing under a
+  // programmatic launch (the selection) is read only after WaitForPriorGrid below.
   const int64_t ctx_rows = p.ctx_len ? p.ctx_len[r] : 0;
-  const int64_t sel_index = static_cast<int64_t>(r) * p.n_kv_heads + kv_head;
-  const int64_t len_ctx =
-      kSparse ? (ctx_rows > 0 ? max(0, p.sparse.selected_len[sel_index]) : 0) : ctx_rows;
-  const int2* segs = kSparse ? p.sparse.segments + sel_index * p.sparse.max_segments : nullptr;
-  const int n_segs =
-      kSparse ? min(max(p.sparse.num_segments[sel_index], 0), p.sparse.max_segments) : 0;
   const int64_t len_own = p.own_len ? p.own_len[r] : 0;
-  const int64_t total =
-      min(static_cast<long long>(len_ctx + len_own), static_cast<long long>(p.max_kv_len));
-  const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
-  const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
-  const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
   // Loaded beside the lengths, not after them (one round trip fewer before the first tile): the
   // arrays have an entry for every request whenever ctx_len / own_len are given; entries of
   // requests without keys are never dereferenced.
   const __nv_bfloat16* ctx_k = p.ctx_len ? p.ctx_k[r] : nullptr;
   const __nv_bfloat16* ctx_v = p.ctx_len ? p.ctx_v[r] : nullptr;
   const int32_t* blocks = p.own_len ? p.block_ids + p.block_indptr[r] : nullptr;
+  // Q rows: the group's heads, zero below (issued first; committed with tile 0).
+  for (int c = tid; c < 16 * kChunks; c += kThreads) {
+    const int row = c / kChunks, col = (c % kChunks) * 8;
+    const bool valid = row < group;
+    const __nv_bfloat16* src =
+        valid ? p.q + static_cast<int64_t>(r) * p.q_stride + (kv_head * group + row) * D + col
+              : p.q;
+    internal::CpAsync16(q_s + row * kRow + col, src, valid);
+  }
+  internal::WaitForPriorGrid();  // a no-op unless launched as a programmatic dependent
+  // len_ctx: context keys attended (all rows, or the selected ones of this kv head).
+  const int64_t sel_index = static_cast<int64_t>(r) * p.n_kv_heads + kv_head;
+  const int64_t len_ctx =
+      kSparse ? (ctx_rows > 0 ? max(0, p.sparse.selected_len[sel_index]) : 0) : ctx_rows;
+  const int2* segs = kSparse ? p.sparse.segments + sel_index * p.sparse.max_segments : nullptr;
+  const int n_segs =
+      kSparse ? min(max(p.sparse.num_segments[sel_index], 0), p.sparse.max_segments) : 0;
+  const int64_t total =
+      min(static_cast<long long>(len_ctx + len_own), static_cast<long long>(p.max_kv_len));
+  const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
+  const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
+  const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
 
   // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages], by threads
   // 0 .. 63 (warps 0 and 1; thread t takes key j0 + t; they synchronise among themselves with
@@ -528,15 +551,6 @@ __global__ void __launch_bounds__(kThreads)
     rows_s[(tile % kMmaStages) * kMmaKeys + tid] = static_cast<int32_t>(row);
     if (j == last) cursor_s[(tile + 1) & 1] = min(s, n_segs - 1);
   };
-  // Q rows: the group's heads, zero below (issued first; committed with tile 0).
-  for (int c = tid; c < 16 * kChunks; c += kThreads) {
-    const int row = c / kChunks, col = (c % kChunks) * 8;
-    const bool valid = row < group;
-    const __nv_bfloat16* src =
-        valid ? p.q + static_cast<int64_t>(r) * p.q_stride + (kv_head * group + row) * D + col
-              : p.q;
-    internal::CpAsync16(q_s + row * kRow + col, src, valid);
-  }
   auto load_tile = [&](int tile, int stage) {
     __nv_bfloat16* k_dst = kv_s + (stage * 2) * kMmaKeys * kRow;
     __nv_bfloat16* v_dst = k_dst + kMmaKeys * kRow;
@@ -557,24 +571,14 @@ __global__ void __launch_bounds__(kThreads)
       const int row = c / kChunks, col = (c % kChunks) * 8;
       const int64_t j = j0 + row;
       const bool valid = j < end;
-      const __nv_bfloat16* ks = p.q;  // any mapped address for zero-fill
-      const __nv_bfloat16* vs = p.q;
+      KeyRow src{p.q, p.q};  // any mapped address for zero-fill
       if (valid) {
-        if (j < len_ctx) {
-          const int64_t ctx_row = kSparse ? rows_s[(tile % kMmaStages) * kMmaKeys + row] : j;
-          const int64_t off = (kv_head * ctx_rows + ctx_row) * D + col;
-          ks = ctx_k + off;
-          vs = ctx_v + off;
-        } else {
-          const int64_t u = j - len_ctx;
-          const int64_t b = blocks[u / kPageSize];
-          const int64_t off = ((b * p.n_kv_heads + kv_head) * kPageSize + u % kPageSize) * D + col;
-          ks = p.pool_k + off;
-          vs = p.pool_v + off;
-        }
+        const int64_t ctx_row =
+            kSparse && j < len_ctx ? rows_s[(tile % kMmaStages) * kMmaKeys + row] : j;
+        src = FindKeyRow<D>(p, ctx_k, ctx_v, ctx_rows, len_ctx, j, ctx_row, blocks, kv_head, col);
       }
-      internal::CpAsync16(k_dst + row * kRow + col, ks, valid);
-      internal::CpAsync16(v_dst + row * kRow + col, vs, valid);
+      internal::CpAsync16(k_dst + row * kRow + col, src.k, valid);
+      internal::CpAsync16(v_dst + row * kRow + col, src.v, valid);
     }
   };
   // Group 0 holds Q and tile 0. Sparse: the rows of tile t are found (and published by a barrier)
@@ -797,8 +801,10 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
                                                         PartialOutBytes(p, plan.num_chunks));
   }
   const dim3 grid(plan.num_chunks, p.n_kv_heads, p.batch);
-  kernel<<<grid, kThreads, kSmem, stream>>>(p, plan.chunk_len, plan.num_chunks, ws_o, ws_stats,
-                                            counters, out, stats);
+  SQZ_CUDA_RETURN_IF_ERROR(
+      internal::Launch(kernel, grid, dim3(kThreads), kSmem, stream, p.programmatic, p,
+                       plan.chunk_len, plan.num_chunks, ws_o, ws_stats, counters, out, stats),
+      "DecodeAttention: chunk kernel");
   SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: chunk kernel"));
   if (plan.num_chunks > 1 && !plan.fused_merge) {
     const unsigned blocks = static_cast<unsigned>(static_cast<int64_t>(p.batch) * p.n_q_heads);

@@ -100,6 +100,12 @@ struct DecodeAttentionParams {
   // sparse.segments is set, request r, kv head h attends to only the context rows its segment list
   // names, in list order, instead of all ctx_len[r] rows. See ContextSegments.
   ContextSegments sparse;
+  // Launch as a programmatic dependent (PDL) of the previous kernel on the stream, e.g. the
+  // SqueezeSelect that writes `sparse`: the chunk kernel's blocks are scheduled during that
+  // kernel's tail and read q, the lengths, the K/V pointers and block tables before waiting for
+  // it, so that kernel may write nothing but `sparse` (and the lengths must be final when it
+  // starts). The results are the same bits either way; graph capture records a programmatic edge.
+  bool programmatic = false;
 };
 
 // How the keys are split; made on the host, no device access.

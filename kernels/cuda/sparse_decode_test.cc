@@ -301,6 +301,38 @@ Pipeline RunPipeline(const Problem& pb, const std::vector<HostContext>& ctx, flo
   p.max_kv_len = bound + dp.max_own;
   Pipeline res;
   res.out = RunDecode(p, force_chunk);
+  {
+    // Again with programmatic launches: the lookup's selection kernel behind its scoring kernel,
+    // the attention right behind the lookup (each scheduled during the tail of the kernel before):
+    // the same bits.
+    DecodePlanOptions options;
+    options.force_chunk_len = force_chunk;
+    const DecodePlan dplan = PlanDecodeAttention(p, NumSms(), options);
+    DeviceBuffer<char> dws(std::max<size_t>(dplan.workspace_bytes, 16));
+    SQZ_TEST_CUDA(cudaMemset(dws.get(), 0, dws.size()));
+    DeviceBuffer<float> out(size_t(p.batch) * p.n_q_heads * p.head_dim);
+    SqueezeSelectPlan chained_plan = plan;  // the selection kernel chained to its scoring too
+    chained_plan.chained = true;
+    REQUIRE(SqueezeSelect(sp, chained_plan, sel, ws.get(), ws.size(), nullptr).ok());
+    DecodeAttentionParams chained = p;
+    chained.programmatic = true;
+    REQUIRE(DecodeAttention<float>(chained, dplan, out.get(), nullptr, dws.get(), dws.size(),
+                                   nullptr)
+                .ok());
+    REQUIRE(out.Download() == res.out);
+    // The same through the cluster selection, where the shapes allow one.
+    for (int ctas : testing::ClusterSizesFor(sp)) {
+      if (ctas > 8 || sp.hierarchical) continue;
+      INFO("chained cluster selection of " << ctas << " CTAs");
+      chained_plan.select_ctas = ctas;
+      SQZ_TEST_CUDA(cudaMemset(dws.get(), 0, dws.size()));
+      REQUIRE(SqueezeSelect(sp, chained_plan, sel, ws.get(), ws.size(), nullptr).ok());
+      REQUIRE(DecodeAttention<float>(chained, dplan, out.get(), nullptr, dws.get(), dws.size(),
+                                     nullptr)
+                  .ok());
+      REQUIRE(out.Download() == res.out);
+    }
+  }
   const auto h_segs = segs.Download();
   const auto h_nseg = nseg.Download();
   const auto h_len = len.Download();

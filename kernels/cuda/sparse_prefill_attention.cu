@@ -420,15 +420,17 @@ SparsePrefillPlan PlanWithSplits(const SparsePrefillParams& p, int splits) {
 SparsePrefillPlan PlanSparsePrefill(const SparsePrefillParams& p, int num_sms) {
   int splits = p.num_splits;
   if (splits <= 0) {
-    // Enough CTAs for two per SM when the blocks alone give fewer than 1.5 per SM, each split
-    // >= 1024 keys (at 1.5-2 per SM the splits' partials and merge cost more than the last
-    // partial wave: 2 splits measured 7% slower than 1 at 256 CTAs on 132 SMs).
+    // The most splits that keep the CTAs within one wave of two per SM (the kernel's residency,
+    // 87-104 KB of shared memory each), each split >= 1024 keys. A second, partial wave costs
+    // about what a full one does: at 64 CTAs on 132 SMs, 4 splits measured 360.9 us against
+    // 533.1 for 5 (320 CTAs), at 128 CTAs 2 splits 413.6 against 520.8 for 3, and at 256 CTAs
+    // 2 splits 7% slower than 1 (docs/benchmarks/squeeze_gpu.md, sparse prefill run 4).
     const SparsePrefillPlan one = PlanWithSplits(p, 1);
     const int64_t ctas =
         static_cast<int64_t>(one.row_tiles) * std::max(p.n_kv_heads, 1) * std::max(p.num_blocks, 1);
     splits = 1;
-    if (num_sms > 0 && 2 * ctas < 3 * static_cast<int64_t>(num_sms)) {
-      const int64_t want = (2 * num_sms + ctas - 1) / ctas;
+    if (num_sms > 0 && ctas < 2 * static_cast<int64_t>(num_sms)) {
+      const int64_t want = 2 * static_cast<int64_t>(num_sms) / ctas;
       const int64_t by_len = std::max<int64_t>(p.max_selected, 0) / 1024;
       splits = static_cast<int>(std::max<int64_t>(1, std::min({want, by_len, int64_t{16}})));
     }

@@ -369,20 +369,26 @@ TEST_CASE("SparsePrefillAttention rejects what it cannot run", "[sparse_prefill]
   CHECK(plan.splits == 1);
   CHECK(plan.workspace_bytes == size_t{2} * 8 * 1000 * 4);
   {
-    // 4 blocks of 64 tokens, 16,552 keys, 132 SMs: 2 * 4 * 8 = 64 CTAs of 128 rows, so 5 splits
-    // of 3,328 keys (a multiple of 64) fill two CTAs per SM; partials after the row map.
+    // 4 blocks of 64 tokens, 16,552 keys, 132 SMs: 2 * 4 * 8 = 64 CTAs of 128 rows, so 4 splits
+    // of 4,160 keys (a multiple of 64) make one wave of two CTAs per SM (5 would start a second);
+    // partials after the row map.
     SparsePrefillParams q = p;
     q.num_blocks = 4;
     q.max_selected = 16552;
     const SparsePrefillPlan split = PlanSparsePrefill(q, 132);
-    CHECK(split.splits == 5);
-    CHECK(split.split_len == 3328);
+    CHECK(split.splits == 4);
+    CHECK(split.split_len == 4160);
     CHECK(split.partials_offset >= size_t{4} * 8 * 16552 * 4);
-    CHECK(split.workspace_bytes == split.partials_offset + size_t{4} * 8 * 5 * 256 * (128 * 4 + 8));
+    CHECK(split.workspace_bytes == split.partials_offset + size_t{4} * 8 * 4 * 256 * (128 * 4 + 8));
     CHECK(PlanSparsePrefill(q, 4).splits == 1);  // 64 CTAs already fill 4 SMs
     SparsePrefillParams narrow = q;              // g = 1: 64 rows per block, 64-row CTAs
     narrow.n_q_heads = 8;
     CHECK(PlanSparsePrefill(narrow).row_tiles == 1);
+    narrow.n_q_heads = narrow.n_kv_heads = 32;  // Llama-2 shape: 128 CTAs, 2 splits
+    narrow.q_stride = 32 * 128;
+    CHECK(PlanSparsePrefill(narrow, 132).splits == 2);
+    narrow.num_blocks = 5;  // 160 CTAs: more than one per SM already
+    CHECK(PlanSparsePrefill(narrow, 132).splits == 1);
     q.max_selected = 1500;  // too few keys to split
     CHECK(PlanSparsePrefill(q, 132).splits == 1);
     q.num_splits = 5;

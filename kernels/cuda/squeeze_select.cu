@@ -108,6 +108,7 @@ constexpr size_t ScoreSmemBytes() {
 
 template <int D>
 __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(SqueezeSelectParams p, LevelArgs a) {
+  internal::AllowDependentLaunch();  // the selection after it may be scheduled (it waits)
   constexpr int kRow = D + 8;  // bf16 per smem row (16 bytes of padding: conflict-free ldmatrix)
   constexpr int kPieces = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -244,6 +245,10 @@ template <int kG>
 __global__ void __launch_bounds__(kSelectThreads)
     SelectKernel(SqueezeSelectParams p, LevelArgs a, SqueezeSelection out, int max_segments,
                  bool in_smem) {
+  // Launched as a programmatic dependent of the scoring kernel: nothing is read before it is done.
+  // The attention after it may be scheduled now and waits for this kernel in turn.
+  internal::WaitForPriorGrid();
+  internal::AllowDependentLaunch();
   extern __shared__ __align__(16) uint32_t dyn_s[];
   constexpr int kPer = 2;
   __shared__ float m_s[kMaxG], inv_s[kMaxG];
@@ -581,7 +586,8 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
     args.scores = fine.scores;
     args.stats = fine.stats;
     args.probs = fine.probs;
-    return internal::LaunchClusterSelect(p, args, plan.select_ctas, out, plan.max_segments, stream);
+    return internal::LaunchClusterSelect(p, args, plan.select_ctas, out, plan.max_segments,
+                                         plan.chained, stream);
   }
   const size_t smem = SelectSmemBytes(p.max_clusters, false);
   if (smem > 0) {
@@ -590,8 +596,12 @@ Status Launch(const SqueezeSelectParams& p, const SqueezeSelectPlan& plan,
                              static_cast<int>(smem)),
         "SqueezeSelect: cudaFuncSetAttribute");
   }
-  select_kernel<<<select_grid, kSelectThreads, smem, stream>>>(p, fine, out, plan.max_segments,
-                                                               smem > 0);
+  SQZ_CUDA_RETURN_IF_ERROR(
+      internal::Launch(select_kernel, select_grid, dim3(kSelectThreads), smem, stream,
+                       plan.chained && internal::DeviceSupportsClusters(), p, fine, out,
+                       plan.max_segments,
+                       smem > 0),
+      "SqueezeSelect: selection");
   return LaunchStatus("SqueezeSelect: selection");
 }
 

@@ -173,6 +173,12 @@ struct SqueezeSelectPlan {
   // waves of scoring CTAs on num_sms SMs (1 when num_sms is 0); any value >= 1 gives the same
   // outputs, bit for bit.
   int block_span = 1;
+  // The selection kernel launched as a programmatic dependent (PDL) of the scoring kernel on sm_90:
+  // its CTAs are scheduled during the scoring's tail and wait for it before reading anything. The
+  // selection kernel in turn lets a programmatic dependent of its own (the sparse DecodeAttention,
+  // DecodeAttentionParams::programmatic) be scheduled early. The same outputs either way. Off by
+  // default: measured mixed on the H200 (docs/benchmarks/squeeze_gpu.md, run 12).
+  bool chained = false;
 };
 
 inline constexpr int kSqueezeClusterMinItems = 512;

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/squeeze_select_cluster.h"
 #include "kernels/cuda/squeeze_select_common.cuh"
@@ -41,6 +42,10 @@ __global__ void __launch_bounds__(kThreads)
     ClusterSelectKernel(SqueezeSelectParams p, ClusterSelectArgs a, SqueezeSelection out,
                         int max_segments, int slice_cap) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent of the scoring kernel: nothing is read before it is done.
+  // The attention after it may be scheduled now and waits for this kernel in turn.
+  WaitForPriorGrid();
+  AllowDependentLaunch();
   extern __shared__ __align__(16) uint32_t dyn_s[];
   __shared__ float m_s[kMaxG], inv_s[kMaxG];
   __shared__ uint32_t hist_s[256], cnt_s[256];  // this CTA's histograms of the current pass
@@ -444,7 +449,8 @@ bool DeviceSupportsClusters() {
 }
 
 Status LaunchClusterSelect(const SqueezeSelectParams& p, const ClusterSelectArgs& a, int ctas,
-                           const SqueezeSelection& out, int max_segments, cudaStream_t stream) {
+                           const SqueezeSelection& out, int max_segments, bool programmatic,
+                           cudaStream_t stream) {
   constexpr const char* kOp = "SqueezeSelect: cluster selection";
   const size_t smem = ClusterSelectSmemBytes(a.max_items, ctas);
   if (smem == 0 || p.hierarchical) {
@@ -470,13 +476,15 @@ Status LaunchClusterSelect(const SqueezeSelectParams& p, const ClusterSelectArgs
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = ctas;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // after the scoring kernel
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = programmatic ? 2 : 1;
   if (ctas > 8) {  // a non-portable size: this device may have no GPC with room for it
     int clusters = 0;
     const cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);

@@ -44,8 +44,10 @@ bool DeviceSupportsClusters();
 
 // Launches the cluster selection for params p (validated by SqueezeSelect; not hierarchical) into
 // out (segments [batch][n_kv_heads][max_segments]). UNIMPLEMENTED when ctas = 16 and the device
-// cannot schedule clusters of 16 of these CTAs.
+// cannot schedule clusters of 16 of these CTAs. programmatic: launched as a programmatic
+// dependent of the kernel before (SqueezeSelectPlan::chained).
 Status LaunchClusterSelect(const SqueezeSelectParams& p, const ClusterSelectArgs& a, int ctas,
-                           const SqueezeSelection& out, int max_segments, cudaStream_t stream);
+                           const SqueezeSelection& out, int max_segments, bool programmatic,
+                           cudaStream_t stream);
 
 }  // namespace sqz::cuda::internal

@@ -38,6 +38,7 @@ template <int D>
 __global__ void __launch_bounds__(kThreads, 2)
     GroupedScoreKernel(SqueezeSelectParams p, int chunks, int per_block, int blocks_per_group,
                        float* scores, float2* stats) {
+  internal::AllowDependentLaunch();  // the selection after it may be scheduled (it waits)
   constexpr int kRow = D + 8;  // bf16 per smem row (16 bytes of padding: conflict-free ldmatrix)
   constexpr int kPieces = D / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
