@@ -180,7 +180,12 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   DecodePlanOptions decode_options;
   const char* merge_kernel = std::getenv("SQZ_BENCH_MERGE_KERNEL");
   decode_options.fused_merge = merge_kernel == nullptr || std::string(merge_kernel) != "1";
-  c->dense_plan = PlanDecodeAttention(dp, num_sms, decode_options);
+  // SQZ_BENCH_DENSE_STAGES=2/3 forces the dense kernel's ring (the planner's choice otherwise).
+  DecodePlanOptions dense_options = decode_options;
+  if (const char* stages = std::getenv("SQZ_BENCH_DENSE_STAGES")) {
+    dense_options.mma_stages = std::atoi(stages);
+  }
+  c->dense_plan = PlanDecodeAttention(dp, num_sms, dense_options);
   c->sparse = dp;
   c->sparse.sparse =
       ContextSegments{c->segments, c->num_segments, c->selected_len, c->select_plan.max_segments};
@@ -192,6 +197,10 @@ void* sqzb_create(int batch, int hq, int hkv, int d, int n_tokens, int sink, int
   DecodePlanOptions sparse_options = decode_options;
   if (const char* chunk = std::getenv("SQZ_BENCH_SPARSE_CHUNK")) {
     sparse_options.force_chunk_len = std::atoll(chunk);
+  }
+  // SQZ_BENCH_SPARSE_STAGES=2: the sparse decode's two-tile ring (three blocks per SM).
+  if (const char* stages = std::getenv("SQZ_BENCH_SPARSE_STAGES")) {
+    sparse_options.mma_stages = std::atoi(stages);
   }
   c->sparse_plan = PlanDecodeAttention(c->sparse, num_sms, sparse_options);
   if (Alloc(&c->dense_ws, c->dense_plan.workspace_bytes) ||

@@ -396,14 +396,14 @@ __global__ void __launch_bounds__(kThreads)
 // 64 keys; each warp owns 16 of them with its own online-softmax state (no barrier between the
 // phases), and the four warps' partials are merged once at the end. One barrier per stage.
 constexpr int kMmaKeys = 64;  // keys per stage (16 per warp)
-constexpr int kMmaStages = 3;
 static_assert(kMmaKeys % kDecodeTile == 0 || kDecodeTile % kMmaKeys == 0);
 
-template <int D>
+// kStages: tiles in the cp.async ring (DecodePlan::stages): 3 (the default; two CTAs per SM at
+// head_dim 128) or 2 (less shared memory: three CTAs per SM).
+template <int D, int kStages>
 constexpr size_t MmaSmemBytes() {
-  return (static_cast<size_t>(kMmaStages) * 2 * kMmaKeys + 16) * (D + kPad) *
-             sizeof(__nv_bfloat16) +
-         4 * kMaxG * 2 * sizeof(float) + kMmaStages * kMmaKeys * sizeof(int32_t) +
+  return (static_cast<size_t>(kStages) * 2 * kMmaKeys + 16) * (D + kPad) * sizeof(__nv_bfloat16) +
+         4 * kMaxG * 2 * sizeof(float) + kStages * kMmaKeys * sizeof(int32_t) +
          6 * sizeof(int32_t) + (kMmaKeys + 1) * sizeof(int2);
 }
 
@@ -424,7 +424,7 @@ __device__ __forceinline__ int FindSegment(const int2* seg, int lo, int hi, int6
 
 // kSparse: the context part of the key sequence is the segment list of (r, kv head) (the rows of
 // each tile are looked up one tile ahead into rows_s); otherwise all ctx_len[r] rows in order.
-template <int D, typename TOut, bool kSparse>
+template <int D, typename TOut, bool kSparse, int kMmaStages>
 __global__ void __launch_bounds__(kThreads)
     DecodeMmaChunkKernel(DecodeAttentionParams p, int64_t chunk_len, int num_chunks,
                          float* __restrict__ ws_o, cpu::AttentionPartial* __restrict__ ws_stats,
@@ -782,13 +782,18 @@ template <int D, typename TOut>
 Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut* out,
                     cpu::AttentionPartial* stats, void* workspace, cudaStream_t stream) {
   constexpr bool kMma = UsesMma(D);
-  constexpr size_t kSmem = kMma ? MmaSmemBytes<D>() : ChunkSmemBytes<D>();
-  auto* kernel = !kMma ? DecodeChunkKernel<D, TOut>
-                 : p.sparse.segments != nullptr
-                     ? DecodeMmaChunkKernel<(kMma ? D : 32), TOut, true>
-                     : DecodeMmaChunkKernel<(kMma ? D : 32), TOut, false>;
+  constexpr int kD = kMma ? D : 32;  // the tensor-core instances' head dim (unused otherwise)
+  const bool sparse = p.sparse.segments != nullptr, two = plan.stages == 2;
+  const size_t smem = !kMma ? ChunkSmemBytes<D>()
+                      : two ? MmaSmemBytes<kD, 2>()
+                            : MmaSmemBytes<kD, 3>();
+  auto* kernel = !kMma    ? DecodeChunkKernel<D, TOut>
+                 : sparse ? (two ? DecodeMmaChunkKernel<kD, TOut, true, 2>
+                                 : DecodeMmaChunkKernel<kD, TOut, true, 3>)
+                          : (two ? DecodeMmaChunkKernel<kD, TOut, false, 2>
+                                 : DecodeMmaChunkKernel<kD, TOut, false, 3>);
   SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                static_cast<int>(kSmem)),
+                                                static_cast<int>(smem)),
                            "DecodeAttention: cudaFuncSetAttribute");
   float* ws_o = nullptr;
   cpu::AttentionPartial* ws_stats = nullptr;
@@ -802,7 +807,7 @@ Status LaunchDecode(const DecodeAttentionParams& p, const DecodePlan& plan, TOut
   }
   const dim3 grid(plan.num_chunks, p.n_kv_heads, p.batch);
   SQZ_CUDA_RETURN_IF_ERROR(
-      internal::Launch(kernel, grid, dim3(kThreads), kSmem, stream, p.programmatic, p,
+      internal::Launch(kernel, grid, dim3(kThreads), smem, stream, p.programmatic, p,
                        plan.chunk_len, plan.num_chunks, ws_o, ws_stats, counters, out, stats),
       "DecodeAttention: chunk kernel");
   SQZ_RETURN_IF_ERROR(LaunchStatus("DecodeAttention: chunk kernel"));
@@ -832,37 +837,67 @@ size_t DecodeCounterBytes(const DecodeAttentionParams& p) {
   return (bytes + 255) / 256 * 256;
 }
 
+namespace {
+
+// The chunk length with the smallest modelled time for `slots` resident blocks. Time model:
+// blocks run in waves of `slots`; a block costs its keys plus a fixed overhead worth ~256 keys
+// (pipeline fill). The merge kernel costs ~1024 keys; the fused merge only its last block's pass
+// over the chunks' partials (from L2, about a key's worth per chunk and head row) plus a fixed
+// ~64. Prefers fewer chunks on ties.
+int64_t ModelChunk(const DecodeAttentionParams& p, int64_t len, int64_t slots, bool fused_merge) {
+  const int64_t units = std::max<int64_t>(1, static_cast<int64_t>(p.batch) * p.n_kv_heads);
+  const int64_t max_chunks = std::max<int64_t>(1, (len + kDecodeTile - 1) / kDecodeTile);
+  int64_t best_cost = -1, chunk = kDecodeTile;
+  for (int64_t c = 1; c <= std::min<int64_t>(max_chunks, 4 * slots); ++c) {
+    int64_t cl = (len + c - 1) / c;
+    cl = std::max<int64_t>(kDecodeTile, (cl + kDecodeTile - 1) / kDecodeTile * kDecodeTile);
+    const int64_t chunks = std::max<int64_t>(1, (len + cl - 1) / cl);
+    const int64_t waves = (units * chunks + slots - 1) / slots;
+    const int64_t merge = chunks == 1 ? 0 : fused_merge ? 64 + chunks : 1024;
+    const int64_t cost = waves * (cl + 256) + merge;
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      chunk = cl;
+    }
+  }
+  return chunk;
+}
+
+}  // namespace
+
 DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
                                const DecodePlanOptions& options) {
   DecodePlan plan;
   const int64_t len = std::max<int64_t>(p.max_kv_len, 0);
+  const int64_t sms = std::max(num_sms, 1);
   int64_t chunk = options.force_chunk_len;
+  int stages = options.mma_stages;
   if (chunk <= 0) {
-    // Time model: blocks run in waves of `slots` (2 resident per multiprocessor); a block costs
-    // its keys plus a fixed overhead worth ~256 keys (pipeline fill). The merge kernel costs ~1024
-    // keys; the fused merge only its last block's pass over the chunks' partials (from L2, about
-    // a key's worth per chunk and head row) plus a fixed ~64. Take the split with the smallest
-    // modelled time, preferring fewer chunks on ties.
-    const int64_t units = std::max<int64_t>(1, static_cast<int64_t>(p.batch) * p.n_kv_heads);
-    const int64_t slots = 2 * static_cast<int64_t>(std::max(num_sms, 1));
-    const int64_t max_chunks = std::max<int64_t>(1, (len + kDecodeTile - 1) / kDecodeTile);
-    int64_t best_cost = -1;
-    chunk = kDecodeTile;
-    for (int64_t c = 1; c <= std::min<int64_t>(max_chunks, 4 * slots); ++c) {
-      int64_t cl = (len + c - 1) / c;
-      cl = std::max<int64_t>(kDecodeTile, (cl + kDecodeTile - 1) / kDecodeTile * kDecodeTile);
-      const int64_t chunks = std::max<int64_t>(1, (len + cl - 1) / cl);
-      const int64_t waves = (units * chunks + slots - 1) / slots;
-      const int64_t merge = chunks == 1 ? 0 : options.fused_merge ? 64 + chunks : 1024;
-      const int64_t cost = waves * (cl + 256) + merge;
-      if (best_cost < 0 || cost < best_cost) {
-        best_cost = cost;
-        chunk = cl;
-      }
+    // Three-tile rings hold two blocks per SM (head_dim 128), two-tile rings three. The two-tile
+    // ring pays for sparse contexts of many (request, kv head) units when the third block per SM
+    // buys more chunks, of kLongChunk keys or more, in one wave: sparse batch 16 at 128K 233.4
+    // against 272.0 us (3 chunks of 5,568 keys against 2 of 8,320), at 512K 962.1 against 1038.8.
+    // Elsewhere three tiles: at batch 1 the two-tile split (384-key chunks) measured 31.3 against
+    // 29.2 us; a budget-1.0 step at batch 32, whose two-tile split takes two waves, 16% slower;
+    // dense contexts within +-2% either way (docs/benchmarks/squeeze_gpu.md, run 13).
+    constexpr int64_t kLongChunk = 2048;
+    if (stages == 0) {
+      const int64_t units = static_cast<int64_t>(std::max(p.batch, 0)) * p.n_kv_heads;
+      const int64_t three = ModelChunk(p, len, 2 * sms, options.fused_merge);
+      const int64_t two = ModelChunk(p, len, 3 * sms, options.fused_merge);
+      const auto chunks_of = [&](int64_t cl) { return (len + cl - 1) / cl; };
+      const bool two_tiles = p.sparse.segments != nullptr && 2 * units >= sms &&
+                             two >= kLongChunk && chunks_of(two) > chunks_of(three) &&
+                             units * chunks_of(two) <= 3 * sms;
+      stages = two_tiles ? 2 : 3;
+      chunk = two_tiles ? two : three;
+    } else {
+      chunk = ModelChunk(p, len, (stages == 2 ? 3 : 2) * sms, options.fused_merge);
     }
   }
   chunk = (chunk + kDecodeTile - 1) / kDecodeTile * kDecodeTile;
   plan.chunk_len = chunk;
+  plan.stages = stages == 2 ? 2 : 3;
   plan.num_chunks = static_cast<int>(std::max<int64_t>(1, (len + chunk - 1) / chunk));
   if (plan.num_chunks > 1) {
     plan.fused_merge = options.fused_merge;
@@ -929,8 +964,10 @@ Status DecodeAttention(const DecodeAttentionParams& p, const DecodePlan& plan, T
   DecodePlanOptions same;
   same.force_chunk_len = plan.chunk_len;
   same.fused_merge = plan.fused_merge || plan.num_chunks == 1;
+  same.mma_stages = plan.stages;
   const DecodePlan expected = PlanDecodeAttention(p, 1, same);
-  if (expected.num_chunks != plan.num_chunks || expected.fused_merge != plan.fused_merge) {
+  if (expected.num_chunks != plan.num_chunks || expected.fused_merge != plan.fused_merge ||
+      (plan.stages != 2 && plan.stages != 3)) {
     return ArgError(kOp, "plan was made for other params");
   }
   if (workspace_bytes < expected.workspace_bytes ||

@@ -116,6 +116,10 @@ struct DecodePlan {
   // (request, kv head)), false in a second kernel.
   bool fused_merge = false;
   size_t workspace_bytes = 0;  // counters, then partial outputs and stats (0 for one chunk)
+  // Tiles in flight per block of the tensor-core kernel (head dims 32-128): 3, or 2 (a third less
+  // shared memory, so three blocks per SM instead of two at head_dim 128). Same results for the
+  // same chunks. The planner takes 2 for sparse contexts split into long chunks.
+  int stages = 3;
 };
 
 // Choices of PlanDecodeAttention that tests, benchmarks and fallbacks override.
@@ -125,6 +129,9 @@ struct DecodePlanOptions {
   // Merge in the chunk kernel's last block (one launch, no merge-kernel latency; needs the zeroed
   // counters of the workspace contract). false: the separate merge kernel (previous path).
   bool fused_merge = true;
+  // 2 or 3: DecodePlan::stages; 0: the planner's choice (3, or 2 for sparse contexts of at least
+  // num_sms / 2 units where three blocks per SM make more chunks, of >= 2048 keys, in one wave).
+  int mma_stages = 0;
 };
 
 // Bytes at the start of a workspace that hold the fused merge's counters (one uint32 per

@@ -193,6 +193,21 @@ void RunAndCheck(const Batch& b, int64_t force_chunk, bool fused = true) {
     SQZ_TEST_CUDA(cudaMemcpy(ws_host.data(), ws.get(), DecodeCounterBytes(p), cudaMemcpyDefault));
     for (size_t i = 0; i < DecodeCounterBytes(p); ++i) REQUIRE(ws_host[i] == 0);
   }
+  if (b.d % 32 == 0) {
+    // The tensor-core kernel with a two-tile ring (DecodePlan::stages 2) over the same chunks:
+    // the same bits.
+    DecodePlanOptions two = options;
+    two.force_chunk_len = plan.chunk_len;
+    two.mma_stages = 2;
+    const DecodePlan plan2 = PlanDecodeAttention(p, NumSms(), two);
+    REQUIRE(plan2.stages == 2);
+    REQUIRE(plan2.num_chunks == plan.num_chunks);
+    DeviceBuffer<TOut> out2(n * b.hq * b.d);
+    REQUIRE(
+        DecodeAttention<TOut>(p, plan2, out2.get(), nullptr, ws.get(), ws.size(), nullptr).ok());
+    const auto a = out.Download(), c = out2.Download();
+    REQUIRE(std::memcmp(a.data(), c.data(), a.size() * sizeof(TOut)) == 0);
+  }
   std::vector<float> want;
   std::vector<cpu::AttentionPartial> want_st;
   Reference(b, &want, &want_st);
@@ -373,6 +388,33 @@ TEST_CASE("PlanDecodeAttention sizes the split and the workspace", "[cuda]") {
   REQUIRE(PlanDecodeAttention(p, 132).num_chunks == 1);
   const DecodePlan forced = PlanDecodeAttention(p, 132, 40);  // rounded up to a tile multiple
   REQUIRE(forced.chunk_len == kDecodeTile);
+  // Dense contexts keep the three-tile ring; sparse ones take two tiles (three blocks per SM)
+  // where the chunks come out long: batch 16 over 16,552 selected keys, 3 chunks of 5,568; at
+  // batch 1 the chunks are short (384 keys with three blocks per SM): three tiles, 512-key chunks.
+  REQUIRE(one.stages == 3);
+  p.batch = 16;
+  p.max_kv_len = 131072;
+  REQUIRE(PlanDecodeAttention(p, 132).stages == 3);
+  alignas(16) static int2 fake_segments[1];
+  p.sparse.segments = fake_segments;
+  p.max_kv_len = 16552;
+  const DecodePlan sparse16 = PlanDecodeAttention(p, 132);
+  REQUIRE(sparse16.stages == 2);
+  REQUIRE(sparse16.num_chunks == 3);
+  REQUIRE(sparse16.chunk_len == 5568);
+  p.batch = 1;
+  const DecodePlan sparse1 = PlanDecodeAttention(p, 132);
+  REQUIRE(sparse1.stages == 3);
+  REQUIRE(sparse1.chunk_len == 512);
+  DecodePlanOptions two;
+  two.mma_stages = 2;
+  REQUIRE(PlanDecodeAttention(p, 132, two).stages == 2);
+  // Whole contexts as sparse lists (budget 1): at batch 1 too few units, at batch 32 the
+  // two-tile split would take two waves: three tiles, the dense kernel's split.
+  p.max_kv_len = 131072;
+  REQUIRE(PlanDecodeAttention(p, 132).stages == 3);
+  p.batch = 32;
+  REQUIRE(PlanDecodeAttention(p, 132).stages == 3);
 }
 
 TEST_CASE("DecodeAttention rejects unsupported or inconsistent arguments", "[cuda]") {

@@ -158,10 +158,12 @@ struct DeviceProblem {
 // Runs DecodeAttention (fp32 out) and returns the output; stats into *st when given.
 // fused: the merge in the chunk kernel (default) or in its own kernel.
 std::vector<float> RunDecode(const DecodeAttentionParams& p, int64_t force_chunk,
-                             std::vector<cpu::AttentionPartial>* st = nullptr, bool fused = true) {
+                             std::vector<cpu::AttentionPartial>* st = nullptr, bool fused = true,
+                             int stages = 0) {
   DecodePlanOptions options;
   options.force_chunk_len = force_chunk;
   options.fused_merge = fused;
+  options.mma_stages = stages;
   const DecodePlan plan = PlanDecodeAttention(p, NumSms(), options);
   DeviceBuffer<char> ws(plan.workspace_bytes);
   if (ws.size() > 0) SQZ_TEST_CUDA(cudaMemset(ws.get(), 0, ws.size()));  // counters zero once
@@ -246,9 +248,11 @@ TEST_CASE("Sparse DecodeAttention over hand-made segment lists matches the CPU o
         p.max_kv_len = *std::max_element(sel_len.begin(), sel_len.end()) + dp.max_own;
         const std::vector<float> want = Reference(pb, ctx, rows);
         for (bool fused : {true, false}) {
-          INFO("fused=" << fused);
-          const std::vector<float> got = RunDecode(p, force_chunk, nullptr, fused);
-          CheckPerRequest(got, want, int(ctx_of.size()), size_t(hq) * d, 1e-2);
+          for (int stages : {3, 2}) {
+            INFO("fused=" << fused << " stages=" << stages);
+            const std::vector<float> got = RunDecode(p, force_chunk, nullptr, fused, stages);
+            CheckPerRequest(got, want, int(ctx_of.size()), size_t(hq) * d, 1e-2);
+          }
         }
       }
     }
@@ -316,9 +320,9 @@ Pipeline RunPipeline(const Problem& pb, const std::vector<HostContext>& ctx, flo
     REQUIRE(SqueezeSelect(sp, chained_plan, sel, ws.get(), ws.size(), nullptr).ok());
     DecodeAttentionParams chained = p;
     chained.programmatic = true;
-    REQUIRE(DecodeAttention<float>(chained, dplan, out.get(), nullptr, dws.get(), dws.size(),
-                                   nullptr)
-                .ok());
+    REQUIRE(
+        DecodeAttention<float>(chained, dplan, out.get(), nullptr, dws.get(), dws.size(), nullptr)
+            .ok());
     REQUIRE(out.Download() == res.out);
     // The same through the cluster selection, where the shapes allow one.
     for (int ctas : testing::ClusterSizesFor(sp)) {
@@ -327,9 +331,9 @@ Pipeline RunPipeline(const Problem& pb, const std::vector<HostContext>& ctx, flo
       chained_plan.select_ctas = ctas;
       SQZ_TEST_CUDA(cudaMemset(dws.get(), 0, dws.size()));
       REQUIRE(SqueezeSelect(sp, chained_plan, sel, ws.get(), ws.size(), nullptr).ok());
-      REQUIRE(DecodeAttention<float>(chained, dplan, out.get(), nullptr, dws.get(), dws.size(),
-                                     nullptr)
-                  .ok());
+      REQUIRE(
+          DecodeAttention<float>(chained, dplan, out.get(), nullptr, dws.get(), dws.size(), nullptr)
+              .ok());
       REQUIRE(out.Download() == res.out);
     }
   }
