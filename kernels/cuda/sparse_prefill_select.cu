@@ -33,6 +33,21 @@ __device__ __forceinline__ int BlockTokens(const SqueezeSelectParams& p, int r) 
   return max(0, min(p.block_starts[r + 1] - p.block_starts[r], p.max_block_tokens));
 }
 
+// The A operand of m16n8k16 MMAs over all D / 16 k-steps for one m16 tile, straight from global
+// memory: this lane's rows are row0 (gr) and row1 (gr + 8) of the tile, zero where !ok.
+template <int D>
+__device__ __forceinline__ void LoadATile(const __nv_bfloat16* row0, const __nv_bfloat16* row1,
+                                          bool ok0, bool ok1, int t4, uint32_t frag[D / 16][4]) {
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+    const int col = kc * 16 + 2 * t4;
+    frag[kc][0] = ok0 ? *reinterpret_cast<const uint32_t*>(row0 + col) : 0u;
+    frag[kc][1] = ok1 ? *reinterpret_cast<const uint32_t*>(row1 + col) : 0u;
+    frag[kc][2] = ok0 ? *reinterpret_cast<const uint32_t*>(row0 + col + 8) : 0u;
+    frag[kc][3] = ok1 ? *reinterpret_cast<const uint32_t*>(row1 + col + 8) : 0u;
+  }
+}
+
 // Copies chunk `chunk` of kv head h of view v (its centroids and their cluster sizes; rows past the
 // view's n clusters zero with weight 0) into shared memory. Ends with the block synchronised.
 template <int D>
@@ -110,14 +125,7 @@ __global__ void __launch_bounds__(kThreads)
       const __nv_bfloat16* q0 = q_block + static_cast<int64_t>(tk0) * p.q_stride + (h * g + j0) * D;
       const __nv_bfloat16* q1 = q_block + static_cast<int64_t>(tk1) * p.q_stride + (h * g + j1) * D;
       uint32_t qf[D / 16][4];
-#pragma unroll
-      for (int kc = 0; kc < D / 16; ++kc) {
-        const int col = kc * 16 + 2 * t4;
-        qf[kc][0] = ok0 ? *reinterpret_cast<const uint32_t*>(q0 + col) : 0u;
-        qf[kc][1] = ok1 ? *reinterpret_cast<const uint32_t*>(q1 + col) : 0u;
-        qf[kc][2] = ok0 ? *reinterpret_cast<const uint32_t*>(q0 + col + 8) : 0u;
-        qf[kc][3] = ok1 ? *reinterpret_cast<const uint32_t*>(q1 + col + 8) : 0u;
-      }
+      LoadATile<D>(q0, q1, ok0, ok1, t4, qf);
       // Running (max, sum) of each row.
       float m0 = -INFINITY, m1 = -INFINITY, z0 = 0.0f, z1 = 0.0f;
 #pragma unroll
@@ -289,16 +297,8 @@ __global__ void __launch_bounds__(kProbThreads)
 #pragma unroll
       for (int t = 0; t < 2; ++t) {
         const int c0 = item0 + t * 16 + gr, c1 = c0 + 8;
-        const __nv_bfloat16* r0p = cents + static_cast<int64_t>(c0) * D;
-        const __nv_bfloat16* r1p = cents + static_cast<int64_t>(c1) * D;
-#pragma unroll
-        for (int kc = 0; kc < D / 16; ++kc) {
-          const int col = kc * 16 + 2 * t4;
-          a[t][kc][0] = c0 < n ? *reinterpret_cast<const uint32_t*>(r0p + col) : 0u;
-          a[t][kc][1] = c1 < n ? *reinterpret_cast<const uint32_t*>(r1p + col) : 0u;
-          a[t][kc][2] = c0 < n ? *reinterpret_cast<const uint32_t*>(r0p + col + 8) : 0u;
-          a[t][kc][3] = c1 < n ? *reinterpret_cast<const uint32_t*>(r1p + col + 8) : 0u;
-        }
+        LoadATile<D>(cents + static_cast<int64_t>(c0) * D, cents + static_cast<int64_t>(c1) * D,
+                     c0 < n, c1 < n, t4, a[t]);
       }
       held = &v;
     }
