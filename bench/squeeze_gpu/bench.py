@@ -29,7 +29,9 @@ few centres, so attention (and the selection) concentrates as in trained models.
 Usage: python3 bench.py LIB [--quick] [--select] [--prefill] [--cases NxB,...]  (--select: llama3-8b
 at 128K and 512K only, batch 1 and 16, for the selection-step table; --prefill: the prefill mode,
 bench_prefill.py; --cases: llama3-8b at the context lengths and batches named, e.g. 131072x1).
-SQZ_BENCH_SPARSE_CHUNK=K forces the sparse decode's split to chunks of K keys (0: the planner's).
+SQZ_BENCH_SPARSE_CHUNK=K forces the sparse decode's split to chunks of K keys (0: the planner's);
+SQZ_BENCH_SPARSE_STAGES / SQZ_BENCH_DENSE_STAGES=2 or 3 force the decode kernel's tile ring
+(DecodePlan::stages) of the sparse / dense attention.
 """
 import ctypes
 import math
