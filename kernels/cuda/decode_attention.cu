@@ -884,10 +884,11 @@ DecodePlan PlanDecodeAttention(const DecodeAttentionParams& p, int num_sms,
     if (stages == 0) {
       const int64_t units = static_cast<int64_t>(std::max(p.batch, 0)) * p.n_kv_heads;
       const int64_t three = ModelChunk(p, len, 2 * sms, options.fused_merge);
-      const int64_t two = ModelChunk(p, len, 3 * sms, options.fused_merge);
+      // The two-tile split is modelled only where it may be taken (the planner runs every step).
+      const bool candidate = p.sparse.segments != nullptr && 2 * units >= sms;
+      const int64_t two = candidate ? ModelChunk(p, len, 3 * sms, options.fused_merge) : 0;
       const auto chunks_of = [&](int64_t cl) { return (len + cl - 1) / cl; };
-      const bool two_tiles = p.sparse.segments != nullptr && 2 * units >= sms &&
-                             two >= kLongChunk && chunks_of(two) > chunks_of(three) &&
+      const bool two_tiles = candidate && two >= kLongChunk && chunks_of(two) > chunks_of(three) &&
                              units * chunks_of(two) <= 3 * sms;
       stages = two_tiles ? 2 : 3;
       chunk = two_tiles ? two : three;
