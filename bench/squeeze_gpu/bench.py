@@ -28,7 +28,8 @@ few centres, so attention (and the selection) concentrates as in trained models.
 
 Usage: python3 bench.py LIB [--quick] [--select] [--prefill] [--cases NxB,...]  (--select: llama3-8b
 at 128K and 512K only, batch 1 and 16, for the selection-step table; --prefill: the prefill mode,
-bench_prefill.py; --cases: llama3-8b at the context lengths and batches named, e.g. 131072x1).
+bench_prefill.py; --cases: llama3-8b at the context lengths and batches named, e.g. 131072x1;
+--model NAME: that model only, llama3-8b or llama2-7b).
 SQZ_BENCH_SPARSE_CHUNK=K forces the sparse decode's split to chunks of K keys (0: the planner's);
 SQZ_BENCH_SPARSE_STAGES / SQZ_BENCH_DENSE_STAGES=2 or 3 force the decode kernel's tile ring
 (DecodePlan::stages) of the sparse / dense attention.
@@ -473,9 +474,12 @@ def main():
         models, lengths = models[:1], [131072, 524288]
     if "--cases" in sys.argv:  # e.g. --cases 131072x1,524288x1 (the first model only)
         pairs = [c.split("x") for c in sys.argv[sys.argv.index("--cases") + 1].split(",")]
-        models = models[:1]
+        if "--model" not in sys.argv:
+            models = models[:1]
         lengths = sorted({int(n) for n, _ in pairs})
         batches = sorted({int(b) for _, b in pairs})
+    if "--model" in sys.argv:  # e.g. --model llama2-7b
+        models = [m for m in models if m[0] == sys.argv[sys.argv.index("--model") + 1]]
     rows = []
     t0 = time.time()
     for name, hq, hkv, d in models:
