@@ -413,34 +413,6 @@ StatusOr<Layout> MakeLayout(const KMeansShape& s) {
   return l;
 }
 
-// Device events for KMeansStats (inactive when no stats are asked for).
-class Events {
- public:
-  explicit Events(bool on) : on_(on) {
-    if (on_)
-      for (cudaEvent_t& e : e_) cudaEventCreate(&e);
-  }
-  ~Events() {
-    if (on_)
-      for (cudaEvent_t e : e_) cudaEventDestroy(e);
-  }
-  Events(const Events&) = delete;
-  Events& operator=(const Events&) = delete;
-  void Mark(int i, cudaStream_t stream) {
-    if (on_) cudaEventRecord(e_[i], stream);
-  }
-  // Milliseconds between marks (both recorded and complete).
-  float Ms(int from, int to) const {
-    float ms = 0.0f;
-    if (on_) cudaEventElapsedTime(&ms, e_[from], e_[to]);
-    return ms;
-  }
-
- private:
-  bool on_;
-  cudaEvent_t e_[8] = {};
-};
-
 template <int D>
 Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView& points,
                  const float* weights, const KMeansOutputs& out, char* ws, const Layout& l,
@@ -461,9 +433,9 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
   size_t cub_bytes = l.cub_bytes;
   constexpr int kThreads = 256;
 
-  Events ev(stats != nullptr);
+  internal::StageEvents<8> ev(stats != nullptr, stream);
   KMeansStats local;
-  ev.Mark(0, stream);
+  ev.Mark(0);
   const bool bf16_points = points.type == PointType::kBf16;
   if (bf16_points) {
     NormalizeKernel<D, bf16>
@@ -474,7 +446,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
   }
   SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
 
-  ev.Mark(1, stream);
+  ev.Mark(1);
   // Seeding: batched D^2 sampling; sim holds D(x), prev marks the seeds.
   // Small k: one seed per round with greedy trials, as the CPU reference; else batched rounds.
   const bool greedy = k <= kGreedySeedingMaxK;
@@ -524,7 +496,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     }
   }
 
-  ev.Mark(2, stream);
+  ev.Mark(2);
   // Lloyd iterations.
   SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out.assignment, 0xFF, total * sizeof(int32_t), stream),
                            kOp);
@@ -549,7 +521,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
         kOp);
     SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(changed, 0, s.heads * sizeof(int32_t), stream), kOp);
     SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(n_active, 0, sizeof(int32_t), stream), kOp);
-    ev.Mark(3, stream);
+    ev.Mark(3);
     AssignArgs args{};
     args.xn = xn;
     args.n = n;
@@ -562,7 +534,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     args.sim = sim;
     args.counts = out.counts;
     SQZ_RETURN_IF_ERROR(LaunchAssignment(AssignMode::kAssign, D, args, s.heads, stream, kOp));
-    ev.Mark(4, stream);
+    ev.Mark(4);
     ReseedKernel<<<s.heads, kReseedThreads, 0, stream>>>(out.assignment, sim, out.counts, active, n,
                                                          k, out.reseeded);
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
@@ -586,7 +558,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     StopKernel<<<GridFor(s.heads, kThreads), kThreads, 0, stream>>>(changed, active, out.iterations,
                                                                     s.heads, it, limit, n_active);
     SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
-    ev.Mark(5, stream);
+    ev.Mark(5);
     ++loops;
     int32_t still = 0;
     SQZ_CUDA_RETURN_IF_ERROR(
@@ -596,7 +568,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
     local.update_ms += ev.Ms(4, 5);
     if (still == 0) break;
   }
-  ev.Mark(6, stream);
+  ev.Mark(6);
 
   const int64_t clusters = static_cast<int64_t>(s.heads) * k;
   if (bf16_points) {
@@ -608,7 +580,7 @@ Status RunKMeans(const KMeansShape& s, const KMeansParams& prm, const PointsView
   }
   SQZ_RETURN_IF_ERROR(LaunchStatus(kOp));
   if (stats != nullptr) {
-    ev.Mark(7, stream);
+    ev.Mark(7);
     SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), kOp);
     local.loop_iterations = loops;
     local.normalize_ms = ev.Ms(0, 1);

@@ -45,4 +45,36 @@ struct AssignArgs {
 Status LaunchAssignment(AssignMode mode, int d, const AssignArgs& args, int heads,
                         cudaStream_t stream, std::string_view op);
 
+// N device events recorded at the stage boundaries of a host function, for the optional timing
+// outputs of KMeans (KMeansStats) and SqueezeIngest (their timings); inert when off (no events
+// made, Mark and Ms do nothing, Ms returns 0).
+template <int N>
+class StageEvents {
+ public:
+  StageEvents(bool on, cudaStream_t stream) : on_(on), stream_(stream) {
+    if (!on_) return;
+    for (cudaEvent_t& e : events_) cudaEventCreate(&e);
+  }
+  ~StageEvents() {
+    if (!on_) return;
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  StageEvents(const StageEvents&) = delete;
+  StageEvents& operator=(const StageEvents&) = delete;
+  void Mark(int i) {
+    if (on_) cudaEventRecord(events_[i], stream_);
+  }
+  // Milliseconds between two marks (both recorded and complete).
+  float Ms(int from, int to) const {
+    float ms = 0.0f;
+    if (on_) cudaEventElapsedTime(&ms, events_[from], events_[to]);
+    return ms;
+  }
+
+ private:
+  bool on_;
+  cudaStream_t stream_;
+  cudaEvent_t events_[N] = {};
+};
+
 }  // namespace sqz::cuda::internal

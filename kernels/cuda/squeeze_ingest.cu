@@ -292,34 +292,6 @@ StatusOr<Layout> MakeLayout(const IngestShape& s) {
   return l;
 }
 
-// Records events around stages when timings are asked for.
-class StageClock {
- public:
-  StageClock(bool on, cudaStream_t stream) : on_(on), stream_(stream) {
-    if (!on_) return;
-    for (cudaEvent_t& e : events_) cudaEventCreate(&e);
-  }
-  ~StageClock() {
-    if (!on_) return;
-    for (cudaEvent_t e : events_) cudaEventDestroy(e);
-  }
-  StageClock(const StageClock&) = delete;
-  StageClock& operator=(const StageClock&) = delete;
-  void Mark(int i) {
-    if (on_) cudaEventRecord(events_[i], stream_);
-  }
-  float Ms(int from, int to) const {
-    float ms = 0.0f;
-    if (on_) cudaEventElapsedTime(&ms, events_[from], events_[to]);
-    return ms;
-  }
-
- private:
-  bool on_;
-  cudaStream_t stream_;
-  cudaEvent_t events_[5] = {};
-};
-
 }  // namespace
 
 StatusOr<size_t> IngestWorkspaceBytes(const IngestShape& shape) {
@@ -354,7 +326,7 @@ Status IngestContext(const IngestShape& s, const KMeansParams& params, const voi
   char* ws = static_cast<char*>(workspace);
   const int d = s.head_dim;
   const size_t elem = type == PointType::kBf16 ? sizeof(bf16) : sizeof(float);
-  StageClock clock(timings != nullptr, stream);
+  internal::StageEvents<5> clock(timings != nullptr, stream);
   SQZ_CUDA_RETURN_IF_ERROR(
       cudaMemsetAsync(out.histogram, 0, 2 * sizeof(uint64_t) * s.layers * kCalibrationBins, stream),
       kOp);
