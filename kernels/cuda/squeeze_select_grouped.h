@@ -15,11 +15,16 @@
 
 namespace sqz::cuda::internal {
 
-// (request, query head) rows per grouped scoring block: four m16 tiles.
+// (request, query head) rows per grouped scoring block: four m16 tiles; groups whose rows fit one
+// tile (max_group_size * g <= kGroupedScoreSmallRows, e.g. every decode at batch 1) run a variant
+// with room for one tile only, whose smaller shared memory holds three blocks per SM instead of
+// two (the same bits).
 inline constexpr int kGroupedScoreRows = 64;
+inline constexpr int kGroupedScoreSmallRows = 16;
 
-// Requests per grouped scoring block for groups of g query heads (1 <= g <= kSqueezeMaxGroup).
-inline constexpr int GroupedScoreRequests(int g) { return kGroupedScoreRows / g; }
+// Requests per grouped scoring block for groups of g query heads (1 <= g <= kSqueezeMaxGroup),
+// in blocks of `rows` rows.
+inline constexpr int GroupedScoreRequests(int g, int rows = kGroupedScoreRows) { return rows / g; }
 
 // Writes, for every request r of the groups of p and kv head h, with g = n_q_heads / n_kv_heads:
 //   scores: [batch][n_kv_heads][g][max_clusters] s = scale * q . c, -inf past the view's clusters

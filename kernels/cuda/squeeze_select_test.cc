@@ -5,7 +5,9 @@
 #include <cmath>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "engine/squeeze/selection.h"
 #include "kernels/cuda/sparse_decode_test_util.h"
@@ -261,6 +263,29 @@ TEST_CASE("SqueezeSelect scores requests over one context together, as each alon
         cs.grouped_graph = policy == SqueezePolicy::kThreshold;
         RunAndCompare(cs, ctx, ctx_of, seed++);
       }
+    }
+  }
+  // Groups whose rows all fit one m16 tile (largest group x g <= 16) run the small-block variant,
+  // which stages the scores over the centroids: groups of 4, 3 and 1 at GQA 4, of 16 and 5 at
+  // GQA 1.
+  for (auto [hq, hkv, sizes] :
+       {std::tuple{8, 2, std::vector<int>{4, 3, 1}}, std::tuple{4, 4, std::vector<int>{16, 5}}}) {
+    for (int d : {64, 128}) {
+      std::vector<HostContext> ctx;
+      for (int32_t k : {129, 6554}) {
+        ctx.push_back(MakeContext(hkv, d, k, 0, 4, 7, seed++, 40, 2.0f, false));
+      }
+      std::vector<int> ctx_of;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        ctx_of.insert(ctx_of.end(), sizes[i], static_cast<int>(i % 2));
+      }
+      Case cs;
+      cs.hq = hq;
+      cs.hkv = hkv;
+      cs.d = d;
+      cs.budgets = {0.125f, 0.5f};
+      cs.grouped_graph = d == 64;
+      RunAndCompare(cs, ctx, ctx_of, seed++);
     }
   }
   // GQA 1 puts 64 requests on a block: a group of 67 is cut into two sub-groups.
