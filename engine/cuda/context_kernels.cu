@@ -68,6 +68,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const T* kb = p.ctx_k[slot] + static_cast<int64_t>(kvh) * n * d;
     const T* vb = p.ctx_v[slot] + static_cast<int64_t>(kvh) * n * d;
     const int sel = p.row_sel != nullptr ? p.row_sel[r] : -1;
+    int64_t attended = n;
     if (sel < 0) {
       for (int64_t j = 0; j < n; ++j) a.Attend(kb + j * d, vb + j * d);
     } else {
@@ -82,6 +83,11 @@ __global__ void __launch_bounds__(kWarps * 32)
           a.Attend(kb + row * d, vb + row * d);
         }
       }
+      attended = key;
+    }
+    // One count per (row, kv head): the group's first query head's warp.
+    if (p.context_keys != nullptr && h % (p.q_heads / p.kv_heads) == 0 && (threadIdx.x & 31) == 0) {
+      atomicAdd(p.context_keys + r, static_cast<unsigned long long>(attended));
     }
   }
   const int64_t own = p.row_keys[r];

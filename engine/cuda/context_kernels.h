@@ -65,6 +65,9 @@ struct ContextAttentionParams {
   const T* const* ctx_v = nullptr;
   const int32_t* row_sel = nullptr;
   cuda::ContextSegments sparse;
+  // Optional device counters [rows], accumulated: row r adds, for each of its kv heads, the
+  // context keys it attends (reported as the share of a context a request read).
+  unsigned long long* context_keys = nullptr;
 };
 
 // out: row r, head h at out + r * out_stride + h * head_dim.

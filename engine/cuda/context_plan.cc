@@ -24,6 +24,7 @@ StatusOr<DeviceContextQuery> DescribeContext(const ContextAttention& context,
   }
   DeviceContextQuery q;
   q.snapshot = &snap_attn->snapshot();
+  q.attention = snap_attn;
   const SnapshotDims& d = q.snapshot->dims;
   if (d.layers != config.layers || d.kv_heads != config.kv_heads || d.q_heads != config.q_heads ||
       d.head_dim != config.head_dim) {

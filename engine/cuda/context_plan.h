@@ -57,6 +57,9 @@ struct LookupClass {
 
 struct DeviceContextQuery {
   const ContextSnapshot* snapshot = nullptr;  // borrowed from the ContextAttention
+  // The request's attention (borrowed for the step): the step counts the keys it read into it
+  // (SnapshotAttention::CountUsage).
+  const SnapshotAttention* attention = nullptr;
   // Null for DENSE; else the request's squeezed attention (borrowed for the step), whose
   // ParamsForLayer gives per-layer thresholds.
   const SqueezedContextAttention* squeezed = nullptr;

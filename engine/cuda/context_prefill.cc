@@ -138,7 +138,7 @@ Status SqueezedPrefill::Prepare(const DeviceContext& context, const DeviceContex
 
 Status SqueezedPrefill::Run(int layer, const bf16* q, int64_t q_stride, bf16* out,
                             int64_t out_stride, cpu::AttentionPartial* stats,
-                            cudaStream_t stream) const {
+                            unsigned long long* context_keys, cudaStream_t stream) const {
   const int nb = num_blocks_;
   const char* meta = meta_.get<char>();
   char* sel = out_.get<char>();
@@ -183,6 +183,7 @@ Status SqueezedPrefill::Run(int layer, const bf16* q, int64_t q_stride, bf16* ou
   ap.ctx_v = reinterpret_cast<const bf16* const*>(meta + off_v_) + static_cast<int64_t>(layer) * nb;
   ap.segments = cuda::AsContextSegments(selection, select_plan_);
   ap.max_selected = max_selected_;
+  ap.context_keys = context_keys;
   return cuda::SparsePrefillAttention<bf16>(ap, attn_plan_, out, out_stride, stats,
                                             workspace_.get(), workspace_bytes_, stream);
 }

@@ -62,8 +62,10 @@ class SqueezedPrefill {
 
   // Layer `layer`: q rows of the item's tokens (token t, head h at q + t * q_stride + h * d);
   // writes the context partial to out (token t at out + t * out_stride) and stats [n][q_heads].
+  // context_keys (nullable, device): adds the context keys the tokens attend (over kv heads).
   Status Run(int layer, const __nv_bfloat16* q, int64_t q_stride, __nv_bfloat16* out,
-             int64_t out_stride, cpu::AttentionPartial* stats, cudaStream_t stream) const;
+             int64_t out_stride, cpu::AttentionPartial* stats, unsigned long long* context_keys,
+             cudaStream_t stream) const;
 
   int num_blocks() const { return num_blocks_; }
 

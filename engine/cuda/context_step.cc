@@ -220,6 +220,13 @@ Status ContextStep<T>::Prepare(const StepLayout& L, std::span<const StepContext>
                                            cudaMemcpyHostToDevice, stream_),
                            "ContextStep: metadata");
   SQZ_CUDA_RETURN_IF_ERROR(cudaEventRecord(staged_[st], stream_), "ContextStep: staging event");
+  const size_t key_bytes = static_cast<size_t>(std::max<int64_t>(L.rows, 1)) * sizeof(uint64_t);
+  SQZ_RETURN_IF_ERROR(Grow(&keys_, key_bytes, "context keys read"));
+  if (keys_host_.bytes() < key_bytes) {
+    // The previous step's copy into it is complete: the backend synchronised after that step.
+    keys_host_ = PinnedMemory();
+    SQZ_ASSIGN_OR_RETURN(keys_host_, PinnedMemory::Allocate(keys_.bytes(), "context keys read"));
+  }
   return PrepareSparsePrefill(L);
 }
 
@@ -249,7 +256,7 @@ void ContextStep<T>::GraphSignature(std::vector<int64_t>* sig) const {
   auto ptr = [](const void* p) { return static_cast<int64_t>(reinterpret_cast<uintptr_t>(p)); };
   auto add = [sig](std::initializer_list<int64_t> v) { sig->insert(sig->end(), v); };
   add({ptr(meta_.get()), ptr(select_.get()), ptr(prefill_.get()),
-       static_cast<int64_t>(prefill_ws_bytes_)});
+       static_cast<int64_t>(prefill_ws_bytes_), ptr(keys_.get()), ptr(keys_host_.get())});
   for (size_t off : {off_ctx_len_, off_row_slot_, off_row_sel_, off_ctx_k_, off_ctx_v_,
                      off_full_seg_, off_full_num_, off_full_len_, off_c_seg_, off_c_num_,
                      off_c_len_, off_q_, off_ws_, plan_.select_workspace_bytes}) {
@@ -411,8 +418,9 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, out, q_dim, st_own, stream_));
   if (sparse_of_[i] >= 0) {
     // SQUEEZED: each block of query tokens attends to its selected context rows only.
-    SQZ_RETURN_IF_ERROR(sparse_prefill_[sparse_of_[i]]->Run(layer, p.q, p.q_token_stride, ctx_o,
-                                                            q_dim, st_ctx, stream_));
+    SQZ_RETURN_IF_ERROR(sparse_prefill_[sparse_of_[i]]->Run(
+        layer, p.q, p.q_token_stride, ctx_o, q_dim, st_ctx,
+        keys_.get<unsigned long long>() + item.row0, stream_));
     return cuda::MergeAttentionPartials<bf16>(out, st_own, ctx_o, st_ctx, item.n * s_.q_heads, d,
                                               stream_);
   }
@@ -440,6 +448,11 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
 
 template <typename T>
 Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& b) {
+  auto* keys = keys_.get<unsigned long long>();
+  if (layer == 0) {
+    SQZ_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(keys, 0, L.rows * sizeof(uint64_t), stream_),
+                             "ContextStep: keys read");
+  }
   SQZ_RETURN_IF_ERROR(Select(L, layer, b));
   const char* meta = meta_.get<char>();
   const int64_t items = static_cast<int64_t>(L.items.size());
@@ -472,6 +485,7 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
       p.row_sel = reinterpret_cast<const int32_t*>(meta + off_row_sel_);
       p.sparse = FullSegments();
     }
+    p.context_keys = keys;
     SQZ_RETURN_IF_ERROR(
         cuda_ctx::ContextAttentionSimple<T>(p, b.attn, int64_t{s_.q_heads} * d, stream_));
   }
@@ -497,6 +511,7 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
       if (plan_.any_squeezed()) {
         p.sparse = FullSegments();
       }
+      p.context_keys = keys;  // decode item r is layout row r
       // Fewer, longer chunks where the partials would not fit the workspace.
       const cuda::DecodePlan plan =
           cuda::PlanDecodeAttentionWithin(p, s_.num_sms, b.decode_ws_bytes);
@@ -507,7 +522,57 @@ Status ContextStep<T>::Attention(const StepLayout& L, int layer, const Buffers& 
       SQZ_RETURN_IF_ERROR(PrefillItem(L, i, layer, b));
     }
   }
+  if (layer == s_.layers - 1) {
+    SQZ_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(keys_host_.get(), keys, L.rows * sizeof(uint64_t),
+                                             cudaMemcpyDeviceToHost, stream_),
+                             "ContextStep: keys read");
+  }
   return OkStatus();
+}
+
+template <typename T>
+void ContextStep<T>::CountUsage(const StepLayout& L) const {
+  const auto* keys = keys_host_.get<uint64_t>();
+  const int64_t layers = s_.layers, kvh = s_.kv_heads;
+  for (size_t i = 0; i < L.items.size() && i < contexts_.size(); ++i) {
+    const StepContext& c = contexts_[i];
+    if (c.device == nullptr || c.query.attention == nullptr) continue;
+    const StepLayout::Item& item = L.items[i];
+    const int64_t n_ctx = c.device->shape().n_tokens;
+    int64_t read = 0;
+    for (int64_t r = item.row0; r < item.row0 + item.n; ++r) read += static_cast<int64_t>(keys[r]);
+    const bool decode = static_cast<int64_t>(i) < L.decode_items;
+    // Tokens whose context part came from a lookup: a SQUEEZED decode row, a sparse prefill's
+    // tokens. A bf16 prefill item without a sparse prefill read the whole context on a path that
+    // counts nothing on the device (fp32 ones run the counting simple kernel).
+    int64_t looked_up = 0;
+    if (decode) {
+      looked_up = facts_[i].squeezed ? item.n : 0;
+    } else if (sparse_of_[i] >= 0) {
+      looked_up = item.n;
+    } else if constexpr (std::is_same_v<T, bf16>) {
+      read += item.n * kvh * layers * n_ctx;
+    }
+    // Centroids scored per lookup, half a key each (every fine centroid, and the coarse ones of a
+    // hierarchical lookup: the CPU counts only the fine ones under kept coarse groups there, so
+    // this bounds the GPU's reads from above).
+    int64_t centroids = 0;
+    if (looked_up > 0) {
+      const ContextSnapshot& s = *c.query.snapshot;
+      const bool coarse = c.query.lookup.hierarchical;
+      for (int l = 0; l < s_.layers; ++l) {
+        for (int h = 0; h < s_.kv_heads; ++h) {
+          const HeadIndex& x = s.head(l, h);
+          centroids += static_cast<int64_t>(x.counts.size());
+          if (coarse && !x.coarse_offsets.empty()) {
+            centroids += static_cast<int64_t>(x.coarse_offsets.size()) - 1;
+          }
+        }
+      }
+    }
+    c.query.attention->CountUsage(2 * read + looked_up * centroids,
+                                  item.n * kvh * layers * n_ctx);
+  }
 }
 
 template class ContextStep<float>;

@@ -29,6 +29,12 @@
 // backend replays a captured step only while that signature is unchanged (a grown buffer, another
 // mix of classes or another key bucket make a new one).
 //
+// Keys read: every kernel that attends to a context adds, per row, the context keys it read
+// (over kv heads and layers) into a device counter; the last layer copies the counters to pinned
+// memory, and CountUsage, after the step, adds each item's keys (plus the centroids its lookups
+// scored, half a key each; DENSE context prefill counted on the host) to its request's attention
+// (SnapshotAttention::CountUsage), as the CPU backend counts them.
+//
 // Memory: buffers grow (never shrink) to the largest step seen, so the first step of a new shape
 // may allocate; steady decode does not. Ownership: borrows the DeviceContexts for the step (the
 // backend keeps them resident while sequences use them). Thread safety: one thread (the backend's).
@@ -111,6 +117,9 @@ class ContextStep {
   // step depend on, besides the layout and b: two steps with equal signatures (and equal layouts
   // and buffers) enqueue the same kernels with the same arguments.
   void GraphSignature(std::vector<int64_t>* sig) const;
+  // After the step's work on the stream is complete (the backend synchronised): adds each item's
+  // context keys read in the step to its request's attention.
+  void CountUsage(const StepLayout& L) const;
 
  private:
   struct ClassOffsets {  // of a class's arrays in the step's metadata
@@ -163,6 +172,9 @@ class ContextStep {
   // runs sparse (reused across steps); sparse_of_[item] indexes it, -1 for dense context rows.
   std::vector<std::unique_ptr<SqueezedPrefill>> sparse_prefill_;
   std::vector<int> sparse_of_;
+  // Context keys read per layout row in the current step ([rows] counters), and their host copy.
+  DeviceMemory keys_;
+  PinnedMemory keys_host_;
   size_t off_full_seg_ = 0, off_full_num_ = 0, off_full_len_ = 0, off_c_seg_ = 0, off_c_num_ = 0,
          off_c_len_ = 0, off_q_ = 0, off_ws_ = 0;
 };

@@ -608,6 +608,7 @@ Status ForwardImpl<T>::Run(const StepLayout& L, std::span<const StepInput> batch
     }
   }
   SQZ_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "CudaBackend: step");
+  if (ctx_active_) ctx_step_->CountUsage(L);
   return OkStatus();
 }
 

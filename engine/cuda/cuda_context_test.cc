@@ -161,6 +161,7 @@ class Bf16LookupOracle : public ContextAttention {
     for (float& x : r) x = RoundToBf16(x);
     inner_->Attend(layer, r.data(), n_tokens, first_pos, out, stats);
   }
+  KeyUsage usage() const { return inner_->usage(); }
 
  private:
   SnapshotDims dims_;
@@ -546,6 +547,57 @@ TEST_CASE(
   const Outcome off =
       Compare(*cpu, *plain, {{quarter.get(), dense.get(), 150, nullptr, dense.get()}}, 1, 6);
   CHECK(off.worst_prefill < 2e-2);
+}
+
+// The share of a context's keys a request read (GenerateFinal.usage.context_keys_read, a metric)
+// is counted on the GPU as the CPU backend counts it: the keys each (token, layer, kv head)
+// attended, plus the centroids its lookup scored at half a key each. Each backend counts into its
+// own attention objects here. bf16 with the sparse prefill selects per block of prompt tokens as
+// the CPU does, so the counts agree up to boundary clusters (selected from the same rounded
+// inputs); the decode steps run as CUDA graphs, whose captured copies carry the counts too.
+TEST_CASE("CudaBackend contexts: the keys a request read are counted as the CPU backend counts") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  const QuarterBudget b;
+  auto cpu = MakeCpu(b.m);
+  for (CudaDType dtype : {CudaDType::kBf16, CudaDType::kF32}) {
+    const bool fp32 = dtype == CudaDType::kF32;
+    INFO((fp32 ? "fp32" : "bf16"));
+    auto gpu = MakeCuda(b.m, dtype, int64_t{1} << 30, /*sparse_prefill=*/true);
+    auto gpu_dense = Attn(b.snap, AttentionMode::kDense);
+    auto cpu_dense = Attn(b.snap, AttentionMode::kDense);
+    auto gpu_quarter = Attn(b.snap, AttentionMode::kSqueezed, 0.25);
+    const Bf16LookupOracle cpu_quarter(b.rounded, QuarterBudget::Options());
+    const int64_t replays = gpu->graph_stats().replays;
+    Compare(*cpu, *gpu,
+            {{gpu_dense.get(), gpu_dense.get(), 150, cpu_dense.get(), cpu_dense.get()},
+             {gpu_quarter.get(), gpu_quarter.get(), 150, &cpu_quarter, &cpu_quarter}},
+            8, 12);
+    CHECK(gpu->graph_stats().replays > replays);
+    const KeyUsage gd = gpu_dense->usage(), cd = cpu_dense->usage();
+    const KeyUsage gq = gpu_quarter->usage(), cq = cpu_quarter.usage();
+    INFO("DENSE: GPU " << gd.keys_read << " / " << gd.keys_total << ", CPU " << cd.keys_read
+                       << " / " << cd.keys_total);
+    INFO("SQUEEZED 0.25: GPU " << gq.keys_read << " / " << gq.keys_total << ", CPU "
+                               << cq.keys_read << " / " << cq.keys_total);
+    // 158 tokens (a 150-token prompt, 8 decode steps) x layers x kv heads x 700 context rows.
+    const double total = 158.0 * b.m.config.layers * b.m.config.kv_heads * 700;
+    CHECK(gd.keys_total == total);
+    CHECK(gq.keys_total == total);
+    CHECK(cq.keys_total == total);
+    CHECK(gd.keys_read == cd.keys_read);
+    CHECK(gd.share() == 1.0);
+    if (!fp32) {
+      CHECK(std::abs(gq.share() - cq.share()) < 0.01);
+    } else {
+      // fp32 prefills SQUEEZED requests densely (its exactness path): every prompt token read
+      // the whole context; the decode steps' lookups are counted as the CPU's.
+      const double prompt = 150.0 * b.m.config.layers * b.m.config.kv_heads * 700;
+      CHECK(gq.keys_read > prompt);
+      CHECK(gq.keys_read < prompt + cq.keys_read);
+    }
+    CHECK(gq.share() > 0.25);
+    CHECK(gq.share() < (fp32 ? 1.0 : 0.5));
+  }
 }
 
 // The dense context part of a prefill split over ranges of context keys (forced: the planner keeps

@@ -70,10 +70,11 @@ class SnapshotAttention : public ContextAttention {
   int64_t length() const override { return snapshot_.dims.n_tokens; }
   KeyUsage usage() const;
   const ContextSnapshot& snapshot() const { return snapshot_; }
+  // Adds half-keys read and keys total of a set of (token, layer, kv head) events. Attend counts
+  // its own; a backend that attends to the snapshot elsewhere (the GPU) counts what it read here.
+  void CountUsage(int64_t half_keys_read, int64_t keys_total) const;
 
  protected:
-  // Adds half-keys read and keys total of one (token, layer, kv head) event set.
-  void CountUsage(int64_t half_keys_read, int64_t keys_total) const;
 
   const ContextSnapshot& snapshot_;
 

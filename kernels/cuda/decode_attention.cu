@@ -218,6 +218,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kTile - 1) / kTile) : 0;
+  if (p.context_keys != nullptr && chunk == 0 && tid == 0) {
+    atomicAdd(p.context_keys + r, static_cast<unsigned long long>(min(
+        static_cast<long long>(len_ctx), static_cast<long long>(total))));
+  }
   const __nv_bfloat16* ctx_k = len_ctx > 0 ? p.ctx_k[r] : nullptr;
   const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
   const int32_t* blocks = len_own > 0 ? p.block_ids + p.block_indptr[r] : nullptr;
@@ -483,6 +487,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
+  if (p.context_keys != nullptr && chunk == 0 && tid == 0) {
+    atomicAdd(p.context_keys + r, static_cast<unsigned long long>(min(
+        static_cast<long long>(len_ctx), static_cast<long long>(total))));
+  }
 
   // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages], by threads
   // 0 .. 63 (warps 0 and 1; thread t takes key j0 + t; they synchronise among themselves with

@@ -106,6 +106,10 @@ struct DecodeAttentionParams {
   // it, so that kernel may write nothing but `sparse` (and the lengths must be final when it
   // starts). The results are the same bits either way; graph capture records a programmatic edge.
   bool programmatic = false;
+  // Optional device counters [batch], accumulated (not reset) by the launch: request r adds, for
+  // each of its kv heads, the fixed-context keys it attends (its segment lists' selected_len, or
+  // ctx_len), so that a caller can report the share of a context a request read.
+  unsigned long long* context_keys = nullptr;
 };
 
 // How the keys are split; made on the host, no device access.

@@ -53,6 +53,10 @@ __global__ void __launch_bounds__(256) ExpandRowsKernel(SparsePrefillParams p, i
   const int n_segs = min(max(p.segments.num_segments[unit], 0), p.segments.max_segments);
   const int2* segs = p.segments.segments + unit * p.segments.max_segments;
   int32_t* out = rows + unit * p.max_selected;
+  if (p.context_keys != nullptr && threadIdx.x == 0) {
+    atomicAdd(p.context_keys,
+              static_cast<unsigned long long>(len) * static_cast<unsigned>(BlockTokens(p, b)));
+  }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int s = warp; s < n_segs; s += warps) {
     const int begin = s == 0 ? 0 : segs[s - 1].x;

@@ -73,6 +73,10 @@ struct SparsePrefillParams {
   // With more than one split each CTA leaves an fp32 partial in the workspace and a merge kernel
   // combines them (log-sum-exp rule).
   int num_splits = 0;
+  // Optional device counter, accumulated (not reset) by the launch: each (block, kv head) adds
+  // the context keys its tokens attend (its selected keys x the block's tokens), so that a caller
+  // can report the share of a context a request read.
+  unsigned long long* context_keys = nullptr;
 };
 
 struct SparsePrefillPlan {

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The squeezed daemon end to end on one backend, with squeezectl as the only client (for hosts
+# without the project's Python environment, e.g. a GPU machine; CI runs test_server.py instead):
+# start on loopback, register a document, ask its questions greedily DENSE and SQUEEZED (budgets
+# 0.125 and 0.5), check what each answer reports (finish, the share of context keys read), send
+# bad input, restart (the context must come back from RocksDB and answer the same), stop.
+# Prints every answer; exits 1 if any check failed.
+#
+# Usage: daemon_check.sh SQUEEZED SQUEEZECTL MODEL DOC QUESTIONS_JSON WORKDIR [--set key=value ...]
+#   QUESTIONS_JSON: [{"q": prompt, "a": expected answer}, ...] (tests/e2e/fact_document.py makes a
+#   document and its questions); WORKDIR is emptied; the --set flags go to squeezed, e.g.
+#   --set engine.model.backend=cuda --set engine.model.cuda.dtype=fp32. PORT (default 50561).
+set -u
+SQ=$1 CTL=$2 MODEL=$3 DOC=$4 QS=$5 W=$6
+shift 6
+PORT=${PORT:-50561}
+C="$CTL --server 127.0.0.1:$PORT"
+rm -rf "$W" && mkdir -p "$W"
+FAILED=0
+fail() { echo "  FAILED: $*"; FAILED=1; }
+RUN=0
+PID=
+trap '[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null' EXIT
+
+start() {
+  RUN=$((RUN + 1))
+  "$SQ" --set server.listen_address=127.0.0.1:$PORT --set server.metrics_address=127.0.0.1:0 \
+    --set engine.model.path="$MODEL" --set storage.path="$W/db" "$@" > "$W/daemon.$RUN.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 240); do
+    $C info > /dev/null 2>&1 && return 0
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  echo "daemon not ready:"
+  tail -20 "$W/daemon.$RUN.log"
+  exit 1
+}
+stop() {
+  kill -TERM "$PID"
+  wait "$PID"
+  local rc=$?
+  PID=
+  [ $rc -eq 0 ] || fail "daemon exit code $rc after SIGTERM"
+}
+# ask LABEL ARGS...: one greedy generation over the document; sets ANSWER and SHARE (percent).
+ask() {
+  local label=$1
+  shift
+  ANSWER=$($C generate --context doc "$@" 2> "$W/err.txt")
+  local rc=$?
+  SHARE=$(sed -n 's/.*context keys read \([0-9.]*\)%.*/\1/p' "$W/err.txt")
+  echo "  [$label] $(echo "$ANSWER" | tr '\n' ' ')| $(tail -1 "$W/err.txt")"
+  [ $rc -eq 0 ] || fail "$label: exit code $rc"
+}
+question() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[$1][sys.argv[2]])" "$QS" "$2"; }
+
+start "$@"
+$C info 2>&1 | head -2
+$C create doc "$DOC" --wait > "$W/create.txt" 2>&1 || fail "create: $(tail -1 "$W/create.txt")"
+tail -1 "$W/create.txt"
+n=$(python3 -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" "$QS")
+declare -A first
+for i in $(seq 0 $((n - 1))); do
+  echo "Q$i: $(question "$i" q) (expected: $(question "$i" a))"
+  ask dense "$(question "$i" q)" -n 12 --dense
+  first[$i]=$ANSWER
+  [ "$SHARE" = "100.0" ] || fail "DENSE read ${SHARE}% of the context, not 100%"
+  for b in 0.125 0.5; do
+    ask "budget $b" "$(question "$i" q)" -n 12 --budget $b
+    python3 -c "import sys; s = float(sys.argv[1] or 0); sys.exit(0 if $b * 100 <= s < 100 else 1)" \
+      "$SHARE" || fail "budget $b read ${SHARE}% of the context"
+  done
+done
+
+echo "Bad input:"
+$C generate --context doc "x" -n 4 --budget 1.5 > "$W/bad.txt" 2>&1
+grep -q INVALID_ARGUMENT "$W/bad.txt" || fail "budget 1.5: $(cat "$W/bad.txt")"
+$C create doc "$QS" > "$W/bad.txt" 2>&1
+grep -q ALREADY_EXISTS "$W/bad.txt" || fail "same id, other content: $(cat "$W/bad.txt")"
+$C generate --context nosuch "x" -n 2 > "$W/bad.txt" 2>&1
+grep -q NOT_FOUND "$W/bad.txt" || fail "unknown context: $(cat "$W/bad.txt")"
+echo "  budget 1.5, an id taken by other content, an unknown context: checked"
+
+echo "Restart:"
+stop
+start "$@"
+ask "dense, after restart" "$(question 0 q)" -n 12 --dense
+[ "$ANSWER" = "${first[0]}" ] || fail "the answer after the restart differs"
+stop
+grep -E "\] \[(error|critical)\]" "$W"/daemon.*.log && fail "errors in the daemon's log"
+[ $FAILED -eq 0 ] && echo "daemon check: all passed" || echo "daemon check: FAILED"
+exit $FAILED
