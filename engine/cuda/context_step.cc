@@ -553,23 +553,13 @@ void ContextStep<T>::CountUsage(const StepLayout& L) const {
     } else if constexpr (std::is_same_v<T, bf16>) {
       read += item.n * kvh * layers * n_ctx;
     }
-    // Centroids scored per lookup, half a key each (every fine centroid, and the coarse ones of a
-    // hierarchical lookup: the CPU counts only the fine ones under kept coarse groups there, so
-    // this bounds the GPU's reads from above).
-    int64_t centroids = 0;
-    if (looked_up > 0) {
-      const ContextSnapshot& s = *c.query.snapshot;
-      const bool coarse = c.query.lookup.hierarchical;
-      for (int l = 0; l < s_.layers; ++l) {
-        for (int h = 0; h < s_.kv_heads; ++h) {
-          const HeadIndex& x = s.head(l, h);
-          centroids += static_cast<int64_t>(x.counts.size());
-          if (coarse && !x.coarse_offsets.empty()) {
-            centroids += static_cast<int64_t>(x.coarse_offsets.size()) - 1;
-          }
-        }
-      }
-    }
+    // Centroids scored per lookup, half a key each: every head's k fine ones (and its coarse
+    // ones in a hierarchical lookup, where the CPU counts only the fine ones under kept coarse
+    // groups, so this bounds the GPU's reads from above). From the device copy's shape: the host
+    // snapshot may hold no heads (a context made on the device).
+    const DeviceContextShape& sh = c.device->shape();
+    const int64_t centroids =
+        layers * kvh * (sh.k + (c.query.lookup.hierarchical ? sh.k1 : 0));
     c.query.attention->CountUsage(2 * read + looked_up * centroids,
                                   item.n * kvh * layers * n_ctx);
   }

@@ -19,6 +19,7 @@
 #include <random>
 
 #include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/device_context.h"
 #include "engine/model/cpu_backend.h"
 #include "engine/model/hf_loader.h"
 #include "engine/model/hf_writer.h"
@@ -598,6 +599,32 @@ TEST_CASE("CudaBackend contexts: the keys a request read are counted as the CPU 
     CHECK(gq.share() > 0.25);
     CHECK(gq.share() < (fp32 ? 1.0 : 0.5));
   }
+  // A context made on the device has no host heads (its snapshot holds dims and options, as
+  // bench/cuda_e2e installs it): the count takes the centroids from the device copy's shape.
+  auto gpu = MakeCuda(b.m, CudaDType::kBf16, int64_t{1} << 30, /*sparse_prefill=*/true);
+  ContextSnapshot bare;
+  bare.options = b.snap.options;
+  bare.dims = b.snap.dims;
+  auto dc = DeviceContext::Upload(b.snap, 2, gpu->stream());
+  REQUIRE(dc.ok());
+  REQUIRE(gpu->InstallContext(bare, std::move(*dc)).ok());
+  auto quarter = Attn(bare, AttentionMode::kSqueezed, 0.25);
+  std::mt19937 gen(13);
+  const SeqId seq = gpu->AddSequence().value();
+  std::vector<int32_t> tokens = RandomTokens(20, b.m.config.vocab, gen);
+  std::vector<float> logits(b.m.config.vocab);
+  for (int step = 0; step < 5; ++step) {
+    std::vector<StepInput> in = {{seq, tokens, quarter.get()}};
+    const Status st = gpu->Forward(in, logits.data());
+    INFO(st.ToString());
+    REQUIRE(st.ok());
+    tokens = {Argmax(logits.data(), b.m.config.vocab)};
+  }
+  const KeyUsage u = quarter->usage();
+  INFO("device-made context: " << u.keys_read << " / " << u.keys_total);
+  CHECK(u.keys_total == 24.0 * b.m.config.layers * b.m.config.kv_heads * 700);
+  CHECK(u.share() > 0.25);
+  CHECK(u.share() < 0.5);
 }
 
 // The dense context part of a prefill split over ranges of context keys (forced: the planner keeps

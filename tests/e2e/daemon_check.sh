@@ -28,7 +28,7 @@ start() {
     --set engine.model.path="$MODEL" --set storage.path="$W/db" "$@" > "$W/daemon.$RUN.log" 2>&1 &
   PID=$!
   for _ in $(seq 1 240); do
-    $C info > /dev/null 2>&1 && return 0
+    $C info 2> /dev/null | grep -q "ready yes" && return 0
     kill -0 "$PID" 2>/dev/null || break
     sleep 0.5
   done
