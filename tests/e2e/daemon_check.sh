@@ -57,8 +57,9 @@ question() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[$1
 
 start "$@"
 $C info 2>&1 | head -2
+t0=$(date +%s%N)
 $C create doc "$DOC" --wait > "$W/create.txt" 2>&1 || fail "create: $(tail -1 "$W/create.txt")"
-tail -1 "$W/create.txt"
+echo "$(tail -1 "$W/create.txt") (registered in $((($(date +%s%N) - t0) / 1000000)) ms)"
 n=$(python3 -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" "$QS")
 declare -A first
 for i in $(seq 0 $((n - 1))); do
