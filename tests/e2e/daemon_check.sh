@@ -61,7 +61,7 @@ t0=$(date +%s%N)
 $C create doc "$DOC" --wait > "$W/create.txt" 2>&1 || fail "create: $(tail -1 "$W/create.txt")"
 echo "$(tail -1 "$W/create.txt") (registered in $((($(date +%s%N) - t0) / 1000000)) ms)"
 n=$(python3 -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" "$QS")
-declare -A first
+declare -A first sq
 for i in $(seq 0 $((n - 1))); do
   echo "Q$i: $(question "$i" q) (expected: $(question "$i" a))"
   ask dense "$(question "$i" q)" -n 12 --dense
@@ -69,10 +69,55 @@ for i in $(seq 0 $((n - 1))); do
   [ "$SHARE" = "100.0" ] || fail "DENSE read ${SHARE}% of the context, not 100%"
   for b in 0.125 0.5; do
     ask "budget $b" "$(question "$i" q)" -n 12 --budget $b
+    [ $b = 0.125 ] && sq[$i]=$ANSWER
     python3 -c "import sys; s = float(sys.argv[1] or 0); sys.exit(0 if $b * 100 <= s < 100 else 1)" \
       "$SHARE" || fail "budget $b read ${SHARE}% of the context"
   done
 done
+
+echo "Concurrent: the questions again, all at once (DENSE and budget 0.125 each):"
+jobs=()
+for i in $(seq 0 $((n - 1))); do
+  for mode in "--dense" "--budget 0.125"; do
+    # shellcheck disable=SC2086  # mode is two words on purpose
+    $C --timeout 120 generate --context doc "$(question "$i" q)" -n 12 $mode \
+      > "$W/par.$i.${mode// /}" 2> "$W/par.$i.${mode// /}.err" &
+    jobs+=($!)
+  done
+done
+wait "${jobs[@]}"  # the clients only (a bare wait would wait for the daemon too)
+same=0
+for i in $(seq 0 $((n - 1))); do
+  for mode in "--dense" "--budget0.125"; do
+    f="$W/par.$i.$mode"
+    want=${first[$i]}
+    [ "$mode" = "--dense" ] || want=${sq[$i]}
+    if grep -q "squeezectl:" "$f.err"; then
+      fail "concurrent Q$i $mode: $(grep squeezectl: "$f.err")"
+    elif [ "$(cat "$f")" = "$want" ]; then
+      same=$((same + 1))
+    fi
+  done
+done
+# Answers may differ from the one-at-a-time ones where a batch changes the numerics (bf16 splits
+# and selections near ties); errors may not.
+echo "  $((2 * n)) requests, no errors; $same of them as the same request asked alone"
+metrics=$(sed -n 's|.*metrics on \(http://[^ ]*\).*|\1|p' "$W/daemon.$RUN.log" | tail -1)
+if [ -n "$metrics" ]; then
+  python3 - "$metrics" "$((5 * n))" <<'PY' || FAILED=1
+import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+got = {l.split()[0]: float(l.split()[1]) for l in text.splitlines()
+       if l.startswith("sqz_context_keys_read_ratio_") and " " in l}
+count, total = got.get("sqz_context_keys_read_ratio_count", 0), got.get("sqz_context_keys_read_ratio_sum", 0)
+print(f"  metrics: {count:.0f} requests over a context, mean share of keys read {total / max(count, 1):.3f}")
+if count != int(sys.argv[2]) or not 0.2 < total / max(count, 1) < 1.0:
+    print(f"  FAILED: sqz_context_keys_read_ratio: want {sys.argv[2]} requests and a mean share in (0.2, 1)")
+    sys.exit(1)
+PY
+else
+  fail "no metrics address in the daemon's log"
+fi
 
 echo "Bad input:"
 $C generate --context doc "x" -n 4 --budget 1.5 > "$W/bad.txt" 2>&1
