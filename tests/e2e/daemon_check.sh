@@ -9,11 +9,11 @@
 # Usage: daemon_check.sh SQUEEZED SQUEEZECTL MODEL DOC QUESTIONS_JSON WORKDIR [--set key=value ...]
 #   QUESTIONS_JSON: [{"q": prompt, "a": expected answer}, ...] (tests/e2e/fact_document.py makes a
 #   document and its questions); WORKDIR is emptied; the --set flags go to squeezed, e.g.
-#   --set engine.model.backend=cuda --set engine.model.cuda.dtype=fp32. PORT (default 50561).
+#   --set engine.model.backend=cuda --set engine.model.cuda.dtype=fp32. PORT: a free one unless set.
 set -u
 SQ=$1 CTL=$2 MODEL=$3 DOC=$4 QS=$5 W=$6
 shift 6
-PORT=${PORT:-50561}
+PORT=${PORT:-$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")}
 C="$CTL --server 127.0.0.1:$PORT"
 rm -rf "$W" && mkdir -p "$W"
 FAILED=0
