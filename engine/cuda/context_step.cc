@@ -418,9 +418,9 @@ Status ContextStep<T>::PrefillItem(const StepLayout& L, size_t i, int layer, con
   SQZ_RETURN_IF_ERROR(cuda::PrefillAttention<bf16>(p, out, q_dim, st_own, stream_));
   if (sparse_of_[i] >= 0) {
     // SQUEEZED: each block of query tokens attends to its selected context rows only.
-    SQZ_RETURN_IF_ERROR(sparse_prefill_[sparse_of_[i]]->Run(
-        layer, p.q, p.q_token_stride, ctx_o, q_dim, st_ctx,
-        keys_.get<unsigned long long>() + item.row0, stream_));
+    SQZ_RETURN_IF_ERROR(
+        sparse_prefill_[sparse_of_[i]]->Run(layer, p.q, p.q_token_stride, ctx_o, q_dim, st_ctx,
+                                            keys_.get<unsigned long long>() + item.row0, stream_));
     return cuda::MergeAttentionPartials<bf16>(out, st_own, ctx_o, st_ctx, item.n * s_.q_heads, d,
                                               stream_);
   }
@@ -558,10 +558,8 @@ void ContextStep<T>::CountUsage(const StepLayout& L) const {
     // groups, so this bounds the GPU's reads from above). From the device copy's shape: the host
     // snapshot may hold no heads (a context made on the device).
     const DeviceContextShape& sh = c.device->shape();
-    const int64_t centroids =
-        layers * kvh * (sh.k + (c.query.lookup.hierarchical ? sh.k1 : 0));
-    c.query.attention->CountUsage(2 * read + looked_up * centroids,
-                                  item.n * kvh * layers * n_ctx);
+    const int64_t centroids = layers * kvh * (sh.k + (c.query.lookup.hierarchical ? sh.k1 : 0));
+    c.query.attention->CountUsage(2 * read + looked_up * centroids, item.n * kvh * layers * n_ctx);
   }
 }
 

@@ -578,8 +578,8 @@ TEST_CASE("CudaBackend contexts: the keys a request read are counted as the CPU 
     const KeyUsage gq = gpu_quarter->usage(), cq = cpu_quarter.usage();
     INFO("DENSE: GPU " << gd.keys_read << " / " << gd.keys_total << ", CPU " << cd.keys_read
                        << " / " << cd.keys_total);
-    INFO("SQUEEZED 0.25: GPU " << gq.keys_read << " / " << gq.keys_total << ", CPU "
-                               << cq.keys_read << " / " << cq.keys_total);
+    INFO("SQUEEZED 0.25: GPU " << gq.keys_read << " / " << gq.keys_total << ", CPU " << cq.keys_read
+                               << " / " << cq.keys_total);
     // 158 tokens (a 150-token prompt, 8 decode steps) x layers x kv heads x 700 context rows.
     const double total = 158.0 * b.m.config.layers * b.m.config.kv_heads * 700;
     CHECK(gd.keys_total == total);

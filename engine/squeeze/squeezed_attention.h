@@ -75,7 +75,6 @@ class SnapshotAttention : public ContextAttention {
   void CountUsage(int64_t half_keys_read, int64_t keys_total) const;
 
  protected:
-
   const ContextSnapshot& snapshot_;
 
  private:

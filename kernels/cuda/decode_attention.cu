@@ -219,8 +219,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kTile - 1) / kTile) : 0;
   if (p.context_keys != nullptr && chunk == 0 && tid == 0) {
-    atomicAdd(p.context_keys + r, static_cast<unsigned long long>(min(
-        static_cast<long long>(len_ctx), static_cast<long long>(total))));
+    atomicAdd(p.context_keys + r,
+              static_cast<unsigned long long>(
+                  min(static_cast<long long>(len_ctx), static_cast<long long>(total))));
   }
   const __nv_bfloat16* ctx_k = len_ctx > 0 ? p.ctx_k[r] : nullptr;
   const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
@@ -488,8 +489,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
   if (p.context_keys != nullptr && chunk == 0 && tid == 0) {
-    atomicAdd(p.context_keys + r, static_cast<unsigned long long>(min(
-        static_cast<long long>(len_ctx), static_cast<long long>(total))));
+    atomicAdd(p.context_keys + r,
+              static_cast<unsigned long long>(
+                  min(static_cast<long long>(len_ctx), static_cast<long long>(total))));
   }
 
   // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages], by threads

@@ -53,10 +53,9 @@ __global__ void __launch_bounds__(kThreads, kStageInCentroids<kRows> ? 3 : 2)
   __nv_bfloat16* q_s = c_s + kChunk * kRow;                  // [kRows][kRow]
   // [16][kSRow] one tile's scores (over c_s when kStageInCentroids: a single tile).
   auto* s_s = kStageInCentroids<kRows> ? reinterpret_cast<float*>(c_s)
-                                        : reinterpret_cast<float*>(q_s + kRows * kRow);
-  float* w_s = kStageInCentroids<kRows>
-                   ? reinterpret_cast<float*>(q_s + kRows * kRow)
-                   : s_s + 16 * kSRow;  // [kChunk] weights, 0: no item
+                                       : reinterpret_cast<float*>(q_s + kRows * kRow);
+  float* w_s = kStageInCentroids<kRows> ? reinterpret_cast<float*>(q_s + kRows * kRow)
+                                        : s_s + 16 * kSRow;  // [kChunk] weights, 0: no item
   const int group = blockIdx.x / blocks_per_group, sub = blockIdx.x % blocks_per_group;
   const int chunk = blockIdx.y, h = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -123,10 +122,10 @@ __global__ void __launch_bounds__(kThreads, kStageInCentroids<kRows> ? 3 : 2)
     for (int nt = 0; nt < kItemsPerWarp / 8; ++nt) {
       const int it = warp * kItemsPerWarp + nt * 8 + 2 * t4;
       const bool ok0 = it < n_here, ok1 = it + 1 < n_here;
-      *reinterpret_cast<float2*>(s_s + gr * kSRow + it) = make_float2(
-          ok0 ? s[nt][0] * p.scale : -INFINITY, ok1 ? s[nt][1] * p.scale : -INFINITY);
-      *reinterpret_cast<float2*>(s_s + (gr + 8) * kSRow + it) = make_float2(
-          ok0 ? s[nt][2] * p.scale : -INFINITY, ok1 ? s[nt][3] * p.scale : -INFINITY);
+      *reinterpret_cast<float2*>(s_s + gr * kSRow + it) =
+          make_float2(ok0 ? s[nt][0] * p.scale : -INFINITY, ok1 ? s[nt][1] * p.scale : -INFINITY);
+      *reinterpret_cast<float2*>(s_s + (gr + 8) * kSRow + it) =
+          make_float2(ok0 ? s[nt][2] * p.scale : -INFINITY, ok1 ? s[nt][3] * p.scale : -INFINITY);
     }
     __syncthreads();  // the tile's scores are staged
     const int tile_rows = min(16, rows - tile * 16);
@@ -151,10 +150,10 @@ Status Launch(const SqueezeSelectParams& p, int chunks, float* scores, float2* s
   const int g = p.n_q_heads / p.n_kv_heads;
   const int per_block = GroupedScoreRequests(g, kRows);
   const int blocks_per_group = (p.max_group_size + per_block - 1) / per_block;
-  SQZ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(GroupedScoreKernel<D, kRows>,
-                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                static_cast<int>(kSmem)),
-                           "SqueezeSelect: cudaFuncSetAttribute");
+  SQZ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(GroupedScoreKernel<D, kRows>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+      "SqueezeSelect: cudaFuncSetAttribute");
   const dim3 grid(static_cast<unsigned>(p.num_groups) * blocks_per_group, chunks, p.n_kv_heads);
   GroupedScoreKernel<D, kRows>
       <<<grid, kThreads, kSmem, stream>>>(p, chunks, per_block, blocks_per_group, scores, stats);
