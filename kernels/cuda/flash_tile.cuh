@@ -8,11 +8,27 @@
 
 #include <cuda_bf16.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/ptx.cuh"
 
 namespace sqz::cuda::internal {
+
+// The shared memory of the flash kernels: a Q tile of kRows rows, then two stages of K, then two
+// of V, kBc rows each; every row kRow bf16 (head_dim plus padding).
+template <int kRows, int kBc, int kRow>
+struct FlashSmem {
+  __nv_bfloat16* q;
+  __device__ explicit FlashSmem(unsigned char* raw) : q(reinterpret_cast<__nv_bfloat16*>(raw)) {}
+  __device__ __nv_bfloat16* k(int stage) const { return q + (kRows + stage * kBc) * kRow; }
+  __device__ __nv_bfloat16* v(int stage) const { return q + (kRows + (2 + stage) * kBc) * kRow; }
+};
+
+// Bytes of that layout for `rows` query rows, tiles of `bc` keys and rows of `row` bf16.
+__host__ __device__ constexpr size_t FlashTileSmemBytes(int rows, int bc, int row) {
+  return static_cast<size_t>(rows + 4 * bc) * row * sizeof(__nv_bfloat16);
+}
 
 // s = Q K^T for the warp's 16 rows (qf: the A fragments of Q, D / 16 of them) and the tile's kBc
 // keys (k_tile: [kBc][kRow] in shared memory).

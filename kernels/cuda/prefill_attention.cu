@@ -47,7 +47,7 @@ constexpr int kPad = 8;  // bf16 per row of padding: 16 bytes, so ldmatrix rows 
 
 template <int D>
 constexpr size_t FlashSmemBytes() {
-  return static_cast<size_t>(kBr + 4 * kBc) * (D + kPad) * sizeof(__nv_bfloat16);
+  return internal::FlashTileSmemBytes(kBr, kBc, D + kPad);
 }
 
 template <typename TOut>
@@ -65,10 +65,8 @@ __global__ void __launch_bounds__(kFlashThreads)
                        cpu::AttentionPartial* __restrict__ stats, KvSplit split) {
   constexpr int kRow = D + kPad;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kBr][kRow]
-  // Stage s of K at q_s + (kBr + s * kBc) * kRow, of V at q_s + (kBr + (2 + s) * kBc) * kRow.
-  auto k_s = [&](int stage) { return q_s + (kBr + stage * kBc) * kRow; };
-  auto v_s = [&](int stage) { return q_s + (kBr + (2 + stage) * kBc) * kRow; };
+  const internal::FlashSmem<kBr, kBc, kRow> sm(smem_raw);
+  __nv_bfloat16* q_s = sm.q;  // [kBr][kRow]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
@@ -104,8 +102,8 @@ __global__ void __launch_bounds__(kFlashThreads)
       const int64_t j = j0 + r;
       const bool valid = j < kv_end;
       const int64_t off = j * p.kv_token_stride + col;
-      internal::CpAsync16(k_s(stage) + r * kRow + col, valid ? k_base + off : p.k, valid);
-      internal::CpAsync16(v_s(stage) + r * kRow + col, valid ? v_base + off : p.v, valid);
+      internal::CpAsync16(sm.k(stage) + r * kRow + col, valid ? k_base + off : p.k, valid);
+      internal::CpAsync16(sm.v(stage) + r * kRow + col, valid ? v_base + off : p.v, valid);
     }
   };
   if (n_tiles > 0) load_kv(0, 0);
@@ -134,7 +132,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     }
     // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
     float s[kBc / 8][4];
-    internal::ScoreTile<D, kBc, kRow>(qf, k_s(stage), lane, s);
+    internal::ScoreTile<D, kBc, kRow>(qf, sm.k(stage), lane, s);
     // Scale into the log2 domain, mask, and update the online softmax.
     const int64_t j0 = static_cast<int64_t>(jt) * kBc;
 #pragma unroll
@@ -150,7 +148,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     }
     internal::OnlineSoftmaxTile(s, m0, m1, l0, l1, o);
     // O += P V.
-    internal::AccumulatePV<D, kBc, kRow>(s, v_s(stage), lane, o);
+    internal::AccumulatePV<D, kBc, kRow>(s, sm.v(stage), lane, o);
     __syncthreads();  // the next iteration's loads overwrite the other stage only after this
   }
   internal::CpAsyncWait<0>();
@@ -194,8 +192,7 @@ constexpr int kWideBc = 64;                         // keys per tile
 
 template <int D>
 constexpr size_t WideSmemBytes() {
-  // Q [kWideBr][D + kPad], then K and V, two stages each, [kWideBc][D + kPad].
-  return static_cast<size_t>(kWideBr + 4 * kWideBc) * (D + kPad) * sizeof(__nv_bfloat16);
+  return internal::FlashTileSmemBytes(kWideBr, kWideBc, D + kPad);
 }
 
 template <int D, typename TOut>
@@ -209,11 +206,8 @@ __global__ void __launch_bounds__(kWideThreads, 2)
   // / 2 registers) fit beside the accumulators (kMt * D / 2) without spilling.
   constexpr int kStep = D <= 64 ? kWideBc : kWideBc / 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kWideBr][kRow]
-  // Stage s of K at q_s + (kWideBr + s * kWideBc) * kRow, of V at q_s + (kWideBr + (2 + s) *
-  // kWideBc) * kRow.
-  auto k_s = [&](int stage) { return q_s + (kWideBr + stage * kWideBc) * kRow; };
-  auto v_s = [&](int stage) { return q_s + (kWideBr + (2 + stage) * kWideBc) * kRow; };
+  const internal::FlashSmem<kWideBr, kWideBc, kRow> sm(smem_raw);
+  __nv_bfloat16* q_s = sm.q;  // [kWideBr][kRow]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
@@ -261,8 +255,8 @@ __global__ void __launch_bounds__(kWideThreads, 2)
   auto load_kv = [&](int tile, int stage) {
     const int64_t j0 = static_cast<int64_t>(tile) * kWideBc;
     const int64_t rows = kv_end - j0;  // keys of this tile that exist: the rest are zero-filled
-    __nv_bfloat16* k_dst = k_s(stage) + ld_col;
-    __nv_bfloat16* v_dst = v_s(stage) + ld_col;
+    __nv_bfloat16* k_dst = sm.k(stage) + ld_col;
+    __nv_bfloat16* v_dst = sm.v(stage) + ld_col;
 #pragma unroll 1
     for (int r = ld_row; r < kWideBc; r += kLdRows) {
       const bool valid = r < rows;
@@ -300,7 +294,7 @@ __global__ void __launch_bounds__(kWideThreads, 2)
     for (int sub = 0; sub < kWideBc / kStep; ++sub) {
       const int step = jt * (kWideBc / kStep) + sub;
       if (step >= warp_steps) break;  // warp-uniform: the other warps may still need this tile
-      const __nv_bfloat16* k_step = k_s(stage) + sub * kStep * kRow;
+      const __nv_bfloat16* k_step = sm.k(stage) + sub * kStep * kRow;
       float s[kMt][kStep / 8][4];
       if constexpr (kQInRegs) {
         internal::ScoreTileWideRegQ<D, kStep, kRow, kMt>(qf, k_step, lane, s);
@@ -325,7 +319,7 @@ __global__ void __launch_bounds__(kWideThreads, 2)
         }
       }
       internal::OnlineSoftmaxWide(s, scale_log2, m, l, o);
-      internal::AccumulatePVWide<D, kStep, kRow, kMt>(s, v_s(stage) + sub * kStep * kRow, lane, o);
+      internal::AccumulatePVWide<D, kStep, kRow, kMt>(s, sm.v(stage) + sub * kStep * kRow, lane, o);
     }
     __syncthreads();  // the next iteration's loads overwrite the other stage only after this
   }

@@ -24,7 +24,7 @@ __host__ __device__ constexpr int RowsPerCta(int mt) { return 4 * mt * 16; }
 
 template <int D>
 constexpr size_t SmemBytes(int rows_per_cta) {
-  return static_cast<size_t>(rows_per_cta + 4 * kBc) * (D + kPad) * sizeof(__nv_bfloat16);
+  return internal::FlashTileSmemBytes(rows_per_cta, kBc, D + kPad);
 }
 
 // m16 tiles per warp for params p: two when a block has at least 128 (token, head) rows.
@@ -197,9 +197,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   // that the scores fit beside the accumulators without spilling (as the dense wide kernel).
   constexpr int kStep = D <= 64 || kMt == 1 ? kBc : kBc / 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* q_s = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // [kRows][kRow]
-  auto k_s = [&](int stage) { return q_s + (kRows + stage * kBc) * kRow; };
-  auto v_s = [&](int stage) { return q_s + (kRows + (2 + stage) * kBc) * kRow; };
+  const internal::FlashSmem<kRows, kBc, kRow> sm(smem_raw);
+  __nv_bfloat16* q_s = sm.q;  // [kRows][kRow]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gr = lane >> 2, t4 = lane & 3;
@@ -213,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   LoadQRows<D>(p, b, h, r0, kRows, n_rows, q_s);
   keys.Fetch(0);
-  if (n_tiles > 0) keys.Load<kRow>(k_s(0), v_s(0));
+  if (n_tiles > 0) keys.Load<kRow>(sm.k(0), sm.v(0));
   internal::CpAsyncCommit();
   keys.Fetch(1);
 
@@ -233,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   for (int jt = 0; jt < n_tiles; ++jt) {
     const int stage = jt & 1;
-    if (jt + 1 < n_tiles) keys.Load<kRow>(k_s(stage ^ 1), v_s(stage ^ 1));
+    if (jt + 1 < n_tiles) keys.Load<kRow>(sm.k(stage ^ 1), sm.v(stage ^ 1));
     internal::CpAsyncCommit();
     keys.Fetch(jt + 2);
     internal::CpAsyncWait<1>();
@@ -246,7 +245,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int sub = 0; sub < kBc / kStep; ++sub) {
         const int j0 = k_first + jt * kBc + sub * kStep;
         if (j0 >= len) break;  // warp-uniform
-        const __nv_bfloat16* k_step = k_s(stage) + sub * kStep * kRow;
+        const __nv_bfloat16* k_step = sm.k(stage) + sub * kStep * kRow;
         float s[kMt][kStep / 8][4];
         if constexpr (kQInRegs) {
           internal::ScoreTileWideRegQ<D, kStep, kRow, kMt>(qf, k_step, lane, s);
@@ -266,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           }
         }
         internal::OnlineSoftmaxWide(s, scale_log2, m, l, o);
-        internal::AccumulatePVWide<D, kStep, kRow, kMt>(s, v_s(stage) + sub * kStep * kRow, lane,
+        internal::AccumulatePVWide<D, kStep, kRow, kMt>(s, sm.v(stage) + sub * kStep * kRow, lane,
                                                         o);
       }
     }
