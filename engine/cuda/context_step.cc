@@ -538,7 +538,8 @@ void ContextStep<T>::CountUsage(const StepLayout& L) const {
     const StepContext& c = contexts_[i];
     if (c.device == nullptr || c.query.attention == nullptr) continue;
     const StepLayout::Item& item = L.items[i];
-    const int64_t n_ctx = c.device->shape().n_tokens;
+    const DeviceContextShape& sh = c.device->shape();
+    const int64_t n_ctx = sh.n_tokens;
     int64_t read = 0;
     for (int64_t r = item.row0; r < item.row0 + item.n; ++r) read += static_cast<int64_t>(keys[r]);
     const bool decode = static_cast<int64_t>(i) < L.decode_items;
@@ -557,7 +558,6 @@ void ContextStep<T>::CountUsage(const StepLayout& L) const {
     // ones in a hierarchical lookup, where the CPU counts only the fine ones under kept coarse
     // groups, so this bounds the GPU's reads from above). From the device copy's shape: the host
     // snapshot may hold no heads (a context made on the device).
-    const DeviceContextShape& sh = c.device->shape();
     const int64_t centroids = layers * kvh * (sh.k + (c.query.lookup.hierarchical ? sh.k1 : 0));
     c.query.attention->CountUsage(2 * read + looked_up * centroids, item.n * kvh * layers * n_ctx);
   }

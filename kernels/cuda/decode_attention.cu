@@ -181,6 +181,16 @@ __device__ __forceinline__ KeyRow FindKeyRow(const DecodeAttentionParams& p,
   return {p.pool_k + off, p.pool_v + off};
 }
 
+// DecodeAttentionParams::context_keys: request r's kv head attends len_ctx context keys (of the
+// total keys it reads); called once per (request, kv head), by chunk 0's first thread.
+__device__ __forceinline__ void CountContextKeys(const DecodeAttentionParams& p, int r,
+                                                 int64_t len_ctx, int64_t total) {
+  if (p.context_keys == nullptr) return;
+  atomicAdd(p.context_keys + r,
+            static_cast<unsigned long long>(
+                min(static_cast<long long>(len_ctx), static_cast<long long>(total))));
+}
+
 // One block = one (chunk, kv head, request): streams the chunk's keys through a kStages-deep
 // cp.async pipeline and leaves the partial (o, m, l) of each of the group's query heads either in
 // the workspace (several chunks) or directly in out/stats (one chunk). counters (several chunks,
@@ -218,11 +228,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kTile - 1) / kTile) : 0;
-  if (p.context_keys != nullptr && chunk == 0 && tid == 0) {
-    atomicAdd(p.context_keys + r,
-              static_cast<unsigned long long>(
-                  min(static_cast<long long>(len_ctx), static_cast<long long>(total))));
-  }
+  if (chunk == 0 && tid == 0) CountContextKeys(p, r, len_ctx, total);
   const __nv_bfloat16* ctx_k = len_ctx > 0 ? p.ctx_k[r] : nullptr;
   const __nv_bfloat16* ctx_v = len_ctx > 0 ? p.ctx_v[r] : nullptr;
   const int32_t* blocks = len_own > 0 ? p.block_ids + p.block_indptr[r] : nullptr;
@@ -488,11 +494,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
-  if (p.context_keys != nullptr && chunk == 0 && tid == 0) {
-    atomicAdd(p.context_keys + r,
-              static_cast<unsigned long long>(
-                  min(static_cast<long long>(len_ctx), static_cast<long long>(total))));
-  }
+  if (chunk == 0 && tid == 0) CountContextKeys(p, r, len_ctx, total);
 
   // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages], by threads
   // 0 .. 63 (warps 0 and 1; thread t takes key j0 + t; they synchronise among themselves with
