@@ -1,6 +1,9 @@
 // sqz_cuda_bench: times the kernels of kernels/cuda on the current GPU against ceilings measured in
 // the same run (device-to-device copy bandwidth, cuBLASLt bf16 matrix rate at 8192^3), and prints
-// ratios. Usage: sqz_cuda_bench [copy|gemm|decode|prefill|all] (default all).
+// ratios. Usage: sqz_cuda_bench [copy|gemm|decode|prefill|ops|all] (default all).
+// `ops`: the small kernels of a decode step (Llama-3-8B shapes), each replayed 20 times back to
+// back from a CUDA graph as in a step: RMSNorm's two paths, RoPE + KV write, and the MLP's gate/up
+// GEMV + SwiGLU as two launches against the fused one.
 //
 // Timing: CUDA events around `reps` launches after warm-up; the median of the per-launch times.
 // Inputs are random (never zeros); decode inputs rotate over several KV sets when one set would
@@ -23,6 +26,8 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
+#include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/prefill_attention.h"
 
 namespace {
@@ -312,6 +317,88 @@ void BenchPrefill() {
   }
 }
 
+// ---- Small decode-step kernels --------------------------------------------------------------
+// Microseconds per repetition of `record` (which enqueues one repetition on a stream), captured
+// 20 times into one graph and replayed.
+double GraphUsPerRep(const std::function<void(cudaStream_t)>& record) {
+  constexpr int kReps = 20;
+  cudaStream_t stream = nullptr;
+  BENCH_CHECK_CUDA(cudaStreamCreate(&stream));  // blocking: ordered with the timing events
+  BENCH_CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+  for (int i = 0; i < kReps; ++i) record(stream);
+  cudaGraph_t graph = nullptr;
+  BENCH_CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  BENCH_CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = TimeMs([&](int) { BENCH_CHECK_CUDA(cudaGraphLaunch(exec, stream)); }, 5, 50);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  return ms * 1e3 / kReps;
+}
+
+void BenchOps() {
+  const int64_t hidden = 4096, inter = 14336, q_heads = 32, kv_heads = 8, d = 128;
+  const int64_t qkv_dim = (q_heads + 2 * kv_heads) * d;
+  auto pdl_plan = sqz::cuda::PlanGemv(sqz::cuda::GemvKernel::kWarpPerRow, true);
+  if (!pdl_plan.ok()) std::exit(1);
+  DeviceMem x(8 * hidden * 4), delta(8 * hidden * 2), w(hidden * 2), y(8 * hidden * 2 + 16);
+  FillRandomBf16(delta.as<bf16>(), 8 * hidden, 1);
+  FillRandomBf16(w.as<bf16>(), hidden, 2);
+  BENCH_CHECK_CUDA(cudaMemset(x.ptr, 0, x.bytes));
+  DeviceMem qkv(8 * qkv_dim * 2), pos(8 * 4), slots(8 * 4), inv_freq(d / 2 * 4);
+  DeviceMem pool_k(16 * kv_heads * d * 2), pool_v(16 * kv_heads * d * 2);
+  FillRandomBf16(qkv.as<bf16>(), 8 * qkv_dim, 3);
+  {
+    std::vector<int32_t> p(8);
+    for (int i = 0; i < 8; ++i) p[i] = 1000 + i;
+    std::vector<int32_t> sl(8);
+    for (int i = 0; i < 8; ++i) sl[i] = i;
+    std::vector<float> f(d / 2);
+    for (int i = 0; i < d / 2; ++i) f[i] = std::pow(500000.0f, -2.0f * i / d);
+    BENCH_CHECK_CUDA(cudaMemcpy(pos.ptr, p.data(), 32, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMemcpy(slots.ptr, sl.data(), 32, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMemcpy(inv_freq.ptr, f.data(), f.size() * 4, cudaMemcpyHostToDevice));
+  }
+  DeviceMem wgu(2 * inter * hidden * 2), gate_up(8 * 2 * inter * 2), act(8 * inter * 2);
+  FillRandomBf16(wgu.as<bf16>(), 2 * inter * hidden, 4);
+  FillRandomBf16(y.as<bf16>(), 8 * hidden, 5);  // the GEMV's input rows
+
+  std::printf("\n%-52s %8s %8s\n", "small decode-step kernels (graph, 20 back to back)", "m = 1",
+              "m = 8");
+  auto row = [&](const char* name, const std::function<void(cudaStream_t, int64_t)>& op) {
+    std::printf("%-52s", name);
+    for (int64_t m : {1, 8})
+      std::printf(" %8.2f", GraphUsPerRep([&](cudaStream_t s) { op(s, m); }));
+    std::printf("  us\n");
+  };
+  row("AddRmsNorm d 4096, vectorised path", [&](cudaStream_t s, int64_t m) {
+    BENCH_CHECK_OK(sqz::cuda::AddRmsNorm<bf16>(x.as<float>(), delta.as<bf16>(), w.as<bf16>(), m,
+                                               hidden, 1e-5f, y.as<bf16>() + 8 * hidden, s));
+  });
+  row("AddRmsNorm d 4096, strided path (y unaligned)", [&](cudaStream_t s, int64_t m) {
+    BENCH_CHECK_OK(sqz::cuda::AddRmsNorm<bf16>(x.as<float>(), delta.as<bf16>(), w.as<bf16>(), m,
+                                               hidden, 1e-5f, y.as<bf16>() + 8 * hidden + 1, s));
+  });
+  row("RopeWritePagedKv 32/8 heads d 128", [&](cudaStream_t s, int64_t m) {
+    BENCH_CHECK_OK(sqz::cuda::RopeWritePagedKv<bf16>(
+        qkv.as<bf16>(), qkv_dim, pos.as<int32_t>(), slots.as<int32_t>(), m, q_heads, kv_heads, d,
+        inv_freq.as<float>(), pool_k.as<bf16>(), pool_v.as<bf16>(), s));
+  });
+  row("gate_up Gemv 28672 x 4096 + SwiGlu (PDL)", [&](cudaStream_t s, int64_t m) {
+    BENCH_CHECK_OK(sqz::cuda::Gemv<bf16>(*pdl_plan, y.as<bf16>(), wgu.as<bf16>(), nullptr, m,
+                                         2 * inter, hidden, gate_up.as<bf16>(), s));
+    BENCH_CHECK_OK(sqz::cuda::SwiGlu<bf16>(gate_up.as<bf16>(), m, inter, act.as<bf16>(), s));
+  });
+  row("GemvSwiGlu, one launch (PDL)", [&](cudaStream_t s, int64_t m) {
+    BENCH_CHECK_OK(sqz::cuda::GemvSwiGlu(*pdl_plan, y.as<bf16>(), wgu.as<bf16>(), m, inter, hidden,
+                                         act.as<bf16>(), s));
+  });
+  const double weight_us = 2.0 * inter * hidden * 2 / (g_copy_gbps * 1e9) * 1e6;
+  std::printf("(the gate/up weights, %.0f MB, at the copy bandwidth: %.2f us)\n",
+              2.0 * inter * hidden * 2 / 1e6, weight_us);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -325,5 +412,6 @@ int main(int argc, char** argv) {
   if (what == "all" || what == "gemm" || what == "prefill") BenchGemm();
   if (what == "all" || what == "decode") BenchDecode();
   if (what == "all" || what == "prefill") BenchPrefill();
+  if (what == "all" || what == "ops") BenchOps();
   return 0;
 }

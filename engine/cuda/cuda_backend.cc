@@ -140,6 +140,9 @@ class ForwardImpl final : public CudaBackend::Impl {
   Status AllocateBuffers();
   // out[m][n] = a[m][k] w[n][k]^T (+ bias), in T.
   Status Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n, int64_t k, T* out);
+  // out = SwiGLU(a W_gate^T, a W_up^T) for the fused [2 cols][k] gate/up weight (through gate_up_,
+  // or in one GEMV launch at few rows).
+  Status GateUpSwiGlu(const T* a, const T* w_gate_up, int64_t m, int64_t cols, int64_t k, T* out);
   // The LM head: fp32 output.
   Status LmHead(const T* a, int64_t m, float* out);
   Status Attention(const StepLayout& L, int layer, int64_t decode_keys);
@@ -338,6 +341,20 @@ Status ForwardImpl<T>::Linear(const T* a, const T* w, const T* bias, int64_t m, 
 }
 
 template <typename T>
+Status ForwardImpl<T>::GateUpSwiGlu(const T* a, const T* w_gate_up, int64_t m, int64_t cols,
+                                    int64_t k, T* out) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    // Few rows with the warp-per-row GEMV: one launch, the same bits as the two below.
+    if (gemv_plan_.kernel == cuda::GemvKernel::kWarpPerRow &&
+        cuda::GemvSupported(a, w_gate_up, m, k)) {
+      return cuda::GemvSwiGlu(gemv_plan_, a, w_gate_up, m, cols, k, out, stream_);
+    }
+  }
+  SQZ_RETURN_IF_ERROR(Linear(a, w_gate_up, nullptr, m, 2 * cols, k, gate_up_));
+  return cuda::SwiGlu<T>(gate_up_, m, cols, out, stream_);
+}
+
+template <typename T>
 Status ForwardImpl<T>::LmHead(const T* a, int64_t m, float* out) {
   if constexpr (std::is_same_v<T, float>) {
     return cuda::MatMulTransBF32(a, weights_->lm_head(), nullptr, m, c_.vocab, c_.hidden, out,
@@ -489,8 +506,7 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
     }
     if (s.ok()) s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_);
     if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_);
-    if (s.ok()) s = Linear(xn_, w.w_gate_up, nullptr, R, 2 * I, H, gate_up_);
-    if (s.ok()) s = cuda::SwiGlu<T>(gate_up_, R, I, act_, stream_);
+    if (s.ok()) s = GateUpSwiGlu(xn_, w.w_gate_up, R, I, H, act_);
     if (s.ok()) s = Linear(act_, w.w_down, nullptr, R, H, I, tmp_);
     if (!s.ok()) return Annotate(s, "CudaBackend: layer " + std::to_string(layer));
   }

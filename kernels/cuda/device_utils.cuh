@@ -25,6 +25,10 @@ __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// SiLU in fp32, as the SwiGLU kernels (elementwise.cu, gemv.cu) compute it: one definition so that
+// the fused and the separate paths give the same bits.
+__device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
+
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);

@@ -63,13 +63,11 @@ __global__ void RopeKernel(T* x, const int32_t* __restrict__ positions, int64_t 
   }
 }
 
-__device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
-
 template <typename T>
 __global__ void SiluMulKernel(const T* gate, const T* up, int64_t n, T* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = FromFloat<T>(Silu(ToFloat(gate[i])) * ToFloat(up[i]));
+    out[i] = FromFloat<T>(internal::Silu(ToFloat(gate[i])) * ToFloat(up[i]));
   }
 }
 
@@ -82,7 +80,7 @@ __global__ void SwiGluKernel(const T* __restrict__ gate_up, int64_t rows, int64_
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / cols, j = i % cols;
     const T* row = gate_up + r * 2 * cols;
-    out[i] = FromFloat<T>(Silu(ToFloat(row[j])) * ToFloat(row[cols + j]));
+    out[i] = FromFloat<T>(internal::Silu(ToFloat(row[j])) * ToFloat(row[cols + j]));
   }
 }
 

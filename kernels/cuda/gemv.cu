@@ -40,12 +40,47 @@ __device__ __forceinline__ void Dot8(const uint4& w, const uint4& a, float& acc)
   }
 }
 
-// A block of kWarps warps computes kWarps / kSplit output features; the kSplit warps of a feature
-// take interleaved slices of its 16-byte vectors (kSplit > 1 gives short-n shapes enough warps to
-// fill the GPU) and their partial sums are added in warp order: a fixed order whatever m.
-// Launched as a programmatic dependent (PDL), a block issues its first weight loads, then waits for
-// the kernel before (which writes a or reads out); a is read with plain coherent loads for that
-// reason. Launched normally the wait is a no-op.
+// The dot products of one weight row with the M activation rows, by one warp: the kSplit warps of
+// a feature take interleaved slices of its 16-byte vectors (slice in [0, kSplit)), a lane adds its
+// vectors in increasing k into acc[m] (this lane's partial sums; the caller reduces the warp).
+// Launched as a programmatic dependent (PDL), the first weight loads are issued before
+// WaitForPriorGrid (*waited false on entry: the caller waits itself if no lane got here); a is read
+// with plain coherent loads for that reason. row_valid false: no loads, acc stays zero.
+template <int M, int kSplit>
+__device__ __forceinline__ void WarpRowDot(const bf16* a, const bf16* __restrict__ w_row,
+                                           bool row_valid, int64_t k, int slice, int lane,
+                                           float (&acc)[M], bool* waited) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+  if (!row_valid) return;
+  const int64_t kv = k / 8;  // 16-byte vectors per row
+  const uint4* wr = reinterpret_cast<const uint4*>(w_row);
+  const uint4* av = reinterpret_cast<const uint4*>(a);
+  constexpr int kStep = 32 * kSplit;
+  for (int64_t base = slice * 32 + lane; base < kv; base += kStep * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t idx = base + u * kStep;
+      if (idx < kv) wv[u] = LoadStream(wr + idx);
+    }
+    if (!*waited) {  // the first weights are in flight; a only after the kernel before is done
+      internal::WaitForPriorGrid();
+      *waited = true;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t idx = base + u * kStep;
+      if (idx < kv) {
+#pragma unroll
+        for (int m = 0; m < M; ++m) Dot8(wv[u], av[m * kv + idx], acc[m]);
+      }
+    }
+  }
+}
+
+// A block of kWarps warps computes kWarps / kSplit output features; the kSplit partial sums of a
+// feature are added in warp order: a fixed order whatever m.
 template <int M, int kSplit, typename TOut>
 __global__ void __launch_bounds__(kWarps * 32)
     WarpPerRowGemvKernel(const bf16* a, const bf16* __restrict__ w, const TOut* bias, int64_t n,
@@ -55,36 +90,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kWarps / kSplit) + warp / kSplit;
   const int slice = warp % kSplit;
-  const int64_t kv = k / 8;  // 16-byte vectors per row
   float acc[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
   bool waited = false;
-  if (row < n) {
-    const uint4* wr = reinterpret_cast<const uint4*>(w + row * k);
-    const uint4* av = reinterpret_cast<const uint4*>(a);
-    constexpr int kStep = 32 * kSplit;
-    for (int64_t base = slice * 32 + lane; base < kv; base += kStep * kUnroll) {
-      uint4 wv[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t idx = base + u * kStep;
-        if (idx < kv) wv[u] = LoadStream(wr + idx);
-      }
-      if (!waited) {  // the first weights are in flight; a only after the kernel before is done
-        internal::WaitForPriorGrid();
-        waited = true;
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t idx = base + u * kStep;
-        if (idx < kv) {
-#pragma unroll
-          for (int m = 0; m < M; ++m) Dot8(wv[u], av[m * kv + idx], acc[m]);
-        }
-      }
-    }
-  }
+  WarpRowDot<M, kSplit>(a, w + row * k, row < n, k, slice, lane, acc, &waited);
   if (!waited) internal::WaitForPriorGrid();  // lanes without weights still write nothing early
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -98,6 +106,46 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int j = 0; j < kSplit; ++j) s += partial[warp + j][lane];
     const float b = bias ? ToFloat(bias[row]) : 0.0f;
     out[lane * n + row] = FromFloat<TOut>(s + b);
+  }
+}
+
+// The gate/up product and SwiGLU in one kernel: w holds the gate rows [0, cols) then the up rows
+// [cols, 2 cols) (a fused gate_up weight), out[m][j] = bf16(silu(g) * u) with g and u the bf16
+// outputs WarpPerRowGemvKernel<M, kSplit> gives rows j and cols + j (kSplit chosen for n = 2 cols,
+// as there), so the result has the bits of Gemv then SwiGlu. A block's warps: kPairs features,
+// each a gate group of kSplit warps followed by an up group of kSplit warps.
+template <int M, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32)
+    WarpPerRowSwiGluKernel(const bf16* a, const bf16* __restrict__ w, int64_t cols, int64_t k,
+                           bf16* out) {
+  internal::AllowDependentLaunch();
+  constexpr int kPairs = kWarps / (2 * kSplit);
+  static_assert(kPairs >= 1);
+  __shared__ float partial[kWarps][M];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int pair = warp / (2 * kSplit), up = (warp / kSplit) & 1, slice = warp % kSplit;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kPairs + pair;
+  const int64_t row = up ? cols + j : j;
+  float acc[M];
+  bool waited = false;
+  WarpRowDot<M, kSplit>(a, w + row * k, j < cols, k, slice, lane, acc, &waited);
+  if (!waited) internal::WaitForPriorGrid();
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float s = internal::WarpSum(acc[m]);
+    if (lane == 0) partial[warp][m] = s;
+  }
+  __syncthreads();
+  if (j < cols && up == 0 && slice == 0 && lane < M) {
+    float g = 0.0f, u = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kSplit; ++i) {
+      g += partial[warp + i][lane];
+      u += partial[warp + kSplit + i][lane];
+    }
+    // Rounded to bf16 as the separate Gemv stores them (+ 0.0f: its absent bias), then SwiGlu.
+    const float gb = ToFloat(FromFloat<bf16>(g + 0.0f)), ub = ToFloat(FromFloat<bf16>(u + 0.0f));
+    out[lane * cols + j] = FromFloat<bf16>(internal::Silu(gb) * ub);
   }
 }
 
@@ -300,6 +348,38 @@ Status LaunchWarpPerRow(const bf16* a, const bf16* w, const TOut* bias, int64_t 
   }
 }
 
+// WarpPerRowSwiGluKernel over cols features; the split that Gemv takes for n = 2 cols.
+Status LaunchWarpPerRowSwiGlu(const bf16* a, const bf16* w, int64_t m, int64_t cols, int64_t k,
+                              bf16* out, cudaStream_t stream, bool programmatic) {
+  constexpr const char* kOp = "GemvSwiGlu";
+  if (cols < 1) return ArgError(kOp, "cols must be >= 1");
+  SQZ_RETURN_IF_ERROR(CheckArgs(kOp, a, w, m, 2 * cols, k, out));
+  const bool split = 2 * cols < kSplitBelowN;
+  const int64_t pairs = split ? kWarps / 8 : kWarps / 2;
+  const int64_t blocks = (cols + pairs - 1) / pairs;
+  if (blocks > INT32_MAX) return ArgError(kOp, "cols too large");
+  const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
+  switch (m) {
+#define SQZ_SWIGLU_CASE(M)                                                                    \
+  case M:                                                                                     \
+    return CudaStatus(                                                                        \
+        internal::Launch(split ? WarpPerRowSwiGluKernel<M, 4> : WarpPerRowSwiGluKernel<M, 1>, \
+                         grid, block, 0, stream, programmatic, a, w, cols, k, out),           \
+        kOp);
+    SQZ_SWIGLU_CASE(1)
+    SQZ_SWIGLU_CASE(2)
+    SQZ_SWIGLU_CASE(3)
+    SQZ_SWIGLU_CASE(4)
+    SQZ_SWIGLU_CASE(5)
+    SQZ_SWIGLU_CASE(6)
+    SQZ_SWIGLU_CASE(7)
+    SQZ_SWIGLU_CASE(8)
+#undef SQZ_SWIGLU_CASE
+    default:
+      return ArgError(kOp, "m outside the compiled range");
+  }
+}
+
 }  // namespace
 
 StatusOr<GemvPlan> PlanGemv(GemvKernel kernel, bool programmatic_launch) {
@@ -361,6 +441,11 @@ template <typename TOut>
 Status Gemv(const bf16* a, const bf16* w, const TOut* bias, int64_t m, int64_t n, int64_t k,
             TOut* out, cudaStream_t stream) {
   return LaunchWarpPerRow<TOut>(a, w, bias, m, n, k, out, stream, /*programmatic=*/false);
+}
+
+Status GemvSwiGlu(const GemvPlan& plan, const bf16* a, const bf16* w_gate_up, int64_t m,
+                  int64_t cols, int64_t k, bf16* out, cudaStream_t stream) {
+  return LaunchWarpPerRowSwiGlu(a, w_gate_up, m, cols, k, out, stream, plan.programmatic_launch);
 }
 
 template Status Gemv<float>(const GemvPlan&, const bf16*, const bf16*, const float*, int64_t,

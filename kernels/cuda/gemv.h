@@ -70,4 +70,14 @@ template <typename TOut>
 Status Gemv(const __nv_bfloat16* a, const __nv_bfloat16* w, const TOut* bias, int64_t m, int64_t n,
             int64_t k, TOut* out, cudaStream_t stream);
 
+// The MLP's gate/up product and SwiGLU in one launch (decode at few rows): w_gate_up is the fused
+// [2 cols][k] weight (gate rows, then up rows), out: [m][cols] bf16,
+//   out[r][j] = bf16(silu(g) * u),  g = bf16(a[r] . w[j]),  u = bf16(a[r] . w[cols + j]),
+// the same bits as Gemv (kWarpPerRow) into a [m][2 cols] buffer then SwiGlu (elementwise.h), one
+// launch and one round trip through memory fewer. Always the kWarpPerRow layout, whatever
+// plan.kernel; PDL-launched when plan.programmatic_launch. INVALID_ARGUMENT as Gemv (n = 2 cols),
+// or cols < 1; INTERNAL if the launch fails.
+Status GemvSwiGlu(const GemvPlan& plan, const __nv_bfloat16* a, const __nv_bfloat16* w_gate_up,
+                  int64_t m, int64_t cols, int64_t k, __nv_bfloat16* out, cudaStream_t stream);
+
 }  // namespace sqz::cuda

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <type_traits>
 #include <utility>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/test_util.h"
 
@@ -157,6 +159,77 @@ TEST_CASE("Gemv launched as a programmatic dependent sees the previous kernel's 
       cudaGraphDestroy(graph);
     }
   }
+  cudaStreamDestroy(stream);
+}
+
+// The fused gate/up + SwiGLU launch against the two launches it replaces (Gemv into [m][2 cols],
+// then SwiGlu): the same bits for every row count, both splits of the warp-per-row kernel (2 cols
+// below and above 16384), awkward widths, plain and PDL launches, eagerly and from a graph; and
+// within bf16 rounding of the CPU's SwiGLU of the exact products.
+TEST_CASE("GemvSwiGlu gives the bits of Gemv then SwiGlu", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  cudaStream_t stream = nullptr;
+  SQZ_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  uint32_t seed = 300;
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 8},      {3, 24},    {127, 64},
+                                                {129, 4096}, {1000, 64}, {8191, 24},
+                                                {8192, 64},  {8193, 24}, {14336, 4096}};
+  for (const auto& [cols, k] : shapes) {
+    constexpr int64_t kRows = kGemvMaxRows;
+    const auto a_f = testing::RoundBf16(RandomFloats(kRows * k, seed++));
+    const auto w_f = testing::RoundBf16(RandomFloats(2 * cols * k, seed++, 0.05f));
+    std::vector<float> product(kRows * 2 * cols);
+    cpu::MatMulTransB(a_f.data(), w_f.data(), nullptr, kRows, 2 * cols, k, product.data());
+    DeviceBuffer<bf16> a(testing::ToBf16(a_f)), w(testing::ToBf16(w_f));
+    for (int64_t m = 1; m <= kRows; ++m) {
+      INFO("m " << m << " cols " << cols << " k " << k);
+      std::vector<float> want(m * cols);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t j = 0; j < cols; ++j) {
+          const float g = product[r * 2 * cols + j], u = product[r * 2 * cols + cols + j];
+          want[r * cols + j] = g / (1.0f + std::exp(-g)) * u;
+        }
+      }
+      for (bool pdl : {false, true}) {
+        INFO("pdl " << pdl);
+        const GemvPlan plan = Plan({"", GemvKernel::kWarpPerRow, pdl});
+        DeviceBuffer<bf16> gate_up(m * 2 * cols), two(m * cols), one(m * cols), graphed(m * cols);
+        REQUIRE(Gemv<bf16>(plan, a.get(), w.get(), nullptr, m, 2 * cols, k, gate_up.get(), stream)
+                    .ok());
+        REQUIRE(SwiGlu<bf16>(gate_up.get(), m, cols, two.get(), stream).ok());
+        REQUIRE(GemvSwiGlu(plan, a.get(), w.get(), m, cols, k, one.get(), stream).ok());
+        // From a graph, behind a kernel that writes nothing it reads (PDL edge when pdl).
+        SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+        REQUIRE(SwiGlu<bf16>(gate_up.get(), m, cols, two.get(), stream).ok());
+        REQUIRE(GemvSwiGlu(plan, a.get(), w.get(), m, cols, k, graphed.get(), stream).ok());
+        cudaGraph_t graph = nullptr;
+        SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
+        cudaGraphExec_t exec = nullptr;
+        SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        graphed.Poison();
+        SQZ_TEST_CUDA(cudaDeviceSynchronize());
+        SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
+        SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+        const auto got = testing::ToFloat(one.Download());
+        CHECK(SameBits(got, testing::ToFloat(two.Download())));
+        CHECK(SameBits(testing::ToFloat(graphed.Download()), got));
+        CHECK(RelativeL2(got, want) < 2e-2);
+      }
+    }
+  }
+  // Refusals: as Gemv's, plus cols < 1.
+  DeviceBuffer<bf16> a(64), w(64), out(64);
+  const GemvPlan plan = Plan(kVariants[0]);
+  Status s = GemvSwiGlu(plan, a.get(), w.get(), 9, 2, 16, out.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("m <= 8") != std::string::npos);
+  s = GemvSwiGlu(plan, a.get(), w.get(), 1, 0, 16, out.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("cols") != std::string::npos);
+  CHECK(GemvSwiGlu(plan, a.get() + 1, w.get(), 1, 2, 16, out.get(), nullptr).code() ==
+        StatusCode::kInvalidArgument);
   cudaStreamDestroy(stream);
 }
 

@@ -60,7 +60,9 @@ TEMPLATE_TEST_CASE("EmbedToFloat widens rows exactly and poisons bad ids", "[cud
 TEMPLATE_TEST_CASE("AddRmsNorm and GatherRmsNorm match the CPU RMSNorm", "[cuda]", float, bf16) {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   uint32_t seed = 100;
-  for (int64_t d : {1, 3, 127, 129, 4096}) {
+  // d % 4 == 0 up to 8 vectors a thread takes the vectorised path (64: idle threads; 4100: a
+  // partial last round; 8192: the largest), the rest the strided one (8196: past the largest).
+  for (int64_t d : {1, 3, 64, 127, 129, 4096, 4100, 8192, 8196}) {
     for (int64_t n : {1, 3, 33}) {
       const auto x0 = RandomFloats(n * d, seed++);
       const auto delta_f = RandomFloats(n * d, seed++, 0.5f);
