@@ -1,9 +1,12 @@
 // sqz_cuda_bench: times the kernels of kernels/cuda on the current GPU against ceilings measured in
 // the same run (device-to-device copy bandwidth, cuBLASLt bf16 matrix rate at 8192^3), and prints
-// ratios. Usage: sqz_cuda_bench [copy|gemm|decode|prefill|ops|all] (default all).
+// ratios. Usage: sqz_cuda_bench [copy|gemm|decode|decode-fixed|prefill|ops|all] (default all).
 // `ops`: the small kernels of a decode step (Llama-3-8B shapes), each replayed 20 times back to
 // back from a CUDA graph as in a step: RMSNorm's two paths, RoPE + KV write, and the MLP's gate/up
-// GEMV + SwiGLU as two launches against the fused one.
+// GEMV + SwiGLU and the QKV GEMV + RoPE + KV write as two launches against the fused ones.
+// `decode-fixed`: the decode attention's cost at batch 1 against the context length (512 to 128K
+// keys, the planner's split and forced ones), replayed from graphs as in a step: the intercept is
+// the per-launch cost that no bandwidth pays for.
 //
 // Timing: CUDA events around `reps` launches after warm-up; the median of the per-launch times.
 // Inputs are random (never zeros); decode inputs rotate over several KV sets when one set would
@@ -394,9 +397,82 @@ void BenchOps() {
     BENCH_CHECK_OK(sqz::cuda::GemvSwiGlu(*pdl_plan, y.as<bf16>(), wgu.as<bf16>(), m, inter, hidden,
                                          act.as<bf16>(), s));
   });
+  DeviceMem wqkv(qkv_dim * hidden * 2);
+  FillRandomBf16(wqkv.as<bf16>(), qkv_dim * hidden, 6);
+  row("qkv Gemv 6144 x 4096 + RopeWritePagedKv (PDL)", [&](cudaStream_t s, int64_t m) {
+    BENCH_CHECK_OK(sqz::cuda::Gemv<bf16>(*pdl_plan, y.as<bf16>(), wqkv.as<bf16>(), nullptr, m,
+                                         qkv_dim, hidden, qkv.as<bf16>(), s));
+    BENCH_CHECK_OK(sqz::cuda::RopeWritePagedKv<bf16>(
+        qkv.as<bf16>(), qkv_dim, pos.as<int32_t>(), slots.as<int32_t>(), m, q_heads, kv_heads, d,
+        inv_freq.as<float>(), pool_k.as<bf16>(), pool_v.as<bf16>(), s));
+  });
+  row("GemvQkvRope, one launch (PDL)", [&](cudaStream_t s, int64_t m) {
+    sqz::cuda::QkvRopeArgs r;
+    r.q_heads = q_heads;
+    r.kv_heads = kv_heads;
+    r.head_dim = d;
+    r.positions = pos.as<int32_t>();
+    r.slots = slots.as<int32_t>();
+    r.inv_freq = inv_freq.as<float>();
+    r.pool_k = pool_k.as<bf16>();
+    r.pool_v = pool_v.as<bf16>();
+    BENCH_CHECK_OK(sqz::cuda::GemvQkvRope(*pdl_plan, y.as<bf16>(), wqkv.as<bf16>(), nullptr, m,
+                                          hidden, r, qkv.as<bf16>(), s));
+  });
   const double weight_us = 2.0 * inter * hidden * 2 / (g_copy_gbps * 1e9) * 1e6;
   std::printf("(the gate/up weights, %.0f MB, at the copy bandwidth: %.2f us)\n",
               2.0 * inter * hidden * 2 / 1e6, weight_us);
+}
+
+// ---- Decode attention's fixed cost at batch 1 ---------------------------------------------------
+void BenchDecodeFixed() {
+  const int hq = 32, hkv = 8, d = 128;
+  const int sms = NumSms();
+  std::printf("\n%-40s %8s %8s %10s %10s %9s\n", "decode attention b1 (graph, 20 in a row)",
+              "chunk", "chunks", "us", "floor us", "us-floor");
+  for (int64_t ctx : {512, 2048, 8192, 32768, 131072}) {
+    const size_t elems = size_t(hkv) * ctx * d;
+    DeviceMem k(elems * 2), v(elems * 2), q(hq * d * 2), out(hq * d * 2);
+    FillRandomBf16(k.as<bf16>(), elems, 3);
+    FillRandomBf16(v.as<bf16>(), elems, 4);
+    FillRandomBf16(q.as<bf16>(), hq * d, 5);
+    DeviceMem kp(sizeof(void*)), vp(sizeof(void*)), len(4);
+    const bf16* hk = k.as<bf16>();
+    const bf16* hv = v.as<bf16>();
+    const int32_t l = static_cast<int32_t>(ctx);
+    BENCH_CHECK_CUDA(cudaMemcpy(kp.ptr, &hk, sizeof(void*), cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMemcpy(vp.ptr, &hv, sizeof(void*), cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMemcpy(len.ptr, &l, 4, cudaMemcpyHostToDevice));
+    sqz::cuda::DecodeAttentionParams p;
+    p.batch = 1;
+    p.n_q_heads = hq;
+    p.n_kv_heads = hkv;
+    p.head_dim = d;
+    p.scale = 1.0f / std::sqrt(128.0f);
+    p.q = q.as<bf16>();
+    p.q_stride = hq * d;
+    p.ctx_len = len.as<int32_t>();
+    p.max_kv_len = ctx;
+    p.ctx_k = kp.as<const bf16*>();
+    p.ctx_v = vp.as<const bf16*>();
+    const double floor_us = 2.0 * elems * 2 / (g_copy_gbps * 1e9) * 1e6;
+    for (int64_t force : {int64_t{0}, int64_t{256}, int64_t{1024}, int64_t{4096}}) {
+      if (force > ctx) continue;
+      sqz::cuda::DecodePlanOptions options;
+      options.force_chunk_len = force;
+      const sqz::cuda::DecodePlan plan = sqz::cuda::PlanDecodeAttention(p, sms, options);
+      DeviceMem ws(plan.workspace_bytes);
+      if (plan.workspace_bytes > 0) BENCH_CHECK_CUDA(cudaMemset(ws.ptr, 0, plan.workspace_bytes));
+      const double us = GraphUsPerRep([&](cudaStream_t s) {
+        BENCH_CHECK_OK(sqz::cuda::DecodeAttention<bf16>(p, plan, out.as<bf16>(), nullptr, ws.ptr,
+                                                        ws.bytes, s));
+      });
+      char name[64];
+      std::snprintf(name, sizeof(name), "ctx %ld%s", long(ctx), force == 0 ? " (planner)" : "");
+      std::printf("%-40s %8ld %8d %10.2f %10.2f %9.2f\n", name, long(plan.chunk_len),
+                  plan.num_chunks, us, floor_us, us - floor_us);
+    }
+  }
 }
 
 }  // namespace
@@ -413,5 +489,6 @@ int main(int argc, char** argv) {
   if (what == "all" || what == "decode") BenchDecode();
   if (what == "all" || what == "prefill") BenchPrefill();
   if (what == "all" || what == "ops") BenchOps();
+  if (what == "all" || what == "decode-fixed") BenchDecodeFixed();
   return 0;
 }

@@ -322,14 +322,15 @@ int main(int argc, char** argv) {
   // programmatic_launch) off and on. Each way's floor is taken at its own mean sequence length.
   struct Way {
     const char* name;
-    bool streaming_gemv, pdl, graphs, sample;
+    bool streaming_gemv, pdl, graphs, sample, attention_pdl;
     double ms = 0, floor_ms = 0;
   };
-  std::vector<Way> ways = {{"streaming Gemv, graph, greedy, PDL", true, true, true, true},
-                           {"eager, logits to host, no PDL", false, false, false, false},
-                           {"eager, logits to host, PDL", false, true, false, false},
-                           {"graph, greedy on device, no PDL", false, false, true, true},
-                           {"graph, greedy on device, PDL", false, true, true, true}};
+  std::vector<Way> ways = {{"streaming Gemv, graph, greedy, PDL", true, true, true, true, false},
+                           {"eager, logits to host, no PDL", false, false, false, false, false},
+                           {"eager, logits to host, PDL", false, true, false, false, false},
+                           {"graph, greedy on device, no PDL", false, false, true, true, false},
+                           {"graph, greedy, PDL + attention PDL", false, true, true, true, true},
+                           {"graph, greedy on device, PDL", false, true, true, true, false}};
   int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
                                       logits.begin());
   const sqz::TokenSampling greedy;                            // temperature 0
@@ -342,6 +343,7 @@ int main(int argc, char** argv) {
   for (Way& way : ways) {
     b.set_streaming_gemv(way.streaming_gemv);
     b.set_programmatic_launch(way.pdl);
+    b.set_programmatic_attention(way.attention_pdl);
     b.set_cuda_graphs(way.graphs);
     std::vector<double> step_ms;
     way.floor_ms = floor_at(static_cast<double>(seq_len) + 1.5 + 0.5 * (steps + 3));
@@ -379,6 +381,7 @@ int main(int argc, char** argv) {
   }
   b.set_streaming_gemv(sqz::CudaBackendOptions{}.streaming_gemv);
   b.set_programmatic_launch(sqz::CudaBackendOptions{}.programmatic_launch);
+  b.set_programmatic_attention(sqz::CudaBackendOptions{}.programmatic_attention);
   BENCH_CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.

@@ -116,6 +116,10 @@ class ForwardImpl final : public CudaBackend::Impl {
     gemv_plan_.programmatic_launch = on;
     graphs_.clear();
   }
+  void set_programmatic_attention(bool on) override {
+    programmatic_attention_ = on;
+    graphs_.clear();
+  }
 
  private:
   // A decode step's graph: captured the second time its signature is seen (the first eager run
@@ -140,6 +144,10 @@ class ForwardImpl final : public CudaBackend::Impl {
   Status AllocateBuffers();
   // out[m][n] = a[m][k] w[n][k]^T (+ bias), in T.
   Status Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n, int64_t k, T* out);
+  // qkv_ = a W_qkv^T (+ bias), q and k rotated, the keys and values written to the layer's pool
+  // at slots (one GEMV launch at few rows, else the product then RopeWritePagedKv).
+  Status QkvRope(const T* a, const CudaLayerWeights<T>& w, int64_t m, const int32_t* positions,
+                 const int32_t* slots, int layer);
   // out = SwiGLU(a W_gate^T, a W_up^T) for the fused [2 cols][k] gate/up weight (through gate_up_,
   // or in one GEMV launch at few rows).
   Status GateUpSwiGlu(const T* a, const T* w_gate_up, int64_t m, int64_t cols, int64_t k, T* out);
@@ -174,8 +182,9 @@ class ForwardImpl final : public CudaBackend::Impl {
   int64_t pool_layer_elems_ = 0;  // kv_blocks * 16 * kv_dim
   int num_sms_ = 1;
   cudaStream_t stream_ = nullptr;
-  std::unique_ptr<cuda::Gemm> gemm_;  // bf16 only
-  cuda::GemvPlan gemv_plan_;          // bf16 only: linear layers at <= 8 rows
+  std::unique_ptr<cuda::Gemm> gemm_;     // bf16 only
+  cuda::GemvPlan gemv_plan_;             // bf16 only: linear layers at <= 8 rows
+  bool programmatic_attention_ = true;  // CudaBackendOptions::programmatic_attention
   std::unique_ptr<CudaWeights<T>> weights_;
   DeviceMemory pool_;     // [2][layers][kv_blocks][kv_heads][16][head_dim]: K then V
   DeviceMemory scratch_;  // per-step buffers below
@@ -225,6 +234,7 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
                          cuda::PlanGemv(options.streaming_gemv ? cuda::GemvKernel::kStreaming
                                                                : cuda::GemvKernel::kWarpPerRow,
                                         options.programmatic_launch));
+    impl->programmatic_attention_ = options.programmatic_attention;
   }
   const int64_t weight_bytes = config.ParameterCount() * static_cast<int64_t>(sizeof(T));
   if (options.weights_budget_bytes > 0 && weight_bytes > options.weights_budget_bytes) {
@@ -341,6 +351,34 @@ Status ForwardImpl<T>::Linear(const T* a, const T* w, const T* bias, int64_t m, 
 }
 
 template <typename T>
+Status ForwardImpl<T>::QkvRope(const T* a, const CudaLayerWeights<T>& w, int64_t m,
+                               const int32_t* positions, const int32_t* slots, int layer) {
+  const int q_heads = static_cast<int>(c_.q_heads), kvh = static_cast<int>(c_.kv_heads);
+  const int d = static_cast<int>(c_.head_dim);
+  const int64_t k = c_.hidden;
+  if constexpr (std::is_same_v<T, bf16>) {
+    // Few rows with the warp-per-row GEMV: one launch, the same bits as the two below.
+    if (gemv_plan_.kernel == cuda::GemvKernel::kWarpPerRow &&
+        cuda::GemvSupported(a, w.wqkv, m, k)) {
+      cuda::QkvRopeArgs r;
+      r.q_heads = q_heads;
+      r.kv_heads = kvh;
+      r.head_dim = d;
+      r.positions = positions;
+      r.slots = slots;
+      r.inv_freq = inv_freq_;
+      r.pool_k = PoolK(layer);
+      r.pool_v = PoolV(layer);
+      return cuda::GemvQkvRope(gemv_plan_, a, w.wqkv, w.bqkv, m, k, r, qkv_, stream_);
+    }
+  }
+  SQZ_RETURN_IF_ERROR(Linear(a, w.wqkv, w.bqkv, m, qkv_dim_, k, qkv_));
+  // One launch rotates q and k in place and writes the rotated keys and the values to the pool.
+  return cuda::RopeWritePagedKv<T>(qkv_, qkv_dim_, positions, slots, m, q_heads, kvh, d, inv_freq_,
+                                   PoolK(layer), PoolV(layer), stream_);
+}
+
+template <typename T>
 Status ForwardImpl<T>::GateUpSwiGlu(const T* a, const T* w_gate_up, int64_t m, int64_t cols,
                                     int64_t k, T* out) {
   if constexpr (std::is_same_v<T, bf16>) {
@@ -412,6 +450,9 @@ Status ForwardImpl<T>::Attention(const StepLayout& L, int layer, int64_t decode_
       p.pool_k = PoolK(layer);
       p.pool_v = PoolV(layer);
       p.max_kv_len = decode_keys;
+      // After QkvRope, which writes q and the newest keys (a step's last launch before this one).
+      p.programmatic = programmatic_attention_;
+      p.programmatic_after_qkv = true;
       // Fewer, longer chunks where the partials would not fit the workspace.
       const cuda::DecodePlan plan = cuda::PlanDecodeAttentionWithin(p, num_sms_, decode_ws_bytes_);
       SQZ_RETURN_IF_ERROR(cuda::DecodeAttention<bf16>(p, plan, attn_, nullptr, decode_ws_,
@@ -480,13 +521,7 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
     const CudaLayerWeights<T>& w = weights_->layer(layer);
     Status s = cuda::AddRmsNorm<T>(x_, layer == 0 ? nullptr : tmp_, w.attn_norm, R, H, c_.rms_eps,
                                    xn_, stream_);
-    if (s.ok()) s = Linear(xn_, w.wqkv, w.bqkv, R, qkv_dim_, H, qkv_);
-    if (s.ok()) {
-      // One launch rotates q and k in place and writes the rotated keys and the values to the pool.
-      s = cuda::RopeWritePagedKv<T>(qkv_, qkv_dim_, positions, meta_ + L.off_slots, R,
-                                    static_cast<int>(c_.q_heads), kvh, d, inv_freq_, PoolK(layer),
-                                    PoolV(layer), stream_);
-    }
+    if (s.ok()) s = QkvRope(xn_, w, R, positions, meta_ + L.off_slots, layer);
     if (s.ok() && capture) s = CaptureQ(L, layer);
     if (s.ok() && ctx_active_) {
       typename ContextStep<T>::Buffers b;
@@ -806,6 +841,7 @@ void CudaBackend::set_context_prefill_kv_splits(int splits) {
 
 void CudaBackend::set_streaming_gemv(bool on) { impl_->set_streaming_gemv(on); }
 void CudaBackend::set_programmatic_launch(bool on) { impl_->set_programmatic_launch(on); }
+void CudaBackend::set_programmatic_attention(bool on) { impl_->set_programmatic_attention(on); }
 
 Status CudaBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
   const std::vector<int32_t>* blocks = sequences_.Blocks(seq);

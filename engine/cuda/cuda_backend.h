@@ -152,6 +152,12 @@ struct CudaBackendOptions {
   // the GPU (cuda_backend_graph_test compares it with plain launches bit for bit). Off: plain
   // launches.
   bool programmatic_launch = true;
+  // The dense decode attention (requests without a registered context) launched as a programmatic
+  // dependent of the QKV + RoPE kernel before it: its first tile of older keys is loaded before it
+  // waits, q after (DecodeAttentionParams::programmatic_after_qkv). The same bits either way
+  // (cuda_backend_graph_test). Measured on the H200 (docs/benchmarks/cuda.md, 8B shape, batch 1
+  // over 32K, graphs): 5.807-5.834 ms per step against 5.904-5.910 without.
+  bool programmatic_attention = true;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
   int64_t max_penalty_tokens = 1 << 20;
@@ -213,6 +219,8 @@ class CudaBackend : public Backend {
   void set_streaming_gemv(bool on);
   // The same for options.programmatic_launch (drops the captured graphs too).
   void set_programmatic_launch(bool on);
+  // The same for options.programmatic_attention.
+  void set_programmatic_attention(bool on);
 
   // Makes `context` (filled on the device, e.g. by IngestContext: bench/cuda_e2e) the resident copy
   // of `snapshot`, which then serves requests whose ContextAttention borrows `snapshot` (its dims

@@ -128,18 +128,23 @@ TEST_CASE("CUDA graphs give bit-identical decode logits and are replayed") {
   }
 }
 
-// Programmatic dependent launches of the GEMVs (options.programmatic_launch, the default) change
-// when they start, never what they compute: the same bits as plain launches, eager and from graphs,
-// prefill and decode, at batch 1 (the GEMV path) and above 8 rows (cuBLASLt in between).
+// Programmatic dependent launches of the GEMVs (options.programmatic_launch, the default) and of
+// the dense decode attention behind the QKV + RoPE kernel (options.programmatic_attention: its
+// first tile of older keys loaded before it waits) change when they start, never what they
+// compute: the same bits as plain launches, eager and from graphs, prefill and decode, at batch 1
+// (the GEMV path) and above 8 rows (cuBLASLt in between), over sequences shorter and longer than
+// a tile.
 TEST_CASE("Programmatic launches give the bits of plain launches") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   for (int64_t head_dim : {64, 128}) {
     const Model m = TestModel(head_dim, 5 + head_dim);
     auto plain = Make(m, CudaDType::kBf16, false);
     plain->set_programmatic_launch(false);
+    plain->set_programmatic_attention(false);
     for (bool graphs : {false, true}) {
       auto pdl = Make(m, CudaDType::kBf16, graphs);
       pdl->set_programmatic_launch(true);
+      pdl->set_programmatic_attention(true);
       for (const std::vector<int64_t>& prompts :
            {std::vector<int64_t>{1}, std::vector<int64_t>{5, 129, 60},
             std::vector<int64_t>(12, 33)}) {

@@ -43,6 +43,7 @@ class CudaBackend::Impl {
   virtual void set_group_context_lookups(bool on) = 0;
   virtual void set_streaming_gemv(bool on) = 0;
   virtual void set_programmatic_launch(bool on) = 0;
+  virtual void set_programmatic_attention(bool on) = 0;
 };
 
 }  // namespace sqz

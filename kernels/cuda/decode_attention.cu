@@ -472,16 +472,25 @@ __global__ void __launch_bounds__(kThreads)
   const __nv_bfloat16* ctx_k = p.ctx_len ? p.ctx_k[r] : nullptr;
   const __nv_bfloat16* ctx_v = p.ctx_len ? p.ctx_v[r] : nullptr;
   const int32_t* blocks = p.own_len ? p.block_ids + p.block_indptr[r] : nullptr;
-  // Q rows: the group's heads, zero below (issued first; committed with tile 0).
-  for (int c = tid; c < 16 * kChunks; c += kThreads) {
-    const int row = c / kChunks, col = (c % kChunks) * 8;
-    const bool valid = row < group;
-    const __nv_bfloat16* src =
-        valid ? p.q + static_cast<int64_t>(r) * p.q_stride + (kv_head * group + row) * D + col
-              : p.q;
-    internal::CpAsync16(q_s + row * kRow + col, src, valid);
+  // Q rows: the group's heads, zero below (committed with tile 0).
+  auto load_q = [&] {
+    for (int c = tid; c < 16 * kChunks; c += kThreads) {
+      const int row = c / kChunks, col = (c % kChunks) * 8;
+      const bool valid = row < group;
+      const __nv_bfloat16* src =
+          valid ? p.q + static_cast<int64_t>(r) * p.q_stride + (kv_head * group + row) * D + col
+                : p.q;
+      internal::CpAsync16(q_s + row * kRow + col, src, valid);
+    }
+  };
+  // After the kernel that writes q and the newest keys (dense only): tile 0 may go before the
+  // wait, q after it (the prologue below). Otherwise q first, then the wait (a no-op unless
+  // launched as a programmatic dependent).
+  const bool after_qkv = !kSparse && p.programmatic && p.programmatic_after_qkv;
+  if (!after_qkv) {
+    load_q();
+    internal::WaitForPriorGrid();
   }
-  internal::WaitForPriorGrid();  // a no-op unless launched as a programmatic dependent
   // len_ctx: context keys attended (all rows, or the selected ones of this kv head).
   const int64_t sel_index = static_cast<int64_t>(r) * p.n_kv_heads + kv_head;
   const int64_t len_ctx =
@@ -494,7 +503,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start = static_cast<int64_t>(chunk) * chunk_len;
   const int64_t end = min(static_cast<long long>(start + chunk_len), static_cast<long long>(total));
   const int n_tiles = end > start ? static_cast<int>((end - start + kMmaKeys - 1) / kMmaKeys) : 0;
-  if (chunk == 0 && tid == 0) CountContextKeys(p, r, len_ctx, total);
+  if (chunk == 0 && tid == 0 && !after_qkv) CountContextKeys(p, r, len_ctx, total);
 
   // Sparse: rows of the selected keys of `tile` into rows_s[tile % kMmaStages], by threads
   // 0 .. 63 (warps 0 and 1; thread t takes key j0 + t; they synchronise among themselves with
@@ -597,8 +606,22 @@ __global__ void __launch_bounds__(kThreads)
   // just before its load, so tile 0's loads are in flight while tiles 1 .. kMmaStages - 1 look up
   // theirs (each starts from the cursor of the one before). The barrier at the top of the main
   // loop publishes the rows of tile kMmaStages - 1.
+  int first = 0;  // tiles of the prologue already issued
+  if (after_qkv) {
+    // Tile 0 before the wait when all its keys are older than the newest key (total - 1), which
+    // the kernel before writes; q, the count and any newer tile after it.
+    const bool early = n_tiles > 0 && start + kMmaKeys <= total - 1;
+    if (early) load_tile(0, 0);
+    internal::WaitForPriorGrid();
+    load_q();
+    if (!early && n_tiles > 0) load_tile(0, 0);
+    internal::CpAsyncCommit();
+    if (chunk == 0 && tid == 0) CountContextKeys(p, r, len_ctx, total);
+    first = 1;
+  }
 #pragma unroll
   for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (s < first) continue;
     if (kSparse && s < n_tiles) {
       find_rows(s);
       __syncthreads();

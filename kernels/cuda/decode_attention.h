@@ -106,6 +106,13 @@ struct DecodeAttentionParams {
   // it, so that kernel may write nothing but `sparse` (and the lengths must be final when it
   // starts). The results are the same bits either way; graph capture records a programmatic edge.
   bool programmatic = false;
+  // With programmatic: the kernel before is instead the one that writes q and each request's
+  // newest key and value (RoPE + the paged KV write) and nothing else this kernel reads. The dense
+  // chunk kernel then issues its first tile's loads before waiting when every key of that tile is
+  // older than the request's newest (context keys, or own tokens of earlier steps: decode rows add
+  // one token each), and reads q after waiting. Sparse lists keep the selection's contract above
+  // and are not meant for this. The same bits either way.
+  bool programmatic_after_qkv = false;
   // Optional device counters [batch], accumulated (not reset) by the launch: request r adds, for
   // each of its kv heads, the fixed-context keys it attends (its segment lists' selected_len, or
   // ctx_len), so that a caller can report the share of a context a request read.

@@ -63,18 +63,25 @@ __device__ __forceinline__ float BlockMax(float v, float* scratch) {
   return WarpMax(v);
 }
 
-// RoPE of one rotation pair in place (Hugging Face rotate_half layout): elements i and i + half of
-// the head at `head`, angle = position * inv_freq_i, fp32 math, one rounding each. The rotated
-// values are also returned (the paged KV write stores them without reading them back).
+// RoPE of one rotation pair of values (Hugging Face rotate_half layout: elements i and i + half of
+// a head), angle = position * inv_freq_i, fp32 math with every product and sum rounded on its own
+// (no contraction into FMAs, so that every kernel that rotates gives the same bits), one rounding
+// to T each.
+template <typename T>
+__device__ __forceinline__ void RotateValues(float x0, float x1, float position, float inv_freq_i,
+                                             T* r0, T* r1) {
+  float s, c;
+  sincosf(position * inv_freq_i, &s, &c);
+  *r0 = FromFloat<T>(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
+  *r1 = FromFloat<T>(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s)));
+}
+
+// RotateValues of the pair (i, i + half) of the head at `head`, in place. The rotated values are
+// also returned (the paged KV write stores them without reading them back).
 template <typename T>
 __device__ __forceinline__ void RotatePair(T* head, int64_t i, int64_t half, float position,
                                            float inv_freq_i, T* r0, T* r1) {
-  float s, c;
-  sincosf(position * inv_freq_i, &s, &c);
-  const float x0 = ToFloat(head[i]);
-  const float x1 = ToFloat(head[i + half]);
-  *r0 = FromFloat<T>(x0 * c - x1 * s);
-  *r1 = FromFloat<T>(x1 * c + x0 * s);
+  RotateValues(ToFloat(head[i]), ToFloat(head[i + half]), position, inv_freq_i, r0, r1);
   head[i] = *r0;
   head[i + half] = *r1;
 }

@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/gemv.h"
 
@@ -146,6 +147,69 @@ __global__ void __launch_bounds__(kWarps * 32)
     // Rounded to bf16 as the separate Gemv stores them (+ 0.0f: its absent bias), then SwiGlu.
     const float gb = ToFloat(FromFloat<bf16>(g + 0.0f)), ub = ToFloat(FromFloat<bf16>(u + 0.0f));
     out[lane * cols + j] = FromFloat<bf16>(internal::Silu(gb) * ub);
+  }
+}
+
+// The QKV projection with RoPE and the paged KV write in its epilogue: w is the fused [n][k] qkv
+// weight, n = (q_heads + 2 kv_heads) * d (query heads, key heads, value heads). Feature pairs
+// (i, i + d / 2) of one head are computed side by side (a pair = two groups of kSplit warps, kSplit
+// chosen for n as Gemv does), rounded to bf16 as Gemv stores them, rotated if they belong to a
+// query or key head (RotateValues, as RopeWritePagedKv), and written to qkv; key and value pairs
+// also go to the paged pool at the row's slot. The bits of Gemv then RopeWritePagedKv.
+template <int M, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32)
+    WarpPerRowQkvRopeKernel(const bf16* a, const bf16* __restrict__ w, const bf16* bias, int64_t k,
+                            QkvRopeArgs r, bf16* qkv) {
+  internal::AllowDependentLaunch();
+  constexpr int kPairs = kWarps / (2 * kSplit);
+  __shared__ float partial[kWarps][M];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int pair = warp / (2 * kSplit), second = (warp / kSplit) & 1, slice = warp % kSplit;
+  const int64_t half = r.head_dim / 2, heads = r.q_heads + 2 * r.kv_heads;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kPairs + pair;  // pair index
+  const bool valid = j < heads * half;
+  const int64_t h = j / half, i = j % half;
+  const int64_t row0 = h * r.head_dim + i, row = second ? row0 + half : row0;
+  float acc[M];
+  bool waited = false;
+  WarpRowDot<M, kSplit>(a, w + row * k, valid, k, slice, lane, acc, &waited);
+  if (!waited) internal::WaitForPriorGrid();
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float s = internal::WarpSum(acc[m]);
+    if (lane == 0) partial[warp][m] = s;
+  }
+  __syncthreads();
+  if (!valid || second != 0 || slice != 0 || lane >= M) return;
+  float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+  for (int t = 0; t < kSplit; ++t) {
+    s0 += partial[warp + t][lane];
+    s1 += partial[warp + kSplit + t][lane];
+  }
+  const int64_t n = heads * r.head_dim;
+  // As Gemv stores them: bf16(sum + bias).
+  const float x0 = ToFloat(FromFloat<bf16>(s0 + (bias ? ToFloat(bias[row0]) : 0.0f)));
+  const float x1 = ToFloat(FromFloat<bf16>(s1 + (bias ? ToFloat(bias[row0 + half]) : 0.0f)));
+  bf16 y0, y1;
+  if (h < r.q_heads + r.kv_heads) {
+    internal::RotateValues(x0, x1, static_cast<float>(r.positions[lane]), r.inv_freq[i], &y0, &y1);
+  } else {
+    y0 = FromFloat<bf16>(x0);
+    y1 = FromFloat<bf16>(x1);
+  }
+  bf16* out = qkv + lane * n + row0;
+  out[0] = y0;
+  out[half] = y1;
+  if (h >= r.q_heads) {  // a key or value head: also into the pool
+    const bool is_v = h >= r.q_heads + r.kv_heads;
+    const int64_t kvh = h - r.q_heads - (is_v ? r.kv_heads : 0);
+    const int64_t slot = r.slots[lane];
+    const int64_t block = slot / kPageSize, within = slot - block * kPageSize;
+    bf16* dst = (is_v ? r.pool_v : r.pool_k) +
+                ((block * r.kv_heads + kvh) * kPageSize + within) * r.head_dim + i;
+    dst[0] = y0;
+    dst[half] = y1;
   }
 }
 
@@ -380,6 +444,45 @@ Status LaunchWarpPerRowSwiGlu(const bf16* a, const bf16* w, int64_t m, int64_t c
   }
 }
 
+// WarpPerRowQkvRopeKernel; the split that Gemv takes for n.
+Status LaunchWarpPerRowQkvRope(const bf16* a, const bf16* w, const bf16* bias, int64_t m, int64_t k,
+                               const QkvRopeArgs& r, bf16* qkv, cudaStream_t stream,
+                               bool programmatic) {
+  constexpr const char* kOp = "GemvQkvRope";
+  if (r.q_heads < 1 || r.kv_heads < 1 || r.head_dim < 2 || r.head_dim % 2 != 0) {
+    return ArgError(kOp, "need q_heads >= 1, kv_heads >= 1 and an even head_dim >= 2");
+  }
+  if (!r.positions || !r.slots || !r.inv_freq || !r.pool_k || !r.pool_v) {
+    return ArgError(kOp, "null positions, slots, inv_freq or pool");
+  }
+  const int64_t n = static_cast<int64_t>(r.q_heads + 2 * r.kv_heads) * r.head_dim;
+  SQZ_RETURN_IF_ERROR(CheckArgs(kOp, a, w, m, n, k, qkv));
+  const bool split = n < kSplitBelowN;
+  const int64_t pairs_per_block = split ? kWarps / 8 : kWarps / 2;
+  const int64_t blocks = (n / 2 + pairs_per_block - 1) / pairs_per_block;
+  if (blocks > INT32_MAX) return ArgError(kOp, "n too large");
+  const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
+  switch (m) {
+#define SQZ_QKV_ROPE_CASE(M)                                                                    \
+  case M:                                                                                       \
+    return CudaStatus(                                                                          \
+        internal::Launch(split ? WarpPerRowQkvRopeKernel<M, 4> : WarpPerRowQkvRopeKernel<M, 1>, \
+                         grid, block, 0, stream, programmatic, a, w, bias, k, r, qkv),          \
+        kOp);
+    SQZ_QKV_ROPE_CASE(1)
+    SQZ_QKV_ROPE_CASE(2)
+    SQZ_QKV_ROPE_CASE(3)
+    SQZ_QKV_ROPE_CASE(4)
+    SQZ_QKV_ROPE_CASE(5)
+    SQZ_QKV_ROPE_CASE(6)
+    SQZ_QKV_ROPE_CASE(7)
+    SQZ_QKV_ROPE_CASE(8)
+#undef SQZ_QKV_ROPE_CASE
+    default:
+      return ArgError(kOp, "m outside the compiled range");
+  }
+}
+
 }  // namespace
 
 StatusOr<GemvPlan> PlanGemv(GemvKernel kernel, bool programmatic_launch) {
@@ -446,6 +549,11 @@ Status Gemv(const bf16* a, const bf16* w, const TOut* bias, int64_t m, int64_t n
 Status GemvSwiGlu(const GemvPlan& plan, const bf16* a, const bf16* w_gate_up, int64_t m,
                   int64_t cols, int64_t k, bf16* out, cudaStream_t stream) {
   return LaunchWarpPerRowSwiGlu(a, w_gate_up, m, cols, k, out, stream, plan.programmatic_launch);
+}
+
+Status GemvQkvRope(const GemvPlan& plan, const bf16* a, const bf16* w_qkv, const bf16* bias,
+                   int64_t m, int64_t k, const QkvRopeArgs& rope, bf16* qkv, cudaStream_t stream) {
+  return LaunchWarpPerRowQkvRope(a, w_qkv, bias, m, k, rope, qkv, stream, plan.programmatic_launch);
 }
 
 template Status Gemv<float>(const GemvPlan&, const bf16*, const bf16*, const float*, int64_t,

@@ -80,4 +80,26 @@ Status Gemv(const __nv_bfloat16* a, const __nv_bfloat16* w, const TOut* bias, in
 Status GemvSwiGlu(const GemvPlan& plan, const __nv_bfloat16* a, const __nv_bfloat16* w_gate_up,
                   int64_t m, int64_t cols, int64_t k, __nv_bfloat16* out, cudaStream_t stream);
 
+// RoPE and the paged KV write for GemvQkvRope (as RopeWritePagedKv's arguments, model_ops.h).
+struct QkvRopeArgs {
+  int q_heads = 0, kv_heads = 0, head_dim = 0;  // head_dim even
+  const int32_t* positions = nullptr;           // [m]: each row's position
+  const int32_t* slots = nullptr;               // [m]: each row's slot in the paged pool
+  const float* inv_freq = nullptr;              // [head_dim / 2]
+  __nv_bfloat16* pool_k = nullptr;              // the paged pool's keys and values of the layer
+  __nv_bfloat16* pool_v = nullptr;
+};
+
+// The attention's QKV projection, RoPE and the paged KV write in one launch (decode at few rows):
+// w_qkv: the fused [n][k] weight, n = (q_heads + 2 kv_heads) * head_dim (query, key, value heads),
+// bias: [n] or nullptr; qkv: [m][n] bf16, q and k rotated; the keys and values also written to
+// the pool at slots[r]. The same bits as Gemv (kWarpPerRow) into qkv then RopeWritePagedKv with
+// row_stride n. Always the kWarpPerRow layout, whatever plan.kernel; PDL-launched when
+// plan.programmatic_launch (positions, slots, the pool and qkv touched only after the wait).
+// INVALID_ARGUMENT as Gemv, for heads < 1, an odd head_dim or null pointers; INTERNAL if the
+// launch fails.
+Status GemvQkvRope(const GemvPlan& plan, const __nv_bfloat16* a, const __nv_bfloat16* w_qkv,
+                   const __nv_bfloat16* bias, int64_t m, int64_t k, const QkvRopeArgs& rope,
+                   __nv_bfloat16* qkv, cudaStream_t stream);
+
 }  // namespace sqz::cuda

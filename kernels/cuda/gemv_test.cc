@@ -3,10 +3,14 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
 #include <type_traits>
 #include <utility>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/test_util.h"
@@ -27,6 +31,11 @@ constexpr double kTol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
 
 bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
+// Byte equality: also for buffers that keep their NaN poison where nothing was written.
+bool SameBytes(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 struct Variant {
@@ -230,6 +239,124 @@ TEST_CASE("GemvSwiGlu gives the bits of Gemv then SwiGlu", "[cuda]") {
   CHECK(s.message().find("cols") != std::string::npos);
   CHECK(GemvSwiGlu(plan, a.get() + 1, w.get(), 1, 2, 16, out.get(), nullptr).code() ==
         StatusCode::kInvalidArgument);
+  cudaStreamDestroy(stream);
+}
+
+// The fused QKV projection + RoPE + paged KV write against the launches it replaces (Gemv into
+// qkv, then RopeWritePagedKv): the same bits in qkv and in both pools, with and without bias, both
+// splits of the warp-per-row kernel (n below and at 16384), head dims 2 to 128, plain and PDL,
+// eagerly and from a graph.
+TEST_CASE("GemvQkvRope gives the bits of Gemv then RopeWritePagedKv", "[cuda]") {
+  SQZ_REQUIRE_CUDA_OR_SKIP();
+  cudaStream_t stream = nullptr;
+  SQZ_TEST_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  struct Shape {
+    int q, kv, d;
+    int64_t k;
+    bool bias;
+  };
+  const Shape shapes[] = {{32, 8, 128, 4096, false}, {28, 4, 128, 512, true},
+                          {4, 2, 8, 64, true},       {1, 1, 2, 8, false},
+                          {96, 16, 128, 64, true},   {6, 3, 64, 24, false}};
+  uint32_t seed = 500;
+  for (const Shape& sh : shapes) {
+    const int64_t n = static_cast<int64_t>(sh.q + 2 * sh.kv) * sh.d;
+    constexpr int64_t kRows = kGemvMaxRows;
+    DeviceBuffer<bf16> a(testing::ToBf16(testing::RoundBf16(RandomFloats(kRows * sh.k, seed++))));
+    DeviceBuffer<bf16> w(
+        testing::ToBf16(testing::RoundBf16(RandomFloats(n * sh.k, seed++, 0.05f))));
+    DeviceBuffer<bf16> bias(testing::ToBf16(testing::RoundBf16(RandomFloats(n, seed++))));
+    std::vector<float> inv_freq(sh.d / 2);
+    for (int i = 0; i < sh.d / 2; ++i) inv_freq[i] = std::pow(500000.0f, -2.0f * i / sh.d);
+    DeviceBuffer<float> dinv(inv_freq);
+    const int64_t blocks = 4;  // pool blocks: slots drawn from 4 x kPageSize
+    std::vector<int32_t> perm(blocks * kPageSize);
+    for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int32_t>(i);
+    std::mt19937 gen(seed++);
+    std::shuffle(perm.begin(), perm.end(), gen);
+    std::vector<int32_t> slots(perm.begin(), perm.begin() + kRows), pos(kRows);
+    for (auto& p : pos) p = static_cast<int32_t>(gen() % 131072);
+    DeviceBuffer<int32_t> dslots(slots), dpos(pos);
+    const int64_t pool = blocks * sh.kv * kPageSize * sh.d;
+    for (int64_t m : {1, 3, 8}) {
+      for (bool pdl : {false, true}) {
+        INFO("q " << sh.q << " kv " << sh.kv << " d " << sh.d << " k " << sh.k << " m " << m
+                  << " pdl " << pdl);
+        const GemvPlan plan = Plan({"", GemvKernel::kWarpPerRow, pdl});
+        const bf16* b = sh.bias ? bias.get() : nullptr;
+        DeviceBuffer<bf16> qkv0(m * n), pk0(pool), pv0(pool);
+        REQUIRE(Gemv<bf16>(plan, a.get(), w.get(), b, m, n, sh.k, qkv0.get(), stream).ok());
+        REQUIRE(RopeWritePagedKv<bf16>(qkv0.get(), n, dpos.get(), dslots.get(), m, sh.q, sh.kv,
+                                       sh.d, dinv.get(), pk0.get(), pv0.get(), stream)
+                    .ok());
+        QkvRopeArgs r;
+        r.q_heads = sh.q;
+        r.kv_heads = sh.kv;
+        r.head_dim = sh.d;
+        r.positions = dpos.get();
+        r.slots = dslots.get();
+        r.inv_freq = dinv.get();
+        DeviceBuffer<bf16> qkv(m * n), pk(pool), pv(pool);
+        r.pool_k = pk.get();
+        r.pool_v = pv.get();
+        auto check = [&] {
+          SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+          CHECK(SameBits(testing::ToFloat(qkv.Download()), testing::ToFloat(qkv0.Download())));
+          // The pools: written slots equal, the rest still poison in both.
+          CHECK(SameBytes(testing::ToFloat(pk.Download()), testing::ToFloat(pk0.Download())));
+          CHECK(SameBytes(testing::ToFloat(pv.Download()), testing::ToFloat(pv0.Download())));
+        };
+        REQUIRE(GemvQkvRope(plan, a.get(), w.get(), b, m, sh.k, r, qkv.get(), stream).ok());
+        check();
+        // From a graph, behind another kernel (a PDL edge when pdl).
+        qkv.Poison();
+        pk.Poison();
+        pv.Poison();
+        SQZ_TEST_CUDA(cudaDeviceSynchronize());
+        SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+        REQUIRE(Gemv<bf16>(plan, a.get(), w.get(), b, m, n, sh.k, qkv0.get(), stream).ok());
+        REQUIRE(GemvQkvRope(plan, a.get(), w.get(), b, m, sh.k, r, qkv.get(), stream).ok());
+        cudaGraph_t graph = nullptr;
+        SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
+        cudaGraphExec_t exec = nullptr;
+        SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
+        SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+        // qkv0 now holds the plain Gemv output again; the reference is the rotated one.
+        REQUIRE(RopeWritePagedKv<bf16>(qkv0.get(), n, dpos.get(), dslots.get(), m, sh.q, sh.kv,
+                                       sh.d, dinv.get(), pk0.get(), pv0.get(), stream)
+                    .ok());
+        INFO("graph");
+        check();
+      }
+    }
+  }
+  // Refusals.
+  DeviceBuffer<bf16> a(64), w(64), out(64);
+  DeviceBuffer<int32_t> i1(std::vector<int32_t>{0});
+  DeviceBuffer<float> f1(std::vector<float>{1.0f, 1.0f, 1.0f, 1.0f});
+  const GemvPlan plan = Plan(kVariants[0]);
+  QkvRopeArgs r;
+  r.q_heads = 2;
+  r.kv_heads = 1;
+  r.head_dim = 7;
+  r.positions = r.slots = i1.get();
+  r.inv_freq = f1.get();
+  r.pool_k = r.pool_v = out.get();
+  Status s = GemvQkvRope(plan, a.get(), w.get(), nullptr, 1, 16, r, out.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("even head_dim") != std::string::npos);
+  r.head_dim = 8;
+  r.slots = nullptr;
+  s = GemvQkvRope(plan, a.get(), w.get(), nullptr, 1, 16, r, out.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("null positions, slots") != std::string::npos);
+  r.slots = i1.get();
+  s = GemvQkvRope(plan, a.get(), w.get(), nullptr, 9, 16, r, out.get(), nullptr);
+  CHECK(s.code() == StatusCode::kInvalidArgument);
+  CHECK(s.message().find("m <= 8") != std::string::npos);
   cudaStreamDestroy(stream);
 }
 
