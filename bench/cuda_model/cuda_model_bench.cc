@@ -318,19 +318,24 @@ int main(int argc, char** argv) {
   // sequence growing by `steps` + 3 tokens per way): the streaming Gemv, then the warp-per-row
   // Gemv (the backend's default), each kernel by kernel with the logits copied to the host and
   // replaying CUDA graphs with greedy sampling on the device (ForwardSample: only the token id
-  // reaches the host), with the GEMVs' programmatic launches (PDL, CudaBackendOptions::
-  // programmatic_launch) off and on. Each way's floor is taken at its own mean sequence length.
+  // reaches the host), with programmatic launches (PDL, CudaBackendOptions::programmatic_launch
+  // for the GEMVs, programmatic_attention) off and on, and the streaming o projection. Each way's
+  // floor is taken at its own mean sequence length.
   struct Way {
     const char* name;
-    bool streaming_gemv, pdl, graphs, sample, attention_pdl;
+    bool streaming_gemv, pdl, graphs, sample, attention_pdl, streaming_o;
     double ms = 0, floor_ms = 0;
   };
-  std::vector<Way> ways = {{"streaming Gemv, graph, greedy, PDL", true, true, true, true, false},
-                           {"eager, logits to host, no PDL", false, false, false, false, false},
-                           {"eager, logits to host, PDL", false, true, false, false, false},
-                           {"graph, greedy on device, no PDL", false, false, true, true, false},
-                           {"graph, greedy, PDL + attention PDL", false, true, true, true, true},
-                           {"graph, greedy on device, PDL", false, true, true, true, false}};
+  // Fields: streaming Gemv, GEMV PDL, graphs, greedy on device, attention PDL, streaming o proj.
+  // The last way is the backend's default configuration (the summary line).
+  std::vector<Way> ways = {
+      {"streaming Gemv, graph, greedy, PDL", true, true, true, true, true, true},
+      {"eager, logits to host, no PDL", false, false, false, false, false, true},
+      {"eager, logits to host, PDL", false, true, false, false, true, true},
+      {"graph, greedy on device, no PDL", false, false, true, true, false, true},
+      {"graph, greedy, GEMV PDL only", false, true, true, true, false, true},
+      {"graph, greedy, PDL, warp-per-row o", false, true, true, true, true, false},
+      {"graph, greedy on device, PDL", false, true, true, true, true, true}};
   int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + c.vocab) -
                                       logits.begin());
   const sqz::TokenSampling greedy;                            // temperature 0
@@ -344,6 +349,7 @@ int main(int argc, char** argv) {
     b.set_streaming_gemv(way.streaming_gemv);
     b.set_programmatic_launch(way.pdl);
     b.set_programmatic_attention(way.attention_pdl);
+    b.set_streaming_o_proj(way.streaming_o);
     b.set_cuda_graphs(way.graphs);
     std::vector<double> step_ms;
     way.floor_ms = floor_at(static_cast<double>(seq_len) + 1.5 + 0.5 * (steps + 3));
@@ -382,6 +388,7 @@ int main(int argc, char** argv) {
   b.set_streaming_gemv(sqz::CudaBackendOptions{}.streaming_gemv);
   b.set_programmatic_launch(sqz::CudaBackendOptions{}.programmatic_launch);
   b.set_programmatic_attention(sqz::CudaBackendOptions{}.programmatic_attention);
+  b.set_streaming_o_proj(sqz::CudaBackendOptions{}.streaming_o_proj);
   BENCH_CHECK_OK(b.FreeSequence(seq));
 
   // ---- Decode throughput at batch `batch`.

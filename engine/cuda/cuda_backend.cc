@@ -114,10 +114,15 @@ class ForwardImpl final : public CudaBackend::Impl {
   }
   void set_programmatic_launch(bool on) override {
     gemv_plan_.programmatic_launch = on;
+    streaming_plan_.programmatic_launch = on;
     graphs_.clear();
   }
   void set_programmatic_attention(bool on) override {
     programmatic_attention_ = on;
+    graphs_.clear();
+  }
+  void set_streaming_o_proj(bool on) override {
+    streaming_o_proj_ = on;
     graphs_.clear();
   }
 
@@ -143,7 +148,9 @@ class ForwardImpl final : public CudaBackend::Impl {
 
   Status AllocateBuffers();
   // out[m][n] = a[m][k] w[n][k]^T (+ bias), in T.
-  Status Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n, int64_t k, T* out);
+  // plan: the GEMV's at <= 8 rows in bf16 (gemv_plan_ when null).
+  Status Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n, int64_t k, T* out,
+                const cuda::GemvPlan* plan = nullptr);
   // qkv_ = a W_qkv^T (+ bias), q and k rotated, the keys and values written to the layer's pool
   // at slots (one GEMV launch at few rows, else the product then RopeWritePagedKv).
   Status QkvRope(const T* a, const CudaLayerWeights<T>& w, int64_t m, const int32_t* positions,
@@ -182,9 +189,11 @@ class ForwardImpl final : public CudaBackend::Impl {
   int64_t pool_layer_elems_ = 0;  // kv_blocks * 16 * kv_dim
   int num_sms_ = 1;
   cudaStream_t stream_ = nullptr;
-  std::unique_ptr<cuda::Gemm> gemm_;     // bf16 only
-  cuda::GemvPlan gemv_plan_;             // bf16 only: linear layers at <= 8 rows
+  std::unique_ptr<cuda::Gemm> gemm_;    // bf16 only
+  cuda::GemvPlan gemv_plan_;            // bf16 only: linear layers at <= 8 rows
   bool programmatic_attention_ = true;  // CudaBackendOptions::programmatic_attention
+  cuda::GemvPlan streaming_plan_;       // the streaming kernel's (streaming_o_proj)
+  bool streaming_o_proj_ = true;        // CudaBackendOptions::streaming_o_proj
   std::unique_ptr<CudaWeights<T>> weights_;
   DeviceMemory pool_;     // [2][layers][kv_blocks][kv_heads][16][head_dim]: K then V
   DeviceMemory scratch_;  // per-step buffers below
@@ -235,6 +244,9 @@ StatusOr<std::unique_ptr<ForwardImpl<T>>> ForwardImpl<T>::Create(const ModelConf
                                                                : cuda::GemvKernel::kWarpPerRow,
                                         options.programmatic_launch));
     impl->programmatic_attention_ = options.programmatic_attention;
+    SQZ_ASSIGN_OR_RETURN(impl->streaming_plan_,
+                         cuda::PlanGemv(cuda::GemvKernel::kStreaming, options.programmatic_launch));
+    impl->streaming_o_proj_ = options.streaming_o_proj;
   }
   const int64_t weight_bytes = config.ParameterCount() * static_cast<int64_t>(sizeof(T));
   if (options.weights_budget_bytes > 0 && weight_bytes > options.weights_budget_bytes) {
@@ -338,13 +350,13 @@ Status ForwardImpl<T>::AllocateBuffers() {
 
 template <typename T>
 Status ForwardImpl<T>::Linear(const T* a, const T* w, const T* bias, int64_t m, int64_t n,
-                              int64_t k, T* out) {
+                              int64_t k, T* out, const cuda::GemvPlan* plan) {
   if constexpr (std::is_same_v<T, float>) {
     return cuda::MatMulTransBF32(a, w, bias, m, n, k, out, stream_);
   } else {
     // Few rows (decode): the memory-bound GEMV streams the weights faster than cuBLASLt.
     if (cuda::GemvSupported(a, w, m, k)) {
-      return cuda::Gemv<bf16>(gemv_plan_, a, w, bias, m, n, k, out, stream_);
+      return cuda::Gemv<bf16>(plan ? *plan : gemv_plan_, a, w, bias, m, n, k, out, stream_);
     }
     return gemm_->MatMulTransB<bf16>(a, w, bias, m, n, k, out, gemm_ws_, gemm_ws_bytes_, stream_);
   }
@@ -539,7 +551,10 @@ Status ForwardImpl<T>::Body(const StepLayout& L, int64_t decode_keys, bool captu
     } else if (s.ok()) {
       s = Attention(L, layer, decode_keys);
     }
-    if (s.ok()) s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_);
+    if (s.ok()) {
+      s = Linear(attn_, w.wo, nullptr, R, H, c_.q_dim(), tmp_,
+                 streaming_o_proj_ ? &streaming_plan_ : &gemv_plan_);
+    }
     if (s.ok()) s = cuda::AddRmsNorm<T>(x_, tmp_, w.ffn_norm, R, H, c_.rms_eps, xn_, stream_);
     if (s.ok()) s = GateUpSwiGlu(xn_, w.w_gate_up, R, I, H, act_);
     if (s.ok()) s = Linear(act_, w.w_down, nullptr, R, H, I, tmp_);
@@ -842,6 +857,7 @@ void CudaBackend::set_context_prefill_kv_splits(int splits) {
 void CudaBackend::set_streaming_gemv(bool on) { impl_->set_streaming_gemv(on); }
 void CudaBackend::set_programmatic_launch(bool on) { impl_->set_programmatic_launch(on); }
 void CudaBackend::set_programmatic_attention(bool on) { impl_->set_programmatic_attention(on); }
+void CudaBackend::set_streaming_o_proj(bool on) { impl_->set_streaming_o_proj(on); }
 
 Status CudaBackend::ReadKv(SeqId seq, int layer, int64_t begin, int64_t n, float* k, float* v) {
   const std::vector<int32_t>* blocks = sequences_.Blocks(seq);

@@ -158,6 +158,13 @@ struct CudaBackendOptions {
   // (cuda_backend_graph_test). Measured on the H200 (docs/benchmarks/cuda.md, 8B shape, batch 1
   // over 32K, graphs): 5.807-5.834 ms per step against 5.904-5.910 without.
   bool programmatic_attention = true;
+  // The attention's output projection at <= 8 rows by the streaming GEMV whatever streaming_gemv
+  // says (a short product: hidden x q_dim weights, where one wave of persistent blocks beats the
+  // warp-per-row kernel's two). Sums in another order than the warp-per-row kernel below n = 16384
+  // (bf16-rounding-level differences), still batch invariant. Measured on the H200
+  // (docs/benchmarks/cuda.md, 8B shape, batch 1 over 32K, graphs): 5.73-5.75 ms per step against
+  // 5.82-5.84 (the down projection so: 0.12 ms slower; the LM head: no change).
+  bool streaming_o_proj = true;
   // Distinct penalised tokens (repetition / presence / frequency) one ForwardSample step may carry
   // over all its sequences: a device buffer of 8 bytes each.
   int64_t max_penalty_tokens = 1 << 20;
@@ -221,6 +228,8 @@ class CudaBackend : public Backend {
   void set_programmatic_launch(bool on);
   // The same for options.programmatic_attention.
   void set_programmatic_attention(bool on);
+  // The same for options.streaming_o_proj.
+  void set_streaming_o_proj(bool on);
 
   // Makes `context` (filled on the device, e.g. by IngestContext: bench/cuda_e2e) the resident copy
   // of `snapshot`, which then serves requests whose ContextAttention borrows `snapshot` (its dims

@@ -130,10 +130,10 @@ TEST_CASE("CUDA graphs give bit-identical decode logits and are replayed") {
 
 // Programmatic dependent launches of the GEMVs (options.programmatic_launch, the default) and of
 // the dense decode attention behind the QKV + RoPE kernel (options.programmatic_attention: its
-// first tile of older keys loaded before it waits) change when they start, never what they
-// compute: the same bits as plain launches, eager and from graphs, prefill and decode, at batch 1
-// (the GEMV path) and above 8 rows (cuBLASLt in between), over sequences shorter and longer than
-// a tile.
+// first tile of older keys loaded before it waits) change
+// when they start, never what they compute: the same bits as plain launches, eager and from graphs,
+// prefill and decode, at batch 1 (the GEMV path) and above 8 rows (cuBLASLt in between), over
+// sequences shorter and longer than a tile.
 TEST_CASE("Programmatic launches give the bits of plain launches") {
   SQZ_REQUIRE_CUDA_OR_SKIP();
   for (int64_t head_dim : {64, 128}) {

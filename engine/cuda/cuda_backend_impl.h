@@ -44,6 +44,7 @@ class CudaBackend::Impl {
   virtual void set_streaming_gemv(bool on) = 0;
   virtual void set_programmatic_launch(bool on) = 0;
   virtual void set_programmatic_attention(bool on) = 0;
+  virtual void set_streaming_o_proj(bool on) = 0;
 };
 
 }  // namespace sqz

@@ -39,7 +39,11 @@ template <typename T, bool kGather>
 __global__ void AddRmsNormKernel(float* x, const T* __restrict__ delta,
                                  const int32_t* __restrict__ rows, const T* __restrict__ w,
                                  int64_t d, float eps, T* __restrict__ y) {
-  internal::AllowDependentLaunch();  // a PDL-launched Gemv after it may start its weight loads
+  // A PDL-launched Gemv after it may start its weight loads once this kernel runs: not before the
+  // kernel before it is done (when launched programmatically), lest blocks of three kernels
+  // contend for the SMs.
+  internal::WaitForPriorGrid();  // a no-op unless launched as a programmatic dependent
+  internal::AllowDependentLaunch();
   __shared__ float scratch[32];
   const int64_t src_row = kGather ? rows[blockIdx.x] : blockIdx.x;
   float* xr = x + src_row * d;
@@ -89,21 +93,28 @@ template <typename T, bool kGather, int kVecs>
 __global__ void AddRmsNormVecKernel(float* x, const T* __restrict__ delta,
                                     const int32_t* __restrict__ rows, const T* __restrict__ w,
                                     int64_t d, float eps, T* __restrict__ y) {
-  internal::AllowDependentLaunch();
   __shared__ float scratch[32];
+  const int64_t vecs = d / 4;
+  float4 v[kVecs], wv[kVecs], dv[kVecs];
+  // The weights first: nothing before this kernel writes them (a programmatic launch loads them
+  // while the kernel before finishes), then the rows after the wait.
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (j < vecs) wv[i] = Load4(w + 4 * j);
+  }
+  internal::WaitForPriorGrid();      // a no-op unless launched as a programmatic dependent
+  internal::AllowDependentLaunch();  // as in AddRmsNormKernel
   const int64_t src_row = kGather ? rows[blockIdx.x] : blockIdx.x;
   float* xr = x + src_row * d;
   T* yr = y + static_cast<int64_t>(blockIdx.x) * d;
   const bool add = !kGather && delta != nullptr;
   const T* dr = add ? delta + static_cast<int64_t>(blockIdx.x) * d : nullptr;
-  const int64_t vecs = d / 4;
-  float4 v[kVecs], wv[kVecs], dv[kVecs];
 #pragma unroll
   for (int i = 0; i < kVecs; ++i) {
     const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
     if (j < vecs) {
       v[i] = Load4(xr + 4 * j);
-      wv[i] = Load4(w + 4 * j);
       if (add) dv[i] = Load4(dr + 4 * j);
     }
   }
@@ -134,10 +145,11 @@ __global__ void AddRmsNormVecKernel(float* x, const T* __restrict__ delta,
   }
 }
 
-// Launches the fast path when the shape and alignment allow it, else the general kernel.
+// Launches the fast path when the shape and alignment allow it, else the general kernel;
+// programmatic: as a programmatic dependent (PDL) of the kernel before.
 template <typename T, bool kGather>
-void LaunchAddRmsNorm(float* x, const T* delta, const int32_t* rows, const T* w, int64_t n,
-                      int64_t d, float eps, T* y, cudaStream_t stream) {
+cudaError_t LaunchAddRmsNorm(float* x, const T* delta, const int32_t* rows, const T* w, int64_t n,
+                             int64_t d, float eps, T* y, cudaStream_t stream, bool programmatic) {
   const int threads = NormThreads(d);
   const dim3 grid(static_cast<unsigned>(n));
   auto aligned = [](const void* p, uintptr_t a) {
@@ -147,17 +159,13 @@ void LaunchAddRmsNorm(float* x, const T* delta, const int32_t* rows, const T* w,
   const bool vec = d % 4 == 0 && per_thread <= 8 && aligned(x, 16) &&
                    aligned(delta, 4 * sizeof(T)) && aligned(w, 4 * sizeof(T)) &&
                    aligned(y, 4 * sizeof(T));
-  if (!vec) {
-    AddRmsNormKernel<T, kGather><<<grid, threads, 0, stream>>>(x, delta, rows, w, d, eps, y);
-  } else if (per_thread <= 1) {
-    AddRmsNormVecKernel<T, kGather, 1><<<grid, threads, 0, stream>>>(x, delta, rows, w, d, eps, y);
-  } else if (per_thread <= 2) {
-    AddRmsNormVecKernel<T, kGather, 2><<<grid, threads, 0, stream>>>(x, delta, rows, w, d, eps, y);
-  } else if (per_thread <= 4) {
-    AddRmsNormVecKernel<T, kGather, 4><<<grid, threads, 0, stream>>>(x, delta, rows, w, d, eps, y);
-  } else {
-    AddRmsNormVecKernel<T, kGather, 8><<<grid, threads, 0, stream>>>(x, delta, rows, w, d, eps, y);
-  }
+  auto* kernel = !vec              ? AddRmsNormKernel<T, kGather>
+                 : per_thread <= 1 ? AddRmsNormVecKernel<T, kGather, 1>
+                 : per_thread <= 2 ? AddRmsNormVecKernel<T, kGather, 2>
+                 : per_thread <= 4 ? AddRmsNormVecKernel<T, kGather, 4>
+                                   : AddRmsNormVecKernel<T, kGather, 8>;
+  return internal::Launch(kernel, grid, dim3(threads), 0, stream, programmatic, x, delta, rows, w,
+                          d, eps, y);
 }
 
 template <typename T>
@@ -361,15 +369,15 @@ Status EmbedToFloat(const int32_t* ids, const T* table, int64_t n, int64_t vocab
 
 template <typename T>
 Status AddRmsNorm(float* x, const T* delta, const T* w, int64_t n, int64_t d, float eps, T* y,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, bool programmatic) {
   constexpr const char* kOp = "AddRmsNorm";
   if (n < 0 || d <= 0) return ArgError(kOp, "need n >= 0 and d > 0");
   if (n > INT32_MAX) return ArgError(kOp, "n must be below 2^31");
   if (!(eps >= 0.0f)) return ArgError(kOp, "eps must be >= 0");
   if (n == 0) return OkStatus();
   if (!x || !w || !y) return ArgError(kOp, "null x, w or y");
-  LaunchAddRmsNorm<T, false>(x, delta, nullptr, w, n, d, eps, y, stream);
-  return LaunchStatus(kOp);
+  return CudaStatus(
+      LaunchAddRmsNorm<T, false>(x, delta, nullptr, w, n, d, eps, y, stream, programmatic), kOp);
 }
 
 template <typename T>
@@ -382,8 +390,9 @@ Status GatherRmsNorm(const float* x, const int32_t* rows, const T* w, int64_t n,
   if (n == 0) return OkStatus();
   if (!x || !rows || !w || !y) return ArgError(kOp, "null x, rows, w or y");
   // The kernel does not write x when gathering.
-  LaunchAddRmsNorm<T, true>(const_cast<float*>(x), nullptr, rows, w, n, d, eps, y, stream);
-  return LaunchStatus(kOp);
+  return CudaStatus(LaunchAddRmsNorm<T, true>(const_cast<float*>(x), nullptr, rows, w, n, d, eps, y,
+                                              stream, /*programmatic=*/false),
+                    kOp);
 }
 
 template <typename T>
@@ -536,7 +545,7 @@ Status FillConstant(T* x, int64_t n, float value, cudaStream_t stream) {
   template Status EmbedToFloat<T>(const int32_t*, const T*, int64_t, int64_t, int64_t, float*,    \
                                   cudaStream_t);                                                  \
   template Status AddRmsNorm<T>(float*, const T*, const T*, int64_t, int64_t, float, T*,          \
-                                cudaStream_t);                                                    \
+                                cudaStream_t, bool);                                              \
   template Status RopeWritePagedKv<T>(T*, int64_t, const int32_t*, const int32_t*, int64_t, int,  \
                                       int, int, const float*, T*, T*, cudaStream_t);              \
   template Status GatherRmsNorm<T>(const float*, const int32_t*, const T*, int64_t, int64_t,      \

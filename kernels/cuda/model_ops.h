@@ -32,10 +32,12 @@ Status EmbedToFloat(const int32_t* ids, const T* table, int64_t n, int64_t vocab
 
 // Residual add then RMSNorm, per row r < n: if delta is not null, x[r] += float(delta[r]) (one fp32
 // rounding); then y[r][j] = T(x[r][j] / sqrt(mean_j x[r][j]^2 + eps) * w[j]) with fp32 sums.
-// x: [n][d] fp32 (in/out), delta: [n][d] or nullptr, w: [d], y: [n][d].
+// x: [n][d] fp32 (in/out), delta: [n][d] or nullptr, w: [d], y: [n][d]. programmatic: launched as
+// a programmatic dependent (PDL) of the kernel before on the stream, which may write x, delta and
+// y but not w (loaded before the wait); the same bits either way.
 template <typename T>
 Status AddRmsNorm(float* x, const T* delta, const T* w, int64_t n, int64_t d, float eps, T* y,
-                  cudaStream_t stream);
+                  cudaStream_t stream, bool programmatic = false);
 
 // RMSNorm of selected rows: y[i] = rmsnorm(x[rows[i]]) * w (as AddRmsNorm without delta).
 // x: [>= max(rows) + 1][d] fp32, rows: [n] int32 (>= 0), w: [d], y: [n][d].
