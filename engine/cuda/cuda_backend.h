@@ -10,7 +10,11 @@
 //         chunking, as on the CPU backend.
 // Forward pass per layer: AddRmsNorm -> qkv GEMM (+bias) -> RoPE (llama3/linear scaling through
 // inv_freq) -> K/V into the pool -> attention -> o GEMM -> AddRmsNorm -> gate_up GEMM -> SwiGLU
-// -> down GEMM; then the final RMSNorm of the logit rows and the LM head.
+// -> down GEMM; then the final RMSNorm of the logit rows and the LM head. At <= 8 rows in bf16
+// (decode) the GEMMs are GEMVs (kernels/cuda/gemv.h), the qkv one with RoPE and the K/V write in
+// its epilogue and the gate_up one with SwiGLU (one launch each, the same bits as the separate
+// kernels), and the dense decode attention starts loading keys before the qkv kernel is done
+// (programmatic_attention).
 //
 // Fixed contexts (StepInput::context, a SnapshotAttention from engine/squeeze
 // MakeContextAttention): the backend keeps a device copy of each context's snapshot
@@ -31,8 +35,9 @@
 //     (else UNIMPLEMENTED: ask for DENSE); the lookup reads bf16 queries and centroids (also in the
 //     fp32 mode), so near-ties may select other clusters than the CPU; a context longer than the
 //     whole budget, or one that does not fit beside the contexts of running sequences, is
-//     RESOURCE_EXHAUSTED. The share of context keys read (KeyUsage of the ContextAttention) is not
-//     counted on the GPU;
+//     RESOURCE_EXHAUSTED. The share of context keys read (KeyUsage of the ContextAttention) is
+//     counted on the device; for hierarchical lookups it counts every coarse and fine centroid
+//     scored, an upper bound of what the CPU counts;
 //   * batch invariance in bf16: a request's logits DO depend on the batch it runs in, at the
 //     level of bf16 rounding, not bit for bit. Three causes: (1) the linear layers run a GEMV for
 //     steps of at most 8 rows and cuBLASLt above, and cuBLASLt picks its algorithm (tile shape,
