@@ -172,6 +172,23 @@ void BenchGemm() {
 }
 
 // ---- Decode attention ---------------------------------------------------------------------------
+// Decode over fixed contexts of lens[r] keys (device array) at most max_len, one query token per
+// request; the caller sets the K/V pointer arrays.
+sqz::cuda::DecodeAttentionParams DecodeParams(int batch, int hq, int hkv, int d, const bf16* q,
+                                              const int32_t* lens, int64_t max_len) {
+  sqz::cuda::DecodeAttentionParams p;
+  p.batch = batch;
+  p.n_q_heads = hq;
+  p.n_kv_heads = hkv;
+  p.head_dim = d;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  p.q = q;
+  p.q_stride = static_cast<int64_t>(hq) * d;
+  p.ctx_len = lens;
+  p.max_kv_len = max_len;
+  return p;
+}
+
 void BenchDecode() {
   const int hq = 32, hkv = 8, d = 128;
   const int sms = NumSms();
@@ -206,16 +223,8 @@ void BenchDecode() {
       std::vector<int32_t> lens(batch, static_cast<int32_t>(ctx));
       DeviceMem len(batch * 4);
       BENCH_CHECK_CUDA(cudaMemcpy(len.ptr, lens.data(), batch * 4, cudaMemcpyHostToDevice));
-      sqz::cuda::DecodeAttentionParams p;
-      p.batch = batch;
-      p.n_q_heads = hq;
-      p.n_kv_heads = hkv;
-      p.head_dim = d;
-      p.scale = 1.0f / std::sqrt(128.0f);
-      p.q = q.as<bf16>();
-      p.q_stride = hq * d;
-      p.ctx_len = len.as<int32_t>();
-      p.max_kv_len = ctx;
+      sqz::cuda::DecodeAttentionParams p =
+          DecodeParams(batch, hq, hkv, d, q.as<bf16>(), len.as<int32_t>(), ctx);
       const double floor_us = kv_bytes / (g_copy_gbps * 1e9) * 1e6;
       // Each split twice: the merge fused into the chunk kernel (default), then the previous
       // path, a separate merge kernel (rows marked "[old]").
@@ -443,16 +452,8 @@ void BenchDecodeFixed() {
     BENCH_CHECK_CUDA(cudaMemcpy(kp.ptr, &hk, sizeof(void*), cudaMemcpyHostToDevice));
     BENCH_CHECK_CUDA(cudaMemcpy(vp.ptr, &hv, sizeof(void*), cudaMemcpyHostToDevice));
     BENCH_CHECK_CUDA(cudaMemcpy(len.ptr, &l, 4, cudaMemcpyHostToDevice));
-    sqz::cuda::DecodeAttentionParams p;
-    p.batch = 1;
-    p.n_q_heads = hq;
-    p.n_kv_heads = hkv;
-    p.head_dim = d;
-    p.scale = 1.0f / std::sqrt(128.0f);
-    p.q = q.as<bf16>();
-    p.q_stride = hq * d;
-    p.ctx_len = len.as<int32_t>();
-    p.max_kv_len = ctx;
+    sqz::cuda::DecodeAttentionParams p =
+        DecodeParams(1, hq, hkv, d, q.as<bf16>(), len.as<int32_t>(), ctx);
     p.ctx_k = kp.as<const bf16*>();
     p.ctx_v = vp.as<const bf16*>();
     const double floor_us = 2.0 * elems * 2 / (g_copy_gbps * 1e9) * 1e6;

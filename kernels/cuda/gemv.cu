@@ -110,66 +110,24 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// The gate/up product and SwiGLU in one kernel: w holds the gate rows [0, cols) then the up rows
-// [cols, 2 cols) (a fused gate_up weight), out[m][j] = bf16(silu(g) * u) with g and u the bf16
-// outputs WarpPerRowGemvKernel<M, kSplit> gives rows j and cols + j (kSplit chosen for n = 2 cols,
-// as there), so the result has the bits of Gemv then SwiGlu. A block's warps: kPairs features,
-// each a gate group of kSplit warps followed by an up group of kSplit warps.
-template <int M, int kSplit>
-__global__ void __launch_bounds__(kWarps * 32)
-    WarpPerRowSwiGluKernel(const bf16* a, const bf16* __restrict__ w, int64_t cols, int64_t k,
-                           bf16* out) {
-  internal::AllowDependentLaunch();
+// The fused kernels' layout: a block's warps form kWarps / (2 kSplit) pairs of output features,
+// each a group of kSplit warps on the pair's first row followed by a group on its second
+// (row_of(j, 0) and row_of(j, 1) for pair j < pairs), summed as WarpPerRowGemvKernel<M, kSplit>
+// sums a row. Returns true on the threads that hold a valid pair's sums (lane m < M of the pair's
+// first warp: activation row m's sums of the two rows in *s0 and *s1, the pair in *j), which then
+// write the epilogue; called by every thread of the block (it synchronises).
+template <int M, int kSplit, typename RowOf>
+__device__ __forceinline__ bool PairedRowSums(const bf16* a, const bf16* __restrict__ w, int64_t k,
+                                              int64_t pairs, RowOf row_of, int64_t* j, float* s0,
+                                              float* s1) {
   constexpr int kPairs = kWarps / (2 * kSplit);
   static_assert(kPairs >= 1);
   __shared__ float partial[kWarps][M];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int pair = warp / (2 * kSplit), up = (warp / kSplit) & 1, slice = warp % kSplit;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kPairs + pair;
-  const int64_t row = up ? cols + j : j;
-  float acc[M];
-  bool waited = false;
-  WarpRowDot<M, kSplit>(a, w + row * k, j < cols, k, slice, lane, acc, &waited);
-  if (!waited) internal::WaitForPriorGrid();
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const float s = internal::WarpSum(acc[m]);
-    if (lane == 0) partial[warp][m] = s;
-  }
-  __syncthreads();
-  if (j < cols && up == 0 && slice == 0 && lane < M) {
-    float g = 0.0f, u = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kSplit; ++i) {
-      g += partial[warp + i][lane];
-      u += partial[warp + kSplit + i][lane];
-    }
-    // Rounded to bf16 as the separate Gemv stores them (+ 0.0f: its absent bias), then SwiGlu.
-    const float gb = ToFloat(FromFloat<bf16>(g + 0.0f)), ub = ToFloat(FromFloat<bf16>(u + 0.0f));
-    out[lane * cols + j] = FromFloat<bf16>(internal::Silu(gb) * ub);
-  }
-}
-
-// The QKV projection with RoPE and the paged KV write in its epilogue: w is the fused [n][k] qkv
-// weight, n = (q_heads + 2 kv_heads) * d (query heads, key heads, value heads). Feature pairs
-// (i, i + d / 2) of one head are computed side by side (a pair = two groups of kSplit warps, kSplit
-// chosen for n as Gemv does), rounded to bf16 as Gemv stores them, rotated if they belong to a
-// query or key head (RotateValues, as RopeWritePagedKv), and written to qkv; key and value pairs
-// also go to the paged pool at the row's slot. The bits of Gemv then RopeWritePagedKv.
-template <int M, int kSplit>
-__global__ void __launch_bounds__(kWarps * 32)
-    WarpPerRowQkvRopeKernel(const bf16* a, const bf16* __restrict__ w, const bf16* bias, int64_t k,
-                            QkvRopeArgs r, bf16* qkv) {
-  internal::AllowDependentLaunch();
-  constexpr int kPairs = kWarps / (2 * kSplit);
-  __shared__ float partial[kWarps][M];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int pair = warp / (2 * kSplit), second = (warp / kSplit) & 1, slice = warp % kSplit;
-  const int64_t half = r.head_dim / 2, heads = r.q_heads + 2 * r.kv_heads;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kPairs + pair;  // pair index
-  const bool valid = j < heads * half;
-  const int64_t h = j / half, i = j % half;
-  const int64_t row0 = h * r.head_dim + i, row = second ? row0 + half : row0;
+  *j = static_cast<int64_t>(blockIdx.x) * kPairs + pair;
+  const bool valid = *j < pairs;
+  const int64_t row = valid ? row_of(*j, second) : 0;
   float acc[M];
   bool waited = false;
   WarpRowDot<M, kSplit>(a, w + row * k, valid, k, slice, lane, acc, &waited);
@@ -180,14 +138,57 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (lane == 0) partial[warp][m] = s;
   }
   __syncthreads();
-  if (!valid || second != 0 || slice != 0 || lane >= M) return;
-  float s0 = 0.0f, s1 = 0.0f;
+  if (!valid || second != 0 || slice != 0 || lane >= M) return false;
+  *s0 = 0.0f;
+  *s1 = 0.0f;
 #pragma unroll
   for (int t = 0; t < kSplit; ++t) {
-    s0 += partial[warp + t][lane];
-    s1 += partial[warp + kSplit + t][lane];
+    *s0 += partial[warp + t][lane];
+    *s1 += partial[warp + kSplit + t][lane];
   }
-  const int64_t n = heads * r.head_dim;
+  return true;
+}
+
+// The gate/up product and SwiGLU in one kernel: w holds the gate rows [0, cols) then the up rows
+// [cols, 2 cols) (a fused gate_up weight), out[m][j] = bf16(silu(g) * u) with g and u the bf16
+// outputs WarpPerRowGemvKernel<M, kSplit> gives rows j and cols + j (kSplit chosen for n = 2 cols,
+// as there), so the result has the bits of Gemv then SwiGlu.
+template <int M, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32)
+    WarpPerRowSwiGluKernel(const bf16* a, const bf16* __restrict__ w, int64_t cols, int64_t k,
+                           bf16* out) {
+  internal::AllowDependentLaunch();
+  int64_t j;
+  float g, u;
+  auto row_of = [cols](int64_t pair, int second) { return second ? cols + pair : pair; };
+  if (!PairedRowSums<M, kSplit>(a, w, k, cols, row_of, &j, &g, &u)) return;
+  // Rounded to bf16 as the separate Gemv stores them (+ 0.0f: its absent bias), then SwiGlu.
+  const float gb = ToFloat(FromFloat<bf16>(g + 0.0f)), ub = ToFloat(FromFloat<bf16>(u + 0.0f));
+  const int m = threadIdx.x & 31;
+  out[m * cols + j] = FromFloat<bf16>(internal::Silu(gb) * ub);
+}
+
+// The QKV projection with RoPE and the paged KV write in its epilogue: w is the fused [n][k] qkv
+// weight, n = (q_heads + 2 kv_heads) * d (query heads, key heads, value heads). Feature pairs
+// (i, i + d / 2) of one head are computed side by side (PairedRowSums, kSplit chosen for n as Gemv
+// does), rounded to bf16 as Gemv stores them, rotated if they belong to a query or key head
+// (RotateValues, as RopeWritePagedKv), and written to qkv; key and value pairs also go to the paged
+// pool at the row's slot. The bits of Gemv then RopeWritePagedKv.
+template <int M, int kSplit>
+__global__ void __launch_bounds__(kWarps * 32)
+    WarpPerRowQkvRopeKernel(const bf16* a, const bf16* __restrict__ w, const bf16* bias, int64_t k,
+                            QkvRopeArgs r, bf16* qkv) {
+  internal::AllowDependentLaunch();
+  const int64_t half = r.head_dim / 2, heads = r.q_heads + 2 * r.kv_heads;
+  const int64_t d = r.head_dim;
+  auto row_of = [half, d](int64_t pair, int second) {
+    return (pair / half) * d + pair % half + (second ? half : 0);
+  };
+  int64_t j;
+  float s0, s1;
+  if (!PairedRowSums<M, kSplit>(a, w, k, heads * half, row_of, &j, &s0, &s1)) return;
+  const int lane = threadIdx.x & 31;  // the activation row
+  const int64_t h = j / half, i = j % half, row0 = h * d + i, n = heads * d;
   // As Gemv stores them: bf16(sum + bias).
   const float x0 = ToFloat(FromFloat<bf16>(s0 + (bias ? ToFloat(bias[row0]) : 0.0f)));
   const float x1 = ToFloat(FromFloat<bf16>(s1 + (bias ? ToFloat(bias[row0 + half]) : 0.0f)));
@@ -206,8 +207,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int64_t kvh = h - r.q_heads - (is_v ? r.kv_heads : 0);
     const int64_t slot = r.slots[lane];
     const int64_t block = slot / kPageSize, within = slot - block * kPageSize;
-    bf16* dst = (is_v ? r.pool_v : r.pool_k) +
-                ((block * r.kv_heads + kvh) * kPageSize + within) * r.head_dim + i;
+    bf16* dst =
+        (is_v ? r.pool_v : r.pool_k) + ((block * r.kv_heads + kvh) * kPageSize + within) * d + i;
     dst[0] = y0;
     dst[half] = y1;
   }

@@ -208,19 +208,13 @@ TEST_CASE("GemvSwiGlu gives the bits of Gemv then SwiGlu", "[cuda]") {
         REQUIRE(SwiGlu<bf16>(gate_up.get(), m, cols, two.get(), stream).ok());
         REQUIRE(GemvSwiGlu(plan, a.get(), w.get(), m, cols, k, one.get(), stream).ok());
         // From a graph, behind a kernel that writes nothing it reads (PDL edge when pdl).
-        SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-        REQUIRE(SwiGlu<bf16>(gate_up.get(), m, cols, two.get(), stream).ok());
-        REQUIRE(GemvSwiGlu(plan, a.get(), w.get(), m, cols, k, graphed.get(), stream).ok());
-        cudaGraph_t graph = nullptr;
-        SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
-        cudaGraphExec_t exec = nullptr;
-        SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        graphed.Poison();
-        SQZ_TEST_CUDA(cudaDeviceSynchronize());
-        SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
-        SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
-        cudaGraphExecDestroy(exec);
-        cudaGraphDestroy(graph);
+        testing::CaptureAndReplay(
+            stream,
+            [&] {
+              REQUIRE(SwiGlu<bf16>(gate_up.get(), m, cols, two.get(), stream).ok());
+              REQUIRE(GemvSwiGlu(plan, a.get(), w.get(), m, cols, k, graphed.get(), stream).ok());
+            },
+            [&] { graphed.Poison(); });
         const auto got = testing::ToFloat(one.Download());
         CHECK(SameBits(got, testing::ToFloat(two.Download())));
         CHECK(SameBits(testing::ToFloat(graphed.Download()), got));
@@ -309,21 +303,17 @@ TEST_CASE("GemvQkvRope gives the bits of Gemv then RopeWritePagedKv", "[cuda]") 
         REQUIRE(GemvQkvRope(plan, a.get(), w.get(), b, m, sh.k, r, qkv.get(), stream).ok());
         check();
         // From a graph, behind another kernel (a PDL edge when pdl).
-        qkv.Poison();
-        pk.Poison();
-        pv.Poison();
-        SQZ_TEST_CUDA(cudaDeviceSynchronize());
-        SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-        REQUIRE(Gemv<bf16>(plan, a.get(), w.get(), b, m, n, sh.k, qkv0.get(), stream).ok());
-        REQUIRE(GemvQkvRope(plan, a.get(), w.get(), b, m, sh.k, r, qkv.get(), stream).ok());
-        cudaGraph_t graph = nullptr;
-        SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
-        cudaGraphExec_t exec = nullptr;
-        SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
-        SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
-        cudaGraphExecDestroy(exec);
-        cudaGraphDestroy(graph);
+        testing::CaptureAndReplay(
+            stream,
+            [&] {
+              REQUIRE(Gemv<bf16>(plan, a.get(), w.get(), b, m, n, sh.k, qkv0.get(), stream).ok());
+              REQUIRE(GemvQkvRope(plan, a.get(), w.get(), b, m, sh.k, r, qkv.get(), stream).ok());
+            },
+            [&] {
+              qkv.Poison();
+              pk.Poison();
+              pv.Poison();
+            });
         // qkv0 now holds the plain Gemv output again; the reference is the rotated one.
         REQUIRE(RopeWritePagedKv<bf16>(qkv0.get(), n, dpos.get(), dslots.get(), m, sh.q, sh.kv,
                                        sh.d, dinv.get(), pk0.get(), pv0.get(), stream)

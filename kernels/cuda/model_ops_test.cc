@@ -145,20 +145,13 @@ TEST_CASE("AddRmsNorm launched as a programmatic dependent sees the kernel befor
       CHECK(x.Download() == want_x);
       CHECK(testing::ToFloat(y.Download()) == want_y);
       // From a graph.
-      SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-      run(true);
-      cudaGraph_t graph = nullptr;
-      SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
-      cudaGraphExec_t exec = nullptr;
-      SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-      x.Upload(x0);
-      y.Poison();
-      delta.Poison();
-      SQZ_TEST_CUDA(cudaDeviceSynchronize());
-      SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
-      SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
-      cudaGraphExecDestroy(exec);
-      cudaGraphDestroy(graph);
+      testing::CaptureAndReplay(
+          stream, [&] { run(true); },
+          [&] {
+            x.Upload(x0);
+            y.Poison();
+            delta.Poison();
+          });
       INFO("graph");
       CHECK(x.Download() == want_x);
       CHECK(testing::ToFloat(y.Download()) == want_y);
@@ -325,17 +318,9 @@ TEMPLATE_TEST_CASE("RopeWritePagedKv equals ApplyRope then WritePagedKv", "[cuda
         };
         launch();
         check();
-        SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-        launch();
-        cudaGraph_t graph = nullptr;
-        SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
-        cudaGraphExec_t exec = nullptr;
-        SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
+        testing::CaptureAndReplay(stream, launch);
         INFO("graph");
         check();
-        cudaGraphExecDestroy(exec);
-        cudaGraphDestroy(graph);
       }
     }
   }

@@ -65,4 +65,20 @@ double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
+void CaptureAndReplay(cudaStream_t stream, const std::function<void()>& record,
+                      const std::function<void()>& prepare) {
+  SQZ_TEST_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+  record();
+  cudaGraph_t graph = nullptr;
+  SQZ_TEST_CUDA(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  SQZ_TEST_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  if (prepare) prepare();
+  SQZ_TEST_CUDA(cudaDeviceSynchronize());
+  SQZ_TEST_CUDA(cudaGraphLaunch(exec, stream));
+  SQZ_TEST_CUDA(cudaStreamSynchronize(stream));
+  SQZ_TEST_CUDA(cudaGraphExecDestroy(exec));
+  SQZ_TEST_CUDA(cudaGraphDestroy(graph));
+}
+
 }  // namespace sqz::cuda::testing

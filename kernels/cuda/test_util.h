@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -89,6 +90,11 @@ template <typename T>
 std::vector<float> Seen(const std::vector<float>& x) {
   return ToFloat(Make<T>(x));
 }
+
+// Captures what `record` enqueues on `stream` into a CUDA graph, runs `prepare` (e.g. resets the
+// outputs; the device is synchronised after it), replays the graph once and waits for it.
+void CaptureAndReplay(cudaStream_t stream, const std::function<void()>& record,
+                      const std::function<void()>& prepare = {});
 
 // ||a - b|| / max(||b||, tiny); +inf if any value of a is NaN or a and b differ in size.
 double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
