@@ -19,6 +19,10 @@
 // (n >= 16384); below that kWarpPerRow adds four warps' partial sums (bf16-rounding-level
 // differences). Needs k % 8 == 0 and 16-byte aligned a and w (GemvSupported); other shapes are the
 // caller's to send to cuBLASLt (gemm.h).
+// Two fused forms of the kWarpPerRow kernel serve a decode layer (GemvSwiGlu, GemvQkvRope): the
+// two rows an epilogue needs (a feature's gate and up rows, a head's rotation pair) are summed side
+// by side in one block, so that SwiGLU, or RoPE and the paged KV write, follow in the same launch
+// with the bits of the separate kernels.
 // Thread safety: stateless. Nothing allocated.
 #pragma once
 
