@@ -354,7 +354,9 @@ void BenchOps() {
   const int64_t qkv_dim = (q_heads + 2 * kv_heads) * d;
   auto pdl_plan = sqz::cuda::PlanGemv(sqz::cuda::GemvKernel::kWarpPerRow, true);
   if (!pdl_plan.ok()) std::exit(1);
-  DeviceMem x(8 * hidden * 4), delta(8 * hidden * 2), w(hidden * 2), y(8 * hidden * 2 + 16);
+  // y: the GEMVs' 8 input rows, then room for the norms' 8 output rows (+ 1 element for the
+  // unaligned variant).
+  DeviceMem x(8 * hidden * 4), delta(8 * hidden * 2), w(hidden * 2), y(16 * hidden * 2 + 16);
   FillRandomBf16(delta.as<bf16>(), 8 * hidden, 1);
   FillRandomBf16(w.as<bf16>(), hidden, 2);
   BENCH_CHECK_CUDA(cudaMemset(x.ptr, 0, x.bytes));
